@@ -1,0 +1,195 @@
+"""Frozen values that cross layers: tenants, connections, apps, logins, identities, profiles, audit events.
+
+Nothing here does I/O. Stores return these; protocol code consumes them; the web layer renders them.
+Mappings held by frozen values are never mutated after construction (treat them as read-only).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+Protocol = Literal["saml", "oidc"]
+AuditType = Literal["login", "admin", "token"]
+Outcome = Literal["success", "failure"]
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+
+JSON = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    id: str
+    slug: str
+    name: str
+    created_at: datetime
+    version: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class MappingConfig:
+    """A connection's claim mapping: a vendor preset, then the connection's own rules (raw JSON rules)."""
+
+    preset: str
+    rules: tuple[JSON, ...] = ()
+    subject_source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """One upstream IdP of a tenant. `settings` is the protocol's JSON settings, secrets already unsealed."""
+
+    id: str
+    tenant_id: str
+    tenant_slug: str
+    slug: str
+    protocol: Protocol
+    domains: tuple[str, ...]
+    restrict_to_domains: bool
+    mapping: MappingConfig
+    settings: Mapping[str, Any]
+    enabled: bool
+    version: int
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class App:
+    """A downstream OIDC client of a tenant."""
+
+    id: str
+    tenant_id: str
+    client_id: str
+    name: str
+    redirect_uris: tuple[str, ...]
+    post_logout_redirect_uris: tuple[str, ...]
+    public: bool
+    allowed_scopes: tuple[str, ...]
+    token_endpoint_auth_method: str
+    id_token_signed_response_alg: str
+    access_token_ttl: int
+    id_token_ttl: int
+    refresh_token_ttl: int
+    client_secret_hash: str | None
+    version: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SigningKey:
+    """A tenant's token-signing key. `private_pem` is unsealed and lives in memory only."""
+
+    kid: str
+    tenant_id: str
+    alg: str
+    public_jwk: Mapping[str, Any]
+    private_pem: bytes
+    active: bool
+    created_at: datetime
+    retired_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminKey:
+    id: str
+    tenant_id: str | None
+    tenant_slug: str | None
+    created_at: datetime
+
+    @property
+    def is_global(self) -> bool:
+        return self.tenant_id is None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    id: str
+    time: datetime
+    type: AuditType
+    tenant: str | None
+    connection: str | None
+    app: str | None
+    outcome: Outcome
+    reason: str | None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationRequest:
+    """The downstream app's validated /authorize request, carried through the upstream login."""
+
+    client_id: str
+    redirect_uri: str
+    scope: tuple[str, ...]
+    state: str | None
+    nonce: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    prompt: tuple[str, ...] = ()
+    max_age: int | None = None
+    login_hint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LoginTransaction:
+    """A pending upstream login, kept in the StateStore under `id` until the IdP answers.
+
+    `upstream` holds what the connector asked the broker to remember (SAML request ID, OIDC state/nonce/
+    PKCE verifier). `browser_binding` is a digest of the cookie set on the browser that began the login.
+    `request` is None for an IdP-initiated login.
+    """
+
+    id: str
+    tenant_id: str
+    tenant_slug: str
+    connection_id: str
+    connection_slug: str
+    request: AuthorizationRequest | None
+    upstream: Mapping[str, str]
+    browser_binding: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamIdentity:
+    """What an upstream IdP asserted, after every check passed. Attributes are always multi-valued."""
+
+    protocol: Protocol
+    issuer: str
+    subject: str
+    subject_format: str | None
+    attributes: Mapping[str, tuple[str, ...]]
+    friendly_names: Mapping[str, str] = field(default_factory=dict)
+    session_index: str | None = None
+    authn_context: str | None = None
+    amr: tuple[str, ...] = ()
+    authn_instant: float | None = None
+    assertion_id: str | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The normalized profile an app sees. `extra` holds claims that mapping rules added by name."""
+
+    sub: str
+    tenant: str
+    connection: str
+    idp: str
+    email: str | None = None
+    email_verified: bool | None = None
+    name: str | None = None
+    given_name: str | None = None
+    family_name: str | None = None
+    groups: tuple[str, ...] = ()
+    roles: tuple[str, ...] = ()
+    amr: tuple[str, ...] = ()
+    acr: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()

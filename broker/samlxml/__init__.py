@@ -1,0 +1,1 @@
+"""samlxml package."""
