@@ -40,6 +40,16 @@ class MappingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SpCredentials:
+    """The broker's own SAML SP key pairs for one connection (private keys unsealed, in memory only)."""
+
+    signing_key_pem: bytes
+    signing_cert_pem: str
+    encryption_key_pem: bytes
+    encryption_cert_pem: str
+
+
+@dataclass(frozen=True, slots=True)
 class Connection:
     """One upstream IdP of a tenant. `settings` is the protocol's JSON settings, secrets already unsealed."""
 
@@ -56,6 +66,7 @@ class Connection:
     version: int
     created_at: datetime
     updated_at: datetime
+    sp: SpCredentials | None = None  # SAML connections only
 
 
 @dataclass(frozen=True, slots=True)
