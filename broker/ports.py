@@ -6,11 +6,21 @@ Implementations live in store/ (and tests); core modules import only these inter
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from broker.model import App, AuditEvent, Connection, SigningKey, Tenant
+from broker.model import (
+    AdminKey,
+    App,
+    AuditEvent,
+    Connection,
+    MappingConfig,
+    SigningKey,
+    SpCredentials,
+    Tenant,
+)
 
 
 class Clock(Protocol):
@@ -109,3 +119,99 @@ class ConfigReader(Protocol):
 
 class AuditSink(Protocol):
     def record(self, event: AuditEvent) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionDraft:
+    """Everything needed to create or replace a connection; validated by admin/ before it gets here."""
+
+    slug: str
+    protocol: str
+    domains: tuple[str, ...]
+    restrict_to_domains: bool
+    mapping: MappingConfig
+    settings: Mapping[str, Any]  # public settings only
+    secrets: Mapping[str, str]  # e.g. {"client_secret": ...}; sealed at rest
+    enabled: bool
+    sp: SpCredentials | None
+
+
+@dataclass(frozen=True, slots=True)
+class AppDraft:
+    name: str
+    redirect_uris: tuple[str, ...]
+    post_logout_redirect_uris: tuple[str, ...]
+    public: bool
+    allowed_scopes: tuple[str, ...]
+    token_endpoint_auth_method: str
+    id_token_signed_response_alg: str
+    access_token_ttl: int
+    id_token_ttl: int
+    refresh_token_ttl: int
+
+
+@dataclass(frozen=True, slots=True)
+class NewSigningKey:
+    kid: str
+    alg: str
+    private_pem: bytes
+    public_jwk: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class MetadataState:
+    """The last good copy of a connection's metadata_url document, and how its refresh went."""
+
+    xml: bytes | None
+    fetched_at: float | None
+    next_refresh_at: float | None
+    last_error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPage:
+    events: Sequence[AuditEvent]
+    next_cursor: str | None
+
+
+class ConfigStore(ConfigReader, Protocol):
+    """Read and write tenant configuration. Writes inside `atomic()` share one database transaction."""
+
+    def atomic(self) -> AbstractContextManager[None]: ...
+
+    def ping(self) -> bool: ...
+
+    # tenants
+    def tenants(self) -> Sequence[Tenant]: ...
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None: ...
+    def create_tenant(self, slug: str, name: str, key: NewSigningKey) -> Tenant: ...
+    def update_tenant(self, tenant_id: str, *, name: str) -> Tenant: ...
+    def delete_tenant(self, tenant_id: str) -> None: ...
+
+    # admin keys (stored as digests)
+    def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str) -> AdminKey: ...
+    def admin_key_by_hash(self, key_hash: str) -> AdminKey | None: ...
+
+    # connections
+    def create_connection(self, tenant_id: str, draft: ConnectionDraft) -> Connection: ...
+    def replace_connection(self, connection_id: str, draft: ConnectionDraft) -> Connection: ...
+    def delete_connection(self, connection_id: str) -> None: ...
+    def metadata_state(self, connection_id: str) -> MetadataState: ...
+    def save_metadata_state(self, connection_id: str, state: MetadataState) -> None: ...
+    def touch_last_login(self, connection_id: str, when: float) -> None: ...
+
+    # apps
+    def apps(self, tenant_id: str) -> Sequence[App]: ...
+    def create_app(self, tenant_id: str, client_id: str, draft: AppDraft, secret_hash: str | None) -> App: ...
+    def replace_app(self, app_id: str, draft: AppDraft, secret_hash: str | None) -> App: ...
+    def delete_app(self, app_id: str) -> None: ...
+
+    # signing keys
+    def add_signing_key(self, tenant_id: str, key: NewSigningKey) -> SigningKey:
+        """Make `key` the active key for its alg; earlier keys of that alg stay published, retired."""
+        ...
+
+    # audit
+    def audit_page(
+        self, tenant_id: str | None, *, type: str | None, outcome: str | None, limit: int, cursor: str | None
+    ) -> AuditPage: ...

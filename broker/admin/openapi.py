@@ -1,0 +1,146 @@
+"""The admin API's OpenAPI 3.1 document, built from the same schema classes that validate requests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from broker.admin import schema
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(description: str, schema_ref: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
+    if schema_ref is not None:
+        out["content"] = {"application/json": {"schema": schema_ref}}
+    return out
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {400: "Invalid input", 401: "Missing or invalid admin key", 403: "Not allowed for this key",
+            404: "Not found (or not visible to this key)", 409: "Conflict", 413: "Body too large",
+            415: "Wrong content type"}
+    return {str(c): _resp(text[c], ERROR) for c in codes}
+
+
+def _op(summary: str, ok: int, ok_desc: str, *, body: str | None = None, errors: tuple[int, ...] = (401, 404),
+        body_type: str = "application/json", params: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "security": [{"adminKey": []}]}
+    responses = {str(ok): _resp(ok_desc, {"type": "object"} if ok != 204 else None)}
+    responses.update(_errors(*errors))
+    op["responses"] = responses
+    if body is not None:
+        schema_ref = {"$ref": f"#/components/schemas/{body}"} if body_type == "application/json" else {"type": "string"}
+        content = {body_type: {"schema": schema_ref}}
+        if body_type != "application/json":
+            content["application/xml"] = {"schema": {"type": "string"}}
+        op["requestBody"] = {"required": True, "content": content}
+    if params:
+        op["parameters"] = params
+    return op
+
+
+def _path_param(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": description}
+
+
+def openapi_document(public_url: str) -> dict[str, Any]:
+    t = _path_param("t", "tenant slug")
+    c = _path_param("c", "connection slug")
+    client = _path_param("client_id", "app client_id")
+    components: dict[str, Any] = {
+        "Error": {
+            "type": "object",
+            "required": ["error", "message", "details"],
+            "properties": {"error": {"type": "string"}, "message": {"type": "string"},
+                           "details": {"type": "object"}},
+        },
+    }
+    for model in (schema.TenantCreate, schema.TenantPatch, schema.AdminKeyCreate, schema.ConnectionBody,
+                  schema.AppBody, schema.ConnectionTest):
+        js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, sub in js.pop("$defs", {}).items():
+            components[name] = sub
+        components[model.__name__] = js
+    components["ConnectionPatch"] = {"type": "object", "description": "JSON Merge Patch (RFC 7396) of ConnectionBody"}
+    components["AppPatch"] = {"type": "object", "description": "JSON Merge Patch (RFC 7396) of AppBody"}
+    paths: dict[str, Any] = {
+        "/tenants": {
+            "post": _op("Create a tenant (global keys only)", 201, "The tenant", body="TenantCreate",
+                        errors=(400, 401, 403, 409, 413, 415)),
+            "get": _op("List tenants visible to this key", 200, "Tenants", errors=(401,)),
+        },
+        "/tenants/{t}": {
+            "parameters": [t],
+            "get": _op("Get a tenant", 200, "The tenant"),
+            "patch": _op("Rename a tenant", 200, "The tenant", body="TenantPatch", errors=(400, 401, 404, 413, 415)),
+            "delete": _op("Delete a tenant and everything in it", 204, "Deleted", errors=(401, 403, 404)),
+        },
+        "/tenants/{t}/admin-keys": {
+            "parameters": [t],
+            "post": _op("Create a tenant-scoped admin key (shown once)", 201, "{id, key}", body="AdminKeyCreate",
+                        errors=(400, 401, 404)),
+        },
+        "/tenants/{t}/connections": {
+            "parameters": [t],
+            "post": _op("Create a connection", 201, "The connection", body="ConnectionBody",
+                        errors=(400, 401, 404, 409, 413, 415)),
+            "get": _op("List connections", 200, "Connections"),
+        },
+        "/tenants/{t}/connections/{c}": {
+            "parameters": [t, c],
+            "get": _op("Get a connection", 200, "The connection"),
+            "patch": _op("Update a connection (merge patch)", 200, "The connection", body="ConnectionPatch",
+                         errors=(400, 401, 404, 409, 413, 415)),
+            "delete": _op("Delete a connection", 204, "Deleted"),
+        },
+        "/tenants/{t}/connections/{c}/metadata": {
+            "parameters": [t, c],
+            "put": _op("Upload IdP metadata XML; returns what was understood", 200,
+                       "entityID, SSO URLs and bindings, certificates with expiry, warnings",
+                       body="metadata", body_type="application/samlmetadata+xml",
+                       errors=(400, 401, 404, 413, 415)),
+        },
+        "/tenants/{t}/connections/{c}/mapping/test": {
+            "parameters": [t, c],
+            "post": _op("Dry-run the claim mapping on raw attributes", 200, "Profile and per-rule effects",
+                        body="ConnectionTest", errors=(400, 401, 404, 415)),
+        },
+        "/tenants/{t}/apps": {
+            "parameters": [t],
+            "post": _op("Create an app (client secret shown once)", 201, "The app with client_id and client_secret",
+                        body="AppBody", errors=(400, 401, 404, 409, 413, 415)),
+            "get": _op("List apps", 200, "Apps"),
+        },
+        "/tenants/{t}/apps/{client_id}": {
+            "parameters": [t, client],
+            "get": _op("Get an app", 200, "The app"),
+            "patch": _op("Update an app (merge patch)", 200, "The app", body="AppPatch",
+                         errors=(400, 401, 404, 413, 415)),
+            "delete": _op("Delete an app", 204, "Deleted"),
+        },
+        "/tenants/{t}/keys/rotate": {
+            "parameters": [t],
+            "post": _op("Rotate the tenant's signing key; previous keys stay published", 200, "Keys",
+                        errors=(400, 401, 404)),
+        },
+        "/tenants/{t}/audit": {
+            "parameters": [t],
+            "get": _op("Audit events, newest first", 200, "{events, next_cursor}", errors=(400, 401, 404), params=[
+                {"name": "type", "in": "query", "schema": {"enum": ["login", "admin", "token"]}},
+                {"name": "outcome", "in": "query", "schema": {"enum": ["success", "failure"]}},
+                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+            ]),
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Federation broker admin API", "version": "1"},
+        "servers": [{"url": f"{public_url}/admin/v1"}],
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"adminKey": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": paths,
+    }

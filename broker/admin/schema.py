@@ -1,0 +1,164 @@
+"""Admin request bodies: one schema for the admin API and `config apply`, strict (unknown fields refused).
+
+Pydantic does type checks; the protocol settings (`saml`, `oidc`) and mapping rules are then validated by
+the connector and claims code themselves (opening is validating), in admin/service.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from broker.errors import ValidationFailed
+from broker.model import SLUG_RE
+
+DEFAULT_SCOPES = ("openid", "profile", "email", "groups", "offline_access")
+KNOWN_SCOPES = frozenset(DEFAULT_SCOPES)
+DOMAIN_MAX = 253
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def _slug(value: str, what: str) -> str:
+    if not SLUG_RE.match(value):
+        raise ValueError(
+            f"{what} must be 1-63 characters of lowercase letters, digits and hyphens, "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+class TenantCreate(Strict):
+    slug: str
+    name: str = Field(min_length=1, max_length=200)
+
+    @field_validator("slug")
+    @classmethod
+    def _check_slug(cls, v: str) -> str:
+        return _slug(v, "slug")
+
+
+class TenantPatch(Strict):
+    name: str = Field(min_length=1, max_length=200)
+
+
+class AdminKeyCreate(Strict):
+    label: str = Field(default="", max_length=200)
+
+
+class MappingBody(Strict):
+    preset: str | None = None
+    rules: list[dict[str, Any]] = Field(default_factory=list, max_length=200)
+    subject_source: str | None = Field(default=None, max_length=500)
+
+
+class ConnectionBody(Strict):
+    slug: str
+    protocol: Literal["saml", "oidc"]
+    domains: list[str] = Field(default_factory=list, max_length=500)
+    restrict_to_domains: bool = False
+    enabled: bool = True
+    mapping: MappingBody = Field(default_factory=MappingBody)
+    saml: dict[str, Any] | None = None
+    oidc: dict[str, Any] | None = None
+
+    @field_validator("slug")
+    @classmethod
+    def _check_slug(cls, v: str) -> str:
+        return _slug(v, "slug")
+
+    @field_validator("domains")
+    @classmethod
+    def _check_domains(cls, v: list[str]) -> list[str]:
+        out: list[str] = []
+        for d in v:
+            d2 = d.strip().lower()
+            if not d2 or len(d2) > DOMAIN_MAX or "@" in d2 or "/" in d2 or " " in d2 or "." not in d2:
+                raise ValueError(f"{d!r} is not a domain name (e.g. example.com)")
+            if d2 not in out:
+                out.append(d2)
+        return out
+
+
+def _check_redirect_uri(uri: str) -> str:
+    if len(uri) > 2000:
+        raise ValueError("redirect URIs are limited to 2000 characters")
+    parts = urlsplit(uri)
+    if not parts.scheme or parts.scheme in ("javascript", "data", "file", "vbscript"):
+        raise ValueError(f"{uri!r} is not an absolute redirect URI")
+    if parts.fragment or "#" in uri:
+        raise ValueError(f"{uri!r} must not contain a fragment (RFC 6749 §3.1.2)")
+    if parts.scheme in ("http", "https") and not parts.hostname:
+        raise ValueError(f"{uri!r} has no host")
+    if "*" in uri:
+        raise ValueError(f"{uri!r}: wildcards are not allowed; redirect URIs match exactly")
+    return uri
+
+
+class AppBody(Strict):
+    name: str = Field(min_length=1, max_length=200)
+    redirect_uris: list[str] = Field(min_length=1, max_length=50)
+    post_logout_redirect_uris: list[str] = Field(default_factory=list, max_length=50)
+    public: bool = False
+    client_id: str | None = Field(default=None, min_length=3, max_length=100, pattern=r"^[A-Za-z0-9._~-]+$")
+    client_secret: str | None = Field(default=None, min_length=32, max_length=200)
+    allowed_scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
+    token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] | None = None
+    id_token_signed_response_alg: Literal["RS256", "ES256"] = "RS256"
+    access_token_ttl: int = Field(default=600, ge=30, le=86400)
+    id_token_ttl: int = Field(default=600, ge=30, le=86400)
+    refresh_token_ttl: int = Field(default=30 * 86400, ge=60, le=365 * 86400)
+
+    @field_validator("redirect_uris", "post_logout_redirect_uris")
+    @classmethod
+    def _check_uris(cls, v: list[str]) -> list[str]:
+        return [_check_redirect_uri(u) for u in v]
+
+    @field_validator("allowed_scopes")
+    @classmethod
+    def _check_scopes(cls, v: list[str]) -> list[str]:
+        unknown = [s for s in v if s not in KNOWN_SCOPES]
+        if unknown:
+            raise ValueError(f"unknown scopes {unknown}; known: {sorted(KNOWN_SCOPES)}")
+        if "openid" not in v:
+            raise ValueError("allowed_scopes must include openid")
+        return v
+
+
+class ConnectionTest(Strict):
+    """Body of the mapping dry run: raw upstream attributes (and optionally NameID / OIDC sub)."""
+
+    attributes: dict[str, list[str] | str] = Field(default_factory=dict)
+    subject: str | None = None
+    subject_format: str | None = None
+    issuer: str | None = None
+    mapping: MappingBody | None = None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(model: type[M], data: Any) -> M:
+    """Validate `data` against `model`; raise ValidationFailed listing every problem by field path."""
+    if not isinstance(data, dict):
+        raise ValidationFailed("The request body must be a JSON object.", code="invalid_request")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_url=False, include_input=False):
+            path = ".".join(str(p) for p in err["loc"]) or "(body)"
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field"
+            problems.append({"field": path, "problem": msg})
+        first = problems[0]
+        raise ValidationFailed(
+            f"Invalid field {first['field']}: {first['problem']}.",
+            code="invalid_request",
+            details={"errors": problems},
+        ) from None

@@ -1,0 +1,594 @@
+"""Admin operations: tenants, admin keys, connections, apps, signing keys, audit — with tenant scoping.
+
+One validation path for the admin API and `config apply`: bodies are parsed by admin/schema.py, then the
+protocol settings are validated by opening them the way a login would (connector settings parsers, IdP
+metadata parser, claims compiler). Nothing is written unless everything validated.
+A tenant-scoped key sees only its own tenant; anything else is NotFound (never Forbidden, which would
+confirm the other tenant exists).
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from broker.admin import schema
+from broker.audit import Auditor, event_json
+from broker.claims.pipeline import compile_mapping, explain
+from broker.errors import BrokerError, Forbidden, NotFound, Unauthorized, ValidationFailed
+from broker.issuer.keys import generate_signing_key
+from broker.model import AdminKey, App, Connection, MappingConfig, Profile, Tenant, UpstreamIdentity
+from broker.ports import AppDraft, Clock, ConfigStore, ConnectionDraft, NewSigningKey
+from broker.samlxml.errors import SamlError
+from broker.samlxml.metadata import IdpMetadata, parse_idp_metadata, to_json
+from broker.upstream.oidc import parse_oidc_settings
+from broker.upstream.saml import parse_saml_settings
+from broker.upstream.saml_keys import generate_sp_credentials
+
+DEFAULT_PRESET = {"saml": "generic-saml", "oidc": "generic-oidc"}
+SECRET_FIELDS = {"oidc": ("client_secret",), "saml": ()}
+
+
+class SecretHashing(Protocol):
+    def digest(self, value: str) -> str: ...
+    def verify(self, value: str, digest: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Urls:
+    public_url: str
+
+    def tenant(self, slug: str) -> str:
+        return f"{self.public_url}/t/{slug}"
+
+    def sp_metadata(self, tenant: str, conn: str) -> str:
+        return f"{self.tenant(tenant)}/connections/{conn}/saml/metadata"
+
+    def acs(self, tenant: str, conn: str) -> str:
+        return f"{self.tenant(tenant)}/connections/{conn}/saml/acs"
+
+    def oidc_callback(self, tenant: str, conn: str) -> str:
+        return f"{self.tenant(tenant)}/connections/{conn}/oidc/callback"
+
+
+def iso(dt: datetime | None) -> str | None:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z") if dt else None
+
+
+MetadataLoader = Callable[[str], bytes]
+
+
+class AdminService:
+    def __init__(
+        self,
+        *,
+        store: ConfigStore,
+        hasher: SecretHashing,
+        auditor: Auditor,
+        clock: Clock,
+        urls: Urls,
+        fetch_metadata: MetadataLoader | None = None,
+        max_metadata_bytes: int = 2 * 1024 * 1024,
+    ) -> None:
+        self.store = store
+        self.hasher = hasher
+        self.auditor = auditor
+        self.clock = clock
+        self.urls = urls
+        self.fetch_metadata = fetch_metadata
+        self.max_metadata_bytes = max_metadata_bytes
+
+    # -- authentication and scoping --------------------------------------------------------------
+
+    def authenticate(self, authorization: str | None) -> AdminKey:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise Unauthorized("An admin API key is required: Authorization: Bearer <key>.", code="unauthorized")
+        token = authorization[len("Bearer "):].strip()
+        if not token or len(token) > 512:
+            raise Unauthorized("The admin API key is not valid.", code="unauthorized")
+        key = self.store.admin_key_by_hash(self.hasher.digest(token))
+        if key is None:
+            raise Unauthorized("The admin API key is not valid.", code="unauthorized")
+        return key
+
+    def tenant_for(self, key: AdminKey, slug: str) -> Tenant:
+        tenant = self.store.tenant_by_slug(slug)
+        if tenant is None or (key.tenant_id is not None and key.tenant_id != tenant.id):
+            raise NotFound(f"No tenant {slug!r}.", code="tenant_not_found")
+        return tenant
+
+    def _admin_event(self, key: AdminKey | None, action: str, tenant: str | None, **details: Any) -> None:
+        self.auditor.emit(
+            "admin", "success", tenant=tenant, connection=details.pop("connection", None),
+            app=details.pop("app", None), reason=None,
+            details={"action": action, "admin_key_id": key.id if key else None, **details},
+        )
+
+    # -- tenants ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def tenant_json(t: Tenant, urls: Urls) -> dict[str, Any]:
+        return {"id": t.id, "slug": t.slug, "name": t.name, "issuer": urls.tenant(t.slug),
+                "created_at": iso(t.created_at)}
+
+    def create_tenant(self, key: AdminKey | None, body: Any) -> dict[str, Any]:
+        if key is not None and not key.is_global:
+            raise Forbidden("A tenant-scoped key cannot create tenants.", code="forbidden")
+        data = schema.parse(schema.TenantCreate, body)
+        gen = generate_signing_key("RS256")
+        tenant = self.store.create_tenant(
+            data.slug, data.name, NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk)
+        )
+        self._admin_event(key, "tenant.create", tenant.slug)
+        return self.tenant_json(tenant, self.urls)
+
+    def list_tenants(self, key: AdminKey) -> dict[str, Any]:
+        tenants = self.store.tenants()
+        if key.tenant_id is not None:
+            tenants = [t for t in tenants if t.id == key.tenant_id]
+        return {"tenants": [self.tenant_json(t, self.urls) for t in tenants]}
+
+    def get_tenant(self, key: AdminKey, slug: str) -> dict[str, Any]:
+        return self.tenant_json(self.tenant_for(key, slug), self.urls)
+
+    def patch_tenant(self, key: AdminKey, slug: str, body: Any) -> dict[str, Any]:
+        tenant = self.tenant_for(key, slug)
+        data = schema.parse(schema.TenantPatch, body)
+        updated = self.store.update_tenant(tenant.id, name=data.name)
+        self._admin_event(key, "tenant.update", tenant.slug)
+        return self.tenant_json(updated, self.urls)
+
+    def delete_tenant(self, key: AdminKey, slug: str) -> None:
+        tenant = self.tenant_for(key, slug)
+        if not key.is_global:
+            raise Forbidden("A tenant-scoped key cannot delete its tenant.", code="forbidden")
+        self.store.delete_tenant(tenant.id)
+        self._admin_event(key, "tenant.delete", tenant.slug)
+
+    # -- admin keys ------------------------------------------------------------------------------
+
+    def create_admin_key(self, key: AdminKey | None, slug: str | None, body: Any) -> dict[str, Any]:
+        data = schema.parse(schema.AdminKeyCreate, body if body is not None else {})
+        tenant_id = None
+        if slug is not None:
+            if key is None:
+                tenant = self.store.tenant_by_slug(slug)
+                if tenant is None:
+                    raise NotFound(f"No tenant {slug!r}.", code="tenant_not_found")
+            else:
+                tenant = self.tenant_for(key, slug)
+            tenant_id = tenant.id
+        elif key is not None and not key.is_global:
+            raise Forbidden("A tenant-scoped key cannot create global keys.", code="forbidden")
+        value = "bk_" + secrets.token_urlsafe(32)
+        created = self.store.create_admin_key(tenant_id, self.hasher.digest(value), data.label)
+        self._admin_event(key, "admin_key.create", slug, key_id=created.id)
+        return {"id": created.id, "key": value, "tenant": slug}
+
+    def ensure_admin_key(self, value: str, label: str = "bootstrap") -> AdminKey:
+        """A global admin key with exactly this value exists afterwards (BROKER_BOOTSTRAP_ADMIN_KEY)."""
+        return self.store.create_admin_key(None, self.hasher.digest(value), label)
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def connection_for(self, key: AdminKey, slug: str, conn: str) -> tuple[Tenant, Connection]:
+        tenant = self.tenant_for(key, slug)
+        connection = self.store.connection(tenant.id, conn)
+        if connection is None:
+            raise NotFound(f"No connection {conn!r} in tenant {slug!r}.", code="connection_not_found")
+        return tenant, connection
+
+    def _parse_metadata(self, xml: bytes, entity_id: str | None = None) -> IdpMetadata:
+        try:
+            return parse_idp_metadata(xml, entity_id=entity_id, now=datetime.fromtimestamp(self.clock.now(), UTC),
+                                      max_bytes=self.max_metadata_bytes)
+        except SamlError as exc:
+            code = exc.code if exc.code.startswith("metadata_") else "metadata_invalid"
+            raise ValidationFailed(f"The IdP metadata was not accepted: {exc.message}", code=code,
+                                   details={"field": "saml.metadata_xml", "problem": exc.message}) from None
+
+    def _draft(self, body: schema.ConnectionBody, existing: Connection | None) -> tuple[ConnectionDraft, Any]:
+        """Validate a connection body fully (settings, metadata, mapping) and build the draft to store."""
+        protocol = body.protocol
+        if existing is not None and existing.protocol != protocol:
+            raise ValidationFailed("A connection's protocol cannot be changed; create a new connection.",
+                                   details={"field": "protocol"})
+        settings_raw = body.saml if protocol == "saml" else body.oidc
+        other = body.oidc if protocol == "saml" else body.saml
+        if other is not None:
+            raise ValidationFailed(f"A {protocol} connection takes only `{protocol}` settings.",
+                                   details={"field": "oidc" if protocol == "saml" else "saml"})
+        raw = dict(settings_raw or {})
+        understood: Any = None
+        secrets_out: dict[str, str] = {}
+        for name in SECRET_FIELDS[protocol]:
+            if name in raw and raw[name] is not None:
+                secrets_out[name] = raw[name]
+            elif existing is not None and name in existing.settings and name not in raw:
+                secrets_out[name] = str(existing.settings[name])
+        try:
+            if protocol == "saml":
+                parsed = parse_saml_settings(raw)
+                if parsed.metadata_xml is not None and parsed.metadata_url is not None:
+                    raise ValidationFailed("Give either saml.metadata_xml or saml.metadata_url, not both.",
+                                           details={"field": "saml"})
+                if parsed.metadata_xml:
+                    understood = self._parse_metadata(parsed.metadata_xml.encode())
+                elif parsed.metadata_url:
+                    if self.fetch_metadata is None:
+                        raise ValidationFailed("Fetching metadata URLs is not available here.",
+                                               details={"field": "saml.metadata_url"})
+                    understood = self._parse_metadata(self.fetch_metadata(parsed.metadata_url))
+            else:
+                parse_oidc_settings({**raw, **secrets_out})
+        except ValidationFailed as exc:
+            field = exc.details.get("field")
+            if field and not str(field).startswith(protocol):
+                exc.details["field"] = f"{protocol}.{field}"
+            raise
+        public = {k: v for k, v in raw.items() if k not in SECRET_FIELDS[protocol]}
+        mapping = MappingConfig(
+            preset=body.mapping.preset or DEFAULT_PRESET[protocol],
+            rules=tuple(body.mapping.rules),
+            subject_source=body.mapping.subject_source,
+        )
+        compile_mapping(mapping)
+        sp = None
+        if protocol == "saml":
+            sp = existing.sp if existing is not None and existing.sp is not None else generate_sp_credentials(
+                f"broker-sp-{body.slug}"
+            )
+        draft = ConnectionDraft(
+            slug=body.slug,
+            protocol=protocol,
+            domains=tuple(body.domains),
+            restrict_to_domains=body.restrict_to_domains,
+            mapping=mapping,
+            settings=public,
+            secrets=secrets_out,
+            enabled=body.enabled,
+            sp=sp,
+        )
+        return draft, understood
+
+    def _check_domains(self, tenant: Tenant, slug: str, domains: tuple[str, ...]) -> None:
+        for other in self.store.connections(tenant.id):
+            if other.slug == slug:
+                continue
+            clash = sorted(set(other.domains) & set(domains))
+            if clash:
+                raise ValidationFailed(
+                    f"Domain {clash[0]} is already used by connection {other.slug!r} of this tenant.",
+                    code="domain_conflict", details={"field": "domains", "domains": clash},
+                )
+
+    def connection_json(self, tenant: Tenant, c: Connection) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": c.id,
+            "slug": c.slug,
+            "protocol": c.protocol,
+            "domains": list(c.domains),
+            "restrict_to_domains": c.restrict_to_domains,
+            "enabled": c.enabled,
+            "mapping": {"preset": c.mapping.preset, "rules": [dict(r) for r in c.mapping.rules],
+                        **({"subject_source": c.mapping.subject_source} if c.mapping.subject_source else {})},
+            "version": c.version,
+            "created_at": iso(c.created_at),
+            "updated_at": iso(c.updated_at),
+        }
+        settings = {k: v for k, v in c.settings.items() if k not in SECRET_FIELDS[c.protocol]}
+        if c.protocol == "saml":
+            metadata_url = self.urls.sp_metadata(tenant.slug, c.slug)
+            out["saml"] = settings
+            out["sp"] = {
+                "entity_id": str(c.settings.get("sp_entity_id") or metadata_url),
+                "acs_url": self.urls.acs(tenant.slug, c.slug),
+                "metadata_url": metadata_url,
+                "signing_certificate": c.sp.signing_cert_pem if c.sp else None,
+                "encryption_certificate": c.sp.encryption_cert_pem if c.sp else None,
+            }
+        else:
+            out["oidc"] = {**settings, "client_secret_set": bool(c.settings.get("client_secret"))}
+            out["redirect_uri"] = self.urls.oidc_callback(tenant.slug, c.slug)
+        return out
+
+    def _connection_spec(self, c: Connection) -> dict[str, Any]:
+        body = self.connection_json(Tenant(c.tenant_id, c.tenant_slug, "", c.created_at), c)
+        spec = {k: body[k] for k in ("slug", "protocol", "domains", "restrict_to_domains", "enabled", "mapping")}
+        spec[c.protocol] = {k: v for k, v in c.settings.items() if k not in SECRET_FIELDS[c.protocol]}
+        return spec
+
+    def create_connection(self, key: AdminKey | None, tenant: Tenant, body: Any) -> dict[str, Any]:
+        data = schema.parse(schema.ConnectionBody, body)
+        if self.store.connection(tenant.id, data.slug) is not None:
+            raise BrokerError(f"A connection with slug {data.slug!r} already exists.", code="connection_exists",
+                              status=409)
+        draft, understood = self._draft(data, None)
+        self._check_domains(tenant, data.slug, draft.domains)
+        created = self.store.create_connection(tenant.id, draft)
+        self._admin_event(key, "connection.create", tenant.slug, connection=created.slug)
+        out = self.connection_json(tenant, created)
+        if understood is not None:
+            out["metadata"] = to_json(understood)
+        return out
+
+    def get_connection(self, key: AdminKey, slug: str, conn: str) -> dict[str, Any]:
+        tenant, c = self.connection_for(key, slug, conn)
+        out = self.connection_json(tenant, c)
+        if c.protocol == "saml":
+            out["metadata"] = self.metadata_summary(c)
+        return out
+
+    def metadata_summary(self, c: Connection) -> dict[str, Any] | None:
+        xml = c.settings.get("metadata_xml")
+        state = self.store.metadata_state(c.id) if c.settings.get("metadata_url") else None
+        raw = xml.encode() if isinstance(xml, str) else (state.xml if state else None)
+        if raw is None:
+            summary: dict[str, Any] | None = None
+        else:
+            try:
+                summary = to_json(self._parse_metadata(raw))
+            except ValidationFailed as exc:
+                summary = {"error": exc.message}
+        if state is not None:
+            summary = dict(summary or {})
+            summary["refresh"] = {
+                "fetched_at": state.fetched_at, "next_refresh_at": state.next_refresh_at,
+                "last_error": state.last_error,
+            }
+        return summary
+
+    def replace_connection(self, key: AdminKey | None, tenant: Tenant, existing: Connection,
+                           body: Any) -> dict[str, Any]:
+        data = schema.parse(schema.ConnectionBody, body)
+        if data.slug != existing.slug and self.store.connection(tenant.id, data.slug) is not None:
+            raise BrokerError(f"A connection with slug {data.slug!r} already exists.", code="connection_exists",
+                              status=409)
+        draft, understood = self._draft(data, existing)
+        self._check_domains(tenant, existing.slug, draft.domains)
+        updated = self.store.replace_connection(existing.id, draft)
+        self._admin_event(key, "connection.update", tenant.slug, connection=updated.slug)
+        out = self.connection_json(tenant, updated)
+        if understood is not None:
+            out["metadata"] = to_json(understood)
+        return out
+
+    def patch_connection(self, key: AdminKey, slug: str, conn: str, body: Any) -> dict[str, Any]:
+        tenant, existing = self.connection_for(key, slug, conn)
+        if not isinstance(body, dict):
+            raise ValidationFailed("The request body must be a JSON object.")
+        merged = merge_patch(self._connection_spec(existing), body)
+        return self.replace_connection(key, tenant, existing, merged)
+
+    def delete_connection(self, key: AdminKey, slug: str, conn: str) -> None:
+        tenant, c = self.connection_for(key, slug, conn)
+        self.store.delete_connection(c.id)
+        self._admin_event(key, "connection.delete", tenant.slug, connection=c.slug)
+
+    def put_metadata(self, key: AdminKey, slug: str, conn: str, xml: bytes) -> dict[str, Any]:
+        tenant, c = self.connection_for(key, slug, conn)
+        if c.protocol != "saml":
+            raise ValidationFailed("IdP metadata applies to SAML connections only.", code="invalid_request")
+        meta = self._parse_metadata(xml)
+        spec = self._connection_spec(c)
+        saml = dict(spec.get("saml") or {})
+        saml.pop("metadata_url", None)
+        saml["metadata_xml"] = xml.decode("utf-8-sig")
+        spec["saml"] = saml
+        data = schema.parse(schema.ConnectionBody, spec)
+        draft, _ = self._draft(data, c)
+        self.store.replace_connection(c.id, draft)
+        self._admin_event(key, "connection.metadata", tenant.slug, connection=c.slug, entity_id=meta.entity_id)
+        return to_json(meta)
+
+    def mapping_test(self, key: AdminKey, slug: str, conn: str, body: Any) -> dict[str, Any]:
+        tenant, c = self.connection_for(key, slug, conn)
+        data = schema.parse(schema.ConnectionTest, body)
+        mapping = c.mapping
+        if data.mapping is not None:
+            mapping = MappingConfig(preset=data.mapping.preset or c.mapping.preset, rules=tuple(data.mapping.rules),
+                                    subject_source=data.mapping.subject_source)
+        compiled = compile_mapping(mapping)
+        attrs = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in data.attributes.items()}
+        identity = UpstreamIdentity(
+            protocol=c.protocol,
+            issuer=data.issuer or str(c.settings.get("issuer") or c.settings.get("entity_id") or ""),
+            subject=data.subject or "",
+            subject_format=data.subject_format,
+            attributes=attrs,
+        )
+        result = explain(compiled, identity, tenant=tenant.slug, tenant_id=tenant.id, connection=c.slug,
+                         connection_id=c.id)
+        return explain_json(result)
+
+    # -- apps ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def app_json(a: App) -> dict[str, Any]:
+        return {
+            "client_id": a.client_id,
+            "name": a.name,
+            "redirect_uris": list(a.redirect_uris),
+            "post_logout_redirect_uris": list(a.post_logout_redirect_uris),
+            "public": a.public,
+            "allowed_scopes": list(a.allowed_scopes),
+            "token_endpoint_auth_method": a.token_endpoint_auth_method,
+            "id_token_signed_response_alg": a.id_token_signed_response_alg,
+            "access_token_ttl": a.access_token_ttl,
+            "id_token_ttl": a.id_token_ttl,
+            "refresh_token_ttl": a.refresh_token_ttl,
+            "created_at": iso(a.created_at),
+        }
+
+    @staticmethod
+    def _app_draft(data: schema.AppBody) -> AppDraft:
+        method = data.token_endpoint_auth_method or ("none" if data.public else "client_secret_basic")
+        if data.public and method != "none":
+            raise ValidationFailed("A public app authenticates with `none` (and PKCE).",
+                                   details={"field": "token_endpoint_auth_method"})
+        if not data.public and method == "none":
+            raise ValidationFailed("A confidential app needs client_secret_basic or client_secret_post.",
+                                   details={"field": "token_endpoint_auth_method"})
+        if data.public and data.client_secret is not None:
+            raise ValidationFailed("A public app has no client secret.", details={"field": "client_secret"})
+        return AppDraft(
+            name=data.name,
+            redirect_uris=tuple(data.redirect_uris),
+            post_logout_redirect_uris=tuple(data.post_logout_redirect_uris),
+            public=data.public,
+            allowed_scopes=tuple(data.allowed_scopes),
+            token_endpoint_auth_method=method,
+            id_token_signed_response_alg=data.id_token_signed_response_alg,
+            access_token_ttl=data.access_token_ttl,
+            id_token_ttl=data.id_token_ttl,
+            refresh_token_ttl=data.refresh_token_ttl,
+        )
+
+    def app_for(self, key: AdminKey, slug: str, client_id: str) -> tuple[Tenant, App]:
+        tenant = self.tenant_for(key, slug)
+        app = self.store.app(tenant.id, client_id)
+        if app is None:
+            raise NotFound(f"No app {client_id!r} in tenant {slug!r}.", code="app_not_found")
+        return tenant, app
+
+    def create_app(self, key: AdminKey | None, tenant: Tenant, body: Any) -> dict[str, Any]:
+        data = schema.parse(schema.AppBody, body)
+        draft = self._app_draft(data)
+        if data.id_token_signed_response_alg == "ES256":
+            self._ensure_alg_key(tenant, "ES256")
+        client_id = data.client_id or secrets.token_urlsafe(18)
+        secret = None
+        if not data.public:
+            secret = data.client_secret or secrets.token_urlsafe(32)
+        app = self.store.create_app(tenant.id, client_id, draft, self.hasher.digest(secret) if secret else None)
+        self._admin_event(key, "app.create", tenant.slug, app=app.client_id)
+        out = self.app_json(app)
+        if secret is not None:
+            out["client_secret"] = secret
+        return out
+
+    def replace_app(self, key: AdminKey | None, tenant: Tenant, existing: App, body: Any) -> dict[str, Any]:
+        data = schema.parse(schema.AppBody, body)
+        if data.client_id is not None and data.client_id != existing.client_id:
+            raise ValidationFailed("client_id cannot be changed.", details={"field": "client_id"})
+        draft = self._app_draft(data)
+        if data.id_token_signed_response_alg == "ES256":
+            self._ensure_alg_key(tenant, "ES256")
+        secret_hash = existing.client_secret_hash
+        if data.client_secret is not None:
+            secret_hash = self.hasher.digest(data.client_secret)
+        if draft.public:
+            secret_hash = None
+        elif secret_hash is None:
+            raise ValidationFailed("Turning a public app confidential needs a client_secret.",
+                                   details={"field": "client_secret"})
+        app = self.store.replace_app(existing.id, draft, secret_hash)
+        self._admin_event(key, "app.update", tenant.slug, app=app.client_id)
+        return self.app_json(app)
+
+    def patch_app(self, key: AdminKey, slug: str, client_id: str, body: Any) -> dict[str, Any]:
+        tenant, existing = self.app_for(key, slug, client_id)
+        if not isinstance(body, dict):
+            raise ValidationFailed("The request body must be a JSON object.")
+        current = self.app_json(existing)
+        current.pop("created_at")
+        current.pop("client_id")
+        merged = merge_patch(current, body)
+        return self.replace_app(key, tenant, existing, merged)
+
+    def delete_app(self, key: AdminKey, slug: str, client_id: str) -> None:
+        tenant, app = self.app_for(key, slug, client_id)
+        self.store.delete_app(app.id)
+        self._admin_event(key, "app.delete", tenant.slug, app=app.client_id)
+
+    # -- keys ------------------------------------------------------------------------------------
+
+    def _ensure_alg_key(self, tenant: Tenant, alg: str) -> None:
+        if not any(k.alg == alg and k.active for k in self.store.signing_keys(tenant.id)):
+            gen = generate_signing_key(alg)
+            self.store.add_signing_key(tenant.id, NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk))
+
+    def rotate_keys(self, key: AdminKey | None, tenant: Tenant, body: Any = None) -> dict[str, Any]:
+        alg = "RS256"
+        if isinstance(body, dict) and body:
+            extra = set(body) - {"alg"}
+            if extra:
+                raise ValidationFailed(f"Invalid field {sorted(extra)[0]}: unknown field.",
+                                       details={"field": sorted(extra)[0]})
+            alg = body.get("alg", "RS256")
+            if alg not in ("RS256", "ES256"):
+                raise ValidationFailed("alg must be RS256 or ES256.", details={"field": "alg"})
+        gen = generate_signing_key(alg)
+        new = self.store.add_signing_key(tenant.id, NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk))
+        self._admin_event(key, "keys.rotate", tenant.slug, kid=new.kid, alg=alg)
+        return {
+            "active_kid": new.kid,
+            "alg": new.alg,
+            "keys": [{"kid": k.kid, "alg": k.alg, "active": k.active, "created_at": iso(k.created_at),
+                      "retired_at": iso(k.retired_at)} for k in self.store.signing_keys(tenant.id)],
+        }
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def audit(self, key: AdminKey, slug: str, args: Mapping[str, str]) -> dict[str, Any]:
+        tenant = self.tenant_for(key, slug)
+        type_ = args.get("type")
+        if type_ is not None and type_ not in ("login", "admin", "token"):
+            raise ValidationFailed("type must be login, admin or token.", details={"field": "type"})
+        outcome = args.get("outcome")
+        if outcome is not None and outcome not in ("success", "failure"):
+            raise ValidationFailed("outcome must be success or failure.", details={"field": "outcome"})
+        try:
+            limit = int(args.get("limit", "50"))
+        except ValueError:
+            raise ValidationFailed("limit must be a whole number.", details={"field": "limit"}) from None
+        if not 1 <= limit <= 500:
+            raise ValidationFailed("limit must be between 1 and 500.", details={"field": "limit"})
+        cursor = args.get("cursor")
+        if cursor is not None and not cursor.isdigit():
+            raise ValidationFailed("cursor is not valid.", details={"field": "cursor"})
+        page = self.store.audit_page(tenant.id, type=type_, outcome=outcome, limit=limit, cursor=cursor)
+        return {"events": [event_json(e) for e in page.events], "next_cursor": page.next_cursor}
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396 JSON Merge Patch."""
+    if not isinstance(patch, dict):
+        return patch
+    result = dict(target) if isinstance(target, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            result.pop(k, None)
+        else:
+            result[k] = merge_patch(result.get(k), v)
+    return result
+
+
+def explain_json(result: Any) -> dict[str, Any]:
+    steps = [
+        {"index": s.index, "source": s.source, "rule": dict(s.rule),
+         "changed": {k: {"before": b, "after": a} for k, (b, a) in s.changed.items()}}
+        for s in result.steps
+    ]
+    out: dict[str, Any] = {"raw": result.raw, "steps": steps}
+    if result.error is not None:
+        out["error"] = {"error": result.error.code, "message": result.error.message}
+        out["profile"] = None
+    else:
+        out["profile"] = profile_json(result.profile)
+        out["warnings"] = list(result.profile.warnings)
+    return out
+
+
+def profile_json(p: Profile) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "sub": p.sub, "tenant": p.tenant, "connection": p.connection, "idp": p.idp,
+        "email": p.email, "email_verified": p.email_verified, "name": p.name, "given_name": p.given_name,
+        "family_name": p.family_name, "groups": list(p.groups), "roles": list(p.roles),
+        "amr": list(p.amr), "acr": p.acr,
+    }
+    out.update(dict(p.extra))
+    return out

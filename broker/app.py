@@ -1,0 +1,167 @@
+"""create_app(settings): the one composition root. Builds stores and services, registers the web layer."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from broker import logs
+from broker.admin.service import AdminService, Urls
+from broker.audit import Auditor
+from broker.errors import BrokerError, ConfigError, ServiceUnavailable
+from broker.metrics import Metrics
+from broker.ports import Clock, Fetcher, StateStore, SystemClock
+from broker.settings import Settings, load_settings
+from broker.store.config_repo import SqlConfigStore
+from broker.store.database import make_engine, schema_is_current, upgrade
+from broker.store.sealing import SecretHasher, Sealer
+from broker.store.state import MemoryStateStore
+from broker.store.state_redis import RedisStateStore
+from broker.web import admin_api, health
+from broker.web.context import Services
+from broker.web.errors import admin_error, admin_error_raw, html_error, html_page, oauth_error
+
+log = logs.get("broker.app")
+
+OAUTH_ENDPOINTS = ("/token", "/userinfo", "/introspect", "/revoke", "/jwks", "/.well-known/openid-configuration")
+
+
+def _surface(path: str) -> str:
+    if path.startswith("/admin/v1"):
+        return "admin"
+    if path.startswith("/t/") and path.endswith(OAUTH_ENDPOINTS):
+        return "oauth"
+    return "html"
+
+
+def build_services(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    state: StateStore | None = None,
+    fetcher: Fetcher | None = None,
+    migrate: bool | None = None,
+) -> Services:
+    engine = make_engine(settings.sqlalchemy_url)
+    if migrate if migrate is not None else not settings.is_production:
+        upgrade(engine)
+    elif not schema_is_current(engine):
+        raise ConfigError("The database schema is not up to date: run `broker db upgrade` first.")
+    secret = settings.secret_key.reveal()
+    config = SqlConfigStore(engine, Sealer(secret))
+    if state is None:
+        state = RedisStateStore.from_url(settings.redis_url) if settings.redis_url else MemoryStateStore()
+    clock = clock or SystemClock()
+    auditor = Auditor(config)
+    if fetcher is None:
+        from broker.upstream.sources import RequestsFetcher
+
+        fetcher = RequestsFetcher()
+    fetch = fetcher
+
+    def fetch_metadata(url: str) -> bytes:
+        from broker.upstream.sources import fetch_metadata_bytes
+
+        return fetch_metadata_bytes(fetch, url, timeout=settings.upstream_timeout,
+                                    max_bytes=settings.max_metadata_bytes)
+
+    admin = AdminService(
+        store=config,
+        hasher=SecretHasher(secret),
+        auditor=auditor,
+        clock=clock,
+        urls=Urls(settings.public_url),
+        fetch_metadata=fetch_metadata,
+        max_metadata_bytes=settings.max_metadata_bytes,
+    )
+    if settings.bootstrap_admin_key is not None:
+        admin.ensure_admin_key(settings.bootstrap_admin_key.reveal())
+    return Services(
+        settings=settings, config=config, state=state, clock=clock, auditor=auditor, admin=admin,
+        metrics=Metrics(), extras={"engine": engine, "fetcher": fetcher},
+    )
+
+
+def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
+    settings = settings or load_settings()
+    logs.configure(settings.log_level)
+    svc = build_services(settings, **overrides)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max(settings.max_saml_bytes, settings.max_json_bytes,
+                                           settings.max_metadata_bytes) * 2
+    app.config["JSON_SORT_KEYS"] = False
+    app.extensions["broker"] = svc
+    app.register_blueprint(health.bp)
+    app.register_blueprint(admin_api.bp)
+    _register_hooks(app, svc)
+    log.info("broker_ready", extra={"public_url": settings.public_url, "env": settings.env,
+                                    "state_store": "redis" if settings.redis_url else "memory"})
+    return app
+
+
+def _register_hooks(app: Flask, svc: Services) -> None:
+    @app.before_request
+    def _start() -> None:
+        rid = request.headers.get("X-Request-Id", "")
+        if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
+            rid = secrets.token_hex(8)
+        g.request_id = rid
+        g.started = time.perf_counter()
+        logs.request_id.set(rid)
+        logs.tenant.set(None)
+        logs.connection.set(None)
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        resp.headers["X-Request-Id"] = g.get("request_id", "")
+        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        endpoint = request.url_rule.endpoint if request.url_rule is not None else "unmatched"
+        svc.metrics.http_requests.labels(endpoint=endpoint, status=str(resp.status_code)).inc()
+        return resp
+
+    @app.errorhandler(BrokerError)
+    def _broker_error(err: BrokerError) -> Response:
+        surface = _surface(request.path)
+        if err.status >= 500:
+            log.warning("request_failed", extra={"code": err.code, "detail": err.detail, "path": request.path})
+        if surface == "admin":
+            return admin_error(err)
+        if surface == "oauth":
+            return oauth_error(err)
+        return html_error(err)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException) -> Response:
+        status = err.code or 500
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 400: "invalid_request"}
+        code = codes.get(status, "http_error")
+        message = {404: "No such resource.", 405: "That method is not allowed here.",
+                   413: "The request body is too large."}.get(status, "The request could not be processed.")
+        surface = _surface(request.path)
+        if surface == "admin":
+            return admin_error_raw(status, code, message)
+        if surface == "oauth":
+            return oauth_error(BrokerError(message, code="invalid_request", status=status))
+        return html_page(status, "Error", message, code, g.get("request_id"))
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception) -> Response:
+        log.exception("unhandled_error", extra={"path": request.path})
+        unavailable = ServiceUnavailable("The service is temporarily unavailable. Please try again shortly.")
+        surface = _surface(request.path)
+        if surface == "admin":
+            return admin_error_raw(500, "internal_error", "An internal error occurred; it has been logged.")
+        if surface == "oauth":
+            return oauth_error(BrokerError("An internal error occurred.", code="server_error", status=500))
+        return html_error(unavailable) if _is_backend_error(err) else html_page(
+            500, "Something went wrong", "An internal error occurred; it has been logged.", "internal_error",
+            g.get("request_id"))
+
+
+def _is_backend_error(err: Exception) -> bool:
+    name = type(err).__module__
+    return name.startswith(("sqlalchemy", "redis", "psycopg"))

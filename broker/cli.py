@@ -1,0 +1,154 @@
+"""The `broker` command: thin wrappers around the services (serve, db upgrade, admin keys, key rotation)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from broker import logs
+from broker.errors import BrokerError, ConfigError
+from broker.settings import Settings, check_workers, load_settings
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def default_workers(settings: Settings) -> int:
+    if settings.redis_url is None:
+        return 1
+    return max(2, min(8, (os.cpu_count() or 1) * 2))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings()
+    workers = args.workers if args.workers is not None else default_workers(settings)
+    if workers < 1:
+        raise ConfigError("--workers must be at least 1.")
+    check_workers(settings, workers)
+    logs.configure(settings.log_level)
+    from broker.store.database import make_engine, schema_is_current, upgrade
+
+    engine = make_engine(settings.sqlalchemy_url)
+    if not settings.is_production:
+        upgrade(engine)  # once, in the master, before workers start
+    elif not schema_is_current(engine):
+        raise ConfigError("The database schema is not up to date: run `broker db upgrade` first.")
+    engine.dispose()
+
+    from gunicorn.app.base import BaseApplication
+
+    from broker.app import create_app
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", args.threads)
+            self.cfg.set("timeout", 30)
+            self.cfg.set("graceful_timeout", 20)
+            self.cfg.set("keepalive", 5)
+            self.cfg.set("max_requests", 0)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("errorlog", "-")
+            self.cfg.set("loglevel", "warning")
+            self.cfg.set("preload_app", False)  # each worker opens its own DB pool and Redis client
+
+        def load(self) -> Any:
+            return create_app(settings, migrate=False)
+
+    print(
+        json.dumps({"event": "serving", "url": settings.public_url, "bind": f"{args.host}:{args.port}",
+                    "workers": workers}),
+        file=sys.stderr,
+        flush=True,
+    )
+    Server().run()
+    return 0
+
+
+def cmd_db_upgrade(_: argparse.Namespace) -> int:
+    settings = _settings()
+    from broker.store.database import make_engine, upgrade
+
+    upgrade(make_engine(settings.sqlalchemy_url))
+    print("database schema is up to date")
+    return 0
+
+
+def _services(settings: Settings) -> Any:
+    from broker.app import build_services
+
+    return build_services(settings)
+
+
+def cmd_admin_create_key(args: argparse.Namespace) -> int:
+    settings = _settings()
+    svc = _services(settings)
+    out = svc.admin.create_admin_key(None, args.tenant, {"label": args.label or "cli"})
+    print(out["key"])
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    settings = _settings()
+    svc = _services(settings)
+    tenant = svc.config.tenant_by_slug(args.tenant)
+    if tenant is None:
+        raise ConfigError(f"No tenant {args.tenant!r}.")
+    out = svc.admin.rotate_keys(None, tenant, {"alg": args.alg})
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="broker", description="SAML 2.0 / OIDC federation broker")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the production server (gunicorn)")
+    serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server binds all interfaces by default
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=None,
+                       help="worker processes (default: 1 without Redis, else 2x cores up to 8)")
+    serve.add_argument("--threads", type=int, default=4, help="threads per worker")
+    serve.set_defaults(func=cmd_serve)
+
+    db = sub.add_parser("db", help="database schema")
+    dbsub = db.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="apply schema migrations")
+    up.set_defaults(func=cmd_db_upgrade)
+
+    admin = sub.add_parser("admin", help="admin keys")
+    adsub = admin.add_subparsers(dest="admin_command", required=True)
+    ck = adsub.add_parser("create-key", help="print a new admin key once")
+    ck.add_argument("--tenant", default=None, help="scope the key to this tenant slug (default: global)")
+    ck.add_argument("--label", default=None)
+    ck.set_defaults(func=cmd_admin_create_key)
+
+    keys = sub.add_parser("keys", help="tenant signing keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    rot = ksub.add_parser("rotate", help="rotate a tenant's signing key")
+    rot.add_argument("--tenant", required=True)
+    rot.add_argument("--alg", default="RS256", choices=["RS256", "ES256"])
+    rot.set_defaults(func=cmd_keys_rotate)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except BrokerError as exc:
+        print(f"broker: {exc.message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Frozen Settings read from the environment once at start, validated with clear messages.
+
+See SPEC "Settings (environment)". Secrets are wrapped in `Secret`, which prints as ***.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from broker.errors import ConfigError
+
+DEV_SECRET_KEY = "dev-only-insecure-secret-key-do-not-use-in-production"
+DEFAULT_SQLITE = "sqlite:///broker-dev.db"
+
+
+class Secret:
+    """A string that never shows itself in repr/str/logs."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    def __str__(self) -> str:
+        return "***"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    public_url: str
+    database_url: str
+    redis_url: str | None
+    secret_key: Secret
+    env: str  # "dev" | "production"
+    bootstrap_admin_key: Secret | None
+    max_saml_bytes: int = 512 * 1024
+    max_json_bytes: int = 1024 * 1024
+    max_metadata_bytes: int = 2 * 1024 * 1024
+    upstream_timeout: float = 10.0
+    login_ttl: int = 600
+    config_cache_seconds: float = 2.0
+    dev_idp: bool = False
+    log_level: str = "INFO"
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def secure_cookies(self) -> bool:
+        return self.public_url.startswith("https://")
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """DATABASE_URL with postgresql:// mapped to the psycopg 3 driver."""
+        url = self.database_url
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://"):]
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        return url
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+    return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}.")
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate the environment. Raises ConfigError with a sentence an operator can act on."""
+    env = os.environ if env is None else env
+    mode = (env.get("BROKER_ENV") or "dev").strip().lower()
+    if mode not in ("dev", "production"):
+        raise ConfigError(f"BROKER_ENV must be 'dev' or 'production', got {mode!r}.")
+
+    public_url = (env.get("BROKER_PUBLIC_URL") or "http://127.0.0.1:8000").strip().rstrip("/")
+    parts = urlsplit(public_url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"BROKER_PUBLIC_URL must be an absolute http(s) URL, got {public_url!r}.")
+    if parts.query or parts.fragment:
+        raise ConfigError("BROKER_PUBLIC_URL must not have a query or fragment.")
+    if mode == "production" and parts.scheme != "https":
+        raise ConfigError("BROKER_ENV=production refuses an http:// BROKER_PUBLIC_URL; use https://.")
+
+    database_url = (env.get("DATABASE_URL") or DEFAULT_SQLITE).strip()
+    if not database_url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")):
+        raise ConfigError(
+            "DATABASE_URL must start with sqlite:///, postgresql:// or postgresql+psycopg://."
+        )
+
+    redis_url = (env.get("REDIS_URL") or "").strip() or None
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://.")
+
+    raw_secret = env.get("BROKER_SECRET_KEY") or ""
+    if raw_secret:
+        if len(raw_secret) < 32:
+            raise ConfigError("BROKER_SECRET_KEY must be at least 32 characters long.")
+        secret = Secret(raw_secret)
+    elif mode == "production":
+        raise ConfigError("BROKER_ENV=production requires BROKER_SECRET_KEY (at least 32 characters).")
+    else:
+        secret = Secret(DEV_SECRET_KEY)
+
+    bootstrap = env.get("BROKER_BOOTSTRAP_ADMIN_KEY") or None
+    if bootstrap is not None and len(bootstrap) < 16:
+        raise ConfigError("BROKER_BOOTSTRAP_ADMIN_KEY must be at least 16 characters long.")
+
+    dev_idp = _bool(env, "BROKER_DEV_IDP", False)
+    if dev_idp and mode == "production":
+        raise ConfigError("The development IdP cannot be enabled with BROKER_ENV=production.")
+
+    level = (env.get("BROKER_LOG_LEVEL") or "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError("BROKER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR.")
+
+    return Settings(
+        public_url=public_url,
+        database_url=database_url,
+        redis_url=redis_url,
+        secret_key=secret,
+        env=mode,
+        bootstrap_admin_key=Secret(bootstrap) if bootstrap else None,
+        max_saml_bytes=_int(env, "BROKER_MAX_SAML_BYTES", 512 * 1024),
+        max_json_bytes=_int(env, "BROKER_MAX_JSON_BYTES", 1024 * 1024),
+        upstream_timeout=float(_int(env, "BROKER_UPSTREAM_TIMEOUT", 10)),
+        login_ttl=_int(env, "BROKER_LOGIN_TTL", 600, minimum=30),
+        dev_idp=dev_idp,
+        log_level=level,
+    )
+
+
+def check_workers(settings: Settings, workers: int) -> None:
+    """SPEC: the in-process state store is single-process only."""
+    if workers > 1 and settings.redis_url is None:
+        raise ConfigError(
+            f"Refusing to start {workers} workers with the in-process state store: "
+            "set REDIS_URL so workers share login state, or use --workers 1."
+        )
+    if workers > 1 and settings.database_url.startswith("sqlite:") and settings.is_production:
+        raise ConfigError("Several workers on SQLite in production is not supported; use PostgreSQL.")
+
+
+def project_root() -> Path:
+    return Path(__file__).resolve().parent.parent

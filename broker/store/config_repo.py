@@ -1,0 +1,561 @@
+"""The SQL ConfigStore: tenants, connections, apps, keys, admin keys and audit as frozen values.
+
+Rows never leave this module; callers get broker.model values with secrets unsealed in memory only.
+Every public method runs in its own transaction unless called inside `atomic()`, which makes a whole
+batch (e.g. `config apply`) commit or roll back as one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, delete, select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import SQLAlchemyError as _SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from broker.errors import Conflict, NotFound, ServiceUnavailable
+from broker.model import (
+    AdminKey,
+    App,
+    AuditEvent,
+    Connection,
+    MappingConfig,
+    SigningKey,
+    SpCredentials,
+    Tenant,
+)
+from broker.ports import AppDraft, AuditPage, ConnectionDraft, MetadataState, NewSigningKey
+from broker.store.sealing import Sealer
+from broker.store.tables import AdminKeyRow, AppRow, AuditRow, ConnectionRow, SigningKeyRow, TenantRow
+
+
+def _utc(dt: datetime | None) -> datetime | None:
+    if dt is None:
+        return None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(dt: datetime | None) -> float | None:
+    d = _utc(dt)
+    return d.timestamp() if d is not None else None
+
+
+def _from_ts(t: float | None) -> datetime | None:
+    return datetime.fromtimestamp(t, UTC) if t is not None else None
+
+
+class SqlConfigStore:
+    def __init__(self, engine: Engine, sealer: Sealer) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._sealer = sealer
+        self._current: ContextVar[Session | None] = ContextVar(f"broker_session_{id(self)}", default=None)
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        if self._current.get() is not None:
+            yield
+            return
+        session = self._sessions()
+        token = self._current.set(session)
+        try:
+            yield
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            self._current.reset(token)
+            session.close()
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        current = self._current.get()
+        if current is not None:
+            try:
+                yield current
+                current.flush()
+            except IntegrityError as exc:
+                raise Conflict("That conflicts with an existing resource.", detail=str(exc.orig)) from None
+            return
+        session = self._sessions()
+        try:
+            yield session
+            session.commit()
+        except IntegrityError as exc:
+            session.rollback()
+            raise Conflict("That conflicts with an existing resource.", detail=str(exc.orig)) from None
+        except OperationalError as exc:
+            session.rollback()
+            raise ServiceUnavailable("The database is unavailable.", detail=str(exc.orig)) from None
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def ping(self) -> bool:
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return True
+        except _SQLAlchemyError:
+            return False
+
+    # -- conversions -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _tenant(row: TenantRow) -> Tenant:
+        return Tenant(id=row.id, slug=row.slug, name=row.name, created_at=_utc(row.created_at) or _now(),
+                      version=row.version)
+
+    def _connection(self, row: ConnectionRow, tenant_slug: str) -> Connection:
+        settings: dict[str, Any] = dict(row.settings)
+        if row.sealed_secrets:
+            secrets = json.loads(self._sealer.open(row.sealed_secrets, context=f"connection:{row.id}"))
+            settings.update(secrets)
+        sp: SpCredentials | None = None
+        if row.sealed_sp:
+            raw = json.loads(self._sealer.open(row.sealed_sp, context=f"connection-sp:{row.id}"))
+            sp = SpCredentials(
+                signing_key_pem=raw["signing_key_pem"].encode(),
+                signing_cert_pem=raw["signing_cert_pem"],
+                encryption_key_pem=raw["encryption_key_pem"].encode(),
+                encryption_cert_pem=raw["encryption_cert_pem"],
+            )
+        mapping = row.mapping or {}
+        return Connection(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            tenant_slug=tenant_slug,
+            slug=row.slug,
+            protocol="saml" if row.protocol == "saml" else "oidc",
+            domains=tuple(row.domains or ()),
+            restrict_to_domains=row.restrict_to_domains,
+            mapping=MappingConfig(
+                preset=str(mapping.get("preset", "")),
+                rules=tuple(mapping.get("rules") or ()),
+                subject_source=mapping.get("subject_source"),
+            ),
+            settings=settings,
+            enabled=row.enabled,
+            version=row.version,
+            created_at=_utc(row.created_at) or _now(),
+            updated_at=_utc(row.updated_at) or _now(),
+            sp=sp,
+        )
+
+    @staticmethod
+    def _app(row: AppRow) -> App:
+        return App(
+            id=row.id,
+            tenant_id=row.tenant_id,
+            client_id=row.client_id,
+            name=row.name,
+            redirect_uris=tuple(row.redirect_uris),
+            post_logout_redirect_uris=tuple(row.post_logout_redirect_uris),
+            public=row.public,
+            allowed_scopes=tuple(row.allowed_scopes),
+            token_endpoint_auth_method=row.token_endpoint_auth_method,
+            id_token_signed_response_alg=row.id_token_signed_response_alg,
+            access_token_ttl=row.access_token_ttl,
+            id_token_ttl=row.id_token_ttl,
+            refresh_token_ttl=row.refresh_token_ttl,
+            client_secret_hash=row.client_secret_hash,
+            version=row.version,
+            created_at=_utc(row.created_at) or _now(),
+        )
+
+    def _key(self, row: SigningKeyRow) -> SigningKey:
+        return SigningKey(
+            kid=row.kid,
+            tenant_id=row.tenant_id,
+            alg=row.alg,
+            public_jwk=dict(row.public_jwk),
+            private_pem=self._sealer.open(row.sealed_private, context=f"signing-key:{row.tenant_id}:{row.kid}"),
+            active=row.active,
+            created_at=_utc(row.created_at) or _now(),
+            retired_at=_utc(row.retired_at),
+        )
+
+    # -- tenants ---------------------------------------------------------------------------------
+
+    def tenants(self) -> Sequence[Tenant]:
+        with self._session() as s:
+            return [self._tenant(r) for r in s.scalars(select(TenantRow).order_by(TenantRow.slug))]
+
+    def tenant_by_slug(self, slug: str) -> Tenant | None:
+        with self._session() as s:
+            row = s.scalars(select(TenantRow).where(TenantRow.slug == slug)).one_or_none()
+            return self._tenant(row) if row else None
+
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        with self._session() as s:
+            row = s.get(TenantRow, tenant_id)
+            return self._tenant(row) if row else None
+
+    def create_tenant(self, slug: str, name: str, key: NewSigningKey) -> Tenant:
+        now = _now()
+        with self._session() as s:
+            if s.scalars(select(TenantRow.id).where(TenantRow.slug == slug)).first() is not None:
+                raise Conflict(f"A tenant with slug {slug!r} already exists.", code="tenant_exists")
+            row = TenantRow(id=str(uuid.uuid4()), slug=slug, name=name, version=1, created_at=now, updated_at=now)
+            s.add(row)
+            s.flush()
+            s.add(self._key_row(row.id, key, now))
+            return self._tenant(row)
+
+    def update_tenant(self, tenant_id: str, *, name: str) -> Tenant:
+        with self._session() as s:
+            row = s.get(TenantRow, tenant_id)
+            if row is None:
+                raise NotFound("No such tenant.")
+            row.name = name
+            row.version += 1
+            row.updated_at = _now()
+            return self._tenant(row)
+
+    def delete_tenant(self, tenant_id: str) -> None:
+        with self._session() as s:
+            for table in (AdminKeyRow, ConnectionRow, AppRow, SigningKeyRow):
+                s.execute(delete(table).where(table.tenant_id == tenant_id))
+            s.execute(delete(TenantRow).where(TenantRow.id == tenant_id))
+
+    # -- admin keys ------------------------------------------------------------------------------
+
+    def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str) -> AdminKey:
+        now = _now()
+        with self._session() as s:
+            slug = None
+            if tenant_id is not None:
+                t = s.get(TenantRow, tenant_id)
+                if t is None:
+                    raise NotFound("No such tenant.")
+                slug = t.slug
+            existing = s.scalars(select(AdminKeyRow).where(AdminKeyRow.key_hash == key_hash)).one_or_none()
+            if existing is not None:
+                return AdminKey(id=existing.id, tenant_id=existing.tenant_id, tenant_slug=slug,
+                                created_at=_utc(existing.created_at) or now)
+            row = AdminKeyRow(id=str(uuid.uuid4()), tenant_id=tenant_id, key_hash=key_hash, label=label,
+                              created_at=now)
+            s.add(row)
+            return AdminKey(id=row.id, tenant_id=tenant_id, tenant_slug=slug, created_at=now)
+
+    def admin_key_by_hash(self, key_hash: str) -> AdminKey | None:
+        with self._session() as s:
+            row = s.scalars(select(AdminKeyRow).where(AdminKeyRow.key_hash == key_hash)).one_or_none()
+            if row is None:
+                return None
+            slug = None
+            if row.tenant_id is not None:
+                t = s.get(TenantRow, row.tenant_id)
+                if t is None:
+                    return None
+                slug = t.slug
+            return AdminKey(id=row.id, tenant_id=row.tenant_id, tenant_slug=slug,
+                            created_at=_utc(row.created_at) or _now())
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def connection(self, tenant_id: str, slug: str) -> Connection | None:
+        with self._session() as s:
+            row = s.scalars(
+                select(ConnectionRow).where(ConnectionRow.tenant_id == tenant_id, ConnectionRow.slug == slug)
+            ).one_or_none()
+            if row is None:
+                return None
+            t = s.get(TenantRow, tenant_id)
+            return self._connection(row, t.slug if t else "")
+
+    def connections(self, tenant_id: str) -> Sequence[Connection]:
+        with self._session() as s:
+            t = s.get(TenantRow, tenant_id)
+            if t is None:
+                return []
+            rows = s.scalars(
+                select(ConnectionRow).where(ConnectionRow.tenant_id == tenant_id).order_by(ConnectionRow.slug)
+            )
+            return [self._connection(r, t.slug) for r in rows]
+
+    def _fill_connection(self, row: ConnectionRow, draft: ConnectionDraft) -> None:
+        row.slug = draft.slug
+        row.protocol = draft.protocol
+        row.domains = list(draft.domains)
+        row.restrict_to_domains = draft.restrict_to_domains
+        row.mapping = {
+            "preset": draft.mapping.preset,
+            "rules": [dict(r) for r in draft.mapping.rules],
+            **({"subject_source": draft.mapping.subject_source} if draft.mapping.subject_source else {}),
+        }
+        row.settings = dict(draft.settings)
+        row.sealed_secrets = (
+            self._sealer.seal(json.dumps(dict(draft.secrets)).encode(), context=f"connection:{row.id}")
+            if draft.secrets
+            else None
+        )
+        if draft.sp is not None:
+            row.sealed_sp = self._sealer.seal(
+                json.dumps(
+                    {
+                        "signing_key_pem": draft.sp.signing_key_pem.decode(),
+                        "signing_cert_pem": draft.sp.signing_cert_pem,
+                        "encryption_key_pem": draft.sp.encryption_key_pem.decode(),
+                        "encryption_cert_pem": draft.sp.encryption_cert_pem,
+                    }
+                ).encode(),
+                context=f"connection-sp:{row.id}",
+            )
+        row.enabled = draft.enabled
+
+    def create_connection(self, tenant_id: str, draft: ConnectionDraft) -> Connection:
+        now = _now()
+        with self._session() as s:
+            t = s.get(TenantRow, tenant_id)
+            if t is None:
+                raise NotFound("No such tenant.")
+            exists = s.scalars(
+                select(ConnectionRow.id).where(ConnectionRow.tenant_id == tenant_id, ConnectionRow.slug == draft.slug)
+            ).first()
+            if exists is not None:
+                raise Conflict(f"A connection with slug {draft.slug!r} already exists.", code="connection_exists")
+            row = ConnectionRow(id=str(uuid.uuid4()), tenant_id=tenant_id, version=1, created_at=now, updated_at=now)
+            self._fill_connection(row, draft)
+            s.add(row)
+            s.flush()
+            return self._connection(row, t.slug)
+
+    def replace_connection(self, connection_id: str, draft: ConnectionDraft) -> Connection:
+        with self._session() as s:
+            row = s.get(ConnectionRow, connection_id)
+            if row is None:
+                raise NotFound("No such connection.")
+            old_settings = dict(row.settings)
+            self._fill_connection(row, draft)
+            if old_settings.get("metadata_url") != row.settings.get("metadata_url"):
+                row.fetched_metadata = None
+                row.metadata_fetched_at = None
+                row.metadata_next_refresh_at = None
+                row.metadata_last_error = None
+            row.version += 1
+            row.updated_at = _now()
+            s.flush()
+            t = s.get(TenantRow, row.tenant_id)
+            return self._connection(row, t.slug if t else "")
+
+    def delete_connection(self, connection_id: str) -> None:
+        with self._session() as s:
+            s.execute(delete(ConnectionRow).where(ConnectionRow.id == connection_id))
+
+    def metadata_state(self, connection_id: str) -> MetadataState:
+        with self._session() as s:
+            row = s.get(ConnectionRow, connection_id)
+            if row is None:
+                return MetadataState(None, None, None, None)
+            return MetadataState(
+                xml=row.fetched_metadata.encode() if row.fetched_metadata else None,
+                fetched_at=_ts(row.metadata_fetched_at),
+                next_refresh_at=_ts(row.metadata_next_refresh_at),
+                last_error=row.metadata_last_error,
+            )
+
+    def save_metadata_state(self, connection_id: str, state: MetadataState) -> None:
+        with self._session() as s:
+            s.execute(
+                update(ConnectionRow)
+                .where(ConnectionRow.id == connection_id)
+                .values(
+                    fetched_metadata=state.xml.decode("utf-8", "replace") if state.xml is not None else None,
+                    metadata_fetched_at=_from_ts(state.fetched_at),
+                    metadata_next_refresh_at=_from_ts(state.next_refresh_at),
+                    metadata_last_error=state.last_error,
+                )
+            )
+
+    def touch_last_login(self, connection_id: str, when: float) -> None:
+        with self._session() as s:
+            s.execute(
+                update(ConnectionRow).where(ConnectionRow.id == connection_id).values(last_login_at=_from_ts(when))
+            )
+
+    def last_logins(self, tenant_id: str) -> Mapping[str, float | None]:
+        with self._session() as s:
+            rows = s.execute(
+                select(ConnectionRow.slug, ConnectionRow.last_login_at).where(ConnectionRow.tenant_id == tenant_id)
+            )
+            return {slug: _ts(at) for slug, at in rows}
+
+    # -- apps ------------------------------------------------------------------------------------
+
+    def app(self, tenant_id: str, client_id: str) -> App | None:
+        with self._session() as s:
+            row = s.scalars(
+                select(AppRow).where(AppRow.tenant_id == tenant_id, AppRow.client_id == client_id)
+            ).one_or_none()
+            return self._app(row) if row else None
+
+    def apps(self, tenant_id: str) -> Sequence[App]:
+        with self._session() as s:
+            rows = s.scalars(select(AppRow).where(AppRow.tenant_id == tenant_id).order_by(AppRow.created_at))
+            return [self._app(r) for r in rows]
+
+    @staticmethod
+    def _fill_app(row: AppRow, draft: AppDraft, secret_hash: str | None) -> None:
+        row.name = draft.name
+        row.redirect_uris = list(draft.redirect_uris)
+        row.post_logout_redirect_uris = list(draft.post_logout_redirect_uris)
+        row.public = draft.public
+        row.allowed_scopes = list(draft.allowed_scopes)
+        row.token_endpoint_auth_method = draft.token_endpoint_auth_method
+        row.id_token_signed_response_alg = draft.id_token_signed_response_alg
+        row.access_token_ttl = draft.access_token_ttl
+        row.id_token_ttl = draft.id_token_ttl
+        row.refresh_token_ttl = draft.refresh_token_ttl
+        row.client_secret_hash = secret_hash
+
+    def create_app(self, tenant_id: str, client_id: str, draft: AppDraft, secret_hash: str | None) -> App:
+        now = _now()
+        with self._session() as s:
+            if s.get(TenantRow, tenant_id) is None:
+                raise NotFound("No such tenant.")
+            row = AppRow(id=str(uuid.uuid4()), tenant_id=tenant_id, client_id=client_id, version=1,
+                         created_at=now, updated_at=now)
+            self._fill_app(row, draft, secret_hash)
+            s.add(row)
+            s.flush()
+            return self._app(row)
+
+    def replace_app(self, app_id: str, draft: AppDraft, secret_hash: str | None) -> App:
+        with self._session() as s:
+            row = s.get(AppRow, app_id)
+            if row is None:
+                raise NotFound("No such app.")
+            self._fill_app(row, draft, secret_hash)
+            row.version += 1
+            row.updated_at = _now()
+            s.flush()
+            return self._app(row)
+
+    def delete_app(self, app_id: str) -> None:
+        with self._session() as s:
+            s.execute(delete(AppRow).where(AppRow.id == app_id))
+
+    # -- signing keys ----------------------------------------------------------------------------
+
+    def _key_row(self, tenant_id: str, key: NewSigningKey, now: datetime) -> SigningKeyRow:
+        return SigningKeyRow(
+            tenant_id=tenant_id,
+            kid=key.kid,
+            alg=key.alg,
+            public_jwk=dict(key.public_jwk),
+            sealed_private=self._sealer.seal(key.private_pem, context=f"signing-key:{tenant_id}:{key.kid}"),
+            active=True,
+            created_at=now,
+            retired_at=None,
+        )
+
+    def signing_keys(self, tenant_id: str) -> Sequence[SigningKey]:
+        with self._session() as s:
+            rows = s.scalars(
+                select(SigningKeyRow)
+                .where(SigningKeyRow.tenant_id == tenant_id)
+                .order_by(SigningKeyRow.active.desc(), SigningKeyRow.id.desc())
+            )
+            return [self._key(r) for r in rows]
+
+    def add_signing_key(self, tenant_id: str, key: NewSigningKey) -> SigningKey:
+        now = _now()
+        with self._session() as s:
+            t = s.get(TenantRow, tenant_id)
+            if t is None:
+                raise NotFound("No such tenant.")
+            s.execute(
+                update(SigningKeyRow)
+                .where(SigningKeyRow.tenant_id == tenant_id, SigningKeyRow.alg == key.alg,
+                       SigningKeyRow.active.is_(True))
+                .values(active=False, retired_at=now)
+            )
+            row = self._key_row(tenant_id, key, now)
+            s.add(row)
+            t.version += 1
+            s.flush()
+            return self._key(row)
+
+    def prune_signing_keys(self, tenant_id: str, retired_before: datetime) -> int:
+        """Unpublish retired keys whose tokens have all expired."""
+        with self._session() as s:
+            result = s.execute(
+                delete(SigningKeyRow).where(
+                    SigningKeyRow.tenant_id == tenant_id,
+                    SigningKeyRow.active.is_(False),
+                    SigningKeyRow.retired_at < retired_before,
+                )
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    def record(self, event: AuditEvent) -> None:
+        tenant_id = None
+        with self._session() as s:
+            if event.tenant is not None:
+                tenant_id = s.scalars(select(TenantRow.id).where(TenantRow.slug == event.tenant)).first()
+            s.add(
+                AuditRow(
+                    id=event.id,
+                    time=event.time,
+                    tenant_id=tenant_id,
+                    tenant=event.tenant,
+                    type=event.type,
+                    connection=event.connection,
+                    app=event.app,
+                    outcome=event.outcome,
+                    reason=event.reason,
+                    details=dict(event.details),
+                )
+            )
+
+    def audit_page(
+        self, tenant_id: str | None, *, type: str | None, outcome: str | None, limit: int, cursor: str | None
+    ) -> AuditPage:
+        with self._session() as s:
+            q = select(AuditRow)
+            if tenant_id is not None:
+                q = q.where(AuditRow.tenant_id == tenant_id)
+            if type is not None:
+                q = q.where(AuditRow.type == type)
+            if outcome is not None:
+                q = q.where(AuditRow.outcome == outcome)
+            if cursor is not None:
+                q = q.where(AuditRow.seq < int(cursor))
+            rows = list(s.scalars(q.order_by(AuditRow.seq.desc()).limit(limit + 1)))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            events = [
+                AuditEvent(
+                    id=r.id,
+                    time=_utc(r.time) or _now(),
+                    type=r.type,  # type: ignore[arg-type]
+                    tenant=r.tenant,
+                    connection=r.connection,
+                    app=r.app,
+                    outcome=r.outcome,  # type: ignore[arg-type]
+                    reason=r.reason,
+                    details=r.details or {},
+                )
+                for r in rows
+            ]
+            return AuditPage(events=events, next_cursor=str(rows[-1].seq) if more and rows else None)
+

@@ -1,0 +1,107 @@
+"""Secrets at rest: sealing (AES-256-GCM) and keyed digests (HMAC-SHA-256), keyed from BROKER_SECRET_KEY.
+
+Each purpose gets its own key, derived from the one secret with HKDF-SHA256 and a distinct `info` label,
+so a sealed value can never be confused with a digest and vice versa. Private keys and upstream client
+secrets are sealed (they must be read back); codes, refresh tokens, client secrets and admin keys are
+stored only as digests and compared in constant time.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import os
+import secrets
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from broker.errors import ConfigError
+
+__all__ = ["MIN_SECRET_KEY_CHARS", "Sealer", "SecretHasher", "new_secret"]
+
+MIN_SECRET_KEY_CHARS = 32
+
+_SEAL_PREFIX = "v1."
+_DIGEST_PREFIX = "h1:"
+_NONCE_BYTES = 12  # 96-bit GCM nonce (NIST SP 800-38D, section 8.2.2: random construction)
+_TAG_BYTES = 16
+_INFO_SEAL_V1 = b"federation-broker/v1/seal/aes-256-gcm"
+_INFO_DIGEST_V1 = b"federation-broker/v1/digest/hmac-sha256"
+
+
+def _derive(secret_key: str, info: bytes) -> bytes:
+    """A 256-bit key for one purpose (RFC 5869 HKDF-SHA256; `info` names the purpose)."""
+    if not isinstance(secret_key, str) or len(secret_key) < MIN_SECRET_KEY_CHARS:
+        raise ValueError(f"BROKER_SECRET_KEY must be at least {MIN_SECRET_KEY_CHARS} characters")
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(secret_key.encode("utf-8"))
+
+
+def _aad(context: str) -> bytes:
+    # The format version is bound too, so a future "v2." can never be replayed as "v1.".
+    return _SEAL_PREFIX.encode("ascii") + context.encode("utf-8")
+
+
+def _unreadable(context: str, why: str) -> ConfigError:
+    return ConfigError(
+        "A sealed secret could not be read; check BROKER_SECRET_KEY.",
+        code="sealed_secret_unreadable",
+        detail=f"sealed value for context {context!r} unreadable: {why}",
+    )
+
+
+class Sealer:
+    """Seals secrets with AES-256-GCM; `context` (e.g. "signing_key:<tenant id>") is authenticated data,
+    so a sealed value only opens where it was sealed for."""
+
+    def __init__(self, secret_key: str) -> None:
+        self._aead = AESGCM(_derive(secret_key, _INFO_SEAL_V1))
+
+    def seal(self, plaintext: bytes, *, context: str) -> str:
+        if not context:
+            raise ValueError("seal() needs a non-empty context")
+        nonce = os.urandom(_NONCE_BYTES)
+        sealed = nonce + self._aead.encrypt(nonce, plaintext, _aad(context))
+        return _SEAL_PREFIX + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
+
+    def open(self, sealed: str, *, context: str) -> bytes:
+        if not isinstance(sealed, str) or not sealed.startswith(_SEAL_PREFIX):
+            raise _unreadable(context, "unknown format")
+        body = sealed[len(_SEAL_PREFIX) :]
+        try:
+            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        except (binascii.Error, ValueError) as exc:
+            raise _unreadable(context, "not base64url") from exc
+        if len(raw) < _NONCE_BYTES + _TAG_BYTES:
+            raise _unreadable(context, "too short")
+        try:
+            return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _aad(context))
+        except InvalidTag as exc:
+            why = "authentication failed (wrong key, wrong context or tampered)"
+            raise _unreadable(context, why) from exc
+
+
+class SecretHasher:
+    """Keyed digests of bearer secrets: the store keeps only the digest, verify compares in constant time."""
+
+    def __init__(self, secret_key: str) -> None:
+        self._key = _derive(secret_key, _INFO_DIGEST_V1)
+
+    def digest(self, value: str) -> str:
+        mac = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
+        return _DIGEST_PREFIX + mac
+
+    def verify(self, value: str, digest: str) -> bool:
+        expected = self.digest(value).encode("ascii")
+        return hmac.compare_digest(expected, digest.encode("utf-8"))
+
+
+def new_secret(nbytes: int = 32) -> str:
+    """A fresh random secret (codes, tokens, ids): `nbytes` of entropy, base64url without padding."""
+    if nbytes < 16:
+        raise ValueError("a secret needs at least 16 random bytes")
+    return secrets.token_urlsafe(nbytes)

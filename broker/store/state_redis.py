@@ -1,0 +1,137 @@
+"""The Redis StateStore: short-lived state shared by every worker and replica.
+
+Each operation is a single atomic Redis command (or one Lua script), so single-use values are consumed
+exactly once across processes: `take` is GETDEL, `add_if_absent` is SET NX PX, and `incr` starts its
+window with the first increment inside one script. Never a KEYS scan, never get-then-delete.
+Every Redis failure becomes `StateStoreError` with a safe message; the Redis detail stays private.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NoReturn
+
+import redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.retry import Retry
+
+from broker.errors import StateStoreError
+from broker.store.state import check_ttl
+
+__all__ = ["RedisStateStore"]
+
+_UNAVAILABLE = "The state store is unavailable."
+
+# INCR, and start the window only with the first increment (or repair a counter that lost its TTL).
+_INCR_WINDOW = """
+local n = redis.call('INCR', KEYS[1])
+if n == 1 or redis.call('PTTL', KEYS[1]) == -1 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+end
+return n
+"""
+
+
+def _ttl_ms(ttl: float) -> int:
+    """Seconds (float) -> whole milliseconds for PX, at least 1 ms."""
+    return max(1, math.ceil(check_ttl(ttl) * 1000))
+
+
+class RedisStateStore:
+    """StateStore on a Redis server; keys are namespaced with `prefix`."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "broker:") -> None:
+        if client.get_connection_kwargs().get("decode_responses"):
+            raise ValueError("RedisStateStore needs a client with decode_responses=False (values are bytes)")
+        self._client = client
+        self._prefix = prefix
+        self._incr_script = client.register_script(_INCR_WINDOW)
+
+    @classmethod
+    def from_url(cls, url: str, *, socket_timeout: float = 2.0, prefix: str = "broker:") -> RedisStateStore:
+        """A store with its own client: bounded connect/read timeouts, one immediate retry on a
+        dropped connection (e.g. after a server restart), no retry on timeouts."""
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        )
+        return cls(client, prefix=prefix)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    # --- StateStore ---------------------------------------------------------------------------
+
+    def put(self, key: str, value: bytes, ttl: float) -> None:
+        px = _ttl_ms(ttl)
+        try:
+            self._client.set(self._key(key), value, px=px)
+        except RedisError as exc:
+            self._fail("put", exc)
+
+    def get(self, key: str) -> bytes | None:
+        try:
+            value = self._client.get(self._key(key))
+        except RedisError as exc:
+            self._fail("get", exc)
+        return self._bytes(value)
+
+    def take(self, key: str) -> bytes | None:
+        try:
+            value = self._client.getdel(self._key(key))
+        except RedisError as exc:
+            self._fail("take", exc)
+        return self._bytes(value)
+
+    def add_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
+        px = _ttl_ms(ttl)
+        try:
+            stored = self._client.set(self._key(key), value, px=px, nx=True)
+        except RedisError as exc:
+            self._fail("add_if_absent", exc)
+        return bool(stored)
+
+    def incr(self, key: str, ttl: float) -> int:
+        px = _ttl_ms(ttl)
+        try:
+            count: Any = self._incr_script(keys=[self._key(key)], args=[px])
+        except RedisError as exc:
+            self._fail("incr", exc)
+        return int(count)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete(self._key(key))
+        except RedisError as exc:
+            self._fail("delete", exc)
+
+    def ping(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except (RedisError, OSError):
+            return False
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        return self._prefix + key
+
+    @staticmethod
+    def _bytes(value: object) -> bytes | None:
+        if value is None or isinstance(value, bytes):
+            return value
+        raise StateStoreError(_UNAVAILABLE, detail=f"redis returned {type(value).__name__}, expected bytes")
+
+    @staticmethod
+    def _fail(op: str, exc: RedisError) -> NoReturn:
+        # The key is left out of the detail on purpose: keys carry transaction ids and code digests.
+        raise StateStoreError(_UNAVAILABLE, detail=f"redis {op} failed: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,218 @@
+"""The admin API at /admin/v1: JSON in and out, bearer admin keys, tenant-scoped keys see only their tenant."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from broker.admin.openapi import openapi_document
+from broker.errors import PayloadTooLarge, ValidationFailed
+from broker.model import AdminKey
+from broker.web.context import services
+
+bp = Blueprint("admin_api", __name__, url_prefix="/admin/v1")
+
+METADATA_TYPES = ("application/samlmetadata+xml", "application/xml", "text/xml")
+
+
+def _key() -> AdminKey:
+    return services().admin.authenticate(request.headers.get("Authorization"))
+
+
+def _body_bytes(limit: int) -> bytes:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    data = request.get_data(cache=False)
+    if len(data) > limit:
+        raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+    return data
+
+
+def _json() -> Any:
+    raw = _body_bytes(services().settings.max_json_bytes)
+    ctype = (request.mimetype or "").lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise ValidationFailed("Send the body as JSON (Content-Type: application/json).", code="invalid_request",
+                               status=415)
+    if not raw.strip():
+        raise ValidationFailed("The request body is empty; send a JSON object.", code="invalid_json")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValidationFailed("The request body is not valid JSON.", code="invalid_json") from None
+
+
+def _optional_json() -> Any:
+    if not request.content_length and not request.get_data(cache=True):
+        return None
+    return _json()
+
+
+def _created(body: dict[str, Any]) -> Response:
+    resp = jsonify(body)
+    resp.status_code = 201
+    return resp
+
+
+def _no_content() -> Response:
+    return Response(status=204)
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(openapi_document(services().settings.public_url))
+
+
+# -- tenants ---------------------------------------------------------------------------------------
+
+
+@bp.post("/tenants")
+def create_tenant() -> Response:
+    key = _key()
+    return _created(services().admin.create_tenant(key, _json()))
+
+
+@bp.get("/tenants")
+def list_tenants() -> Response:
+    return jsonify(services().admin.list_tenants(_key()))
+
+
+@bp.get("/tenants/<t>")
+def get_tenant(t: str) -> Response:
+    return jsonify(services().admin.get_tenant(_key(), t))
+
+
+@bp.patch("/tenants/<t>")
+def patch_tenant(t: str) -> Response:
+    key = _key()
+    return jsonify(services().admin.patch_tenant(key, t, _json()))
+
+
+@bp.delete("/tenants/<t>")
+def delete_tenant(t: str) -> Response:
+    services().admin.delete_tenant(_key(), t)
+    return _no_content()
+
+
+@bp.post("/tenants/<t>/admin-keys")
+def create_admin_key(t: str) -> Response:
+    key = _key()
+    return _created(services().admin.create_admin_key(key, t, _optional_json()))
+
+
+# -- connections -----------------------------------------------------------------------------------
+
+
+@bp.post("/tenants/<t>/connections")
+def create_connection(t: str) -> Response:
+    key = _key()
+    admin = services().admin
+    tenant = admin.tenant_for(key, t)
+    return _created(admin.create_connection(key, tenant, _json()))
+
+
+@bp.get("/tenants/<t>/connections")
+def list_connections(t: str) -> Response:
+    key = _key()
+    admin = services().admin
+    tenant = admin.tenant_for(key, t)
+    items = [admin.connection_json(tenant, c) for c in admin.store.connections(tenant.id)]
+    return jsonify({"connections": items})
+
+
+@bp.get("/tenants/<t>/connections/<c>")
+def get_connection(t: str, c: str) -> Response:
+    return jsonify(services().admin.get_connection(_key(), t, c))
+
+
+@bp.patch("/tenants/<t>/connections/<c>")
+def patch_connection(t: str, c: str) -> Response:
+    key = _key()
+    return jsonify(services().admin.patch_connection(key, t, c, _json()))
+
+
+@bp.delete("/tenants/<t>/connections/<c>")
+def delete_connection(t: str, c: str) -> Response:
+    services().admin.delete_connection(_key(), t, c)
+    return _no_content()
+
+
+@bp.put("/tenants/<t>/connections/<c>/metadata")
+def put_metadata(t: str, c: str) -> Response:
+    key = _key()
+    svc = services()
+    svc.admin.connection_for(key, t, c)  # 404 before reading the body
+    ctype = (request.mimetype or "").lower()
+    if ctype not in METADATA_TYPES:
+        raise ValidationFailed(
+            "Send the IdP metadata as XML (Content-Type: application/samlmetadata+xml or application/xml).",
+            code="invalid_request", status=415,
+        )
+    raw = _body_bytes(svc.settings.max_metadata_bytes)
+    if not raw.strip():
+        raise ValidationFailed("The request body is empty; send the IdP metadata XML.", code="metadata_invalid")
+    return jsonify(svc.admin.put_metadata(key, t, c, raw))
+
+
+@bp.post("/tenants/<t>/connections/<c>/mapping/test")
+def mapping_test(t: str, c: str) -> Response:
+    key = _key()
+    return jsonify(services().admin.mapping_test(key, t, c, _json()))
+
+
+# -- apps ------------------------------------------------------------------------------------------
+
+
+@bp.post("/tenants/<t>/apps")
+def create_app(t: str) -> Response:
+    key = _key()
+    admin = services().admin
+    tenant = admin.tenant_for(key, t)
+    return _created(admin.create_app(key, tenant, _json()))
+
+
+@bp.get("/tenants/<t>/apps")
+def list_apps(t: str) -> Response:
+    key = _key()
+    admin = services().admin
+    tenant = admin.tenant_for(key, t)
+    return jsonify({"apps": [admin.app_json(a) for a in admin.store.apps(tenant.id)]})
+
+
+@bp.get("/tenants/<t>/apps/<client_id>")
+def get_app(t: str, client_id: str) -> Response:
+    admin = services().admin
+    _, app = admin.app_for(_key(), t, client_id)
+    return jsonify(admin.app_json(app))
+
+
+@bp.patch("/tenants/<t>/apps/<client_id>")
+def patch_app(t: str, client_id: str) -> Response:
+    key = _key()
+    return jsonify(services().admin.patch_app(key, t, client_id, _json()))
+
+
+@bp.delete("/tenants/<t>/apps/<client_id>")
+def delete_app(t: str, client_id: str) -> Response:
+    services().admin.delete_app(_key(), t, client_id)
+    return _no_content()
+
+
+# -- keys and audit --------------------------------------------------------------------------------
+
+
+@bp.post("/tenants/<t>/keys/rotate")
+def rotate_keys(t: str) -> Response:
+    key = _key()
+    admin = services().admin
+    tenant = admin.tenant_for(key, t)
+    return jsonify(admin.rotate_keys(key, tenant, _optional_json()))
+
+
+@bp.get("/tenants/<t>/audit")
+def audit(t: str) -> Response:
+    key = _key()
+    return jsonify(services().admin.audit(key, t, request.args.to_dict()))

@@ -1,0 +1,67 @@
+"""One translation of BrokerError per surface: admin JSON, OAuth JSON, and HTML error pages.
+
+Never a stack trace, never exception text from a library: only the error's code and safe message.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from flask import Response, jsonify
+
+from broker import logs
+from broker.errors import BrokerError
+
+log = logs.get("broker.web")
+
+
+def admin_error(err: BrokerError) -> Response:
+    body: dict[str, Any] = {"error": err.code, "message": err.message, "details": err.details}
+    resp = jsonify(body)
+    resp.status_code = err.status
+    return resp
+
+
+def admin_error_raw(status: int, code: str, message: str) -> Response:
+    resp = jsonify({"error": code, "message": message, "details": {}})
+    resp.status_code = status
+    return resp
+
+
+def oauth_error(err: BrokerError, headers: dict[str, str] | None = None) -> Response:
+    resp = jsonify({"error": err.code, "error_description": err.message})
+    resp.status_code = err.status
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Pragma"] = "no-cache"
+    for k, v in (headers or {}).items():
+        resp.headers[k] = v
+    return resp
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#222}}
+code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}}</style></head>
+<body><h1>{title}</h1><p>{message}</p>{extra}</body></html>"""
+
+
+def html_page(status: int, title: str, message: str, code: str | None = None, request_id: str | None = None) -> Response:
+    extra = ""
+    if code:
+        extra += f"<p>Error code: <code>{html.escape(code)}</code></p>"
+    if request_id:
+        extra += f"<p><small>Request id: <code>{html.escape(request_id)}</code></small></p>"
+    body = PAGE.format(title=html.escape(title), message=html.escape(message), extra=extra)
+    resp = Response(body, status=status, mimetype="text/html")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'"
+    return resp
+
+
+def html_error(err: BrokerError) -> Response:
+    status = err.status if 400 <= err.status < 600 else 400
+    title = "Sign-in failed" if status < 500 else "Service temporarily unavailable"
+    return html_page(status, title, err.message, err.code, logs.request_id.get())

@@ -1,0 +1,214 @@
+"""What only the Redis StateStore can show: races across processes, key layout, PX, failure mapping."""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+from typing import Any
+
+import pytest
+import redis
+
+from broker.errors import StateStoreError
+from broker.store.state_redis import RedisStateStore
+
+PROCESSES = 4
+KEYS = 40
+LONG = 60.0
+SECRET_KEY = "txn:Zq9-transaction-id"
+
+
+@pytest.fixture
+def store(redis_url: str, redis_prefix: str) -> Any:
+    s = RedisStateStore.from_url(redis_url, prefix=redis_prefix)
+    yield s
+    s.client.close()
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Any:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+# --- several processes, each with its own client --------------------------------------------
+
+
+def _race_worker(url: str, prefix: str, op: str, keys: list[str], barrier: Any, results: Any) -> None:
+    """Runs in a spawned process: wait for the others, then try every key once."""
+    store = RedisStateStore.from_url(url, prefix=prefix)
+    try:
+        barrier.wait(timeout=30)
+        if op == "take":
+            won = [k for k in keys if store.take(k) is not None]
+        else:
+            won = [k for k in keys if store.add_if_absent(k, b"x", LONG)]
+        results.put(won)
+    finally:
+        store.client.close()
+
+
+def _race_processes(url: str, prefix: str, op: str, keys: list[str]) -> list[str]:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(PROCESSES)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_race_worker, args=(url, prefix, op, keys, barrier, results))
+        for _ in range(PROCESSES)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        wins = [k for _ in procs for k in results.get(timeout=60)]
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+    results.close()
+    results.join_thread()
+    assert [p.exitcode for p in procs] == [0] * PROCESSES
+    return wins
+
+
+@pytest.mark.redis
+def test_take_across_processes_has_exactly_one_winner(
+    store: RedisStateStore, redis_url: str, redis_prefix: str
+) -> None:
+    keys = [f"code:{i}" for i in range(KEYS)]
+    for k in keys:
+        store.put(k, b"grant", LONG)
+    wins = _race_processes(redis_url, redis_prefix, "take", keys)
+    assert sorted(wins) == sorted(keys)
+
+
+@pytest.mark.redis
+def test_add_if_absent_across_processes_has_exactly_one_winner(redis_url: str, redis_prefix: str) -> None:
+    keys = [f"replay:{i}" for i in range(KEYS)]
+    wins = _race_processes(redis_url, redis_prefix, "add", keys)
+    assert sorted(wins) == sorted(keys)
+
+
+# --- key layout and expiry on the server ------------------------------------------------------
+
+
+@pytest.mark.redis
+def test_keys_live_under_the_prefix(store: RedisStateStore, raw: redis.Redis, redis_prefix: str) -> None:
+    store.put("txn:1", b"v", LONG)
+    assert raw.get(redis_prefix + "txn:1") == b"v"
+    assert raw.get("txn:1") is None
+
+
+@pytest.mark.redis
+def test_stores_with_different_prefixes_do_not_see_each_other(
+    store: RedisStateStore, redis_url: str, redis_prefix: str
+) -> None:
+    other = RedisStateStore.from_url(redis_url, prefix=redis_prefix + "other:")
+    try:
+        store.put("k", b"mine", LONG)
+        assert other.get("k") is None
+        assert other.add_if_absent("k", b"theirs", LONG) is True
+        assert store.get("k") == b"mine"
+    finally:
+        other.client.close()
+
+
+@pytest.mark.redis
+def test_ttl_seconds_become_milliseconds(store: RedisStateStore, raw: redis.Redis, redis_prefix: str) -> None:
+    store.put("k", b"v", 1.5)
+    assert 1400 <= raw.pttl(redis_prefix + "k") <= 1500
+    store.add_if_absent("a", b"v", 2.25)
+    assert 2150 <= raw.pttl(redis_prefix + "a") <= 2250
+
+
+@pytest.mark.redis
+def test_incr_sets_the_window_only_on_the_first_increment(
+    store: RedisStateStore, raw: redis.Redis, redis_prefix: str
+) -> None:
+    store.incr("rate:x", LONG)
+    store.incr("rate:x", 0.5)
+    assert raw.pttl(redis_prefix + "rate:x") > 50_000
+
+
+@pytest.mark.redis
+def test_incr_repairs_a_counter_without_expiry(
+    store: RedisStateStore, raw: redis.Redis, redis_prefix: str
+) -> None:
+    raw.set(redis_prefix + "rate:x", b"7")  # no TTL: a counter must never live forever
+    assert store.incr("rate:x", 1.0) == 8
+    assert 0 < raw.pttl(redis_prefix + "rate:x") <= 1000
+
+
+@pytest.mark.redis
+def test_wrong_type_is_a_store_error(store: RedisStateStore, raw: redis.Redis, redis_prefix: str) -> None:
+    raw.rpush(redis_prefix + "list", b"x")
+    with pytest.raises(StateStoreError) as info:
+        store.take("list")
+    assert info.value.message == "The state store is unavailable."
+    assert info.value.detail is not None and "ResponseError" in info.value.detail
+
+
+@pytest.mark.redis
+def test_a_decoding_client_is_refused(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        with pytest.raises(ValueError):
+            RedisStateStore(client)
+    finally:
+        client.close()
+
+
+@pytest.mark.redis
+def test_a_passed_in_client_is_used_as_is(redis_url: str, redis_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        store = RedisStateStore(client, prefix=redis_prefix)
+        store.put("k", b"v", LONG)
+        assert store.take("k") == b"v"
+        assert store.ping() is True
+    finally:
+        client.close()
+
+
+# --- an unreachable server --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        pytest.param(lambda s: s.put(SECRET_KEY, b"v", LONG), id="put"),
+        pytest.param(lambda s: s.get(SECRET_KEY), id="get"),
+        pytest.param(lambda s: s.take(SECRET_KEY), id="take"),
+        pytest.param(lambda s: s.add_if_absent(SECRET_KEY, b"v", LONG), id="add_if_absent"),
+        pytest.param(lambda s: s.incr(SECRET_KEY, LONG), id="incr"),
+        pytest.param(lambda s: s.delete(SECRET_KEY), id="delete"),
+    ],
+)
+def test_unreachable_server_raises_state_store_error_fast(call: Any) -> None:
+    store = RedisStateStore.from_url("redis://127.0.0.1:1/0", socket_timeout=0.5)
+    started = time.monotonic()
+    with pytest.raises(StateStoreError) as info:
+        call(store)
+    assert time.monotonic() - started < 2.0
+    err = info.value
+    assert err.code == "state_store_unavailable"
+    assert err.status == 503
+    assert err.message == "The state store is unavailable."
+    assert str(err) == "The state store is unavailable."
+    assert err.detail is not None and "ConnectionError" in err.detail
+    assert SECRET_KEY not in err.detail, "keys (transaction ids, code digests) stay out of the detail"
+    store.client.close()
+
+
+def test_unreachable_server_ping_is_false_and_fast() -> None:
+    store = RedisStateStore.from_url("redis://127.0.0.1:1/0", socket_timeout=0.5)
+    started = time.monotonic()
+    assert store.ping() is False
+    assert time.monotonic() - started < 2.0
+    store.client.close()
+
+
+def test_ttl_is_checked_before_any_network_call() -> None:
+    store = RedisStateStore.from_url("redis://127.0.0.1:1/0", socket_timeout=0.5)
+    with pytest.raises(ValueError):
+        store.put("k", b"v", 0)
+    store.client.close()

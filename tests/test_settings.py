@@ -1,0 +1,76 @@
+"""Settings: read once from the environment, validated with sentences an operator can act on."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.errors import ConfigError
+from broker.settings import DEV_SECRET_KEY, check_workers, load_settings
+
+GOOD_SECRET = "x" * 32
+
+
+def test_defaults_are_the_embedded_dev_setup() -> None:
+    s = load_settings({})
+    assert s.public_url == "http://127.0.0.1:8000"
+    assert s.database_url.startswith("sqlite:///")
+    assert s.redis_url is None
+    assert s.env == "dev"
+    assert s.secret_key.reveal() == DEV_SECRET_KEY
+    assert s.max_saml_bytes == 512 * 1024
+
+
+def test_secret_never_prints() -> None:
+    s = load_settings({"BROKER_SECRET_KEY": GOOD_SECRET, "BROKER_BOOTSTRAP_ADMIN_KEY": "b" * 20})
+    assert GOOD_SECRET not in repr(s) and GOOD_SECRET not in str(s)
+    assert "b" * 20 not in repr(s)
+
+
+def test_production_requires_secret_key() -> None:
+    with pytest.raises(ConfigError, match="BROKER_SECRET_KEY"):
+        load_settings({"BROKER_ENV": "production", "BROKER_PUBLIC_URL": "https://sso.example.com"})
+
+
+def test_production_refuses_http_public_url() -> None:
+    with pytest.raises(ConfigError, match="https"):
+        load_settings({"BROKER_ENV": "production", "BROKER_SECRET_KEY": GOOD_SECRET,
+                       "BROKER_PUBLIC_URL": "http://sso.example.com"})
+
+
+def test_production_refuses_dev_idp() -> None:
+    with pytest.raises(ConfigError, match="development IdP"):
+        load_settings({"BROKER_ENV": "production", "BROKER_SECRET_KEY": GOOD_SECRET,
+                       "BROKER_PUBLIC_URL": "https://sso.example.com", "BROKER_DEV_IDP": "true"})
+
+
+def test_short_secret_refused() -> None:
+    with pytest.raises(ConfigError, match="32"):
+        load_settings({"BROKER_SECRET_KEY": "short"})
+
+
+@pytest.mark.parametrize(
+    "env, match",
+    [
+        ({"BROKER_ENV": "staging"}, "BROKER_ENV"),
+        ({"BROKER_PUBLIC_URL": "ftp://x"}, "BROKER_PUBLIC_URL"),
+        ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
+        ({"REDIS_URL": "http://x"}, "REDIS_URL"),
+        ({"BROKER_MAX_SAML_BYTES": "lots"}, "BROKER_MAX_SAML_BYTES"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_settings(env)
+
+
+def test_postgres_urls_use_psycopg3() -> None:
+    assert load_settings({"DATABASE_URL": "postgresql://u@h/db"}).sqlalchemy_url == "postgresql+psycopg://u@h/db"
+    assert load_settings({"DATABASE_URL": "postgresql+psycopg://u@h/db"}).sqlalchemy_url.startswith(
+        "postgresql+psycopg://")
+
+
+def test_several_workers_need_redis() -> None:
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        check_workers(load_settings({}), 2)
+    check_workers(load_settings({}), 1)
+    check_workers(load_settings({"REDIS_URL": "redis://127.0.0.1:6379/0"}), 4)

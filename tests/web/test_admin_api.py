@@ -1,0 +1,411 @@
+"""Admin API: the contract of SPEC "Admin API", bad input, and tenant isolation (on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from tests.conftest import AdminClient
+
+OIDC_CONN = {
+    "slug": "okta-oidc",
+    "protocol": "oidc",
+    "domains": ["acme.com"],
+    "oidc": {"issuer": "https://acme.okta.com", "client_id": "abc", "client_secret": "s3cret-value"},
+}
+
+
+def _count_tenants(admin: AdminClient) -> int:
+    return len(admin.call("GET", "/tenants").get_json()["tenants"])
+
+
+def _admin_events(admin: AdminClient, slug: str) -> list[dict[str, Any]]:
+    r = admin.call("GET", f"/tenants/{slug}/audit?type=admin")
+    assert r.status_code == 200
+    events: list[dict[str, Any]] = r.get_json()["events"]
+    return events
+
+
+# -- authentication ----------------------------------------------------------------------------------
+
+
+def test_missing_key_is_401_json(client: FlaskClient) -> None:
+    r = client.get("/admin/v1/tenants")
+    assert r.status_code == 401
+    body = r.get_json()
+    assert body["error"] == "unauthorized" and body["message"] and "details" in body
+
+
+def test_wrong_key_is_401(client: FlaskClient) -> None:
+    r = client.get("/admin/v1/tenants", headers={"Authorization": "Bearer not-a-key"})
+    assert r.status_code == 401
+
+
+def test_bootstrap_key_is_global(admin: AdminClient) -> None:
+    assert admin.call("GET", "/tenants").status_code == 200
+
+
+# -- tenants -----------------------------------------------------------------------------------------
+
+
+def test_create_get_patch_delete_tenant(admin: AdminClient) -> None:
+    t = admin.tenant("acme", "Acme Corp")
+    assert t["slug"] == "acme" and t["name"] == "Acme Corp"
+    assert t["issuer"] == "http://broker.test/t/acme"
+    assert admin.call("GET", "/tenants/acme").get_json()["name"] == "Acme Corp"
+    r = admin.call("PATCH", "/tenants/acme", {"name": "Acme Inc"})
+    assert r.status_code == 200 and r.get_json()["name"] == "Acme Inc"
+    assert admin.call("DELETE", "/tenants/acme").status_code == 204
+    assert admin.call("GET", "/tenants/acme").status_code == 404
+
+
+def test_tenant_gets_signing_key_published(admin: AdminClient, client: FlaskClient) -> None:
+    admin.tenant("acme")
+    app = client.application
+    svc = app.extensions["broker"]
+    tenant = svc.config.tenant_by_slug("acme")
+    keys = svc.config.signing_keys(tenant.id)
+    assert len(keys) == 1 and keys[0].alg == "RS256" and keys[0].active
+    assert int.bit_length(int.from_bytes(__import__("base64").urlsafe_b64decode(
+        keys[0].public_jwk["n"] + "=="), "big")) >= 2048
+
+
+def test_duplicate_slug_is_409_and_writes_nothing(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    r = admin.call("POST", "/tenants", {"slug": "acme", "name": "Other"})
+    assert r.status_code == 409
+    assert r.get_json()["error"] == "tenant_exists"
+    assert admin.call("GET", "/tenants/acme").get_json()["name"] == "Acme Corp"
+
+
+@pytest.mark.parametrize("slug", ["Acme", "-acme", "acme-", "ac me", "a" * 64, "", "acme/../x", "ácme"])
+def test_invalid_slug_is_400(admin: AdminClient, slug: str) -> None:
+    r = admin.call("POST", "/tenants", {"slug": slug, "name": "X"})
+    assert r.status_code == 400
+    body = r.get_json()
+    assert body["error"] == "invalid_request"
+    assert body["details"]["errors"][0]["field"] == "slug"
+    assert _count_tenants(admin) == 0
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"slug": 5, "name": "X"}, "slug"),
+        ({"slug": "acme", "name": ["X"]}, "name"),
+        ({"slug": "acme"}, "name"),
+        ({"slug": "acme", "name": "X", "extra": 1}, "extra"),
+        ({"slug": "acme", "name": ""}, "name"),
+    ],
+)
+def test_wrong_types_missing_and_unknown_fields_are_400(admin: AdminClient, body: Any, field: str) -> None:
+    r = admin.call("POST", "/tenants", body)
+    assert r.status_code == 400
+    fields = [e["field"] for e in r.get_json()["details"]["errors"]]
+    assert field in fields
+    assert _count_tenants(admin) == 0
+
+
+@pytest.mark.parametrize("raw", [b"{", b"not json", b"[1,2", b"\xff\xfe", b""])
+def test_malformed_json_is_400(client: FlaskClient, admin_headers: dict[str, str], raw: bytes) -> None:
+    r = client.post("/admin/v1/tenants", data=raw, headers={**admin_headers, "Content-Type": "application/json"})
+    assert r.status_code == 400
+    assert r.get_json()["error"] in ("invalid_json", "invalid_request")
+
+
+def test_json_array_body_is_400(admin: AdminClient) -> None:
+    r = admin.call("POST", "/tenants", [{"slug": "acme", "name": "X"}])
+    assert r.status_code == 400
+
+
+def test_wrong_content_type_is_415(client: FlaskClient, admin_headers: dict[str, str]) -> None:
+    r = client.post("/admin/v1/tenants", data="slug=acme", headers={**admin_headers,
+                    "Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415
+
+
+def test_oversized_body_is_413_and_writes_nothing(client: FlaskClient, admin_headers: dict[str, str],
+                                                  admin: AdminClient) -> None:
+    big = b'{"slug": "acme", "name": "' + b"x" * (1024 * 1024 + 10) + b'"}'
+    r = client.post("/admin/v1/tenants", data=big, headers={**admin_headers, "Content-Type": "application/json"})
+    assert r.status_code == 413
+    assert r.get_json()["error"] == "payload_too_large"
+    assert _count_tenants(admin) == 0
+
+
+def test_unknown_route_is_json_404(admin: AdminClient) -> None:
+    r = admin.call("GET", "/nope")
+    assert r.status_code == 404 and r.get_json()["error"] == "not_found"
+
+
+# -- tenant isolation --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two_tenants(admin: AdminClient, client: FlaskClient) -> tuple[AdminClient, AdminClient]:
+    admin.tenant("acme")
+    admin.tenant("globex", "Globex")
+    ka = admin.call("POST", "/tenants/acme/admin-keys", {"label": "acme admin"})
+    kg = admin.call("POST", "/tenants/globex/admin-keys")
+    assert ka.status_code == 201 and kg.status_code == 201
+    assert ka.get_json()["key"] and ka.get_json()["id"]
+    return AdminClient(client, ka.get_json()["key"]), AdminClient(client, kg.get_json()["key"])
+
+
+def test_tenant_key_sees_only_its_tenant(two_tenants: tuple[AdminClient, AdminClient]) -> None:
+    acme, _ = two_tenants
+    r = acme.call("GET", "/tenants")
+    assert [t["slug"] for t in r.get_json()["tenants"]] == ["acme"]
+    assert acme.call("GET", "/tenants/acme").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("GET", "/tenants/globex", None),
+        ("PATCH", "/tenants/globex", {"name": "pwned"}),
+        ("DELETE", "/tenants/globex", None),
+        ("POST", "/tenants/globex/admin-keys", {}),
+        ("GET", "/tenants/globex/connections", None),
+        ("POST", "/tenants/globex/connections", OIDC_CONN),
+        ("GET", "/tenants/globex/connections/okta-oidc", None),
+        ("PATCH", "/tenants/globex/connections/okta-oidc", {"enabled": False}),
+        ("DELETE", "/tenants/globex/connections/okta-oidc", None),
+        ("POST", "/tenants/globex/apps", {"name": "x", "redirect_uris": ["https://x.example/cb"]}),
+        ("GET", "/tenants/globex/apps", None),
+        ("POST", "/tenants/globex/keys/rotate", None),
+        ("GET", "/tenants/globex/audit", None),
+        ("GET", "/tenants/nonexistent", None),
+    ],
+)
+def test_other_tenants_resources_are_404(two_tenants: tuple[AdminClient, AdminClient], admin: AdminClient,
+                                         method: str, path: str, body: Any) -> None:
+    acme, globex = two_tenants
+    assert globex.call("POST", "/tenants/globex/connections", OIDC_CONN).status_code == 201
+    before = admin.call("GET", "/tenants/globex").get_json()
+    r = acme.call(method, path, body)
+    assert r.status_code == 404, r.get_json()
+    assert r.get_json()["error"] in ("tenant_not_found", "not_found")
+    assert admin.call("GET", "/tenants/globex").get_json() == before
+    assert admin.call("GET", "/tenants/globex/connections/okta-oidc").get_json()["enabled"] is True
+
+
+def test_tenant_key_cannot_create_tenants(two_tenants: tuple[AdminClient, AdminClient], admin: AdminClient) -> None:
+    acme, _ = two_tenants
+    r = acme.call("POST", "/tenants", {"slug": "evil", "name": "Evil"})
+    assert r.status_code == 403
+    assert _count_tenants(admin) == 2
+
+
+def test_tenant_key_cannot_reach_app_of_other_tenant(two_tenants: tuple[AdminClient, AdminClient]) -> None:
+    acme, globex = two_tenants
+    created = globex.call("POST", "/tenants/globex/apps", {"name": "x", "redirect_uris": ["https://x.example/cb"]})
+    cid = created.get_json()["client_id"]
+    assert acme.call("GET", f"/tenants/globex/apps/{cid}").status_code == 404
+    assert acme.call("GET", f"/tenants/acme/apps/{cid}").status_code == 404
+    assert acme.call("DELETE", f"/tenants/acme/apps/{cid}").status_code == 404
+    assert globex.call("GET", f"/tenants/globex/apps/{cid}").status_code == 200
+
+
+# -- apps ----------------------------------------------------------------------------------------------
+
+
+def test_app_secret_shown_once_and_defaults(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    r = admin.call("POST", "/tenants/acme/apps", {"name": "Portal", "redirect_uris": ["https://portal.example/cb"]})
+    assert r.status_code == 201
+    body = r.get_json()
+    assert body["client_id"] and len(body["client_secret"]) >= 32
+    assert body["token_endpoint_auth_method"] == "client_secret_basic"
+    assert body["allowed_scopes"] == ["openid", "profile", "email", "groups", "offline_access"]
+    got = admin.call("GET", f"/tenants/acme/apps/{body['client_id']}").get_json()
+    assert "client_secret" not in got and "client_secret_hash" not in str(got)
+
+
+def test_public_app_uses_none(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    r = admin.call("POST", "/tenants/acme/apps", {"name": "SPA", "redirect_uris": ["https://spa.example/cb"],
+                                                  "public": True})
+    assert r.status_code == 201
+    body = r.get_json()
+    assert body["token_endpoint_auth_method"] == "none" and "client_secret" not in body
+
+
+def test_client_secret_is_stored_only_as_hash(admin: AdminClient, client: FlaskClient) -> None:
+    admin.tenant("acme")
+    body = admin.call("POST", "/tenants/acme/apps", {"name": "P", "redirect_uris": ["https://p.example/cb"]}).get_json()
+    svc = client.application.extensions["broker"]
+    tenant = svc.config.tenant_by_slug("acme")
+    stored = svc.config.app(tenant.id, body["client_id"])
+    assert stored.client_secret_hash != body["client_secret"]
+    assert body["client_secret"] not in stored.client_secret_hash
+    assert svc.admin.hasher.verify(body["client_secret"], stored.client_secret_hash)
+
+
+@pytest.mark.parametrize(
+    "uris",
+    [["not a url"], ["https://x.example/cb#frag"], ["https://*.example/cb"], ["javascript:alert(1)"], []],
+)
+def test_bad_redirect_uris_are_400(admin: AdminClient, uris: list[str]) -> None:
+    admin.tenant("acme")
+    r = admin.call("POST", "/tenants/acme/apps", {"name": "P", "redirect_uris": uris})
+    assert r.status_code == 400
+    assert admin.call("GET", "/tenants/acme/apps").get_json()["apps"] == []
+
+
+def test_patch_and_delete_app(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    cid = admin.call("POST", "/tenants/acme/apps", {"name": "P", "redirect_uris": ["https://p.example/cb"]}
+                     ).get_json()["client_id"]
+    r = admin.call("PATCH", f"/tenants/acme/apps/{cid}", {"redirect_uris": ["https://p.example/cb2"]})
+    assert r.status_code == 200 and r.get_json()["redirect_uris"] == ["https://p.example/cb2"]
+    r = admin.call("PATCH", f"/tenants/acme/apps/{cid}", {"access_token_ttl": "long"})
+    assert r.status_code == 400
+    assert admin.call("DELETE", f"/tenants/acme/apps/{cid}").status_code == 204
+    assert admin.call("GET", f"/tenants/acme/apps/{cid}").status_code == 404
+
+
+# -- connections -------------------------------------------------------------------------------------
+
+
+def test_oidc_connection_crud_and_secret_redacted(admin: AdminClient, client: FlaskClient) -> None:
+    admin.tenant("acme")
+    r = admin.call("POST", "/tenants/acme/connections", OIDC_CONN)
+    assert r.status_code == 201, r.get_json()
+    body = r.get_json()
+    assert body["protocol"] == "oidc" and body["domains"] == ["acme.com"]
+    assert "s3cret-value" not in str(body) and body["oidc"]["client_secret_set"] is True
+    assert body["mapping"]["preset"] == "generic-oidc"
+    assert body["redirect_uri"] == "http://broker.test/t/acme/connections/okta-oidc/oidc/callback"
+    # the secret is sealed at rest, readable by the broker
+    svc = client.application.extensions["broker"]
+    tenant = svc.config.tenant_by_slug("acme")
+    assert svc.config.connection(tenant.id, "okta-oidc").settings["client_secret"] == "s3cret-value"
+    r = admin.call("PATCH", "/tenants/acme/connections/okta-oidc", {"domains": ["acme.com", "acme.org"]})
+    assert r.status_code == 200 and r.get_json()["version"] == 2
+    # a patch that does not mention the secret keeps it
+    assert svc.config.connection(tenant.id, "okta-oidc").settings["client_secret"] == "s3cret-value"
+    assert admin.call("DELETE", "/tenants/acme/connections/okta-oidc").status_code == 204
+    assert admin.call("GET", "/tenants/acme/connections/okta-oidc").status_code == 404
+
+
+def test_saml_connection_without_metadata(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    r = admin.call("POST", "/tenants/acme/connections", {"slug": "okta", "protocol": "saml", "domains": ["acme.com"],
+                                                         "mapping": {"preset": "okta", "rules": []}})
+    assert r.status_code == 201, r.get_json()
+    sp = r.get_json()["sp"]
+    assert sp["acs_url"] == "http://broker.test/t/acme/connections/okta/saml/acs"
+    assert sp["entity_id"] == sp["metadata_url"] == "http://broker.test/t/acme/connections/okta/saml/metadata"
+    assert "BEGIN CERTIFICATE" in sp["signing_certificate"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {**OIDC_CONN, "protocol": "ldap"},
+        {**OIDC_CONN, "slug": "Bad Slug"},
+        {**OIDC_CONN, "domains": "acme.com"},
+        {**OIDC_CONN, "domains": ["not a domain"]},
+        {**OIDC_CONN, "mapping": {"preset": "okta", "rules": [{"op": "no_such_op"}]}},
+        {**OIDC_CONN, "mapping": {"preset": "no-such-preset"}},
+        {**OIDC_CONN, "oidc": {"client_id": "abc"}},
+        {**OIDC_CONN, "saml": {}},
+        {**OIDC_CONN, "unknown": True},
+        {"slug": "s", "protocol": "saml", "saml": {"metadata_xml": "<not-metadata/>"}},
+        {"slug": "s", "protocol": "saml", "saml": {"allow_idp_initiated": "yes"}},
+    ],
+)
+def test_bad_connections_are_400_and_write_nothing(admin: AdminClient, body: dict[str, Any]) -> None:
+    admin.tenant("acme")
+    r = admin.call("POST", "/tenants/acme/connections", body)
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["message"]
+    assert admin.call("GET", "/tenants/acme/connections").get_json()["connections"] == []
+
+
+def test_duplicate_connection_and_domain_conflict(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    assert admin.call("POST", "/tenants/acme/connections", OIDC_CONN).status_code == 201
+    assert admin.call("POST", "/tenants/acme/connections", OIDC_CONN).status_code == 409
+    r = admin.call("POST", "/tenants/acme/connections", {**OIDC_CONN, "slug": "other"})
+    assert r.status_code == 400 and r.get_json()["error"] == "domain_conflict"
+
+
+def test_bad_mapping_rule_names_index(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    body = {**OIDC_CONN, "mapping": {"preset": "generic-oidc", "rules": [
+        {"op": "copy", "from": "a", "to": "b"}, {"op": "regex_replace", "from": "a", "to": "a", "pattern": "(",
+                                                  "replacement": ""}]}}
+    r = admin.call("POST", "/tenants/acme/connections", body)
+    assert r.status_code == 400
+    assert r.get_json()["details"]["index"] == 1
+
+
+# -- keys and audit ----------------------------------------------------------------------------------
+
+
+def test_rotate_keeps_previous_published(admin: AdminClient, client: FlaskClient) -> None:
+    admin.tenant("acme")
+    svc = client.application.extensions["broker"]
+    tenant = svc.config.tenant_by_slug("acme")
+    first = svc.config.signing_keys(tenant.id)[0].kid
+    r = admin.call("POST", "/tenants/acme/keys/rotate")
+    assert r.status_code == 200
+    body = r.get_json()
+    assert body["active_kid"] != first
+    keys = svc.config.signing_keys(tenant.id)
+    assert keys[0].kid == body["active_kid"] and keys[0].active
+    assert {k.kid for k in keys} == {first, body["active_kid"]}
+
+
+def test_audit_lists_admin_events_newest_first_paginated(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    for i in range(5):
+        admin.call("PATCH", "/tenants/acme", {"name": f"Acme {i}"})
+    r = admin.call("GET", "/tenants/acme/audit?limit=2&type=admin")
+    page = r.get_json()
+    assert len(page["events"]) == 2 and page["next_cursor"]
+    ev = page["events"][0]
+    assert set(ev) >= {"id", "time", "type", "tenant", "connection", "app", "outcome", "reason", "details"}
+    assert ev["type"] == "admin" and ev["outcome"] == "success" and ev["tenant"] == "acme"
+    seen = [e["id"] for e in page["events"]]
+    cursor = page["next_cursor"]
+    while cursor:
+        nxt = admin.call("GET", f"/tenants/acme/audit?limit=2&type=admin&cursor={cursor}").get_json()
+        seen += [e["id"] for e in nxt["events"]]
+        cursor = nxt["next_cursor"]
+    assert len(seen) == len(set(seen)) == 6  # create + 5 renames
+    times = [e["time"] for e in _admin_events(admin, "acme")]
+    assert times == sorted(times, reverse=True)
+    assert admin.call("GET", "/tenants/acme/audit?outcome=failure").get_json()["events"] == []
+    assert admin.call("GET", "/tenants/acme/audit?type=bogus").status_code == 400
+    assert admin.call("GET", "/tenants/acme/audit?limit=0").status_code == 400
+
+
+def test_failed_write_leaves_no_audit_event(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    before = len(_admin_events(admin, "acme"))
+    admin.call("PATCH", "/tenants/acme", {"name": 42})
+    assert len(_admin_events(admin, "acme")) == before
+
+
+def test_openapi_document_matches_routes(client: FlaskClient) -> None:
+    r = client.get("/admin/v1/openapi.json")
+    assert r.status_code == 200
+    doc = r.get_json()
+    assert doc["openapi"].startswith("3.")
+    documented = set()
+    for path, ops in doc["paths"].items():
+        for method in ops:
+            if method != "parameters":
+                documented.add((method.upper(), "/admin/v1" + path.replace("{", "<").replace("}", ">")))
+    served = set()
+    for rule in client.application.url_map.iter_rules():
+        if rule.rule.startswith("/admin/v1") and not rule.rule.endswith("openapi.json"):
+            for m in rule.methods - {"HEAD", "OPTIONS"}:
+                served.add((m, rule.rule))
+    assert served - documented == set(), "served but not documented"
+    assert documented - served == set(), "documented but not served"
