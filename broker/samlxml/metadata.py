@@ -1,0 +1,402 @@
+"""IdP metadata -> IdpMetadata: entityID, SSO/SLO endpoints, certificates with expiry, and warnings.
+
+Reads SAML 2.0 metadata (saml-metadata-2.0-os) as uploaded by an admin or fetched from a metadata URL:
+an EntityDescriptor, or an EntitiesDescriptor aggregate from which one IdP is picked by entityID. Only the
+SAML 2.0 IDPSSODescriptor is read; WS-Federation RoleDescriptors, SP and attribute-authority roles are
+ignored.
+The metadata signature is not checked here: the uploaded document itself is the trust anchor.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import warnings as pywarnings
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.utils import CryptographyDeprecationWarning
+from lxml import etree
+
+from broker.samlxml.errors import SamlError
+from broker.samlxml.parser import parse_xml
+
+MD_NS = "urn:oasis:names:tc:SAML:2.0:metadata"
+DS_NS = "http://www.w3.org/2000/09/xmldsig#"
+SAML2_PROTOCOL = "urn:oasis:names:tc:SAML:2.0:protocol"
+BINDING_HTTP_POST = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-POST"
+BINDING_HTTP_REDIRECT = "urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect"
+LOGIN_BINDINGS = (BINDING_HTTP_REDIRECT, BINDING_HTTP_POST)
+
+EXPIRY_WARNING_DAYS = 30
+WEAK_CERT_HASHES = frozenset({"sha1", "md5", "md2", "md4"})
+DEFAULT_MAX_BYTES = 2 * 1024 * 1024
+
+_MD = f"{{{MD_NS}}}"
+_DS = f"{{{DS_NS}}}"
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    binding: str
+    location: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdpCertificate:
+    pem: str
+    subject: str
+    issuer: str
+    not_before: datetime
+    not_after: datetime
+    sha256_fingerprint: str  # "AB:CD:..." upper-case hex, as admin consoles show it
+    signature_hash: str  # hash of the certificate's own signature: "sha256", "sha1", "md5", or an OID
+
+
+@dataclass(frozen=True, slots=True)
+class IdpMetadata:
+    entity_id: str
+    sso_endpoints: tuple[Endpoint, ...]
+    slo_endpoints: tuple[Endpoint, ...]
+    signing_certificates: tuple[IdpCertificate, ...]
+    encryption_certificates: tuple[IdpCertificate, ...]
+    name_id_formats: tuple[str, ...]
+    want_authn_requests_signed: bool
+    valid_until: datetime | None
+    cache_duration_seconds: int | None
+    warnings: tuple[str, ...]
+
+    def sso_endpoint(self, binding: str) -> Endpoint | None:
+        """The first SSO endpoint for `binding` (a full binding URN), or None."""
+        for ep in self.sso_endpoints:
+            if ep.binding == binding:
+                return ep
+        return None
+
+
+def _invalid(message: str, detail: str | None = None) -> SamlError:
+    return SamlError("metadata_invalid", message, detail)
+
+
+# --- entry point ------------------------------------------------------------------------------
+
+
+def parse_idp_metadata(
+    data: bytes, *, entity_id: str | None = None, now: datetime, max_bytes: int = DEFAULT_MAX_BYTES
+) -> IdpMetadata:
+    """Parse IdP metadata with the hardened parser. Raises SamlError("metadata_invalid", <what is wrong>)."""
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=UTC)
+    root = _parse(data, max_bytes)
+    entity = _select_entity(root, entity_id)
+    eid = entity.get("entityID") or ""
+    idp = _idp_descriptor(entity)
+    if idp is None:
+        raise _invalid(
+            f"The metadata for {eid!r} has no IDPSSODescriptor for SAML 2.0: it does not describe an "
+            "identity provider (is it a service provider's metadata?)."
+        )
+
+    warnings: list[str] = []
+    sso = _endpoints(idp, "SingleSignOnService")
+    slo = _endpoints(idp, "SingleLogoutService")
+    signing, encryption = _certificates(idp, warnings)
+    if not signing:
+        raise _invalid(
+            f"The IDPSSODescriptor of {eid!r} has no signing certificate (KeyDescriptor with an "
+            "X509Certificate): responses from this IdP could not be verified."
+        )
+    name_id_formats = tuple(
+        dict.fromkeys(t for t in (_text(e) for e in idp.iterchildren(f"{_MD}NameIDFormat")) if t)
+    )
+    want_signed = _xs_bool(idp.get("WantAuthnRequestsSigned"), "WantAuthnRequestsSigned")
+    valid_until, cache_duration = _validity(entity, warnings)
+
+    if not any(ep.binding in LOGIN_BINDINGS for ep in sso):
+        warnings.append(
+            "no_sso_endpoint: the IdP publishes no SingleSignOnService with the HTTP-Redirect or HTTP-POST "
+            "binding; logins cannot start."
+        )
+    if valid_until is not None and valid_until <= now:
+        warnings.append(f"metadata_expired: the metadata's validUntil {_iso(valid_until)} is in the past.")
+    seen: set[str] = set()
+    for cert in (*signing, *encryption):
+        if cert.sha256_fingerprint in seen:
+            continue
+        seen.add(cert.sha256_fingerprint)
+        warnings.extend(_certificate_warnings(cert, now))
+
+    return IdpMetadata(
+        entity_id=eid,
+        sso_endpoints=sso,
+        slo_endpoints=slo,
+        signing_certificates=signing,
+        encryption_certificates=encryption,
+        name_id_formats=name_id_formats,
+        want_authn_requests_signed=want_signed,
+        valid_until=valid_until,
+        cache_duration_seconds=cache_duration,
+        warnings=tuple(warnings),
+    )
+
+
+def to_json(meta: IdpMetadata, *, now: datetime | None = None) -> dict[str, Any]:
+    """What the admin API reports after a metadata upload: what was understood, with expiry and warnings."""
+    now = now or datetime.now(UTC)
+    certs: dict[str, dict[str, Any]] = {}
+    for use, group in (("signing", meta.signing_certificates), ("encryption", meta.encryption_certificates)):
+        for cert in group:
+            entry = certs.get(cert.sha256_fingerprint)
+            if entry is None:
+                entry = certs[cert.sha256_fingerprint] = {
+                    "use": [],
+                    "subject": cert.subject,
+                    "issuer": cert.issuer,
+                    "not_before": _iso(cert.not_before),
+                    "not_after": _iso(cert.not_after),
+                    "fingerprint": cert.sha256_fingerprint,
+                    "signature_hash": cert.signature_hash,
+                    "expired": cert.not_after <= now,
+                    "days_left": (cert.not_after - now).days,
+                }
+            entry["use"].append(use)
+    return {
+        "entity_id": meta.entity_id,
+        "sso": [{"binding": ep.binding, "url": ep.location} for ep in meta.sso_endpoints],
+        "slo": [{"binding": ep.binding, "url": ep.location} for ep in meta.slo_endpoints],
+        "certificates": list(certs.values()),
+        "name_id_formats": list(meta.name_id_formats),
+        "want_authn_requests_signed": meta.want_authn_requests_signed,
+        "valid_until": _iso(meta.valid_until) if meta.valid_until else None,
+        "cache_duration": meta.cache_duration_seconds,
+        "warnings": list(meta.warnings),
+    }
+
+
+# --- document and entity selection ------------------------------------------------------------
+
+
+def _parse(data: bytes, max_bytes: int) -> etree._Element:
+    if len(data) > max_bytes:
+        raise _invalid(f"The metadata is larger than {max_bytes} bytes.", "xml_too_large")
+    # Entra ID serves a UTF-8 BOM; copy-paste adds leading whitespace before the XML declaration.
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    data = data.lstrip(b" \t\r\n")
+    try:
+        root = parse_xml(data, max_bytes=max_bytes)
+    except SamlError as e:
+        raise _invalid(f"The metadata is not acceptable XML: {e.message}", f"{e.code}: {e.detail}") from e
+    if root.tag not in (f"{_MD}EntityDescriptor", f"{_MD}EntitiesDescriptor"):
+        raise _invalid(
+            "The document is not SAML 2.0 metadata: its root element is "
+            f"{etree.QName(root).localname!r}, not EntityDescriptor or EntitiesDescriptor."
+        )
+    return root
+
+
+def _entities(root: etree._Element) -> list[etree._Element]:
+    if root.tag == f"{_MD}EntityDescriptor":
+        return [root]
+    return [e for e in root.iter(f"{_MD}EntityDescriptor")]
+
+
+def _select_entity(root: etree._Element, entity_id: str | None) -> etree._Element:
+    entities = _entities(root)
+    if entity_id is not None:
+        for e in entities:
+            if e.get("entityID") == entity_id:
+                return e
+        found = ", ".join(repr(e.get("entityID")) for e in entities) or "none"
+        raise _invalid(f"The metadata does not describe the entity {entity_id!r} (it describes: {found}).")
+    if len(entities) == 1:
+        return entities[0]
+    idps = [e for e in entities if _idp_descriptor(e) is not None]
+    if len(idps) == 1:
+        return idps[0]
+    if not idps:
+        raise _invalid("The metadata describes no SAML 2.0 identity provider (no IDPSSODescriptor).")
+    names = ", ".join(repr(e.get("entityID")) for e in idps)
+    raise _invalid(f"The metadata describes several identity providers ({names}); name the entityID to use.")
+
+
+def _idp_descriptor(entity: etree._Element) -> etree._Element | None:
+    for d in entity.iterchildren(f"{_MD}IDPSSODescriptor"):
+        if SAML2_PROTOCOL in (d.get("protocolSupportEnumeration") or "").split():
+            return d
+    return None
+
+
+def _endpoints(idp: etree._Element, name: str) -> tuple[Endpoint, ...]:
+    out: list[Endpoint] = []
+    for e in idp.iterchildren(f"{_MD}{name}"):
+        binding = (e.get("Binding") or "").strip()
+        location = (e.get("Location") or "").strip()
+        if binding and location and Endpoint(binding, location) not in out:
+            out.append(Endpoint(binding, location))
+    return tuple(out)
+
+
+# --- certificates -----------------------------------------------------------------------------
+
+
+def _certificates(
+    idp: etree._Element, warnings: list[str]
+) -> tuple[tuple[IdpCertificate, ...], tuple[IdpCertificate, ...]]:
+    signing: dict[str, IdpCertificate] = {}
+    encryption: dict[str, IdpCertificate] = {}
+    for kd in idp.iterchildren(f"{_MD}KeyDescriptor"):
+        use = (kd.get("use") or "").strip()
+        if use not in ("", "signing", "encryption"):
+            warnings.append(f"key_use_unknown: a KeyDescriptor with use={use!r} was ignored.")
+            continue
+        for el in kd.iterfind(f"{_DS}KeyInfo/{_DS}X509Data/{_DS}X509Certificate"):
+            cert = _load_certificate(_text(el) or "", warnings)
+            if cert is None:
+                continue
+            if use in ("", "signing"):  # no `use` means both (saml-metadata §2.4.1.1)
+                signing.setdefault(cert.sha256_fingerprint, cert)
+            if use in ("", "encryption"):
+                encryption.setdefault(cert.sha256_fingerprint, cert)
+    return tuple(signing.values()), tuple(encryption.values())
+
+
+def _load_certificate(b64: str, warnings: list[str]) -> IdpCertificate | None:
+    try:
+        der = base64.b64decode("".join(b64.split()), validate=True)
+        # cryptography warns (deprecation) about non-RFC 5280 certificates, e.g. a negative serial number,
+        # which some IdPs still publish: report that to the admin instead of raising it as a Python warning.
+        with pywarnings.catch_warnings(record=True) as caught:
+            pywarnings.simplefilter("always", CryptographyDeprecationWarning)
+            cert = x509.load_der_x509_certificate(der)
+    except (binascii.Error, ValueError) as e:
+        warnings.append(f"certificate_unreadable: an X509Certificate could not be read and was ignored ({e})")
+        return None
+    for w in caught:
+        if issubclass(w.category, CryptographyDeprecationWarning):
+            warnings.append(f"certificate_nonconforming: {cert.subject.rfc4514_string()}: {w.message}")
+    try:
+        algo = cert.signature_hash_algorithm
+        sig_hash = algo.name if algo is not None else "none"
+    except UnsupportedAlgorithm:
+        sig_hash = cert.signature_algorithm_oid.dotted_string
+    return IdpCertificate(
+        pem=cert.public_bytes(Encoding.PEM).decode("ascii"),
+        subject=cert.subject.rfc4514_string(),
+        issuer=cert.issuer.rfc4514_string(),
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        sha256_fingerprint=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
+        signature_hash=sig_hash,
+    )
+
+
+def _certificate_warnings(cert: IdpCertificate, now: datetime) -> list[str]:
+    out: list[str] = []
+    if cert.not_after <= now:
+        out.append(f"certificate_expired: {cert.subject} expired {_iso(cert.not_after)}")
+    elif cert.not_after - now <= timedelta(days=EXPIRY_WARNING_DAYS):
+        days = (cert.not_after - now).days
+        out.append(f"certificate_expiring: {cert.subject} expires {_iso(cert.not_after)} (in {days} days)")
+    if cert.signature_hash in WEAK_CERT_HASHES:
+        out.append(
+            f"certificate_weak_hash: {cert.subject} is signed with {cert.signature_hash.upper()}; "
+            "ask the IdP for a SHA-256 certificate"
+        )
+    return out
+
+
+# --- validity ---------------------------------------------------------------------------------
+
+
+def _validity(entity: etree._Element, warnings: list[str]) -> tuple[datetime | None, int | None]:
+    """The tightest validUntil and cacheDuration of the entity and the aggregates that enclose it."""
+    valid_until: datetime | None = None
+    cache: int | None = None
+    node: etree._Element | None = entity
+    while node is not None and node.tag in (f"{_MD}EntityDescriptor", f"{_MD}EntitiesDescriptor"):
+        vu = node.get("validUntil")
+        if vu is not None:
+            t = parse_xs_datetime(vu)
+            if t is None:
+                raise _invalid(f"The metadata's validUntil {vu!r} is not an xs:dateTime.")
+            valid_until = t if valid_until is None else min(valid_until, t)
+        cd = node.get("cacheDuration")
+        if cd is not None:
+            secs = parse_duration(cd)
+            if secs is None:
+                warnings.append(f"cache_duration_unreadable: cacheDuration {cd!r} was ignored.")
+            else:
+                cache = secs if cache is None else min(cache, secs)
+        node = node.getparent()
+    return valid_until, cache
+
+
+_DURATION_RE = re.compile(
+    r"^P(?!$)(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?"
+    r"(?:T(?=\d)(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?$"
+)
+
+
+def parse_duration(value: str) -> int | None:
+    """An xs:duration (ISO 8601, e.g. PT6H, P1D, P1DT12H30M) in whole seconds; None if unreadable or negative.
+
+    Years count as 365 days and months as 30 days: cacheDuration is a refresh hint, not a calendar.
+    """
+    m = _DURATION_RE.match(value.strip())
+    if m is None:
+        return None
+    y, mo, w, d, h, mi, s = m.groups()
+    total = (
+        int(y or 0) * 365 * 86400
+        + int(mo or 0) * 30 * 86400
+        + int(w or 0) * 7 * 86400
+        + int(d or 0) * 86400
+        + int(h or 0) * 3600
+        + int(mi or 0) * 60
+        + float(s or 0)
+    )
+    return int(total)
+
+
+def parse_xs_datetime(value: str) -> datetime | None:
+    """An xs:dateTime (any fractional precision, Z or an offset; none means UTC) as an aware datetime."""
+    v = value.strip()
+    m = re.match(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})?$", v)
+    if m is None:
+        return None
+    base, frac, tz = m.groups()
+    frac = (frac or "")[:7]  # '.' plus at most microseconds
+    try:
+        t = datetime.fromisoformat(base + frac + ("+00:00" if tz in (None, "Z") else tz))
+    except ValueError:
+        return None
+    return t.astimezone(UTC)
+
+
+# --- small helpers ----------------------------------------------------------------------------
+
+
+def _text(el: etree._Element) -> str | None:
+    return el.text.strip() if el.text is not None else None
+
+
+def _xs_bool(value: str | None, name: str) -> bool:
+    if value is None:
+        return False
+    v = value.strip()
+    if v in ("true", "1"):
+        return True
+    if v in ("false", "0"):
+        return False
+    raise _invalid(f"The metadata attribute {name}={value!r} is not a boolean.")
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
