@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from joserfc.jwk import ECKey, RSAKey
 
-from broker.errors import ValidationFailed
+from broker.errors import ConfigError, ValidationFailed
 from broker.model import SigningKey
 
 SUPPORTED_ALGS = ("RS256", "ES256")
@@ -31,7 +32,9 @@ def generate_signing_key(alg: str = "RS256") -> GeneratedKey:
     elif alg == "ES256":
         key = ECKey.generate_key("P-256", auto_kid=True)
     else:
-        raise ValidationFailed(f"Unsupported signing algorithm {alg!r}; use one of {', '.join(SUPPORTED_ALGS)}.")
+        raise ValidationFailed(
+            f"Unsupported signing algorithm {alg!r}; use one of {', '.join(SUPPORTED_ALGS)}."
+        )
     kid = key.thumbprint()
     public = dict(key.as_dict(private=False))
     public.update({"kid": kid, "alg": alg, "use": "sig"})
@@ -45,3 +48,75 @@ def jwks_document(keys: Iterable[SigningKey]) -> dict[str, Any]:
     for k in keys:
         out.append(dict(k.public_jwk))
     return {"keys": out}
+
+
+class NoSigningKey(ConfigError):
+    """The tenant has no active key for the algorithm an app asks for."""
+
+    status = 500
+    default_code = "server_error"
+
+
+def select_signing_key(keys: Sequence[SigningKey], alg: str) -> SigningKey:
+    """The first active key whose alg is `alg` (keys come active first, newest first)."""
+    for k in keys:
+        if k.active and k.alg == alg:
+            return k
+    raise NoSigningKey(
+        "No signing key is available for this application.",
+        detail=f"tenant has no active {alg} signing key",
+    )
+
+
+class KeyRing:
+    """Parsed joserfc keys for SigningKey values, cached by (kid, alg).
+
+    A kid is the RFC 7638 thumbprint of its public key, so one kid always names the same key pair and
+    a cached entry can never go stale. Parsing a PEM costs far more than signing; the cache is
+    bounded (oldest entries dropped first).
+    """
+
+    def __init__(self, max_entries: int = 1024) -> None:
+        self._max = max_entries
+        self._private: dict[tuple[str, str], RSAKey | ECKey] = {}
+        self._public: dict[tuple[str, str], RSAKey | ECKey] = {}
+        self._lock = threading.Lock()
+
+    def private(self, key: SigningKey) -> RSAKey | ECKey:
+        cache_key = (key.kid, key.alg)
+        with self._lock:
+            found = self._private.get(cache_key)
+        if found is None:
+            found = _import(key.alg, key.private_pem)
+            self._remember(self._private, cache_key, found)
+        return found
+
+    def public(self, key: SigningKey) -> RSAKey | ECKey:
+        cache_key = (key.kid, key.alg)
+        with self._lock:
+            found = self._public.get(cache_key)
+        if found is None:
+            found = _import(key.alg, dict(key.public_jwk))
+            if found.is_private:
+                raise ConfigError("A published key contains private material.", detail=f"kid {key.kid}")
+            self._remember(self._public, cache_key, found)
+        return found
+
+    def _remember(
+        self, cache: dict[tuple[str, str], RSAKey | ECKey], k: tuple[str, str], v: RSAKey | ECKey
+    ) -> None:
+        with self._lock:
+            while len(cache) >= self._max:
+                cache.pop(next(iter(cache)))
+            cache[k] = v
+
+
+def _import(alg: str, data: bytes | dict[str, Any]) -> RSAKey | ECKey:
+    if alg == "RS256":
+        return RSAKey.import_key(data)
+    if alg == "ES256":
+        ec = ECKey.import_key(data)
+        if ec.curve_name != "P-256":
+            raise ConfigError("An ES256 key must be on P-256.", detail=f"curve {ec.curve_name}")
+        return ec
+    raise ConfigError(f"Unsupported signing algorithm {alg!r}.")

@@ -1,0 +1,645 @@
+"""The token, introspection and revocation endpoints on authlib's framework-neutral OAuth 2.0 core.
+
+authlib supplies the endpoint skeletons and their checklists: AuthorizationServer (grant dispatch,
+client authentication registry), AuthorizationCodeGrant (RFC 6749 §4.1.3: client authenticated, code
+issued to this client, redirect_uri identical), RefreshTokenGrant (§6: client, scope not widened),
+CodeChallenge (RFC 7636 §4.6, RFC 9700 §4.8), IntrospectionEndpoint (RFC 7662) and RevocationEndpoint
+(RFC 7009). This module supplies the storage hooks and replaces four pieces, each for a reason:
+
+- the OAuth2Request: built from our HttpRequest; authlib's constructor refuses every non-https URL
+  except loopback, but transport policy belongs to Settings (production refuses an http public URL);
+- client_secret_basic: authlib decodes the credentials with `unquote`, RFC 6749 §2.3.1 requires
+  form-urlencoding (`+` is a space): `unquote_plus`;
+- the S256 comparison: constant time (authlib compares with ==), and only S256 exists;
+- error responses: bodies never echo request values, invalid_client is 401 + WWW-Authenticate only
+  when Basic was used (authlib uses 401 whenever Basic is merely allowed), and every RFC 7009/7662
+  error is a 400 (authlib's unsupported_token_type is a 401).
+
+Tokens are minted here (not by OpenIDCode): one signing path for the code and refresh grants, the
+injected clock, per-app key selection and the broker's extra claims.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_plus
+
+from authlib.oauth2.rfc6749 import (
+    AuthorizationServer,
+    ClientMixin,
+    InvalidClientError,
+    InvalidGrantError,
+    OAuth2Request,
+)
+from authlib.oauth2.rfc6749.errors import UnsupportedGrantTypeError
+from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
+from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
+from authlib.oauth2.rfc7009 import RevocationEndpoint
+from authlib.oauth2.rfc7636 import CodeChallenge
+from authlib.oauth2.rfc7662 import IntrospectionEndpoint
+
+from broker.issuer.keys import select_signing_key
+from broker.issuer.messages import Headers, HttpRequest, HttpResponse, SecretVerifier
+from broker.issuer.records import CodeRecord, GrantRecord, Ledger, RefreshRecord
+from broker.issuer.tokens import ACCESS_TOKEN_TYP, InvalidToken, TokenCodec, at_hash, profile_claims
+from broker.model import App, Profile, Tenant
+from broker.ports import Clock, ConfigReader
+
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+JSON_HEADERS = {"Content-Type": "application/json", **NO_STORE}
+
+
+@dataclass(frozen=True)
+class IssuerContext:
+    """What every per-request server needs: the Issuer's collaborators and the tenant in hand."""
+
+    tenant: Tenant
+    issuer: str
+    config: ConfigReader
+    ledger: Ledger
+    codec: TokenCodec
+    clock: Clock
+    secrets: SecretVerifier
+
+
+@dataclass
+class Outcome:
+    """What an endpoint call did, for the audit event (never token values)."""
+
+    client_id: str | None = None
+    connection: str | None = None
+    grant_type: str | None = None
+    error: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def grant_ttl(app: App, scope: tuple[str, ...]) -> int:
+    """How long anything a grant issued can live: the horizon for its denylist entries."""
+    ttl = max(app.access_token_ttl, app.id_token_ttl)
+    if offers_refresh(app, scope):
+        ttl = max(ttl, app.refresh_token_ttl)
+    return ttl + 60
+
+
+def offers_refresh(app: App, scope: tuple[str, ...]) -> bool:
+    """Refresh tokens only when the grant's scope has offline_access and the app allows it."""
+    return "offline_access" in scope and "offline_access" in app.allowed_scopes
+
+
+def registered_auth_method(app: App) -> str:
+    return "none" if app.public else app.token_endpoint_auth_method
+
+
+# --- authlib models ----------------------------------------------------------------------------
+
+
+class Client(ClientMixin):  # type: ignore[misc]
+    """authlib's ClientMixin over a frozen App."""
+
+    def __init__(self, app: App, secrets_: SecretVerifier) -> None:
+        self.app = app
+        self.client_id = app.client_id
+        self._secrets = secrets_
+
+    def get_client_id(self) -> str:
+        return self.app.client_id
+
+    def get_default_redirect_uri(self) -> None:
+        return None  # redirect_uri is always required (checked at the authorization endpoint)
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return redirect_uri in self.app.redirect_uris
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        if self.app.public or not self.app.client_secret_hash:
+            return False
+        return self._secrets.verify(client_secret, self.app.client_secret_hash)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        # One registered method per app, for every endpoint (OIDC Registration §2).
+        return method == registered_auth_method(self.app)
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type == "code"
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        if grant_type == "authorization_code":
+            return True
+        return grant_type == "refresh_token" and "offline_access" in self.app.allowed_scopes
+
+
+@dataclass(frozen=True)
+class Code:
+    """A redeemed authorization code (authlib's AuthorizationCodeMixin)."""
+
+    record: CodeRecord
+
+    def get_redirect_uri(self) -> str:
+        return self.record.redirect_uri
+
+    def get_scope(self) -> str:
+        return " ".join(self.record.scope)
+
+
+@dataclass(frozen=True)
+class RefreshToken:
+    """A presented, live refresh token (authlib's TokenMixin for the refresh grant and RFC 7009/7662)."""
+
+    value: str
+    record: RefreshRecord
+
+    def check_client(self, client: Client) -> bool:
+        return client.client_id == self.record.client_id
+
+    def get_scope(self) -> str:
+        return " ".join(self.record.scope)
+
+    def is_expired(self) -> bool:
+        return False  # the StateStore drops it at expiry
+
+    def is_revoked(self) -> bool:
+        return False  # a revoked family's tokens are never found (Ledger.grant)
+
+
+@dataclass(frozen=True)
+class AccessToken:
+    """A verified access token of this tenant (for RFC 7009/7662)."""
+
+    claims: Mapping[str, Any]
+
+    def check_client(self, client: Client) -> bool:
+        return client.client_id == self.claims.get("client_id")
+
+    def get_scope(self) -> str:
+        return str(self.claims.get("scope", ""))
+
+    def is_expired(self) -> bool:
+        return False  # verified against the clock when found
+
+    def is_revoked(self) -> bool:
+        return False  # checked against the denylist when found
+
+
+AnyToken = AccessToken | RefreshToken
+
+
+class Request(OAuth2Request):  # type: ignore[misc]
+    """authlib's OAuth2Request over our HttpRequest (without authlib's transport check, see above)."""
+
+    def __init__(self, req: HttpRequest) -> None:
+        # Deliberately not calling OAuth2Request.__init__: it raises InsecureTransportError for http
+        # URLs. These are the attributes it sets.
+        self.method = req.method.upper()
+        self.uri = req.url
+        self.headers = Headers(req.headers)
+        self._body = None
+        self._form = {k: v for k, v in req.form.items() if v != ""}  # RFC 6749 §3.2: empty = omitted
+        self._args = dict(req.query)
+        self.payload = BasicOAuth2Payload(self._form)
+        self.client: Client | None = None
+        self.auth_method: str | None = None
+        self.user: Profile | None = None
+        self.authorization_code: Code | None = None
+        self.refresh_token: RefreshToken | None = None
+        self.credential: Any = None
+        self._scope: str | None = None
+
+    @property
+    def form(self) -> dict[str, str]:
+        return self._form
+
+    @property
+    def args(self) -> dict[str, str]:
+        return self._args
+
+
+def basic_credentials(headers: Mapping[str, str]) -> tuple[str, str] | None:
+    """RFC 6749 §2.3.1: base64 of form-urlencoded id ':' form-urlencoded secret. None if absent/bad."""
+    auth = headers.get("authorization")
+    if not auth:
+        return None
+    scheme, _, token = auth.strip().partition(" ")
+    if scheme.lower() != "basic" or not token:
+        return None
+    try:
+        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    client_id, sep, secret = decoded.partition(":")
+    if not sep:
+        return None
+    return unquote_plus(client_id), unquote_plus(secret)
+
+
+def uses_basic(headers: Mapping[str, str]) -> bool:
+    return headers.get("authorization", "").strip().lower().startswith("basic")
+
+
+def _client_secret_basic(query_client: Any, request: Request) -> Client | None:
+    creds = basic_credentials(request.headers)
+    if creds is None or not creds[0] or not creds[1]:
+        return None
+    client: Client | None = query_client(creds[0])
+    if client is None:
+        raise InvalidClientError(status_code=401, description="Client authentication failed.")
+    return client if client.check_client_secret(creds[1]) else None
+
+
+def s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def _compare_s256(code_verifier: str, code_challenge: str) -> bool:
+    return hmac.compare_digest(s256(code_verifier).encode("ascii"), code_challenge.encode("ascii"))
+
+
+class S256Challenge(CodeChallenge):  # type: ignore[misc]
+    """RFC 7636 at the token endpoint: S256 only, compared in constant time; required for public apps."""
+
+    DEFAULT_CODE_CHALLENGE_METHOD = "S256"
+    SUPPORTED_CODE_CHALLENGE_METHOD = ["S256"]
+    CODE_CHALLENGE_METHODS = {"S256": _compare_s256}
+
+    def get_authorization_code_challenge(self, authorization_code: Code) -> str | None:
+        return authorization_code.record.code_challenge
+
+    def get_authorization_code_challenge_method(self, authorization_code: Code) -> str | None:
+        return authorization_code.record.code_challenge_method
+
+
+# --- grants ------------------------------------------------------------------------------------
+
+AUTH_METHODS = ["client_secret_basic", "client_secret_post", "none"]
+
+
+class CodeGrant(AuthorizationCodeGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+    server: TenantServer
+
+    def query_authorization_code(self, code: str, client: Client) -> Code | None:
+        return self.server.redeem_code(code, client)
+
+    def delete_authorization_code(self, authorization_code: Code) -> None:
+        """Nothing to do: the code was consumed atomically (StateStore.take) when it was found."""
+
+    def authenticate_user(self, authorization_code: Code) -> Profile:
+        return authorization_code.record.profile
+
+    def generate_token(self, **_: Any) -> dict[str, Any]:
+        request: Request = self.request
+        assert request.client is not None and request.authorization_code is not None
+        return self.server.issue_for_code(request.client.app, request.authorization_code.record)
+
+
+class RefreshGrant(RefreshTokenGrant):  # type: ignore[misc]
+    TOKEN_ENDPOINT_AUTH_METHODS = AUTH_METHODS
+    INCLUDE_NEW_REFRESH_TOKEN = True
+    server: TenantServer
+
+    def authenticate_refresh_token(self, refresh_token: str) -> RefreshToken | None:
+        return self.server.find_refresh(refresh_token, detect_reuse=True)
+
+    def authenticate_user(self, refresh_token: RefreshToken) -> GrantRecord:
+        # Rotation: consume the presented token atomically; losing a race is a reuse.
+        return self.server.rotate_refresh(refresh_token)
+
+    def issue_token(self, user: GrantRecord, refresh_token: RefreshToken) -> dict[str, Any]:
+        request: Request = self.request
+        assert request.client is not None
+        scope = request.payload.scope
+        narrowed = tuple(scope.split()) if scope else user.scope
+        return self.server.issue_for_refresh(request.client.app, user, narrowed)
+
+    def revoke_old_credential(self, refresh_token: RefreshToken) -> None:
+        """Nothing to do: rotate_refresh consumed it."""
+
+
+class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
+    """RFC 7662 for confidential apps, about their own tokens; anything else is {"active": false}."""
+
+    CLIENT_AUTH_METHODS = ["client_secret_basic", "client_secret_post"]
+    server: TenantServer
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> AnyToken | None:
+        return self.server.find_token(token_string, token_type_hint)
+
+    def check_permission(self, token: AccessToken | RefreshToken, client: Client, request: Request) -> bool:
+        return token.check_client(client)
+
+    def introspect_token(self, token: AccessToken | RefreshToken) -> dict[str, Any]:
+        return self.server.introspection_payload(token)
+
+
+class Revocation(RevocationEndpoint):  # type: ignore[misc]
+    """RFC 7009: every app may revoke its own tokens; unknown or foreign-tenant tokens are a 200."""
+
+    CLIENT_AUTH_METHODS = AUTH_METHODS
+    server: TenantServer
+
+    def query_token(self, token_string: str, token_type_hint: str | None) -> AnyToken | None:
+        return self.server.find_token(token_string, token_type_hint)
+
+    def revoke_token(self, token: AccessToken | RefreshToken, request: Request) -> None:
+        self.server.revoke(token)
+
+
+# --- the per-tenant server ---------------------------------------------------------------------
+
+
+class TenantServer(AuthorizationServer):  # type: ignore[misc]
+    """authlib's AuthorizationServer for one tenant and one request (cheap to build; holds no state)."""
+
+    def __init__(self, ctx: IssuerContext) -> None:
+        super().__init__(scopes_supported=None)
+        self.ctx = ctx
+        self.outcome = Outcome()
+        self.register_client_auth_method("client_secret_basic", _client_secret_basic)
+        self.register_grant(CodeGrant, [S256Challenge(required=True)])
+        self.register_grant(RefreshGrant)
+        self.register_endpoint(Introspection)
+        self.register_endpoint(Revocation)
+
+    # authlib hooks ------------------------------------------------------------------------------
+
+    def query_client(self, client_id: str) -> Client | None:
+        app = self.ctx.config.app(self.ctx.tenant.id, client_id)
+        if app is None or app.tenant_id != self.ctx.tenant.id:
+            return None
+        return Client(app, self.ctx.secrets)
+
+    def save_token(self, token: dict[str, Any], request: Request) -> None:
+        """Nothing to do: issue_for_* stored what needs storing before returning the token."""
+
+    def send_signal(self, name: str, *args: Any, **kwargs: Any) -> None:
+        if name == "after_authenticate_client":
+            client: Client = kwargs["client"]
+            grant = kwargs["grant"]
+            self.outcome.client_id = client.client_id
+            # RFC 6749 §3.2.1: a client_id in the body must name the authenticated client.
+            form_id = grant.request.form.get("client_id")
+            if form_id is not None and form_id != client.client_id:
+                raise InvalidClientError(description="client_id does not match the authenticated client.")
+
+    def create_oauth2_request(self, request: HttpRequest) -> Request:
+        return Request(request)
+
+    def handle_response(self, status: int, body: Any, headers: Any) -> HttpResponse:
+        return HttpResponse(status=status, headers=dict(JSON_HEADERS), body=dict(body))
+
+    def handle_error_response(self, request: Request, error: Any) -> HttpResponse:
+        return self.error_response(request.headers, error.error, _safe_description(error))
+
+    def error_response(self, headers: Mapping[str, str], code: str, description: str) -> HttpResponse:
+        """RFC 6749 §5.2."""
+        self.outcome.error = code
+        out = dict(JSON_HEADERS)
+        status = 500 if code == "server_error" else 400
+        if code == "invalid_client" and uses_basic(headers):
+            status = 401
+            out["WWW-Authenticate"] = f'Basic realm="{self.ctx.issuer}", error="invalid_client"'
+        body = {"error": code, "error_description": description}
+        return HttpResponse(status=status, headers=out, body=body)
+
+    # codes --------------------------------------------------------------------------------------
+
+    def redeem_code(self, code: str, client: Client) -> Code | None:
+        """Consume the code (one winner); a second redemption revokes the grant the first one made."""
+        ledger = self.ctx.ledger
+        record = ledger.take_code(code)
+        if record is None:
+            gid = ledger.code_grant(code)
+            if gid is not None:
+                # RFC 6749 §4.1.2: used twice (or presented after expiry): revoke what it issued.
+                ledger.revoke_grant(gid, grant_ttl(client.app, ("offline_access",)))
+                self.outcome.details["code_reuse"] = True
+            return None
+        self.outcome.details["grant"] = record.gid
+        if record.tenant_id != self.ctx.tenant.id or record.client_id != client.client_id:
+            self.outcome.details["code_client_mismatch"] = True
+            return None
+        if record.expires_at <= self.ctx.clock.now():
+            self.outcome.details["code_expired"] = True
+            return None
+        return Code(record)
+
+    def issue_for_code(self, app: App, record: CodeRecord) -> dict[str, Any]:
+        grant = GrantRecord(
+            gid=record.gid,
+            tenant_id=record.tenant_id,
+            client_id=record.client_id,
+            scope=record.scope,
+            profile=record.profile,
+            auth_time=record.auth_time,
+            sid=record.sid,
+        )
+        return self._issue(app, grant, record.scope, nonce=record.nonce)
+
+    # refresh tokens -----------------------------------------------------------------------------
+
+    def find_refresh(self, value: str, *, detect_reuse: bool) -> RefreshToken | None:
+        ledger = self.ctx.ledger
+        record = ledger.peek_refresh(value)
+        if record is None:
+            gid = ledger.refresh_family(value) if detect_reuse else None
+            if gid is not None:
+                self._revoke_family(gid)
+            return None
+        if record.tenant_id != self.ctx.tenant.id or ledger.grant(record.gid) is None:
+            return None
+        return RefreshToken(value, record)
+
+    def rotate_refresh(self, token: RefreshToken) -> GrantRecord:
+        ledger = self.ctx.ledger
+        taken = ledger.take_refresh(token.value)
+        grant = ledger.grant(token.record.gid)
+        if taken is None or grant is None:
+            self._revoke_family(token.record.gid)
+            raise InvalidGrantError(description="The refresh token is invalid.")
+        self.outcome.details["grant"] = grant.gid
+        return grant
+
+    def issue_for_refresh(self, app: App, grant: GrantRecord, scope: tuple[str, ...]) -> dict[str, Any]:
+        return self._issue(app, grant, scope, nonce=None, refresh_scope=grant.scope)
+
+    def _revoke_family(self, gid: str) -> None:
+        app = None
+        grant = self.ctx.ledger.grant(gid)
+        if grant is not None:
+            app = self.ctx.config.app(self.ctx.tenant.id, grant.client_id)
+        # No grant record: it was revoked or has expired, and so have its tokens; a short deny entry
+        # only covers a redemption still in flight.
+        ttl = grant_ttl(app, ("offline_access",)) if app else 3600
+        self.ctx.ledger.revoke_grant(gid, ttl)
+        self.outcome.details["refresh_reuse"] = True
+
+    # minting ------------------------------------------------------------------------------------
+
+    def _issue(
+        self,
+        app: App,
+        grant: GrantRecord,
+        scope: tuple[str, ...],
+        *,
+        nonce: str | None,
+        refresh_scope: tuple[str, ...] | None = None,
+    ) -> dict[str, Any]:
+        ctx = self.ctx
+        now = ctx.clock.now()
+        iat = int(now)
+        key = select_signing_key(ctx.config.signing_keys(ctx.tenant.id), app.id_token_signed_response_alg)
+        profile = grant.profile
+        jti = secrets.token_urlsafe(16)
+        access_claims: dict[str, Any] = {
+            "iss": ctx.issuer,
+            "sub": profile.sub,
+            "aud": app.client_id,
+            "client_id": app.client_id,
+            "scope": " ".join(scope),
+            "iat": iat,
+            "exp": iat + app.access_token_ttl,
+            "jti": jti,
+            "sid": grant.sid,
+            "gid": grant.gid,
+            "auth_time": int(grant.auth_time),
+        }
+        access_token = ctx.codec.sign(key, access_claims, typ=ACCESS_TOKEN_TYP)
+        token: dict[str, Any] = {
+            "access_token": access_token,
+            "token_type": "Bearer",
+            "expires_in": app.access_token_ttl,
+            "scope": " ".join(scope),
+        }
+        if "openid" in scope:
+            id_claims = profile_claims(profile, scope)
+            id_claims.update(
+                {
+                    "iss": ctx.issuer,
+                    "aud": app.client_id,
+                    "azp": app.client_id,
+                    "iat": iat,
+                    "exp": iat + app.id_token_ttl,
+                    "auth_time": int(grant.auth_time),
+                    "sid": grant.sid,
+                    "at_hash": at_hash(access_token, key.alg),
+                }
+            )
+            if nonce is not None:
+                id_claims["nonce"] = nonce
+            if profile.amr:
+                id_claims["amr"] = list(profile.amr)
+            if profile.acr:
+                id_claims["acr"] = profile.acr
+            token["id_token"] = ctx.codec.sign(key, id_claims, typ="JWT")
+
+        family_scope = refresh_scope if refresh_scope is not None else scope
+        ttl = grant_ttl(app, family_scope)
+        ctx.ledger.put_grant(grant, ttl)
+        if offers_refresh(app, family_scope):
+            value = secrets.token_urlsafe(32)
+            ctx.ledger.put_refresh(
+                value,
+                RefreshRecord(
+                    gid=grant.gid,
+                    tenant_id=grant.tenant_id,
+                    client_id=app.client_id,
+                    scope=family_scope,
+                    issued_at=now,
+                    expires_at=now + app.refresh_token_ttl,
+                ),
+                app.refresh_token_ttl,
+            )
+            token["refresh_token"] = value
+        self.outcome.connection = profile.connection
+        self.outcome.details.update({"grant": grant.gid, "jti": jti, "kid": key.kid, "scope": token["scope"]})
+        return token
+
+    # introspection / revocation -----------------------------------------------------------------
+
+    def verify_access_token(self, value: str) -> Mapping[str, Any]:
+        """A live access token of this tenant: signature, typ, iss, exp, then the denylist."""
+        ctx = self.ctx
+        verified = ctx.codec.verify(
+            value,
+            ctx.config.signing_keys(ctx.tenant.id),
+            issuer=ctx.issuer,
+            now=ctx.clock.now(),
+            typ=ACCESS_TOKEN_TYP,
+        )
+        claims = verified.claims
+        jti, gid = claims.get("jti"), claims.get("gid")
+        if not (isinstance(jti, str) and isinstance(gid, str) and isinstance(claims.get("client_id"), str)):
+            raise InvalidToken("missing_claims")
+        if ctx.ledger.jti_revoked(jti) or ctx.ledger.grant_revoked(gid):
+            raise InvalidToken("revoked")
+        return claims
+
+    def find_token(self, value: str, hint: str | None) -> AccessToken | RefreshToken | None:
+        # RFC 7009 §2.1 / RFC 7662 §2.1: the hint only orders the search.
+        if value.count(".") == 2:
+            try:
+                return AccessToken(self.verify_access_token(value))
+            except InvalidToken as exc:
+                self.outcome.details["token_rejected"] = exc.reason
+                return None
+        return self.find_refresh(value, detect_reuse=False)
+
+    def introspection_payload(self, token: AccessToken | RefreshToken) -> dict[str, Any]:
+        if isinstance(token, AccessToken):
+            c = token.claims
+            keep = ("scope", "client_id", "sub", "aud", "iss", "exp", "iat", "jti", "sid", "auth_time")
+            out = {k: c[k] for k in keep if k in c}
+            out.update({"active": True, "token_type": "Bearer"})
+            return out
+        grant = self.ctx.ledger.grant(token.record.gid)
+        if grant is None:
+            return {"active": False}
+        return {
+            "active": True,
+            "token_type": "refresh_token",
+            "scope": token.get_scope(),
+            "client_id": token.record.client_id,
+            "sub": grant.profile.sub,
+            "iss": self.ctx.issuer,
+            "iat": int(token.record.issued_at),
+            "exp": int(token.record.expires_at),
+            "sid": grant.sid,
+        }
+
+    def revoke(self, token: AccessToken | RefreshToken) -> None:
+        now = self.ctx.clock.now()
+        if isinstance(token, AccessToken):
+            exp = token.claims.get("exp")
+            ttl = max(float(exp) - now, 0) + 60 if isinstance(exp, int | float) else 24 * 3600
+            self.ctx.ledger.revoke_jti(str(token.claims["jti"]), ttl)
+            self.outcome.details["revoked"] = "access_token"
+        else:
+            # RFC 7009 §2.1: revoking a refresh token revokes its grant's access tokens as well.
+            self.ctx.ledger.take_refresh(token.value)
+            self._revoke_family(token.record.gid)
+            self.outcome.details.pop("refresh_reuse", None)
+            self.outcome.details["revoked"] = "refresh_token"
+
+
+def _safe_description(error: Any) -> str:
+    """authlib's description for an error, without anything taken from the request."""
+    if isinstance(error, UnsupportedGrantTypeError):
+        return "The grant_type is not supported."
+    description = getattr(error, "description", None)
+    if isinstance(description, str) and description:
+        return description
+    return {
+        "invalid_request": "The request is invalid.",
+        "invalid_client": "Client authentication failed.",
+        "invalid_grant": "The grant is invalid.",
+        "invalid_scope": "The requested scope is invalid.",
+        "unsupported_token_type": "The token type is not supported.",
+        "unauthorized_client": "The client is not authorized for this grant.",
+    }.get(str(getattr(error, "error", "")), "The request was refused.")

@@ -1,0 +1,288 @@
+"""What the issuer keeps in the StateStore: codes, grants, refresh tokens, revocations — and their JSON.
+
+Every single-use or secret value (authorization codes, refresh tokens) is stored under the SHA-256
+digest of the value, never the value itself: the values are 256-bit random strings, so an unkeyed
+digest is enough and a leaked store gives nothing a client could present.
+
+Keys (all prefixed "oidc:"):
+
+- ``code:<d>``        the pending authorization code (60 s); consumed with ``StateStore.take``.
+- ``code-grant:<d>``  the grant id a code leads to, written with the code and kept until every token
+                      the code could yield has expired: a second redemption finds it and revokes the
+                      grant even while the first redemption is still issuing (no take-then-mark gap).
+- ``grant:<gid>``     one grant (code redemption and its refresh family): client, scope, profile,
+                      auth_time, sid. Userinfo reads the profile from here.
+- ``rt:<d>``          a live refresh token (consumed with ``take`` on every rotation).
+- ``rt-family:<d>``   the grant id of a refresh token, kept as long as the token would have lived:
+                      presenting a rotated token finds it and revokes the family.
+- ``deny:grant:<gid>`` / ``deny:jti:<jti>`` the denylist userinfo, introspection and refresh consult.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from broker.model import Profile
+from broker.ports import StateStore
+
+PREFIX = "oidc:"
+
+
+def digest(value: str) -> str:
+    """The storage key of a secret value (code, refresh token)."""
+    return hashlib.sha256(value.encode("utf-8")).hexdigest()
+
+
+# --- Profile <-> JSON --------------------------------------------------------------------------
+
+
+def profile_to_json(profile: Profile) -> dict[str, Any]:
+    """A JSON-safe dict of every Profile field (tuples become lists)."""
+    return {
+        "sub": profile.sub,
+        "tenant": profile.tenant,
+        "connection": profile.connection,
+        "idp": profile.idp,
+        "email": profile.email,
+        "email_verified": profile.email_verified,
+        "name": profile.name,
+        "given_name": profile.given_name,
+        "family_name": profile.family_name,
+        "groups": list(profile.groups),
+        "roles": list(profile.roles),
+        "amr": list(profile.amr),
+        "acr": profile.acr,
+        "extra": dict(profile.extra),
+        "warnings": list(profile.warnings),
+    }
+
+
+def profile_from_json(data: Mapping[str, Any]) -> Profile:
+    """The inverse of profile_to_json."""
+    return Profile(
+        sub=str(data["sub"]),
+        tenant=str(data["tenant"]),
+        connection=str(data["connection"]),
+        idp=str(data["idp"]),
+        email=data.get("email"),
+        email_verified=data.get("email_verified"),
+        name=data.get("name"),
+        given_name=data.get("given_name"),
+        family_name=data.get("family_name"),
+        groups=tuple(data.get("groups") or ()),
+        roles=tuple(data.get("roles") or ()),
+        amr=tuple(data.get("amr") or ()),
+        acr=data.get("acr"),
+        extra=dict(data.get("extra") or {}),
+        warnings=tuple(data.get("warnings") or ()),
+    )
+
+
+# --- records -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CodeRecord:
+    """An issued authorization code and everything it is bound to (RFC 6749 §4.1.2, RFC 7636 §4.4)."""
+
+    tenant_id: str
+    client_id: str
+    redirect_uri: str
+    scope: tuple[str, ...]
+    nonce: str | None
+    code_challenge: str | None
+    code_challenge_method: str | None
+    profile: Profile
+    auth_time: float
+    sid: str
+    gid: str
+    expires_at: float
+
+    def to_bytes(self) -> bytes:
+        return _dump(
+            {
+                "tenant_id": self.tenant_id,
+                "client_id": self.client_id,
+                "redirect_uri": self.redirect_uri,
+                "scope": list(self.scope),
+                "nonce": self.nonce,
+                "code_challenge": self.code_challenge,
+                "code_challenge_method": self.code_challenge_method,
+                "profile": profile_to_json(self.profile),
+                "auth_time": self.auth_time,
+                "sid": self.sid,
+                "gid": self.gid,
+                "expires_at": self.expires_at,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> CodeRecord:
+        d = json.loads(raw)
+        return cls(
+            tenant_id=d["tenant_id"],
+            client_id=d["client_id"],
+            redirect_uri=d["redirect_uri"],
+            scope=tuple(d["scope"]),
+            nonce=d["nonce"],
+            code_challenge=d["code_challenge"],
+            code_challenge_method=d["code_challenge_method"],
+            profile=profile_from_json(d["profile"]),
+            auth_time=float(d["auth_time"]),
+            sid=d["sid"],
+            gid=d["gid"],
+            expires_at=float(d["expires_at"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRecord:
+    """One grant: what a code redemption authorized, shared by its refresh-token family."""
+
+    gid: str
+    tenant_id: str
+    client_id: str
+    scope: tuple[str, ...]
+    profile: Profile
+    auth_time: float
+    sid: str
+
+    def to_bytes(self) -> bytes:
+        return _dump(
+            {
+                "gid": self.gid,
+                "tenant_id": self.tenant_id,
+                "client_id": self.client_id,
+                "scope": list(self.scope),
+                "profile": profile_to_json(self.profile),
+                "auth_time": self.auth_time,
+                "sid": self.sid,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> GrantRecord:
+        d = json.loads(raw)
+        return cls(
+            gid=d["gid"],
+            tenant_id=d["tenant_id"],
+            client_id=d["client_id"],
+            scope=tuple(d["scope"]),
+            profile=profile_from_json(d["profile"]),
+            auth_time=float(d["auth_time"]),
+            sid=d["sid"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshRecord:
+    """A live refresh token of a grant's family. `scope` is the grant's scope (RFC 6749 §6)."""
+
+    gid: str
+    tenant_id: str
+    client_id: str
+    scope: tuple[str, ...]
+    issued_at: float
+    expires_at: float
+
+    def to_bytes(self) -> bytes:
+        return _dump(
+            {
+                "gid": self.gid,
+                "tenant_id": self.tenant_id,
+                "client_id": self.client_id,
+                "scope": list(self.scope),
+                "issued_at": self.issued_at,
+                "expires_at": self.expires_at,
+            }
+        )
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> RefreshRecord:
+        d = json.loads(raw)
+        return cls(
+            gid=d["gid"],
+            tenant_id=d["tenant_id"],
+            client_id=d["client_id"],
+            scope=tuple(d["scope"]),
+            issued_at=float(d["issued_at"]),
+            expires_at=float(d["expires_at"]),
+        )
+
+
+def _dump(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+
+# --- the ledger --------------------------------------------------------------------------------
+
+
+class Ledger:
+    """Typed access to the issuer's StateStore keys; every single-use value is consumed with take()."""
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+
+    # codes
+    def put_code(self, code: str, record: CodeRecord, *, ttl: float, grant_ttl: float) -> None:
+        d = digest(code)
+        # The grant marker first: a code is never redeemable without its reuse marker existing.
+        self._state.put(f"{PREFIX}code-grant:{d}", record.gid.encode("ascii"), grant_ttl)
+        self._state.put(f"{PREFIX}code:{d}", record.to_bytes(), ttl)
+
+    def take_code(self, code: str) -> CodeRecord | None:
+        raw = self._state.take(f"{PREFIX}code:{digest(code)}")
+        return CodeRecord.from_bytes(raw) if raw is not None else None
+
+    def code_grant(self, code: str) -> str | None:
+        """The grant id of a code that was already taken (or expired); None for a code never issued."""
+        raw = self._state.get(f"{PREFIX}code-grant:{digest(code)}")
+        return raw.decode("ascii") if raw is not None else None
+
+    # grants
+    def put_grant(self, record: GrantRecord, ttl: float) -> None:
+        self._state.put(f"{PREFIX}grant:{record.gid}", record.to_bytes(), ttl)
+
+    def grant(self, gid: str) -> GrantRecord | None:
+        if self.grant_revoked(gid):
+            return None
+        raw = self._state.get(f"{PREFIX}grant:{gid}")
+        return GrantRecord.from_bytes(raw) if raw is not None else None
+
+    def revoke_grant(self, gid: str, ttl: float) -> None:
+        """Revoke a whole grant: its refresh family and every access token that carries its gid."""
+        self._state.put(f"{PREFIX}deny:grant:{gid}", b"1", ttl)
+        self._state.delete(f"{PREFIX}grant:{gid}")
+
+    def grant_revoked(self, gid: str) -> bool:
+        return self._state.get(f"{PREFIX}deny:grant:{gid}") is not None
+
+    # access tokens
+    def revoke_jti(self, jti: str, ttl: float) -> None:
+        self._state.put(f"{PREFIX}deny:jti:{jti}", b"1", ttl)
+
+    def jti_revoked(self, jti: str) -> bool:
+        return self._state.get(f"{PREFIX}deny:jti:{jti}") is not None
+
+    # refresh tokens
+    def put_refresh(self, token: str, record: RefreshRecord, ttl: float) -> None:
+        d = digest(token)
+        self._state.put(f"{PREFIX}rt-family:{d}", record.gid.encode("ascii"), ttl)
+        self._state.put(f"{PREFIX}rt:{d}", record.to_bytes(), ttl)
+
+    def peek_refresh(self, token: str) -> RefreshRecord | None:
+        raw = self._state.get(f"{PREFIX}rt:{digest(token)}")
+        return RefreshRecord.from_bytes(raw) if raw is not None else None
+
+    def take_refresh(self, token: str) -> RefreshRecord | None:
+        raw = self._state.take(f"{PREFIX}rt:{digest(token)}")
+        return RefreshRecord.from_bytes(raw) if raw is not None else None
+
+    def refresh_family(self, token: str) -> str | None:
+        """The grant id of a refresh token that was rotated away (or revoked); None if never issued."""
+        raw = self._state.get(f"{PREFIX}rt-family:{digest(token)}")
+        return raw.decode("ascii") if raw is not None else None

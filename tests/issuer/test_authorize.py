@@ -1,0 +1,171 @@
+"""The authorization endpoint: request validation (RFC 6749 §4.1.1, RFC 7636, OIDC Core §3.1.2)."""
+
+from __future__ import annotations
+
+import pytest
+
+from broker.issuer.server import AuthorizeError
+from broker.model import AuthorizationRequest
+from tests.issuer.conftest import Env, pkce_pair, query_of
+
+
+def refused(env: Env, **params: str | None) -> AuthorizeError:
+    with pytest.raises(AuthorizeError) as info:
+        env.authorize(**params)  # type: ignore[arg-type]
+    return info.value
+
+
+def test_valid_request_is_parsed(env: Env) -> None:
+    _, challenge = pkce_pair()
+    req = env.authorize(code_challenge=challenge, code_challenge_method="S256", prompt="login consent",
+                        max_age="300", login_hint="ada@acme.example")
+    assert req == AuthorizationRequest(
+        client_id="conf", redirect_uri="https://app.example/cb",
+        scope=("openid", "profile", "email", "groups", "offline_access"), state="st-1", nonce="n-1",
+        code_challenge=challenge, code_challenge_method="S256", prompt=("login", "consent"), max_age=300,
+        login_hint="ada@acme.example",
+    )
+
+
+def test_plain_oauth_without_openid_is_allowed(env: Env) -> None:
+    assert env.authorize(scope="profile").scope == ("profile",)
+
+
+@pytest.mark.parametrize("client_id", [None, "nope"])
+def test_unknown_or_missing_client_is_never_redirected(env: Env, client_id: str | None) -> None:
+    err = refused(env, client_id=client_id)
+    assert err.redirect_uri is None
+
+
+def test_client_of_another_tenant_is_unknown(env: Env) -> None:
+    with pytest.raises(AuthorizeError) as info:
+        env.authorize(tenant=env.tenant_b, client_id="spa")
+    assert info.value.redirect_uri is None
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    [
+        None,
+        "https://app.example/cb/",  # trailing slash
+        "https://app.example/cbx",  # prefix match
+        "https://app.example/cb/extra",  # extra path
+        "https://app.example:8443/cb",  # other port
+        "https://app.example:443/cb",  # explicit default port: still not the same string
+        "https://app.example/cb#frag",  # fragment
+        "https://app.example/cb?x=1",  # extra query
+        "http://app.example/cb",  # scheme
+        "https://APP.example/cb",  # case
+        "https://app.example.evil.com/cb",
+        "https://app.example/cb2?x=1",  # registered one has more query
+    ],
+)
+def test_redirect_uri_must_match_exactly_and_is_never_used_otherwise(
+    env: Env, redirect_uri: str | None
+) -> None:
+    err = refused(env, redirect_uri=redirect_uri)
+    assert err.code == "invalid_request"
+    assert err.redirect_uri is None
+
+
+def test_registered_redirect_uri_with_query_matches(env: Env) -> None:
+    assert env.authorize(redirect_uri="https://app.example/cb2?x=1&y=a%20b").redirect_uri.endswith("a%20b")
+
+
+@pytest.mark.parametrize(
+    ("params", "code"),
+    [
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"response_type": "code id_token"}, "unsupported_response_type"),
+        ({"response_type": None}, "unsupported_response_type"),
+        ({"scope": None}, "invalid_scope"),
+        ({"scope": "openid admin"}, "invalid_scope"),
+        ({"scope": "openid OPENID"}, "invalid_scope"),
+        ({"prompt": "none login"}, "invalid_request"),
+        ({"prompt": "bogus"}, "invalid_request"),
+        ({"max_age": "-1"}, "invalid_request"),
+        ({"max_age": "1.5"}, "invalid_request"),
+        ({"response_mode": "fragment"}, "invalid_request"),
+        ({"request": "eyJ..."}, "request_not_supported"),
+        ({"request_uri": "https://x"}, "request_uri_not_supported"),
+        ({"state": "x" * 5000}, "invalid_request"),
+    ],
+)
+def test_errors_after_the_redirect_uri_is_known_go_back_to_the_app(
+    env: Env, params: dict[str, str | None], code: str
+) -> None:
+    err = refused(env, **params)
+    assert err.code == code
+    assert err.redirect_uri == "https://app.example/cb"
+
+
+def test_scope_not_allowed_for_this_app(env: Env) -> None:
+    err = refused(env, client_id="nooffline", scope="openid offline_access")
+    assert err.code == "invalid_scope" and err.redirect_uri == "https://app.example/cb"
+
+
+def test_plain_pkce_is_refused(env: Env) -> None:
+    verifier, _ = pkce_pair()
+    err = refused(env, code_challenge=verifier, code_challenge_method="plain")
+    assert (err.code, err.redirect_uri) == ("invalid_request", "https://app.example/cb")
+
+
+def test_challenge_without_method_is_refused(env: Env) -> None:
+    _, challenge = pkce_pair()
+    err = refused(env, code_challenge=challenge)
+    assert err.code == "invalid_request"
+    assert err.state == "st-1"
+
+
+def test_method_without_challenge_is_refused(env: Env) -> None:
+    assert refused(env, code_challenge_method="S256").code == "invalid_request"
+
+
+def test_malformed_challenge_is_refused(env: Env) -> None:
+    assert refused(env, code_challenge="short", code_challenge_method="S256").code == "invalid_request"
+
+
+def test_public_client_without_pkce_is_refused(env: Env) -> None:
+    err = refused(env, client_id="spa")
+    assert (err.code, err.redirect_uri) == ("invalid_request", "https://app.example/cb")
+
+
+def test_public_client_with_pkce_is_accepted(env: Env) -> None:
+    _, challenge = pkce_pair()
+    assert env.authorize_spa(challenge).client_id == "spa"
+
+
+def test_authorization_response_carries_code_state_and_iss(env: Env) -> None:
+    req = env.authorize()
+    url = env.issuer.authorization_response(env.tenant_a, req, env.profile, auth_time=env.clock.now(),
+                                            session_id="s")
+    assert url.startswith("https://app.example/cb?code=")
+    q = query_of(url)
+    assert q["state"] == "st-1"
+    assert q["iss"] == "https://broker.test/t/acme"
+    assert len(q["code"]) >= 43
+
+
+def test_authorization_response_keeps_the_registered_query(env: Env) -> None:
+    req = env.authorize(redirect_uri="https://app.example/cb2?x=1&y=a%20b", state="a b&c")
+    url = env.issuer.authorization_response(env.tenant_a, req, env.profile, auth_time=env.clock.now(),
+                                            session_id="s")
+    assert url.startswith("https://app.example/cb2?x=1&y=a%20b&code=")
+    q = query_of(url)
+    assert q["x"] == "1" and q["y"] == "a b" and q["state"] == "a b&c"
+
+
+def test_authorization_response_rechecks_the_app(env: Env) -> None:
+    req = env.authorize()
+    del env.config.apps[(env.tenant_a.id, "conf")]
+    with pytest.raises(AuthorizeError) as info:
+        env.issuer.authorization_response(env.tenant_a, req, env.profile, auth_time=0, session_id="s")
+    assert info.value.redirect_uri is None
+
+
+def test_error_redirect(env: Env) -> None:
+    req = env.authorize(state="xyz")
+    url = env.issuer.error_redirect(env.tenant_a, req, "access_denied", "The login was refused.")
+    assert url.startswith("https://app.example/cb?")
+    assert query_of(url) == {"error": "access_denied", "error_description": "The login was refused.",
+                             "state": "xyz", "iss": "https://broker.test/t/acme"}

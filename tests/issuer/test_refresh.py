@@ -1,0 +1,84 @@
+"""refresh_token grant: rotation on every use, reuse revokes the family (RFC 9700 §4.14.2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.issuer.conftest import Env
+
+
+def body(resp: Any) -> dict[str, Any]:
+    assert isinstance(resp.body, dict)
+    return resp.body
+
+
+def test_rotation_issues_a_new_refresh_token_and_spends_the_old(env: Env) -> None:
+    t1 = env.tokens()
+    r2 = env.refresh(t1["refresh_token"])
+    assert r2.status == 200, r2.body
+    t2 = body(r2)
+    assert t2["refresh_token"] != t1["refresh_token"]
+    assert t2["scope"] == t1["scope"] and "id_token" in t2
+    assert env.userinfo(t2["access_token"]).status == 200
+    assert env.active(t2["refresh_token"]) and not env.active(t1["refresh_token"])
+    t3 = body(env.refresh(t2["refresh_token"]))
+    assert env.active(t3["refresh_token"])
+
+
+def test_reuse_of_a_rotated_token_revokes_the_whole_family(env: Env) -> None:
+    t1 = env.tokens()
+    t2 = body(env.refresh(t1["refresh_token"]))
+    reuse = env.refresh(t1["refresh_token"])
+    assert reuse.status == 400 and body(reuse)["error"] == "invalid_grant"
+    # every token of the family is dead: the newest refresh token and all access tokens
+    assert body(env.refresh(t2["refresh_token"]))["error"] == "invalid_grant"
+    for at in (t1["access_token"], t2["access_token"]):
+        assert env.userinfo(at).status == 401
+        assert not env.active(at)
+    assert any(e.details.get("refresh_reuse") for e in env.audit.events)
+
+
+def test_other_families_survive_a_reuse(env: Env) -> None:
+    a, b = env.tokens(), env.tokens()
+    env.refresh(a["refresh_token"])
+    env.refresh(a["refresh_token"])
+    assert env.refresh(b["refresh_token"]).status == 200
+
+
+def test_refresh_can_narrow_but_not_widen_scope(env: Env) -> None:
+    t1 = env.tokens(scope="openid email offline_access")
+    narrowed = body(env.refresh(t1["refresh_token"], scope="openid"))
+    assert narrowed["scope"] == "openid"
+    # the new refresh token keeps the grant's scope (RFC 6749 §6)
+    again = body(env.refresh(narrowed["refresh_token"], scope="openid email"))
+    assert again["scope"] == "openid email"
+    wide = env.refresh(again["refresh_token"], scope="openid profile")
+    assert body(wide)["error"] == "invalid_scope"
+
+
+def test_refresh_by_another_client_fails(env: Env) -> None:
+    t = env.tokens()
+    assert body(env.refresh(t["refresh_token"], client="other"))["error"] == "invalid_grant"
+    assert env.refresh(t["refresh_token"]).status == 200
+
+
+def test_refresh_token_expires(env: Env) -> None:
+    t = env.tokens()
+    env.clock.advance(86400 + 1)
+    assert body(env.refresh(t["refresh_token"]))["error"] == "invalid_grant"
+
+
+def test_refresh_tokens_of_tenant_a_are_unknown_in_tenant_b(env: Env) -> None:
+    from tests.issuer.conftest import SECRET, basic
+
+    t = env.tokens()
+    resp = env.post("token", {"grant_type": "refresh_token", "refresh_token": t["refresh_token"]},
+                    basic("conf", SECRET), tenant=env.tenant_b)
+    assert body(resp)["error"] == "invalid_grant"
+    assert env.refresh(t["refresh_token"]).status == 200  # and it was not spent by the attempt
+
+
+def test_no_refresh_when_the_app_does_not_allow_offline_access(env: Env) -> None:
+    code = env.code_for(env.authorize(client_id="nooffline", scope="openid email"))
+    t = body(env.exchange(code, client="nooffline"))
+    assert "refresh_token" not in t
