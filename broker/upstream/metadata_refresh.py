@@ -1,0 +1,63 @@
+"""Keeps each metadata_url connection's IdP metadata fresh, shared across replicas through the ConfigStore.
+
+The last good copy lives in the database; a refresh runs when it is due (cacheDuration or the default
+schedule), with the fetch timeout and size cap, and a failed refresh keeps the last good copy (flagged with
+its error) so logins go on. With no good copy ever fetched, the connection cannot log anyone in yet.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from broker import logs
+from broker.metrics import Metrics
+from broker.model import Connection
+from broker.ports import Clock, Fetcher, MetadataState
+from broker.samlxml.errors import SamlError
+from broker.upstream.sources import MetadataCacheEntry, refresh_metadata
+
+log = logs.get("broker.metadata")
+
+
+class MetadataStateStore(Protocol):
+    def metadata_state(self, connection_id: str) -> MetadataState: ...
+    def save_metadata_state(self, connection_id: str, state: MetadataState) -> None: ...
+
+
+class MetadataProvider:
+    def __init__(self, store: MetadataStateStore, fetcher: Fetcher, clock: Clock, *, timeout: float,
+                 max_bytes: int, metrics: Metrics) -> None:
+        self.store = store
+        self.fetcher = fetcher
+        self.clock = clock
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.metrics = metrics
+
+    def __call__(self, connection: Connection) -> tuple[bytes | None, str]:
+        url = str(connection.settings.get("metadata_url") or "")
+        entry = MetadataCacheEntry.from_state(self.store.metadata_state(connection.id))
+        now = self.clock.now()
+        if entry is None or entry.due(now):
+            entry = self.refresh(connection, url, entry, now)
+        if entry is None:
+            return None, "none"
+        return entry.xml, f"{entry.fetched_at:.0f}"
+
+    def refresh(self, connection: Connection, url: str, previous: MetadataCacheEntry | None,
+                now: float) -> MetadataCacheEntry | None:
+        labels = {"tenant": connection.tenant_slug, "connection": connection.slug}
+        try:
+            entry = refresh_metadata(self.fetcher, url, previous, now=now, timeout=self.timeout,
+                                     max_bytes=self.max_bytes)
+        except SamlError as exc:
+            self.metrics.metadata_refresh.labels(outcome="failure", **labels).inc()
+            log.warning("metadata_refresh_failed", extra={"reason": exc.message})
+            self.store.save_metadata_state(connection.id, MetadataState(None, None, now + 300, exc.message))
+            return None
+        outcome = "failure" if entry.last_error else "success"
+        self.metrics.metadata_refresh.labels(outcome=outcome, **labels).inc()
+        if entry.last_error:
+            log.warning("metadata_refresh_failed_kept_last_good", extra={"reason": entry.last_error})
+        self.store.save_metadata_state(connection.id, entry.to_state())
+        return entry

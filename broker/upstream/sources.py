@@ -1,0 +1,252 @@
+"""Fetching upstream documents: IdP metadata from a metadata_url (refresh schedule, last good copy kept).
+
+`RequestsFetcher` is the production broker.ports.Fetcher: every call has a timeout and a size cap, and
+redirects are followed only to http(s) URLs. `refresh_metadata` is pure apart from the fetcher it is given:
+it decides what to keep and when to try again, and the caller stores the returned entry.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urljoin, urlsplit
+
+import requests
+
+from broker.errors import ServiceUnavailable, ValidationFailed
+from broker.ports import Fetcher, FetchResult, MetadataState
+from broker.samlxml.errors import SamlError
+from broker.samlxml.metadata import parse_idp_metadata
+
+DEFAULT_TIMEOUT = 10.0
+METADATA_MAX_BYTES = 2 * 1024 * 1024
+DEFAULT_REFRESH_INTERVAL = 6 * 3600
+MIN_REFRESH_INTERVAL = 5 * 60
+MAX_REFRESH_INTERVAL = 24 * 3600
+RETRY_AFTER_FAILURE = 5 * 60
+MAX_REDIRECTS = 5
+
+
+class FetchError(ServiceUnavailable):
+    """An outbound HTTP call failed: unreachable, timed out, too large, or a refused redirect."""
+
+    default_code = "upstream_unavailable"
+
+
+# --- metadata refresh -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetadataCacheEntry:
+    """The last good metadata document of a metadata_url, and the state of its refresh schedule."""
+
+    xml: bytes
+    fetched_at: float
+    next_refresh_at: float
+    last_error: str | None
+    last_attempt_at: float
+
+    def due(self, now: float) -> bool:
+        return now >= self.next_refresh_at
+
+    def to_state(self) -> MetadataState:
+        """As broker.ports.MetadataState, for ConfigStore.save_metadata_state."""
+        return MetadataState(
+            xml=self.xml, fetched_at=self.fetched_at, next_refresh_at=self.next_refresh_at,
+            last_error=self.last_error,
+        )
+
+    @classmethod
+    def from_state(cls, state: MetadataState) -> MetadataCacheEntry | None:
+        """From broker.ports.MetadataState; None when no good copy was ever fetched."""
+        if state.xml is None or state.fetched_at is None:
+            return None
+        next_at = state.next_refresh_at if state.next_refresh_at is not None else state.fetched_at
+        return cls(
+            xml=state.xml, fetched_at=state.fetched_at, next_refresh_at=next_at,
+            last_error=state.last_error, last_attempt_at=max(state.fetched_at, next_at - RETRY_AFTER_FAILURE),
+        )
+
+
+def refresh_metadata(
+    fetcher: Fetcher,
+    url: str,
+    previous: MetadataCacheEntry | None,
+    *,
+    now: float,
+    default_interval: int = DEFAULT_REFRESH_INTERVAL,
+    entity_id: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_bytes: int = METADATA_MAX_BYTES,
+) -> MetadataCacheEntry:
+    """Fetch `url` and check that it is usable IdP metadata.
+
+    Success: the new document, next refresh after its cacheDuration (bounded to 5 min .. 24 h) or
+    `default_interval`, and never after its validUntil. Failure (unreachable, non-200, not usable metadata):
+    the previous document is kept with `last_error` set and a retry in 5 minutes; with no previous
+    document, SamlError("metadata_unavailable").
+    """
+    try:
+        result = fetcher.get(url, timeout=timeout, max_bytes=max_bytes)
+        if result.status != 200:
+            raise _Failure(f"the metadata URL answered HTTP {result.status}")
+        meta = parse_idp_metadata(result.body, entity_id=entity_id, now=_dt(now), max_bytes=max_bytes)
+    except _Failure as e:
+        return _failed(previous, url, now, e.reason)
+    except SamlError as e:
+        return _failed(previous, url, now, f"the document is not usable metadata: {e.message}")
+    except (ServiceUnavailable, OSError) as e:
+        return _failed(previous, url, now, f"the metadata URL could not be fetched: {_reason(e)}")
+
+    interval = float(meta.cache_duration_seconds or default_interval)
+    interval = min(max(interval, MIN_REFRESH_INTERVAL), MAX_REFRESH_INTERVAL)
+    next_at = now + interval
+    if meta.valid_until is not None:
+        next_at = min(next_at, max(now + MIN_REFRESH_INTERVAL, meta.valid_until.timestamp()))
+    return MetadataCacheEntry(
+        xml=result.body, fetched_at=now, next_refresh_at=next_at, last_error=None, last_attempt_at=now
+    )
+
+
+def fetch_metadata_bytes(
+    fetcher: Fetcher, url: str, *, timeout: float = DEFAULT_TIMEOUT, max_bytes: int = METADATA_MAX_BYTES
+) -> bytes:
+    """One fetch of a metadata_url when an admin saves it: the body of a 200 answer (not parsed here).
+
+    Raises ValidationFailed(code="metadata_unavailable", details={"field": "saml.metadata_url"}).
+    """
+    try:
+        result = fetcher.get(url, timeout=timeout, max_bytes=max_bytes)
+    except (ServiceUnavailable, OSError) as e:
+        detail = e.detail if isinstance(e, ServiceUnavailable) else repr(e)
+        raise _unavailable(url, f"it could not be fetched ({_reason(e)})", detail=detail) from e
+    if result.status != 200:
+        raise _unavailable(url, f"it answered HTTP {result.status}")
+    return result.body
+
+
+def _unavailable(url: str, reason: str, detail: str | None = None) -> ValidationFailed:
+    return ValidationFailed(
+        f"The IdP metadata URL {url} cannot be used: {reason}.",
+        code="metadata_unavailable",
+        detail=detail,
+        details={"field": "saml.metadata_url"},
+    )
+
+
+class _Failure(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _failed(previous: MetadataCacheEntry | None, url: str, now: float, reason: str) -> MetadataCacheEntry:
+    if previous is None:
+        raise SamlError(
+            "metadata_unavailable",
+            f"The IdP metadata could not be loaded from {url}: {reason}.",
+            reason,
+        )
+    return MetadataCacheEntry(
+        xml=previous.xml,
+        fetched_at=previous.fetched_at,
+        next_refresh_at=now + RETRY_AFTER_FAILURE,
+        last_error=reason,
+        last_attempt_at=now,
+    )
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, ServiceUnavailable):
+        return e.message.rstrip(".")
+    return type(e).__name__
+
+
+def _dt(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+
+class RequestsFetcher:
+    """broker.ports.Fetcher over `requests`: timeouts, a streamed size cap, redirects only to http(s)."""
+
+    def __init__(
+        self,
+        session: requests.Session | None = None,
+        *,
+        user_agent: str = "federation-broker",
+        max_redirects: int = MAX_REDIRECTS,
+    ) -> None:
+        self._session = session or requests.Session()
+        self._user_agent = user_agent
+        self._max_redirects = max_redirects
+
+    def get(self, url: str, *, timeout: float, max_bytes: int) -> FetchResult:
+        for _ in range(self._max_redirects + 1):
+            _check_url(url)
+            response = self._send("GET", url, timeout=timeout, headers={})
+            if response.is_redirect:
+                location = response.headers.get("Location", "")
+                response.close()
+                url = urljoin(url, location)
+                continue
+            return _read(response, timeout=timeout, max_bytes=max_bytes)
+        raise FetchError("Too many redirects.", detail=f"more than {self._max_redirects} redirects")
+
+    def post_form(
+        self, url: str, data: dict[str, str], *, timeout: float, max_bytes: int,
+        headers: dict[str, str] | None = None,
+    ) -> FetchResult:
+        _check_url(url)
+        response = self._send("POST", url, timeout=timeout, headers=dict(headers or {}), data=data)
+        return _read(response, timeout=timeout, max_bytes=max_bytes)
+
+    def _send(
+        self, method: str, url: str, *, timeout: float, headers: dict[str, str],
+        data: dict[str, str] | None = None,
+    ) -> requests.Response:
+        headers.setdefault("User-Agent", self._user_agent)
+        try:
+            return self._session.request(
+                method, url, data=data, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+            )
+        except requests.RequestException as e:
+            raise FetchError(
+                f"The upstream server at {urlsplit(url).netloc} could not be reached.",
+                detail=f"{type(e).__name__}: {e}",
+            ) from e
+
+
+def _check_url(url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise FetchError("Only http(s) URLs can be fetched.", detail=f"refused URL scheme {parts.scheme!r}")
+
+
+def _read(response: requests.Response, *, timeout: float, max_bytes: int) -> FetchResult:
+    deadline = time.monotonic() + timeout
+    with response:
+        declared = response.headers.get("Content-Length")
+        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+            raise FetchError("The upstream document is too large.", detail=f"Content-Length {declared}")
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            for chunk in response.iter_content(chunk_size=65536):
+                size += len(chunk)
+                if size > max_bytes:
+                    raise FetchError("The upstream document is too large.", detail=f"over {max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise FetchError("The upstream server was too slow.", detail=f"not read in {timeout}s")
+                chunks.append(chunk)
+        except requests.RequestException as e:
+            raise FetchError("The upstream server's answer could not be read.", detail=str(e)) from e
+        return FetchResult(
+            status=response.status_code,
+            body=b"".join(chunks),
+            content_type=response.headers.get("Content-Type"),
+            headers={k.lower(): v for k, v in response.headers.items()},
+        )

@@ -1,0 +1,327 @@
+"""metadata_url fetching: refresh schedule, last good copy on failure, and the requests-based Fetcher."""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import requests
+import responses
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import NameOID
+
+from broker.errors import ValidationFailed
+from broker.ports import MetadataState
+from broker.samlxml.errors import SamlError
+from broker.upstream.sources import (
+    FetchError,
+    MetadataCacheEntry,
+    RequestsFetcher,
+    fetch_metadata_bytes,
+    refresh_metadata,
+)
+
+URL = "https://idp.example.test/app/metadata"
+NOW = 1_717_200_000.0  # 2024-06-01T00:00:00Z
+MD = "urn:oasis:names:tc:SAML:2.0:metadata"
+DS = "http://www.w3.org/2000/09/xmldsig#"
+
+
+def _cert_b64() -> str:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "idp")])
+    start = datetime.fromtimestamp(NOW, UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start - timedelta(days=1))
+        .not_valid_after(start + timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+    return base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
+
+
+CERT = _cert_b64()
+
+
+def metadata(entity_id: str = "https://idp.example.test", attrs: str = "") -> bytes:
+    return (
+        f'<md:EntityDescriptor xmlns:md="{MD}" xmlns:ds="{DS}" entityID="{entity_id}"{attrs}>'
+        '<md:IDPSSODescriptor protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol">'
+        f'<md:KeyDescriptor use="signing"><ds:KeyInfo><ds:X509Data><ds:X509Certificate>{CERT}'
+        "</ds:X509Certificate></ds:X509Data></ds:KeyInfo></md:KeyDescriptor>"
+        '<md:SingleSignOnService Binding="urn:oasis:names:tc:SAML:2.0:bindings:HTTP-Redirect" '
+        'Location="https://idp.example.test/sso"/></md:IDPSSODescriptor></md:EntityDescriptor>'
+    ).encode()
+
+
+@pytest.fixture()
+def fetcher() -> RequestsFetcher:
+    return RequestsFetcher()
+
+
+@pytest.fixture()
+def previous() -> MetadataCacheEntry:
+    return MetadataCacheEntry(
+        xml=metadata(),
+        fetched_at=NOW - 7 * 3600,
+        next_refresh_at=NOW - 3600,
+        last_error=None,
+        last_attempt_at=NOW - 7 * 3600,
+    )
+
+
+# --- refresh_metadata -------------------------------------------------------------------------
+
+
+@responses.activate
+def test_first_fetch_uses_the_default_interval(fetcher: RequestsFetcher) -> None:
+    body = metadata()
+    responses.get(URL, body=body, content_type="application/samlmetadata+xml")
+    entry = refresh_metadata(fetcher, URL, None, now=NOW)
+    assert entry == MetadataCacheEntry(
+        xml=body, fetched_at=NOW, next_refresh_at=NOW + 6 * 3600, last_error=None, last_attempt_at=NOW
+    )
+    assert not entry.due(NOW + 6 * 3600 - 1) and entry.due(NOW + 6 * 3600)
+    (call,) = responses.calls
+    assert call.request.req_kwargs["timeout"] == 10.0
+    assert call.request.req_kwargs["stream"] is True
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("cache_duration", "interval"),
+    [("PT2H", 7200), ("PT1M", 300), ("P7D", 86400), ("P1D", 86400), ("PT5M", 300), ("bogus", 3600)],
+)
+def test_cache_duration_drives_the_next_refresh_within_bounds(
+    fetcher: RequestsFetcher, cache_duration: str, interval: int
+) -> None:
+    responses.get(URL, body=metadata(attrs=f' cacheDuration="{cache_duration}"'))
+    entry = refresh_metadata(fetcher, URL, None, now=NOW, default_interval=3600)
+    assert entry.next_refresh_at == NOW + interval
+
+
+@responses.activate
+def test_refresh_comes_before_valid_until(fetcher: RequestsFetcher) -> None:
+    responses.get(URL, body=metadata(attrs=' validUntil="2024-06-01T01:00:00Z"'))
+    assert refresh_metadata(fetcher, URL, None, now=NOW).next_refresh_at == NOW + 3600
+    responses.replace(responses.GET, URL, body=metadata(attrs=' validUntil="2024-06-01T00:00:10Z"'))
+    assert refresh_metadata(fetcher, URL, None, now=NOW).next_refresh_at == NOW + 300
+
+
+@responses.activate
+def test_success_replaces_the_previous_copy_and_clears_the_error(
+    fetcher: RequestsFetcher, previous: MetadataCacheEntry
+) -> None:
+    new = metadata("https://idp.example.test/new")
+    responses.get(URL, body=new)
+    failed = MetadataCacheEntry(
+        xml=previous.xml,
+        fetched_at=previous.fetched_at,
+        next_refresh_at=NOW,
+        last_error="HTTP 500",
+        last_attempt_at=NOW - 300,
+    )
+    entry = refresh_metadata(fetcher, URL, failed, now=NOW)
+    assert entry.xml == new and entry.fetched_at == NOW and entry.last_error is None
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("mock", "reason"),
+    [
+        ({"status": 500, "body": b"oops"}, "HTTP 500"),
+        ({"status": 404, "body": b"not found"}, "HTTP 404"),
+        ({"status": 200, "body": b"<html>login page</html>"}, "not usable metadata"),
+        ({"status": 200, "body": b""}, "not usable metadata"),
+        ({"status": 200, "body": b'<!DOCTYPE x [<!ENTITY a "b">]><x/>'}, "not usable metadata"),
+        ({"body": requests.ConnectionError("connection refused")}, "could not be fetched"),
+        ({"body": requests.Timeout("read timed out")}, "could not be fetched"),
+    ],
+)
+def test_failure_keeps_the_last_good_copy(
+    fetcher: RequestsFetcher, previous: MetadataCacheEntry, mock: dict[str, object], reason: str
+) -> None:
+    responses.get(URL, **mock)  # type: ignore[arg-type]
+    entry = refresh_metadata(fetcher, URL, previous, now=NOW)
+    assert entry.xml == previous.xml
+    assert entry.fetched_at == previous.fetched_at
+    assert entry.last_attempt_at == NOW
+    assert entry.next_refresh_at == NOW + 300
+    assert entry.last_error is not None and reason in entry.last_error
+
+
+@responses.activate
+def test_failure_without_a_previous_copy_raises(fetcher: RequestsFetcher) -> None:
+    responses.get(URL, status=503)
+    with pytest.raises(SamlError) as exc:
+        refresh_metadata(fetcher, URL, None, now=NOW)
+    assert exc.value.code == "metadata_unavailable"
+    assert URL in exc.value.message and "HTTP 503" in exc.value.message
+
+
+@responses.activate
+def test_metadata_without_an_idp_is_not_accepted(fetcher: RequestsFetcher) -> None:
+    sp_only = (
+        f'<md:EntityDescriptor xmlns:md="{MD}" entityID="https://sp.example"><md:SPSSODescriptor '
+        'protocolSupportEnumeration="urn:oasis:names:tc:SAML:2.0:protocol"/></md:EntityDescriptor>'
+    ).encode()
+    responses.get(URL, body=sp_only)
+    with pytest.raises(SamlError) as exc:
+        refresh_metadata(fetcher, URL, None, now=NOW)
+    assert "IDPSSODescriptor" in exc.value.message
+
+
+@responses.activate
+def test_aggregate_with_entity_id(fetcher: RequestsFetcher) -> None:
+    a = metadata("https://a.example").decode().replace(f' xmlns:md="{MD}" xmlns:ds="{DS}"', "")
+    b = metadata("https://b.example").decode().replace(f' xmlns:md="{MD}" xmlns:ds="{DS}"', "")
+    agg = f'<md:EntitiesDescriptor xmlns:md="{MD}" xmlns:ds="{DS}">{a}{b}</md:EntitiesDescriptor>'.encode()
+    responses.get(URL, body=agg)
+    with pytest.raises(SamlError):
+        refresh_metadata(fetcher, URL, None, now=NOW)
+    assert refresh_metadata(fetcher, URL, None, now=NOW, entity_id="https://b.example").xml == agg
+
+
+@responses.activate
+def test_oversized_metadata_is_refused(fetcher: RequestsFetcher, previous: MetadataCacheEntry) -> None:
+    responses.get(URL, body=metadata() + b"<!--" + b"x" * 4096 + b"-->")
+    entry = refresh_metadata(fetcher, URL, previous, now=NOW, max_bytes=2048)
+    assert entry.xml == previous.xml and entry.last_error is not None and "too large" in entry.last_error
+
+
+def test_cache_entry_round_trips_through_metadata_state(previous: MetadataCacheEntry) -> None:
+    state = previous.to_state()
+    assert state == MetadataState(
+        xml=previous.xml,
+        fetched_at=previous.fetched_at,
+        next_refresh_at=previous.next_refresh_at,
+        last_error=None,
+    )
+    back = MetadataCacheEntry.from_state(state)
+    assert back is not None and back.xml == previous.xml and back.next_refresh_at == previous.next_refresh_at
+    assert MetadataCacheEntry.from_state(MetadataState(None, None, None, "HTTP 500")) is None
+
+
+# --- RequestsFetcher --------------------------------------------------------------------------
+
+
+@responses.activate
+def test_get_returns_status_body_and_headers(fetcher: RequestsFetcher) -> None:
+    responses.get(URL, body=b"hello", status=201, content_type="text/plain", headers={"X-Thing": "1"})
+    result = fetcher.get(URL, timeout=3.0, max_bytes=100)
+    assert (result.status, result.body, result.content_type) == (201, b"hello", "text/plain")
+    assert result.headers["x-thing"] == "1"
+    assert responses.calls[0].request.req_kwargs["timeout"] == 3.0
+    assert responses.calls[0].request.headers["User-Agent"] == "federation-broker"
+
+
+@responses.activate
+def test_get_enforces_the_size_cap(fetcher: RequestsFetcher) -> None:
+    responses.get(URL, body=b"x" * 1001)
+    with pytest.raises(FetchError, match="too large"):
+        fetcher.get(URL, timeout=3.0, max_bytes=1000)
+    responses.replace(responses.GET, URL, body=b"x" * 1000)
+    assert len(fetcher.get(URL, timeout=3.0, max_bytes=1000).body) == 1000
+
+
+@responses.activate
+def test_get_refuses_a_declared_oversized_body(fetcher: RequestsFetcher) -> None:
+    responses.get(URL, body=b"x", headers={"Content-Length": "99999999"}, auto_calculate_content_length=False)
+    with pytest.raises(FetchError, match="too large"):
+        fetcher.get(URL, timeout=3.0, max_bytes=1000)
+
+
+@responses.activate
+def test_get_follows_http_redirects(fetcher: RequestsFetcher) -> None:
+    responses.get(URL, status=302, headers={"Location": "/moved"})
+    responses.get(
+        "https://idp.example.test/moved", status=301, headers={"Location": "http://mirror.example/md"}
+    )
+    responses.get("http://mirror.example/md", body=b"<ok/>")
+    assert fetcher.get(URL, timeout=3.0, max_bytes=100).body == b"<ok/>"
+
+
+@responses.activate
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://idp.example/md", "gopher://x/"])
+def test_get_refuses_redirects_to_other_schemes(fetcher: RequestsFetcher, target: str) -> None:
+    responses.get(URL, status=302, headers={"Location": target})
+    with pytest.raises(FetchError, match="http"):
+        fetcher.get(URL, timeout=3.0, max_bytes=100)
+
+
+@responses.activate
+def test_get_gives_up_after_too_many_redirects() -> None:
+    responses.get(URL, status=302, headers={"Location": URL})
+    with pytest.raises(FetchError, match="redirects"):
+        RequestsFetcher(max_redirects=3).get(URL, timeout=3.0, max_bytes=100)
+    assert len(responses.calls) == 4
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "idp.example/metadata", "ftp://idp.example/md"])
+def test_get_refuses_non_http_urls(fetcher: RequestsFetcher, url: str) -> None:
+    with pytest.raises(FetchError):
+        fetcher.get(url, timeout=3.0, max_bytes=100)
+
+
+@responses.activate
+def test_network_errors_become_fetch_errors(fetcher: RequestsFetcher) -> None:
+    responses.get(URL, body=requests.ConnectionError("boom"))
+    with pytest.raises(FetchError) as exc:
+        fetcher.get(URL, timeout=3.0, max_bytes=100)
+    assert exc.value.code == "upstream_unavailable" and exc.value.status == 503
+    assert "boom" not in exc.value.message and "boom" in (exc.value.detail or "")
+
+
+@responses.activate
+def test_post_form(fetcher: RequestsFetcher) -> None:
+    responses.post(URL, json={"ok": True}, status=302, headers={"Location": "https://elsewhere.example/"})
+    result = fetcher.post_form(
+        URL,
+        {"grant_type": "authorization_code", "code": "a b"},
+        timeout=4.0,
+        max_bytes=100,
+        headers={"Authorization": "Basic eDp5"},
+    )
+    assert result.status == 302  # POSTs never follow redirects
+    (call,) = responses.calls
+    assert call.request.body == "grant_type=authorization_code&code=a+b"
+    assert call.request.headers["Authorization"] == "Basic eDp5"
+    assert call.request.req_kwargs["timeout"] == 4.0
+
+
+# --- fetch_metadata_bytes (admin save-time fetch) ---------------------------------------------
+
+
+@responses.activate
+def test_fetch_metadata_bytes(fetcher: RequestsFetcher) -> None:
+    responses.get(URL, body=metadata())
+    assert fetch_metadata_bytes(fetcher, URL, timeout=2.0, max_bytes=100_000) == metadata()
+    assert responses.calls[0].request.req_kwargs["timeout"] == 2.0
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    ("mock", "reason"),
+    [
+        ({"status": 404}, "HTTP 404"),
+        ({"body": requests.ConnectionError("refused")}, "could not be fetched"),
+        ({"body": b"x" * 200}, "too large"),
+    ],
+)
+def test_fetch_metadata_bytes_failures(
+    fetcher: RequestsFetcher, mock: dict[str, object], reason: str
+) -> None:
+    responses.get(URL, **mock)  # type: ignore[arg-type]
+    with pytest.raises(ValidationFailed) as exc:
+        fetch_metadata_bytes(fetcher, URL, timeout=2.0, max_bytes=100)
+    assert exc.value.code == "metadata_unavailable"
+    assert exc.value.details == {"field": "saml.metadata_url"}
+    assert reason in exc.value.message and URL in exc.value.message
