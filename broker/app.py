@@ -21,7 +21,12 @@ from broker.store.database import make_engine, schema_is_current, upgrade
 from broker.store.sealing import SecretHasher, Sealer
 from broker.store.state import MemoryStateStore
 from broker.store.state_redis import RedisStateStore
-from broker.web import admin_api, health
+from broker.issuer.server import Issuer
+from broker.login import LoginService
+from broker.model import Connection
+from broker.upstream.registry import ConnectorRegistry
+from broker.upstream.metadata_refresh import MetadataProvider
+from broker.web import admin_api, health, oidc_op, oidc_rp, saml_sp
 from broker.web.context import Services
 from broker.web.errors import admin_error, admin_error_raw, html_error, html_page, oauth_error
 
@@ -57,6 +62,7 @@ def build_services(
         state = RedisStateStore.from_url(settings.redis_url) if settings.redis_url else MemoryStateStore()
     clock = clock or SystemClock()
     auditor = Auditor(config)
+    hasher = SecretHasher(secret)
     if fetcher is None:
         from broker.upstream.sources import RequestsFetcher
 
@@ -71,7 +77,7 @@ def build_services(
 
     admin = AdminService(
         store=config,
-        hasher=SecretHasher(secret),
+        hasher=hasher,
         auditor=auditor,
         clock=clock,
         urls=Urls(settings.public_url),
@@ -80,10 +86,28 @@ def build_services(
     )
     if settings.bootstrap_admin_key is not None:
         admin.ensure_admin_key(settings.bootstrap_admin_key.reveal())
+    metrics = Metrics()
+    registry = ConnectorRegistry(
+        public_url=settings.public_url, state=state, clock=clock, fetcher=fetcher,
+        metadata_provider=MetadataProvider(config, fetcher, clock, timeout=settings.upstream_timeout,
+                                           max_bytes=settings.max_metadata_bytes, metrics=metrics),
+    )
+    issuer = Issuer(config=config, state=state, clock=clock, secrets=hasher, public_url=settings.public_url,
+                    audit=auditor)
+    login = LoginService(config=config, state=state, clock=clock, registry=registry, auditor=auditor,
+                         metrics=metrics, login_ttl=settings.login_ttl, on_success=_touch(config))
     return Services(
         settings=settings, config=config, state=state, clock=clock, auditor=auditor, admin=admin,
-        metrics=Metrics(), extras={"engine": engine, "fetcher": fetcher},
+        metrics=metrics,
+        extras={"engine": engine, "fetcher": fetcher, "issuer": issuer, "login": login, "registry": registry},
     )
+
+
+def _touch(config: SqlConfigStore) -> Any:
+    def touch(connection: Connection, when: float) -> None:
+        config.touch_last_login(connection.id, when)
+
+    return touch
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
@@ -97,6 +121,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.extensions["broker"] = svc
     app.register_blueprint(health.bp)
     app.register_blueprint(admin_api.bp)
+    app.register_blueprint(oidc_op.bp)
+    app.register_blueprint(saml_sp.bp)
+    app.register_blueprint(oidc_rp.bp)
     _register_hooks(app, svc)
     log.info("broker_ready", extra={"public_url": settings.public_url, "env": settings.env,
                                     "state_store": "redis" if settings.redis_url else "memory"})

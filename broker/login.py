@@ -1,0 +1,297 @@
+"""The login state machine: home-realm discovery, begin() an upstream login, finish() it, broker sessions.
+
+begin() saves a LoginTransaction in the StateStore under a fresh random handle (sent upstream as RelayState
+or OIDC state) and binds it to the browser through a digest of a cookie value. finish() takes the
+transaction exactly once, checks it belongs to this connection and this browser, lets the connector verify
+the upstream answer, maps claims, and returns the Profile with the app request to answer.
+Nothing here knows HTTP: the web layer passes cookie values and parameters in, and renders what comes out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from broker import logs
+from broker.audit import Auditor
+from broker.claims.pipeline import apply, compile_mapping
+from broker.errors import BrokerError, LoginError, NotFound, StateStoreError
+from broker.metrics import Metrics
+from broker.model import AuthorizationRequest, Connection, LoginTransaction, Profile, Tenant
+from broker.ports import Clock, ConfigReader, StateStore
+from broker.upstream.base import BeginRequest, CallbackInput, Step
+from broker.upstream.registry import ConnectorRegistry
+
+log = logs.get("broker.login")
+
+TXN_PREFIX = "txn:"
+SESSION_PREFIX = "sess:"
+
+
+def binding_digest(cookie_value: str) -> str:
+    return hashlib.sha256(b"broker-browser-binding\x00" + cookie_value.encode()).hexdigest()
+
+
+def email_domain(value: str | None) -> str | None:
+    if not value or "@" not in value:
+        return None
+    domain = value.rsplit("@", 1)[1].strip().lower().rstrip(".")
+    return domain or None
+
+
+def txn_to_json(txn: LoginTransaction) -> bytes:
+    return json.dumps(asdict(txn), separators=(",", ":")).encode()
+
+
+def txn_from_json(raw: bytes) -> LoginTransaction:
+    data = json.loads(raw)
+    req = data.get("request")
+    request = None
+    if req is not None:
+        request = AuthorizationRequest(**{**req, "scope": tuple(req["scope"]), "prompt": tuple(req.get("prompt", ()))})
+    data["request"] = request
+    return LoginTransaction(**data)
+
+
+def profile_to_dict(p: Profile) -> dict[str, Any]:
+    out = asdict(p)
+    out["extra"] = dict(p.extra)
+    return out
+
+
+def profile_from_dict(d: dict[str, Any]) -> Profile:
+    return Profile(**{**d, "groups": tuple(d.get("groups", ())), "roles": tuple(d.get("roles", ())),
+                      "amr": tuple(d.get("amr", ())), "warnings": tuple(d.get("warnings", ()))})
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    step: Step
+    txn_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    profile: Profile
+    request: AuthorizationRequest
+    connection: Connection
+    auth_time: float
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSession:
+    id: str
+    tenant_id: str
+    connection_slug: str
+    profile: Profile
+    auth_time: float
+
+
+class LoginFailed(Exception):
+    """A refused login. `request` is set when the app's request is known and valid (redirect with error)."""
+
+    def __init__(self, error: BrokerError, request: AuthorizationRequest | None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.request = request
+
+
+class LoginService:
+    def __init__(
+        self,
+        *,
+        config: ConfigReader,
+        state: StateStore,
+        clock: Clock,
+        registry: ConnectorRegistry,
+        auditor: Auditor,
+        metrics: Metrics,
+        login_ttl: int = 600,
+        session_ttl: int = 8 * 3600,
+        on_success: Any = None,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.clock = clock
+        self.registry = registry
+        self.auditor = auditor
+        self.metrics = metrics
+        self.login_ttl = login_ttl
+        self.session_ttl = session_ttl
+        self.on_success = on_success
+
+    # -- home-realm discovery --------------------------------------------------------------------
+
+    def discover(self, tenant: Tenant, *, connection: str | None, login_hint: str | None) -> Connection | None:
+        """SPEC: `connection=` first, else the login_hint's email domain, else None (ask for the email)."""
+        if connection:
+            found = self.config.connection(tenant.id, connection)
+            if found is None or not found.enabled:
+                raise NotFound(f"This tenant has no connection {connection!r}.", code="unknown_connection")
+            return found
+        domain = email_domain(login_hint)
+        if domain is None:
+            return None
+        for c in self.config.connections(tenant.id):
+            if c.enabled and domain in c.domains:
+                return c
+        return None
+
+    # -- begin -----------------------------------------------------------------------------------
+
+    def begin(
+        self, tenant: Tenant, connection: Connection, request: AuthorizationRequest | None, *, browser_binding: str
+    ) -> Started:
+        txn_id = secrets.token_urlsafe(24)
+        force = bool(request and ("login" in request.prompt or request.max_age == 0))
+        connector = self.registry.open(connection)
+        result = connector.begin(
+            BeginRequest(
+                txn_id=txn_id,
+                login_hint=request.login_hint if request else None,
+                force_authn=force,
+                max_age=request.max_age if request else None,
+            )
+        )
+        now = self.clock.now()
+        txn = LoginTransaction(
+            id=txn_id,
+            tenant_id=tenant.id,
+            tenant_slug=tenant.slug,
+            connection_id=connection.id,
+            connection_slug=connection.slug,
+            request=request,
+            upstream=dict(result.remember),
+            browser_binding=browser_binding,
+            created_at=now,
+            expires_at=now + self.login_ttl,
+        )
+        self.state.put(TXN_PREFIX + txn_id, txn_to_json(txn), ttl=self.login_ttl)
+        self.metrics.logins_started.labels(tenant=tenant.slug, connection=connection.slug).inc()
+        return Started(step=result.step, txn_id=txn_id)
+
+    # -- finish ----------------------------------------------------------------------------------
+
+    def _take_txn(self, txn_id: str | None) -> LoginTransaction | None:
+        if not txn_id or len(txn_id) > 200:
+            return None
+        raw = self.state.take(TXN_PREFIX + txn_id)
+        if raw is None:
+            return None
+        txn = txn_from_json(raw)
+        if txn.expires_at < self.clock.now():
+            return None
+        return txn
+
+    def finish(
+        self, tenant: Tenant, connection: Connection, callback: CallbackInput, *, browser_binding: str | None
+    ) -> Finished:
+        request: AuthorizationRequest | None = None
+        try:
+            connector = self.registry.open(connection)
+            txn = self._take_txn(connector.transaction_id(callback))
+            if txn is not None:
+                if txn.tenant_id != tenant.id or txn.connection_id != connection.id:
+                    raise LoginError("This sign-in response arrived at the wrong connection.",
+                                     code="login_transaction_mismatch")
+                if browser_binding is None or not hmac.compare_digest(txn.browser_binding, browser_binding):
+                    raise LoginError(
+                        "This sign-in was started in another browser (or its cookie was lost). Please start again.",
+                        code="login_browser_mismatch",
+                    )
+                request = txn.request
+            identity = connector.complete(callback, txn)
+            if request is None:
+                request = self._idp_initiated_request(tenant, connection)
+            mapping = compile_mapping(connection.mapping)
+            profile = apply(mapping, identity, tenant=tenant.slug, tenant_id=tenant.id,
+                            connection=connection.slug, connection_id=connection.id)
+            if connection.restrict_to_domains:
+                domain = email_domain(profile.email)
+                if domain is None or domain not in connection.domains:
+                    raise LoginError("Your email address is not in a domain this connection accepts.",
+                                     code="login_domain_not_allowed", detail=f"domain={domain}")
+        except StateStoreError:
+            raise
+        except BrokerError as err:
+            self._failed(tenant, connection, request, err)
+            raise LoginFailed(err, request) from None
+        now = self.clock.now()
+        auth_time = identity.authn_instant or now
+        session_id = secrets.token_urlsafe(24)
+        self.metrics.logins_succeeded.labels(tenant=tenant.slug, connection=connection.slug).inc()
+        details: dict[str, Any] = {"sub": profile.sub, "idp": profile.idp}
+        if identity.warnings:
+            details["warnings"] = list(identity.warnings)
+        if profile.warnings:
+            details["mapping_warnings"] = list(profile.warnings)
+        self.auditor.emit("login", "success", tenant=tenant.slug, connection=connection.slug,
+                          app=request.client_id, details=details)
+        if self.on_success is not None:
+            self.on_success(connection, now)
+        return Finished(profile=profile, request=request, connection=connection, auth_time=auth_time,
+                        session_id=session_id)
+
+    def _idp_initiated_request(self, tenant: Tenant, connection: Connection) -> AuthorizationRequest:
+        app_id = connection.settings.get("idp_initiated_app")
+        redirect_uri = connection.settings.get("idp_initiated_redirect_uri")
+        app = self.config.app(tenant.id, str(app_id)) if app_id else None
+        if app is None or not redirect_uri or redirect_uri not in app.redirect_uris:
+            raise LoginError("IdP-initiated sign-in is not configured for an app on this connection.",
+                             code="saml_idp_initiated_not_configured")
+        return AuthorizationRequest(
+            client_id=app.client_id, redirect_uri=str(redirect_uri), scope=("openid", "profile", "email"),
+            state=None, nonce=None, code_challenge=None, code_challenge_method=None,
+        )
+
+    def _failed(self, tenant: Tenant, connection: Connection, request: AuthorizationRequest | None,
+                err: BrokerError) -> None:
+        self.metrics.logins_failed.labels(tenant=tenant.slug, connection=connection.slug, reason=err.code).inc()
+        details: dict[str, Any] = {"message": err.message}
+        if err.detail:
+            details["detail"] = err.detail[:500]
+        self.auditor.emit("login", "failure", tenant=tenant.slug, connection=connection.slug,
+                          app=request.client_id if request else None, reason=err.code, details=details)
+        log.info("login_failed", extra={"code": err.code})
+
+    def record_begin_failure(self, tenant: Tenant, connection: Connection | None,
+                             request: AuthorizationRequest | None, err: BrokerError) -> None:
+        if connection is not None:
+            self._failed(tenant, connection, request, err)
+        else:
+            self.auditor.emit("login", "failure", tenant=tenant.slug, app=request.client_id if request else None,
+                              reason=err.code, details={"message": err.message})
+
+    # -- broker sessions (single sign-on across apps of one tenant) ----------------------------------
+
+    def save_session(self, tenant: Tenant, finished: Finished) -> str:
+        payload = {
+            "id": finished.session_id,
+            "tenant_id": tenant.id,
+            "connection_slug": finished.connection.slug,
+            "profile": profile_to_dict(finished.profile),
+            "auth_time": finished.auth_time,
+        }
+        self.state.put(SESSION_PREFIX + finished.session_id, json.dumps(payload).encode(), ttl=self.session_ttl)
+        return finished.session_id
+
+    def session(self, tenant: Tenant, session_id: str | None) -> BrokerSession | None:
+        if not session_id or len(session_id) > 200:
+            return None
+        raw = self.state.get(SESSION_PREFIX + session_id)
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        if data.get("tenant_id") != tenant.id:
+            return None
+        return BrokerSession(id=data["id"], tenant_id=data["tenant_id"], connection_slug=data["connection_slug"],
+                             profile=profile_from_dict(data["profile"]), auth_time=float(data["auth_time"]))
+
+    def end_session(self, session_id: str | None) -> None:
+        if session_id and len(session_id) <= 200:
+            self.state.delete(SESSION_PREFIX + session_id)

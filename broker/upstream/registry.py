@@ -1,0 +1,93 @@
+"""Opens the connector of a connection, cached by (connection id, version, metadata generation).
+
+Opening is also validation: a connection whose settings or metadata cannot be used fails here, with a
+LoginError the web layer shows as a clear page. Connectors hold only per-connection trust material;
+nothing per login.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from broker.errors import LoginError
+from broker.model import Connection
+from broker.ports import Clock, Fetcher, StateStore
+from broker.samlxml.errors import SamlError
+from broker.samlxml.metadata import IdpMetadata, parse_idp_metadata
+from broker.upstream.base import Connector
+from broker.upstream.oidc import OidcConnector
+from broker.upstream.saml import SamlConnector, parse_saml_settings
+
+# Given a connection with a metadata_url, returns (document bytes or None, generation marker).
+MetadataProvider = Callable[[Connection], tuple[bytes | None, str]]
+
+
+class ConnectorRegistry:
+    def __init__(
+        self,
+        *,
+        public_url: str,
+        state: StateStore,
+        clock: Clock,
+        fetcher: Fetcher,
+        metadata_provider: MetadataProvider | None = None,
+        max_entries: int = 2048,
+    ) -> None:
+        self.public_url = public_url
+        self.state = state
+        self.clock = clock
+        self.fetcher = fetcher
+        self.metadata_provider = metadata_provider
+        self._cache: OrderedDict[tuple[str, int, str], Connector] = OrderedDict()
+        self._lock = threading.Lock()
+        self._max = max_entries
+
+    def _metadata(self, connection: Connection) -> tuple[IdpMetadata | None, str]:
+        settings = parse_saml_settings(connection.settings)
+        raw: bytes | None = None
+        generation = "inline"
+        if settings.metadata_xml:
+            raw = settings.metadata_xml.encode()
+        elif settings.metadata_url and self.metadata_provider is not None:
+            raw, generation = self.metadata_provider(connection)
+        if raw is None:
+            return None, generation
+        try:
+            meta = parse_idp_metadata(raw, now=datetime.fromtimestamp(self.clock.now(), UTC))
+        except SamlError as exc:
+            raise LoginError("This connection's IdP metadata cannot be used.", code="saml_connection_not_ready",
+                             detail=exc.message) from None
+        return meta, generation
+
+    def open(self, connection: Connection) -> Connector:
+        generation = ""
+        idp: IdpMetadata | None = None
+        if connection.protocol == "saml":
+            settings = parse_saml_settings(connection.settings)
+            if settings.metadata_url and not settings.metadata_xml and self.metadata_provider is not None:
+                idp, generation = self._metadata(connection)
+        key = (connection.id, connection.version, generation)
+        with self._lock:
+            found = self._cache.get(key)
+            if found is not None:
+                self._cache.move_to_end(key)
+                return found
+        connector: Connector
+        if connection.protocol == "saml":
+            if idp is None:
+                idp, _ = self._metadata(connection)
+            connector = SamlConnector(connection, public_url=self.public_url, idp=idp, state=self.state,
+                                      clock=self.clock)
+        else:
+            connector = OidcConnector(connection, public_url=self.public_url, fetcher=self.fetcher,
+                                      state=self.state, clock=self.clock)
+        with self._lock:
+            for stale in [k for k in self._cache if k[0] == connection.id and k != key]:
+                del self._cache[stale]
+            self._cache[key] = connector
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        return connector

@@ -1,0 +1,226 @@
+"""The downstream OpenID Provider's HTTP surface at /t/<tenant>/...: discovery, JWKS, authorize, token,
+userinfo, introspection, revocation, logout. Protocol work is in broker/issuer and broker/login."""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, redirect, request
+
+from broker import logs
+from broker.errors import BrokerError, LoginError, NotFound
+from broker.issuer.server import AuthorizeError, HttpRequest, HttpResponse
+from broker.login import LoginFailed, email_domain
+from broker.model import AuthorizationRequest, Tenant
+from broker.web.context import services
+from broker.web.cookies import SESSION_COOKIE, browser_binding, clear_session_cookie, set_session_cookie
+from broker.web.errors import html_error, html_page
+from broker.web.steps import render_step
+
+bp = Blueprint("oidc_op", __name__, url_prefix="/t/<tenant>")
+
+
+def load_tenant(slug: str) -> Tenant:
+    tenant = services().config.tenant_by_slug(slug)
+    if tenant is None:
+        raise NotFound("No such tenant.", code="tenant_not_found")
+    logs.tenant.set(tenant.slug)
+    return tenant
+
+
+def http_request() -> HttpRequest:
+    form: dict[str, str] = {}
+    if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
+        form = {k: v for k, v in request.form.items()}
+    return HttpRequest(
+        method=request.method,
+        url=request.url,
+        headers={k: v for k, v in request.headers.items()},
+        query={k: v for k, v in request.args.items()},
+        form=form,
+    )
+
+
+def to_flask(resp: HttpResponse) -> Response:
+    if isinstance(resp.body, dict):
+        out = jsonify(resp.body)
+    else:
+        out = Response(resp.body)
+    out.status_code = resp.status
+    for k, v in resp.headers.items():
+        out.headers[k] = v
+    return out
+
+
+def _no_store(resp: Response) -> Response:
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["Pragma"] = "no-cache"
+    return resp
+
+
+@bp.get("/.well-known/openid-configuration")
+def discovery(tenant: str) -> Response:
+    t = load_tenant(tenant)
+    resp = jsonify(services().extras["issuer"].discovery(t))
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    resp.headers["Access-Control-Allow-Origin"] = "*"
+    return resp
+
+
+@bp.get("/jwks")
+def jwks(tenant: str) -> Response:
+    t = load_tenant(tenant)
+    resp = jsonify(services().extras["issuer"].jwks(t))
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    resp.headers["Access-Control-Allow-Origin"] = "*"
+    return resp
+
+
+EMAIL_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign in</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:26rem;margin:5rem auto;padding:0 1rem}}
+input,button{{font-size:1rem;padding:.5rem;width:100%;box-sizing:border-box;margin:.3rem 0}}
+.err{{color:#a00}}</style></head>
+<body><h1>Sign in</h1><p>Enter your work email address; we will send you to your company's sign-in page.</p>
+{error}<form method="get" action="">{hidden}
+<label for="login_hint">Work email</label>
+<input id="login_hint" name="login_hint" type="email" autocomplete="email" required autofocus value="{value}">
+<button type="submit">Continue</button></form></body></html>"""
+
+
+def email_page(params: dict[str, str], error: str | None = None) -> Response:
+    hidden = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in params.items() if k != "login_hint"
+    )
+    body = EMAIL_PAGE.format(
+        hidden=hidden,
+        value=html.escape(params.get("login_hint", "")),
+        error=f'<p class="err">{html.escape(error)}</p>' if error else "",
+    )
+    resp = Response(body, status=200, mimetype="text/html")
+    resp.headers["Cache-Control"] = "no-store"
+    resp.headers["X-Frame-Options"] = "DENY"
+    return resp
+
+
+@bp.get("/authorize")
+def authorize(tenant: str) -> Response:
+    started = time.perf_counter()
+    svc = services()
+    t = load_tenant(tenant)
+    issuer = svc.extras["issuer"]
+    login = svc.extras["login"]
+    params = {k: v for k, v in request.args.items()}
+    try:
+        req: AuthorizationRequest = issuer.parse_authorization_request(t, params)
+    except AuthorizeError as err:
+        if err.redirect_uri is None:
+            return html_error(err)
+        bare = AuthorizationRequest(client_id=params.get("client_id", ""), redirect_uri=err.redirect_uri, scope=(),
+                                    state=err.state, nonce=None, code_challenge=None, code_challenge_method=None)
+        return redirect(issuer.error_redirect(t, bare, err.code, err.message), code=302)
+
+    # Single sign-on: an existing broker session answers without going upstream (unless prompt=login).
+    session = login.session(t, request.cookies.get(SESSION_COOKIE))
+    if session is not None and "login" not in req.prompt:
+        fresh = req.max_age is None or svc.clock.now() - session.auth_time <= req.max_age
+        hinted = email_domain(req.login_hint)
+        same_realm = hinted is None or hinted == email_domain(session.profile.email)
+        wanted = params.get("connection")
+        if fresh and same_realm and (not wanted or wanted == session.connection_slug):
+            url = issuer.authorization_response(t, req, session.profile, auth_time=session.auth_time,
+                                                session_id=session.id)
+            return redirect(url, code=302)
+    if "none" in req.prompt:
+        return redirect(issuer.error_redirect(t, req, "login_required", "The user is not signed in."), code=302)
+
+    try:
+        connection = login.discover(t, connection=params.get("connection"), login_hint=req.login_hint)
+    except BrokerError as err:
+        login.record_begin_failure(t, None, req, err)
+        return redirect(issuer.error_redirect(t, req, "invalid_request", err.message), code=302)
+    if connection is None:
+        error = None
+        if req.login_hint:
+            error = "No single sign-on is set up for that email domain. Check the address or ask your administrator."
+        return email_page(params, error)
+    logs.connection.set(connection.slug)
+    binding_value, resp_cookie = browser_binding(request.cookies)
+    try:
+        result = login.begin(t, connection, req, browser_binding=binding_value)
+    except LoginError as err:
+        login.record_begin_failure(t, connection, req, err)
+        code = "temporarily_unavailable" if err.status >= 500 else "access_denied"
+        return redirect(issuer.error_redirect(t, req, code, err.message), code=302)
+    resp = render_step(result.step)
+    resp_cookie(resp)
+    svc.metrics.step_seconds.labels(step="authorize").observe(time.perf_counter() - started)
+    return _no_store(resp)
+
+
+@bp.post("/token")
+def token(tenant: str) -> Response:
+    started = time.perf_counter()
+    svc = services()
+    t = load_tenant(tenant)
+    resp = to_flask(svc.extras["issuer"].token(t, http_request()))
+    svc.metrics.step_seconds.labels(step="token").observe(time.perf_counter() - started)
+    if resp.status_code == 200:
+        svc.metrics.tokens_issued.labels(tenant=t.slug, grant_type=request.form.get("grant_type", "")).inc()
+    return resp
+
+
+@bp.route("/userinfo", methods=["GET", "POST"])
+def userinfo(tenant: str) -> Response:
+    t = load_tenant(tenant)
+    resp = to_flask(services().extras["issuer"].userinfo(t, http_request()))
+    resp.headers["Access-Control-Allow-Origin"] = "*"
+    return resp
+
+
+@bp.post("/introspect")
+def introspect(tenant: str) -> Response:
+    t = load_tenant(tenant)
+    return to_flask(services().extras["issuer"].introspect(t, http_request()))
+
+
+@bp.post("/revoke")
+def revoke(tenant: str) -> Response:
+    t = load_tenant(tenant)
+    return to_flask(services().extras["issuer"].revoke(t, http_request()))
+
+
+@bp.get("/logout")
+def logout(tenant: str) -> Response:
+    svc = services()
+    t = load_tenant(tenant)
+    target = svc.extras["issuer"].end_session(t, {k: v for k, v in request.args.items()})
+    svc.extras["login"].end_session(request.cookies.get(SESSION_COOKIE))
+    resp = redirect(target, code=302) if target else html_page(200, "Signed out", "You have been signed out.")
+    clear_session_cookie(resp, t.slug)
+    return _no_store(resp)
+
+
+def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
+    """Shared by the SAML ACS and the OIDC callback: answer the app after login.finish()."""
+    svc = services()
+    issuer = svc.extras["issuer"]
+    login = svc.extras["login"]
+    if isinstance(finished_or_failed, LoginFailed):
+        failed = finished_or_failed
+        if failed.request is not None:
+            url = issuer.error_redirect(tenant, failed.request, "access_denied", failed.error.message)
+            return _no_store(redirect(url, code=302))
+        return html_error(failed.error)
+    finished = finished_or_failed
+    session_id = login.save_session(tenant, finished)
+    url = issuer.authorization_response(tenant, finished.request, finished.profile, auth_time=finished.auth_time,
+                                        session_id=session_id)
+    resp = redirect(url, code=302)
+    set_session_cookie(resp, session_id, tenant.slug)
+    g.login_done = True
+    return _no_store(resp)

@@ -1,0 +1,62 @@
+"""SAML SP endpoints of a connection: SP metadata and the Assertion Consumer Service (HTTP-POST)."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, request
+
+from broker import logs
+from broker.errors import NotFound, PayloadTooLarge
+from broker.login import LoginFailed
+from broker.model import Connection, Tenant
+from broker.upstream.base import CallbackInput
+from broker.upstream.saml import SamlConnector
+from broker.web.context import services
+from broker.web.cookies import binding_of
+from broker.web.oidc_op import finish_login, load_tenant
+
+bp = Blueprint("saml_sp", __name__, url_prefix="/t/<tenant>/connections/<conn>/saml")
+
+
+def _connection(t: Tenant, slug: str) -> Connection:
+    c = services().config.connection(t.id, slug)
+    if c is None or c.protocol != "saml":
+        raise NotFound("No such SAML connection.", code="connection_not_found")
+    logs.connection.set(c.slug)
+    return c
+
+
+@bp.get("/metadata")
+def metadata(tenant: str, conn: str) -> Response:
+    svc = services()
+    t = load_tenant(tenant)
+    c = _connection(t, conn)
+    connector = svc.extras["registry"].open(c)
+    assert isinstance(connector, SamlConnector)
+    resp = Response(connector.sp_metadata_xml(), mimetype="application/samlmetadata+xml")
+    resp.headers["Content-Disposition"] = f'inline; filename="{t.slug}-{c.slug}-sp-metadata.xml"'
+    return resp
+
+
+@bp.post("/acs")
+def acs(tenant: str, conn: str) -> Response:
+    started = time.perf_counter()
+    svc = services()
+    limit = svc.settings.max_saml_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"The SAML message is larger than {limit} bytes.", code="saml_too_large")
+    raw = request.get_data(cache=True)
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"The SAML message is larger than {limit} bytes.", code="saml_too_large")
+    t = load_tenant(tenant)
+    c = _connection(t, conn)
+    params = {k: v for k, v in request.form.items()}
+    callback = CallbackInput(method="POST", params=params, url=request.url)
+    try:
+        result = svc.extras["login"].finish(t, c, callback, browser_binding=binding_of(request.cookies))
+    except LoginFailed as failed:
+        result = failed
+    resp = finish_login(t, result)
+    svc.metrics.step_seconds.labels(step="acs").observe(time.perf_counter() - started)
+    return resp
