@@ -36,7 +36,9 @@ class BrokerServer:
     admin: requests.Session = field(default_factory=requests.Session)
 
     def api(self, method: str, path: str, body: Any = None, **kw: Any) -> requests.Response:
-        return self.admin.request(method, f"{self.url}/admin/v1{path}", json=body, timeout=30, **kw)
+        if body is not None:
+            kw["json"] = body
+        return self.admin.request(method, f"{self.url}/admin/v1{path}", timeout=30, **kw)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
