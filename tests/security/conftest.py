@@ -1,0 +1,95 @@
+"""A broker app with two tenants, each with a SAML connection to its own IdP (the same entityID in both:
+SPEC allows that), plus a helper that plays the browser up to the IdP and returns the pending request."""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from lxml import etree
+
+from tests.conftest import BOOTSTRAP_KEY, make_env
+from tests.samlxml.idp_fixtures import Idp, make_idp, to_post_binding
+from tests.support.saml_idp import SamlIdp, query_of
+
+PUBLIC = "http://broker.test"
+REDIRECT_URI = "https://app.acme.test/cb"
+SHARED_ENTITY_ID = "https://idp.shared.test/metadata"
+
+
+@dataclass
+class Pending:
+    request_id: str
+    relay_state: str
+    acs_url: str
+    audience: str
+
+
+@dataclass
+class Setup:
+    client: FlaskClient
+    app: Flask
+    idp_a: Idp
+    idp_b: Idp
+    apps: dict[str, dict[str, Any]]
+
+    def admin(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.client.open(f"/admin/v1{path}", method=method, json=body,
+                                headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"}, **kw)
+
+    def begin(self, tenant: str = "acme", conn: str = "okta", state: str = "st") -> Pending:
+        app = self.apps[tenant]
+        q = urlencode({"response_type": "code", "client_id": app["client_id"], "redirect_uri": REDIRECT_URI,
+                       "scope": "openid email profile", "state": state, "connection": conn})
+        r = self.client.get(f"/t/{tenant}/authorize?{q}")
+        assert r.status_code == 302, r.data[:300]
+        params = query_of(r.headers["Location"])
+        xml = zlib.decompress(base64.b64decode(params["SAMLRequest"]), -15)
+        root = etree.fromstring(xml)  # noqa: S320 - our own AuthnRequest in a test
+        return Pending(request_id=root.get("ID"), relay_state=params["RelayState"],
+                       acs_url=root.get("AssertionConsumerServiceURL"),
+                       audience=root.find("{urn:oasis:names:tc:SAML:2.0:assertion}Issuer").text)
+
+    def post(self, tenant: str, conn: str, response: bytes | str, relay_state: str | None) -> Any:
+        body = {"SAMLResponse": response if isinstance(response, str) else to_post_binding(response)}
+        if relay_state is not None:
+            body["RelayState"] = relay_state
+        return self.client.post(f"/t/{tenant}/connections/{conn}/saml/acs", data=body)
+
+    def failures(self, tenant: str = "acme") -> list[dict[str, Any]]:
+        r = self.admin("GET", f"/tenants/{tenant}/audit?type=login&outcome=failure")
+        events: list[dict[str, Any]] = r.get_json()["events"]
+        return events
+
+
+def _metadata(idp: Idp) -> str:
+    return SamlIdp(idp=idp, url="https://idp.shared.test").metadata_xml()
+
+
+@pytest.fixture
+def sec(sqlite_url: str) -> Iterator[Setup]:
+    from broker.app import create_app
+    from broker.settings import load_settings
+
+    app = create_app(load_settings(make_env(sqlite_url)))
+    client = app.test_client()
+    idp_a = make_idp(SHARED_ENTITY_ID)
+    idp_b = make_idp(SHARED_ENTITY_ID, key_type="ec")
+    setup = Setup(client=client, app=app, idp_a=idp_a, idp_b=idp_b, apps={})
+    for tenant, idp in (("acme", idp_a), ("globex", idp_b)):
+        assert setup.admin("POST", "/tenants", {"slug": tenant, "name": tenant}).status_code == 201
+        r = setup.admin("POST", f"/tenants/{tenant}/connections", {
+            "slug": "okta", "protocol": "saml", "domains": [f"{tenant}.test"],
+            "mapping": {"preset": "okta", "rules": []}, "saml": {"metadata_xml": _metadata(idp)}})
+        assert r.status_code == 201, r.get_json()
+        a = setup.admin("POST", f"/tenants/{tenant}/apps", {"name": "Portal", "redirect_uris": [REDIRECT_URI]})
+        setup.apps[tenant] = a.get_json()
+    yield setup
+    app.extensions["broker"].extras["engine"].dispose()

@@ -1,0 +1,160 @@
+"""SPEC security invariants for SAML, attacked through the real ACS endpoint. Each test is named for the
+attack; each checks the refusal, the audit reason, and that no authorization code came out."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.samlxml.idp_fixtures import build_response, make_idp
+from tests.security.conftest import REDIRECT_URI, Pending, Setup
+from tests.support.saml_idp import query_of
+
+ATTRS = {"email": ["alice@acme.test"], "firstName": ["Alice"], "lastName": ["L"], "groups": ["Admins"]}
+
+
+def _response(sec: Setup, p: Pending, **kw: object) -> bytes:
+    args: dict[str, object] = {"acs_url": p.acs_url, "audience": p.audience, "in_response_to": p.request_id,
+                               "name_id": "alice@acme.test", "attributes": ATTRS}
+    args.update(kw)
+    idp = args.pop("idp", sec.idp_a)
+    return build_response(idp, **args)  # type: ignore[arg-type]
+
+
+def _refused(sec: Setup, r: object, reason: str, *, redirected: bool = True) -> None:
+    status = r.status_code  # type: ignore[attr-defined]
+    headers = r.headers  # type: ignore[attr-defined]
+    if redirected:
+        assert status == 302, (status, r.data[:400])  # type: ignore[attr-defined]
+        q = query_of(headers["Location"])
+        assert headers["Location"].startswith(REDIRECT_URI)
+        assert q["error"] == "access_denied" and "code" not in q and q["error_description"]
+    else:
+        assert 400 <= status < 500 and "code=" not in headers.get("Location", "")
+    assert sec.failures()[0]["reason"] == reason
+
+
+def test_legitimate_login_succeeds(sec: Setup) -> None:
+    p = sec.begin()
+    r = sec.post("acme", "okta", _response(sec, p), p.relay_state)
+    assert r.status_code == 302 and "code" in query_of(r.headers["Location"])
+
+
+def test_unsigned_response_is_refused(sec: Setup) -> None:
+    p = sec.begin()
+    r = sec.post("acme", "okta", _response(sec, p, sign_response=False, sign_assertion=False), p.relay_state)
+    _refused(sec, r, "saml_signature_missing")
+
+
+def test_response_signed_by_another_key_is_refused(sec: Setup) -> None:
+    p = sec.begin()
+    evil = make_idp("https://attacker.test/metadata")
+    r = sec.post("acme", "okta", _response(sec, p, signer=evil), p.relay_state)
+    _refused(sec, r, "saml_signature_invalid")
+
+
+def test_tenant_b_idp_posting_to_tenant_a_acs_is_refused(sec: Setup) -> None:
+    """Same IdP entityID registered in two tenants: each connection trusts only its own certificates."""
+    p = sec.begin("acme")
+    r = sec.post("acme", "okta", _response(sec, p, idp=sec.idp_b, signature_algorithm="ecdsa-sha256"),
+                 p.relay_state)
+    _refused(sec, r, "saml_signature_invalid")
+
+
+def test_wrong_audience_is_refused(sec: Setup) -> None:
+    p = sec.begin()
+    r = sec.post("acme", "okta", _response(sec, p, audience="https://other-sp.test"), p.relay_state)
+    _refused(sec, r, "saml_audience_mismatch")
+
+
+def test_response_for_another_connections_acs_is_refused(sec: Setup) -> None:
+    p = sec.begin()
+    other = p.acs_url.replace("/t/acme/", "/t/globex/")
+    r = sec.post("acme", "okta", _response(sec, p, acs_url=other), p.relay_state)
+    _refused(sec, r, "saml_destination_mismatch")
+
+
+def test_expired_assertion_is_refused(sec: Setup) -> None:
+    p = sec.begin()
+    old = time.time() - 3600
+    r = sec.post("acme", "okta", _response(sec, p, issue_instant=old), p.relay_state)
+    _refused(sec, r, "saml_expired")
+
+
+def test_in_response_to_of_another_request_is_refused(sec: Setup) -> None:
+    first = sec.begin(state="a")
+    second = sec.begin(state="b")
+    r = sec.post("acme", "okta", _response(sec, first), second.relay_state)
+    _refused(sec, r, "saml_in_response_to_mismatch")
+
+
+def test_unsolicited_response_is_refused_when_idp_initiated_is_off(sec: Setup) -> None:
+    p = sec.begin()
+    r = sec.post("acme", "okta", _response(sec, p, in_response_to=None, subject_in_response_to=None), None)
+    _refused(sec, r, "saml_unsolicited", redirected=False)
+
+
+def test_replayed_assertion_is_refused(sec: Setup) -> None:
+    p = sec.begin()
+    response = _response(sec, p)
+    assert sec.post("acme", "okta", response, p.relay_state).status_code == 302
+    again = sec.post("acme", "okta", response, p.relay_state)
+    assert again.status_code == 400 and "code=" not in again.headers.get("Location", "")
+    assert sec.failures()[0]["reason"] in ("saml_in_response_to_mismatch", "saml_replay")
+
+
+def test_sha1_signature_refused_without_allow_sha1(sec: Setup) -> None:
+    p = sec.begin()
+    r = sec.post("acme", "okta", _response(sec, p, signature_algorithm="rsa-sha1", digest_algorithm="sha1"),
+                 p.relay_state)
+    _refused(sec, r, "saml_algorithm_refused")
+
+
+def test_sha1_allowed_by_connection_is_audited_with_a_warning(sec: Setup) -> None:
+    r = sec.admin("PATCH", "/tenants/acme/connections/okta", {"saml": {"allow_sha1": True}})
+    assert r.status_code == 200, r.get_json()
+    p = sec.begin()
+    ok = sec.post("acme", "okta", _response(sec, p, signature_algorithm="rsa-sha1", digest_algorithm="sha1"),
+                  p.relay_state)
+    assert ok.status_code == 302 and "code" in query_of(ok.headers["Location"])
+    events = sec.admin("GET", "/tenants/acme/audit?type=login&outcome=success").get_json()["events"]
+    assert "sha1" in events[0]["details"]["warnings"]
+
+
+def test_xxe_in_saml_response_is_refused(sec: Setup) -> None:
+    p = sec.begin()
+    evil = (b'<?xml version="1.0"?><!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
+            b'<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol">&x;</samlp:Response>')
+    r = sec.post("acme", "okta", evil, p.relay_state)
+    assert r.status_code == 302
+    assert b"root:" not in r.data
+    assert sec.failures()[0]["reason"] == "xml_forbidden"
+
+
+@pytest.mark.parametrize("garbage", ["%%%not-base64%%%", "PHNhbWw+", "", "A" * 10])
+def test_garbage_saml_response_is_a_clear_4xx(sec: Setup, garbage: str) -> None:
+    r = sec.post("acme", "okta", garbage, None)
+    assert 400 <= r.status_code < 500
+    assert b"Traceback" not in r.data
+
+
+def test_oversized_saml_post_is_413(sec: Setup) -> None:
+    big = "A" * (512 * 1024 + 100)
+    r = sec.post("acme", "okta", big, None)
+    assert r.status_code == 413
+
+
+def test_restrict_to_domains_refuses_other_email_domains(sec: Setup) -> None:
+    assert sec.admin("PATCH", "/tenants/acme/connections/okta", {"restrict_to_domains": True}).status_code == 200
+    p = sec.begin()
+    attrs = {**ATTRS, "email": ["mallory@evil.test"]}
+    r = sec.post("acme", "okta", _response(sec, p, attributes=attrs, name_id="mallory@evil.test"), p.relay_state)
+    _refused(sec, r, "login_domain_not_allowed")
+
+
+def test_each_tenant_trusts_its_own_idp_key(sec: Setup) -> None:
+    p = sec.begin("globex")
+    r = sec.post("globex", "okta", _response(sec, p, idp=sec.idp_b, signature_algorithm="ecdsa-sha256"),
+                 p.relay_state)
+    assert r.status_code == 302 and "code" in query_of(r.headers["Location"])
