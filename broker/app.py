@@ -13,19 +13,19 @@ from broker import logs
 from broker.admin.service import AdminService, Urls
 from broker.audit import Auditor
 from broker.errors import BrokerError, ConfigError, ServiceUnavailable
+from broker.issuer.server import Issuer
+from broker.login import LoginService
 from broker.metrics import Metrics
+from broker.model import Connection
 from broker.ports import Clock, Fetcher, StateStore, SystemClock
 from broker.settings import Settings, load_settings
 from broker.store.config_repo import SqlConfigStore
 from broker.store.database import make_engine, schema_is_current, upgrade
-from broker.store.sealing import SecretHasher, Sealer
+from broker.store.sealing import Sealer, SecretHasher
 from broker.store.state import MemoryStateStore
 from broker.store.state_redis import RedisStateStore
-from broker.issuer.server import Issuer
-from broker.login import LoginService
-from broker.model import Connection
-from broker.upstream.registry import ConnectorRegistry
 from broker.upstream.metadata_refresh import MetadataProvider
+from broker.upstream.registry import ConnectorRegistry
 from broker.web import admin_api, health, oidc_op, oidc_rp, saml_sp
 from broker.web.context import Services
 from broker.web.errors import admin_error, admin_error_raw, html_error, html_page, oauth_error

@@ -1,4 +1,4 @@
-"""The `broker` command: thin wrappers around the services (serve, db upgrade, admin keys, key rotation)."""
+"""The `broker` command: thin wrappers around the services (serve, db, config apply, admin keys, keys)."""
 
 from __future__ import annotations
 
@@ -106,6 +106,16 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_apply(args: argparse.Namespace) -> int:
+    settings = _settings()
+    svc = _services(settings)
+    from broker.admin.apply import apply_config
+
+    result = apply_config(svc.admin, args.dir, dry_run=args.dry_run, prune=args.prune)
+    print(result.render())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="broker", description="SAML 2.0 / OIDC federation broker")
     sub = p.add_subparsers(dest="command", required=True)
@@ -122,6 +132,15 @@ def build_parser() -> argparse.ArgumentParser:
     dbsub = db.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", help="apply schema migrations")
     up.set_defaults(func=cmd_db_upgrade)
+
+    config = sub.add_parser("config", help="declarative config (YAML files)")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    ap = csub.add_parser("apply", help="create or update what the YAML files in DIR say, idempotently")
+    ap.add_argument("dir", metavar="DIR", help="directory of *.yaml / *.yml files (or one file)")
+    ap.add_argument("--dry-run", action="store_true", help="print the changes; write nothing")
+    ap.add_argument("--prune", action="store_true",
+                    help="also delete connections and apps of the named tenants that the files do not name")
+    ap.set_defaults(func=cmd_config_apply)
 
     admin = sub.add_parser("admin", help="admin keys")
     adsub = admin.add_subparsers(dest="admin_command", required=True)

@@ -47,7 +47,9 @@ code{{background:#f3f3f3;padding:.1rem .3rem;border-radius:3px}}</style></head>
 <body><h1>{title}</h1><p>{message}</p>{extra}</body></html>"""
 
 
-def html_page(status: int, title: str, message: str, code: str | None = None, request_id: str | None = None) -> Response:
+def html_page(
+    status: int, title: str, message: str, code: str | None = None, request_id: str | None = None
+) -> Response:
     extra = ""
     if code:
         extra += f"<p>Error code: <code>{html.escape(code)}</code></p>"
@@ -65,3 +67,10 @@ def html_error(err: BrokerError) -> Response:
     status = err.status if 400 <= err.status < 600 else 400
     title = "Sign-in failed" if status < 500 else "Service temporarily unavailable"
     return html_page(status, title, err.message, err.code, logs.request_id.get())
+
+
+def redirect_to(url: str) -> Response:
+    """A 302 to `url` (as a flask Response, so every view returns one type)."""
+    resp = Response(status=302)
+    resp.headers["Location"] = url
+    return resp

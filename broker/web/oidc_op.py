@@ -7,7 +7,7 @@ import html
 import time
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, redirect, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from broker import logs
 from broker.errors import BrokerError, LoginError, NotFound
@@ -16,7 +16,7 @@ from broker.login import LoginFailed, email_domain
 from broker.model import AuthorizationRequest, Tenant
 from broker.web.context import services
 from broker.web.cookies import SESSION_COOKIE, browser_binding, clear_session_cookie, set_session_cookie
-from broker.web.errors import html_error, html_page
+from broker.web.errors import html_error, html_page, redirect_to
 from broker.web.steps import render_step
 
 bp = Blueprint("oidc_op", __name__, url_prefix="/t/<tenant>")
@@ -122,7 +122,7 @@ def authorize(tenant: str) -> Response:
             return html_error(err)
         bare = AuthorizationRequest(client_id=params.get("client_id", ""), redirect_uri=err.redirect_uri, scope=(),
                                     state=err.state, nonce=None, code_challenge=None, code_challenge_method=None)
-        return redirect(issuer.error_redirect(t, bare, err.code, err.message), code=302)
+        return redirect_to(issuer.error_redirect(t, bare, err.code, err.message))
 
     # Single sign-on: an existing broker session answers without going upstream (unless prompt=login).
     session = login.session(t, request.cookies.get(SESSION_COOKIE))
@@ -134,15 +134,15 @@ def authorize(tenant: str) -> Response:
         if fresh and same_realm and (not wanted or wanted == session.connection_slug):
             url = issuer.authorization_response(t, req, session.profile, auth_time=session.auth_time,
                                                 session_id=session.id)
-            return redirect(url, code=302)
+            return redirect_to(url)
     if "none" in req.prompt:
-        return redirect(issuer.error_redirect(t, req, "login_required", "The user is not signed in."), code=302)
+        return redirect_to(issuer.error_redirect(t, req, "login_required", "The user is not signed in."))
 
     try:
         connection = login.discover(t, connection=params.get("connection"), login_hint=req.login_hint)
     except BrokerError as err:
         login.record_begin_failure(t, None, req, err)
-        return redirect(issuer.error_redirect(t, req, "invalid_request", err.message), code=302)
+        return redirect_to(issuer.error_redirect(t, req, "invalid_request", err.message))
     if connection is None:
         error = None
         if req.login_hint:
@@ -155,7 +155,7 @@ def authorize(tenant: str) -> Response:
     except LoginError as err:
         login.record_begin_failure(t, connection, req, err)
         code = "temporarily_unavailable" if err.status >= 500 else "access_denied"
-        return redirect(issuer.error_redirect(t, req, code, err.message), code=302)
+        return redirect_to(issuer.error_redirect(t, req, code, err.message))
     resp = render_step(result.step)
     resp_cookie(resp)
     svc.metrics.step_seconds.labels(step="authorize").observe(time.perf_counter() - started)
@@ -200,7 +200,7 @@ def logout(tenant: str) -> Response:
     t = load_tenant(tenant)
     target = svc.extras["issuer"].end_session(t, {k: v for k, v in request.args.items()})
     svc.extras["login"].end_session(request.cookies.get(SESSION_COOKIE))
-    resp = redirect(target, code=302) if target else html_page(200, "Signed out", "You have been signed out.")
+    resp = redirect_to(target) if target else html_page(200, "Signed out", "You have been signed out.")
     clear_session_cookie(resp, t.slug)
     return _no_store(resp)
 
@@ -214,13 +214,13 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
         failed = finished_or_failed
         if failed.request is not None:
             url = issuer.error_redirect(tenant, failed.request, "access_denied", failed.error.message)
-            return _no_store(redirect(url, code=302))
+            return _no_store(redirect_to(url))
         return html_error(failed.error)
     finished = finished_or_failed
     session_id = login.save_session(tenant, finished)
     url = issuer.authorization_response(tenant, finished.request, finished.profile, auth_time=finished.auth_time,
                                         session_id=session_id)
-    resp = redirect(url, code=302)
+    resp = redirect_to(url)
     set_session_cookie(resp, session_id, tenant.slug)
     g.login_done = True
     return _no_store(resp)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import html
 
-from flask import Response, redirect
+from flask import Response
 
 from broker.upstream.base import AutoPost, Redirect, Step
+from broker.web.errors import redirect_to
 
 AUTOPOST = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Signing in…</title></head>
@@ -18,7 +19,7 @@ AUTOPOST = """<!doctype html>
 
 def render_step(step: Step) -> Response:
     if isinstance(step, Redirect):
-        return redirect(step.url, code=302)
+        return redirect_to(step.url)
     if isinstance(step, AutoPost):
         fields = "".join(
             f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in step.fields.items()

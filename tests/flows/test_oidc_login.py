@@ -3,7 +3,6 @@ and as OP to an independent RP (openid-client on node)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any

@@ -46,8 +46,9 @@ def _login_code(sec: Setup, tenant: str = "acme", verifier: str | None = None) -
     p = sec.begin(tenant) if not extra else None
     if p is None:
         r = _authorize(sec, tenant, **extra)
-        from lxml import etree
         import zlib
+
+        from lxml import etree
         params = query_of(r.headers["Location"])
         root = etree.fromstring(zlib.decompress(base64.b64decode(params["SAMLRequest"]), -15))  # noqa: S320
         from tests.security.conftest import Pending

@@ -59,7 +59,7 @@ class SamlIdp:
         return f"{self.url}/sso"
 
     def metadata_xml(self) -> str:
-        body = "".join(l for l in self.idp.cert_pem.strip().splitlines() if "-----" not in l)
+        body = "".join(line for line in self.idp.cert_pem.strip().splitlines() if "-----" not in line)
         return (
             f'<?xml version="1.0"?>\n<md:EntityDescriptor xmlns:md="{MD}" xmlns:ds="{DS}" '
             f'entityID="{html.escape(self.entity_id)}">'

@@ -1,0 +1,287 @@
+"""Claims mapping: a verified UpstreamIdentity in, the normalized Profile out -- pure, no I/O.
+
+The working claims start as the upstream's raw attributes (by Name; FriendlyNames resolve as aliases) plus
+`nameid` (the SAML NameID or OIDC `sub`) and `nameid_format`, which always reflect the identity (an attribute
+of the same name is overridden). The preset's rules run, then the connection's own rules, in order.
+
+The profile is built only from claims that a rule wrote (a raw attribute never reaches the profile unmapped;
+an IdP cannot inject `roles` that no rule maps):
+- `email`, `name`, `given_name`, `family_name`: the first value;
+- `email_verified`: "true"/"1"/"yes" -> True, "false"/"0"/"no" -> False (any case), else None; None when
+  there is no `email`;
+- `name`: when absent, "given family" from whichever of the two is present;
+- `groups`, `roles`: always tuples, duplicates removed, order kept;
+- any other written claim goes to `extra` (a string when it has one value, a list when several), except
+  scratch claims, whose names start with `_`.
+`warnings` = the identity's own warnings, then the preset's (e.g. Entra ID groups overage) and the rules'.
+
+Errors: `apply` raises MappingError only -- a `require` whose claim is absent (mapping_required_claim_missing)
+or no stable subject (mapping_subject_missing). Rule problems are caught at save time by compile_mapping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from broker.claims import presets, subject
+from broker.claims.rules import (
+    NAMEID,
+    NAMEID_FORMAT,
+    Claims,
+    ClaimSet,
+    RequiredClaimMissing,
+    Rule,
+    RuleError,
+    compile_rules,
+)
+from broker.errors import LoginError, ValidationFailed
+from broker.model import MappingConfig, Profile, UpstreamIdentity
+
+PRESET_NAMES = presets.PRESET_NAMES
+NORMALIZED = ("email", "email_verified", "name", "given_name", "family_name", "groups", "roles")
+MAX_SUBJECT_SOURCE_CHARS = 256
+
+_TRUE = frozenset({"true", "1", "yes"})
+_FALSE = frozenset({"false", "0", "no"})
+
+
+def _compile_presets() -> dict[str, tuple[Rule, ...]]:
+    compiled: dict[str, tuple[Rule, ...]] = {}
+    for name, raw in presets.PRESETS.items():
+        try:
+            compiled[name] = compile_rules(list(raw))
+        except RuleError as exc:  # a bug in presets.py: fail at import, loudly
+            raise RuntimeError(f"preset {name!r} does not compile: {exc.message}") from exc
+    return compiled
+
+
+_PRESET_RULES = _compile_presets()
+
+
+class MappingError(LoginError):
+    """The mapping refused a login; the message names the claim (or subject) and the connection."""
+
+    default_code = "mapping_failed"
+
+
+@dataclass(frozen=True)
+class CompiledMapping:
+    """A connection's mapping, validated: its preset's name and its own compiled rules."""
+
+    preset: str
+    rules: tuple[Rule, ...]
+    subject_source: str | None
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rule that changed something: claim -> (values before, values after); None means absent."""
+
+    index: int
+    source: str  # "preset:<name>" or "rule"
+    rule: dict[str, Any]
+    changed: dict[str, tuple[list[str] | None, list[str] | None]]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A dry run: the profile or the error, each rule that changed a claim, the raw claims it began with."""
+
+    profile: Profile | None
+    error: MappingError | None
+    steps: tuple[Step, ...]
+    raw: dict[str, list[str]]
+
+
+def compile_mapping(config: MappingConfig) -> CompiledMapping:
+    """Validate a connection's mapping at save time. Raises ValidationFailed (RuleError for a rule)."""
+    if not isinstance(config.preset, str) or config.preset not in _PRESET_RULES:
+        raise ValidationFailed(
+            f"Unknown mapping preset {config.preset!r}; the presets are: {', '.join(PRESET_NAMES)}.",
+            code="invalid_mapping_preset",
+            details={"preset": str(config.preset), "allowed": list(PRESET_NAMES)},
+        )
+    source = config.subject_source
+    if source is not None and (
+        not isinstance(source, str) or not source or len(source) > MAX_SUBJECT_SOURCE_CHARS
+    ):
+        raise ValidationFailed(
+            f"The mapping's subject_source must be 'nameid' or an attribute name of at most "
+            f"{MAX_SUBJECT_SOURCE_CHARS} characters.",
+            code="invalid_mapping_subject_source",
+        )
+    return CompiledMapping(preset=config.preset, rules=compile_rules(config.rules), subject_source=source)
+
+
+def apply(
+    mapping: CompiledMapping,
+    identity: UpstreamIdentity,
+    *,
+    tenant: str,
+    tenant_id: str,
+    connection: str,
+    connection_id: str,
+) -> Profile:
+    """Map a verified identity to the profile. Raises MappingError only."""
+    profile, error, _, _ = _run(mapping, identity, tenant, tenant_id, connection, connection_id, record=False)
+    if error is not None:
+        raise error
+    assert profile is not None
+    return profile
+
+
+def explain(
+    mapping: CompiledMapping,
+    identity: UpstreamIdentity,
+    *,
+    tenant: str,
+    tenant_id: str,
+    connection: str,
+    connection_id: str,
+) -> Explanation:
+    """The admin dry run: what `apply` would return or refuse, and which rule changed what."""
+    profile, error, steps, raw = _run(
+        mapping, identity, tenant, tenant_id, connection, connection_id, record=True
+    )
+    return Explanation(profile=profile, error=error, steps=steps, raw=raw)
+
+
+def _initial_claims(identity: UpstreamIdentity) -> Claims:
+    claims: Claims = {}
+    for name, values in identity.attributes.items():
+        kept = [v for v in values if isinstance(v, str) and v]
+        if isinstance(name, str) and kept:
+            claims[name] = kept
+    claims.pop(NAMEID, None)
+    claims.pop(NAMEID_FORMAT, None)
+    if identity.subject:
+        claims[NAMEID] = [identity.subject]
+    if identity.subject_format:
+        claims[NAMEID_FORMAT] = [identity.subject_format]
+    return claims
+
+
+def _diff(
+    before: Claims, after: Claims, touched: set[str]
+) -> dict[str, tuple[list[str] | None, list[str] | None]]:
+    """Claims whose values changed, and claims a rule wrote with unchanged values (now mapped)."""
+    changed: dict[str, tuple[list[str] | None, list[str] | None]] = {}
+    for name in list(before) + [k for k in after if k not in before]:
+        old, new = before.get(name), after.get(name)
+        if old != new or (name in touched and new is not None):
+            changed[name] = (None if old is None else list(old), None if new is None else list(new))
+    return changed
+
+
+def _run(
+    mapping: CompiledMapping,
+    identity: UpstreamIdentity,
+    tenant: str,
+    tenant_id: str,
+    connection: str,
+    connection_id: str,
+    *,
+    record: bool,
+) -> tuple[Profile | None, MappingError | None, tuple[Step, ...], dict[str, list[str]]]:
+    initial = _initial_claims(identity)
+    raw = {k: list(v) for k, v in initial.items()} if record else {}
+    aliases = {k: v for k, v in identity.friendly_names.items() if isinstance(k, str) and isinstance(v, str)}
+    claims = ClaimSet(initial, aliases)
+    for attribute, message in presets.WARN_IF_PRESENT.get(mapping.preset, ()):
+        if claims.get(attribute) is not None:
+            claims.warn(message)
+
+    steps: list[Step] = []
+    stages = (
+        (f"preset:{mapping.preset}", _PRESET_RULES.get(mapping.preset, ())),
+        ("rule", mapping.rules),
+    )
+    for label, rules in stages:
+        for rule in rules:
+            before = dict(claims.values) if record else {}
+            claims.touched.clear()
+            try:
+                rule.apply(claims)
+            except RequiredClaimMissing as missing:
+                error = MappingError(
+                    f"The identity provider of connection '{connection}' did not send the claim "
+                    f"'{missing.claim}', which this connection requires.",
+                    code="mapping_required_claim_missing",
+                    detail=f"{label} {rule.index}: require {missing.claim!r}",
+                    details={"claim": missing.claim, "connection": connection, "rule": rule.index},
+                )
+                return None, error, tuple(steps), raw
+            if record:
+                changed = _diff(before, claims.values, claims.touched)
+                if changed:
+                    steps.append(Step(index=rule.index, source=label, rule=dict(rule.spec), changed=changed))
+
+    sources = (
+        (mapping.subject_source,)
+        if mapping.subject_source is not None
+        else presets.SUBJECT_SOURCES.get(mapping.preset, (subject.NAMEID,))
+    )
+    found = subject.subject_value(identity, sources)
+    if found is None:
+        error = MappingError(
+            f"The identity provider of connection '{connection}' sent no stable subject: the NameID is "
+            f"missing or transient and none of {', '.join(sources)} was sent.",
+            code="mapping_subject_missing",
+            detail=f"subject_format={identity.subject_format!r}",
+            details={"connection": connection, "sources": list(sources)},
+        )
+        return None, error, tuple(steps), raw
+
+    profile = _profile(
+        claims,
+        identity,
+        sub=subject.derive_sub(tenant_id, connection_id, found[0]),
+        tenant=tenant,
+        connection=connection,
+    )
+    return profile, None, tuple(steps), raw
+
+
+def _parse_bool(value: str | None) -> bool | None:
+    if value is None:
+        return None
+    lowered = value.strip().lower()
+    return True if lowered in _TRUE else False if lowered in _FALSE else None
+
+
+def _profile(
+    claims: ClaimSet, identity: UpstreamIdentity, *, sub: str, tenant: str, connection: str
+) -> Profile:
+    def values(name: str) -> list[str]:
+        return claims.values.get(name, []) if name in claims.written else []
+
+    def first(name: str) -> str | None:
+        found = values(name)
+        return found[0] if found else None
+
+    email = first("email")
+    given, family = first("given_name"), first("family_name")
+    name = first("name") or (" ".join(p for p in (given, family) if p) or None)
+    extra: dict[str, Any] = {}
+    for key in claims.written:
+        found = values(key)
+        if key not in NORMALIZED and not key.startswith("_") and found:
+            extra[key] = found[0] if len(found) == 1 else list(found)
+    return Profile(
+        sub=sub,
+        tenant=tenant,
+        connection=connection,
+        idp=identity.issuer,
+        email=email,
+        email_verified=_parse_bool(first("email_verified")) if email is not None else None,
+        name=name,
+        given_name=given,
+        family_name=family,
+        groups=tuple(dict.fromkeys(values("groups"))),
+        roles=tuple(dict.fromkeys(values("roles"))),
+        amr=tuple(identity.amr),
+        acr=identity.authn_context,
+        extra=extra,
+        warnings=tuple(dict.fromkeys((*identity.warnings, *claims.warnings))),
+    )
