@@ -88,7 +88,7 @@ def build_services(
         admin.ensure_admin_key(settings.bootstrap_admin_key.reveal())
     metrics = Metrics()
     registry = ConnectorRegistry(
-        public_url=settings.public_url, state=state, clock=clock, fetcher=fetcher,
+        public_url=settings.public_url, state=state, clock=clock, fetcher=fetcher, metrics=metrics,
         metadata_provider=MetadataProvider(config, fetcher, clock, timeout=settings.upstream_timeout,
                                            max_bytes=settings.max_metadata_bytes, metrics=metrics),
     )

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import threading
+import time
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
@@ -36,10 +42,35 @@ class Metrics:
             "broker_metadata_refresh", "IdP metadata refresh outcomes", ["tenant", "connection", "outcome"],
             registry=self.registry,
         )
-        self.idp_cert_days_left = Gauge(
-            "broker_idp_certificate_days_left", "Days until each IdP signing certificate expires",
-            ["tenant", "connection", "fingerprint"], registry=self.registry,
-        )
+        self.idp_certificates = CertificateExpiry()
+        self.registry.register(self.idp_certificates)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CertificateExpiry(Collector):
+    """Days until each IdP signing certificate expires, computed at scrape time from the expiry dates the
+    connectors saw when they opened (so the gauge keeps counting down without reopening anything)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._not_after: dict[tuple[str, str], dict[str, float]] = {}
+
+    def observe(self, tenant: str, connection: str, certificates: dict[str, float]) -> None:
+        """Replace the known certificates of one connection: fingerprint -> notAfter (epoch seconds)."""
+        with self._lock:
+            self._not_after[(tenant, connection)] = dict(certificates)
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "broker_idp_certificate_days_left", "Days until each IdP signing certificate expires",
+            labels=["tenant", "connection", "fingerprint"],
+        )
+        now = time.time()
+        with self._lock:
+            items = [(k, dict(v)) for k, v in self._not_after.items()]
+        for (tenant, connection), certs in items:
+            for fingerprint, not_after in certs.items():
+                family.add_metric([tenant, connection, fingerprint[:16]], round((not_after - now) / 86400, 2))
+        yield family

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from broker.errors import LoginError
+from broker.metrics import Metrics
 from broker.model import Connection
 from broker.ports import Clock, Fetcher, StateStore
 from broker.samlxml.errors import SamlError
@@ -35,7 +36,9 @@ class ConnectorRegistry:
         fetcher: Fetcher,
         metadata_provider: MetadataProvider | None = None,
         max_entries: int = 2048,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.public_url = public_url
         self.state = state
         self.clock = clock
@@ -60,6 +63,11 @@ class ConnectorRegistry:
         except SamlError as exc:
             raise LoginError("This connection's IdP metadata cannot be used.", code="saml_connection_not_ready",
                              detail=exc.message) from None
+        if self.metrics is not None:
+            self.metrics.idp_certificates.observe(
+                connection.tenant_slug, connection.slug,
+                {c.sha256_fingerprint: c.not_after.timestamp() for c in meta.signing_certificates},
+            )
         return meta, generation
 
     def open(self, connection: Connection) -> Connector:

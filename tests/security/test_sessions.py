@@ -1,0 +1,74 @@
+"""Broker sessions (single sign-on across one tenant's apps): prompt handling, max_age, logout, isolation."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from tests.samlxml.idp_fixtures import build_response
+from tests.security.conftest import REDIRECT_URI, Setup
+from tests.support.saml_idp import query_of
+
+
+def _authorize(sec: Setup, tenant: str = "acme", client_id: str | None = None, **params: str) -> Any:
+    q = {"response_type": "code", "client_id": client_id or sec.apps[tenant]["client_id"],
+         "redirect_uri": REDIRECT_URI, "scope": "openid email", "state": "s", "connection": "okta", **params}
+    return sec.client.get(f"/t/{tenant}/authorize?{urlencode(q)}")
+
+
+def _sign_in(sec: Setup) -> str:
+    p = sec.begin()
+    resp = build_response(sec.idp_a, acs_url=p.acs_url, audience=p.audience, in_response_to=p.request_id,
+                          name_id="alice@acme.test", attributes={"email": ["alice@acme.test"]})
+    r = sec.post("acme", "okta", resp, p.relay_state)
+    assert r.status_code == 302
+    cookie = r.headers.getlist("Set-Cookie")
+    assert any(c.startswith("broker_session=") for c in cookie)
+    return query_of(r.headers["Location"])["code"]
+
+
+def test_prompt_none_without_session_is_login_required(sec: Setup) -> None:
+    r = _authorize(sec, prompt="none")
+    assert r.status_code == 302
+    q = query_of(r.headers["Location"])
+    assert q["error"] == "login_required" and q["state"] == "s"
+
+
+def test_second_app_signs_in_without_going_upstream(sec: Setup) -> None:
+    _sign_in(sec)
+    other = sec.admin("POST", "/tenants/acme/apps", {"name": "Wiki", "redirect_uris": [REDIRECT_URI]}).get_json()
+    r = _authorize(sec, client_id=other["client_id"])
+    assert r.status_code == 302
+    q = query_of(r.headers["Location"])
+    assert r.headers["Location"].startswith(REDIRECT_URI) and "code" in q
+    r = _authorize(sec, client_id=other["client_id"], prompt="none")
+    assert "code" in query_of(r.headers["Location"])
+
+
+def test_prompt_login_goes_upstream_even_with_a_session(sec: Setup) -> None:
+    _sign_in(sec)
+    r = _authorize(sec, prompt="login")
+    assert r.status_code == 302 and "SAMLRequest=" in r.headers["Location"]
+
+
+def test_max_age_zero_forces_upstream(sec: Setup) -> None:
+    _sign_in(sec)
+    r = _authorize(sec, max_age="0")
+    assert r.status_code == 302 and "SAMLRequest=" in r.headers["Location"]
+
+
+def test_session_of_tenant_a_is_not_used_by_tenant_b(sec: Setup) -> None:
+    _sign_in(sec)
+    session = sec.client.get_cookie("broker_session", path="/t/acme/")
+    assert session is not None
+    sec.client.set_cookie("broker_session", session.value, path="/t/globex/")
+    r = _authorize(sec, "globex", prompt="none")
+    assert query_of(r.headers["Location"])["error"] == "login_required"
+
+
+def test_logout_ends_the_session(sec: Setup) -> None:
+    _sign_in(sec)
+    r = sec.client.get("/t/acme/logout")
+    assert r.status_code == 200
+    r = _authorize(sec, prompt="none")
+    assert query_of(r.headers["Location"])["error"] == "login_required"

@@ -1,0 +1,86 @@
+"""The `broker` command line: db upgrade, admin keys, key rotation, and serve's refusals."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from broker.cli import main
+from tests.conftest import SECRET_KEY
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    for k in ("REDIS_URL", "BROKER_BOOTSTRAP_ADMIN_KEY", "BROKER_ENV"):
+        monkeypatch.delenv(k, raising=False)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("BROKER_SECRET_KEY", SECRET_KEY)
+    return url
+
+
+def test_db_upgrade_is_idempotent(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["db", "upgrade"]) == 0
+    assert main(["db", "upgrade"]) == 0
+    assert "up to date" in capsys.readouterr().out
+
+
+def test_create_key_prints_a_working_global_key(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["admin", "create-key"]) == 0
+    key = capsys.readouterr().out.strip()
+    assert key.startswith("bk_") and len(key) > 40
+    from broker.app import create_app
+    from broker.settings import load_settings
+
+    client = create_app(load_settings()).test_client()
+    r = client.post("/admin/v1/tenants", json={"slug": "acme", "name": "Acme"},
+                    headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 201
+    assert main(["admin", "create-key", "--tenant", "acme"]) == 0
+    scoped = capsys.readouterr().out.strip()
+    r = client.post("/admin/v1/tenants", json={"slug": "x", "name": "X"}, headers={"Authorization": f"Bearer {scoped}"})
+    assert r.status_code == 403
+
+
+def test_create_key_for_unknown_tenant_fails_cleanly(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["admin", "create-key", "--tenant", "nope"]) == 2
+    assert "No tenant" in capsys.readouterr().err
+
+
+def test_keys_rotate(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from broker.app import create_app
+    from broker.settings import load_settings
+
+    main(["admin", "create-key"])
+    key = capsys.readouterr().out.strip()
+    app = create_app(load_settings())
+    app.test_client().post("/admin/v1/tenants", json={"slug": "acme", "name": "Acme"},
+                           headers={"Authorization": f"Bearer {key}"})
+    assert main(["keys", "rotate", "--tenant", "acme"]) == 0
+    out = capsys.readouterr().out
+    assert '"active_kid"' in out
+    svc = app.extensions["broker"]
+    keys = svc.config.signing_keys(svc.config.tenant_by_slug("acme").id)
+    assert len(keys) == 2 and keys[0].active and not keys[1].active
+    assert main(["keys", "rotate", "--tenant", "ghost"]) == 2
+
+
+def test_serve_refuses_workers_without_redis(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--workers", "2", "--port", "1"]) == 2
+    assert "REDIS_URL" in capsys.readouterr().err
+
+
+def test_serve_refuses_bad_settings(env: str, monkeypatch: pytest.MonkeyPatch,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("BROKER_ENV", "production")
+    monkeypatch.setenv("BROKER_PUBLIC_URL", "http://sso.example.com")
+    assert main(["serve", "--port", "1"]) == 2
+    assert "https" in capsys.readouterr().err
+
+
+def test_python_dash_m_broker_works() -> None:
+    out = subprocess.run([sys.executable, "-m", "broker", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "serve" in out.stdout
