@@ -111,7 +111,10 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
     svc = _services(settings)
     from broker.admin.apply import apply_config
 
-    result = apply_config(svc.admin, args.dir, dry_run=args.dry_run, prune=args.prune)
+    try:
+        result = apply_config(svc.admin, args.dir, dry_run=args.dry_run, prune=args.prune)
+    finally:
+        svc.extras["engine"].dispose()
     print(result.render())
     return 0
 

@@ -21,7 +21,7 @@ from broker.audit import Auditor
 from broker.claims.pipeline import apply, compile_mapping
 from broker.errors import BrokerError, LoginError, NotFound, StateStoreError
 from broker.metrics import Metrics
-from broker.model import AuthorizationRequest, Connection, LoginTransaction, Profile, Tenant
+from broker.model import AuthorizationRequest, Connection, LoginTransaction, Profile, Tenant, UpstreamIdentity
 from broker.ports import Clock, ConfigReader, StateStore
 from broker.upstream.base import BeginRequest, CallbackInput, Step
 from broker.upstream.registry import ConnectorRegistry
@@ -30,6 +30,7 @@ log = logs.get("broker.login")
 
 TXN_PREFIX = "txn:"
 SESSION_PREFIX = "sess:"
+RESULT_PREFIX = "login-result:"
 
 
 def binding_digest(cookie_value: str) -> str:
@@ -77,10 +78,13 @@ class Started:
 @dataclass(frozen=True, slots=True)
 class Finished:
     profile: Profile
-    request: AuthorizationRequest
+    request: AuthorizationRequest | None  # None only for a connection test (purpose == "test")
     connection: Connection
     auth_time: float
     session_id: str
+    identity: UpstreamIdentity
+    purpose: str = "login"
+    txn_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +149,8 @@ class LoginService:
     # -- begin -----------------------------------------------------------------------------------
 
     def begin(
-        self, tenant: Tenant, connection: Connection, request: AuthorizationRequest | None, *, browser_binding: str
+        self, tenant: Tenant, connection: Connection, request: AuthorizationRequest | None, *, browser_binding: str,
+        purpose: str = "login",
     ) -> Started:
         txn_id = secrets.token_urlsafe(24)
         force = bool(request and ("login" in request.prompt or request.max_age == 0))
@@ -170,6 +175,7 @@ class LoginService:
             browser_binding=browser_binding,
             created_at=now,
             expires_at=now + self.login_ttl,
+            purpose=purpose,
         )
         self.state.put(TXN_PREFIX + txn_id, txn_to_json(txn), ttl=self.login_ttl)
         self.metrics.logins_started.labels(tenant=tenant.slug, connection=connection.slug).inc()
@@ -192,6 +198,8 @@ class LoginService:
         self, tenant: Tenant, connection: Connection, callback: CallbackInput, *, browser_binding: str | None
     ) -> Finished:
         request: AuthorizationRequest | None = None
+        purpose = "login"
+        txn: LoginTransaction | None = None
         try:
             connector = self.registry.open(connection)
             txn = self._take_txn(connector.transaction_id(callback))
@@ -205,8 +213,9 @@ class LoginService:
                         code="login_browser_mismatch",
                     )
                 request = txn.request
+                purpose = txn.purpose
             identity = connector.complete(callback, txn)
-            if request is None:
+            if request is None and purpose != "test":
                 request = self._idp_initiated_request(tenant, connection)
             mapping = compile_mapping(connection.mapping)
             profile = apply(mapping, identity, tenant=tenant.slug, tenant_id=tenant.id,
@@ -230,12 +239,15 @@ class LoginService:
             details["warnings"] = list(identity.warnings)
         if profile.warnings:
             details["mapping_warnings"] = list(profile.warnings)
+        if purpose == "test":
+            details["test"] = True
         self.auditor.emit("login", "success", tenant=tenant.slug, connection=connection.slug,
-                          app=request.client_id, details=details)
-        if self.on_success is not None:
+                          app=request.client_id if request else None, details=details)
+        if self.on_success is not None and purpose == "login":
             self.on_success(connection, now)
         return Finished(profile=profile, request=request, connection=connection, auth_time=auth_time,
-                        session_id=session_id)
+                        session_id=session_id, identity=identity, purpose=purpose,
+                        txn_id=txn.id if txn is not None else None)
 
     def _idp_initiated_request(self, tenant: Tenant, connection: Connection) -> AuthorizationRequest:
         app_id = connection.settings.get("idp_initiated_app")
@@ -291,6 +303,33 @@ class LoginService:
             return None
         return BrokerSession(id=data["id"], tenant_id=data["tenant_id"], connection_slug=data["connection_slug"],
                              profile=profile_from_dict(data["profile"]), auth_time=float(data["auth_time"]))
+
+    # -- connection tests and the demo: what the upstream really sent --------------------------------
+
+    def save_result(self, key: str, finished: Finished, ttl: int = 600) -> None:
+        """Keep the raw upstream identity and the mapped profile of one login (connection tests, demo page)."""
+        ident = finished.identity
+        payload = {
+            "connection": finished.connection.slug,
+            "protocol": ident.protocol,
+            "issuer": ident.issuer,
+            "subject": ident.subject,
+            "subject_format": ident.subject_format,
+            "attributes": {k: list(v) for k, v in ident.attributes.items()},
+            "authn_context": ident.authn_context,
+            "warnings": list(ident.warnings),
+            "profile": profile_to_dict(finished.profile),
+        }
+        self.state.put(RESULT_PREFIX + key, json.dumps(payload).encode(), ttl=ttl)
+
+    def result(self, key: str) -> dict[str, Any] | None:
+        if not key or len(key) > 200:
+            return None
+        raw = self.state.get(RESULT_PREFIX + key)
+        if raw is None:
+            return None
+        out: dict[str, Any] = json.loads(raw)
+        return out
 
     def end_session(self, session_id: str | None) -> None:
         if session_id and len(session_id) <= 200:

@@ -165,6 +165,7 @@ class LoginTransaction:
     browser_binding: str
     created_at: float
     expires_at: float
+    purpose: str = "login"  # "login" (answer an app) | "test" (an admin's connection test: show the claims)
 
 
 @dataclass(frozen=True, slots=True)

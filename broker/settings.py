@@ -141,7 +141,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if bootstrap is not None and len(bootstrap) < 16:
         raise ConfigError("BROKER_BOOTSTRAP_ADMIN_KEY must be at least 16 characters long.")
 
-    dev_idp = _bool(env, "BROKER_DEV_IDP", False)
+    dev_idp = _bool(env, "BROKER_DEV_IDP", mode == "dev")
     if dev_idp and mode == "production":
         raise ConfigError("The development IdP cannot be enabled with BROKER_ENV=production.")
 

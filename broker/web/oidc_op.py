@@ -217,7 +217,16 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
             return _no_store(redirect_to(url))
         return html_error(failed.error)
     finished = finished_or_failed
+    if finished.purpose == "test" or finished.request is None:
+        # an admin's connection test: show what came back instead of answering an app
+        key = finished.txn_id or finished.session_id
+        login.save_result(key, finished)
+        return _no_store(redirect_to(
+            f"{svc.settings.public_url}/admin/ui/tenants/{tenant.slug}/connections/{finished.connection.slug}"
+            f"/test/{key}"))
     session_id = login.save_session(tenant, finished)
+    if svc.settings.env == "dev":
+        login.save_result("session:" + session_id, finished)
     url = issuer.authorization_response(tenant, finished.request, finished.profile, auth_time=finished.auth_time,
                                         session_id=session_id)
     resp = redirect_to(url)
