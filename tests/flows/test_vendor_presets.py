@@ -167,7 +167,7 @@ def test_vendor_sub_is_stable_opaque_and_scoped_to_the_connection(s: Sample) -> 
     assert profile_of(s, connection_id="connection-id-2").sub != p.sub  # another connection, another subject
 
 
-def test_email_shaped_nameids_are_case_folded_for_the_subject_but_an_entra_guest_upn_is_no_email() -> None:
+def test_entra_guest_upn_nameid_is_never_taken_as_the_email() -> None:
     entra = next(s for s in VALID if s.name == "entra-id-1")
     verified = _verify(entra)
     assert verified.name_id is not None and "#EXT#" in verified.name_id
