@@ -19,6 +19,7 @@ from broker.metrics import Metrics
 from broker.model import Connection
 from broker.ports import Clock, Fetcher, StateStore, SystemClock
 from broker.settings import Settings, load_settings
+from broker.store.cached import CachedConfigStore
 from broker.store.config_repo import SqlConfigStore
 from broker.store.database import make_engine, schema_is_current, upgrade
 from broker.store.sealing import Sealer, SecretHasher
@@ -57,9 +58,9 @@ def build_services(
     elif not schema_is_current(engine):
         raise ConfigError("The database schema is not up to date: run `broker db upgrade` first.")
     secret = settings.secret_key.reveal()
-    config = SqlConfigStore(engine, Sealer(secret))
     if state is None:
         state = RedisStateStore.from_url(settings.redis_url) if settings.redis_url else MemoryStateStore()
+    config = CachedConfigStore(SqlConfigStore(engine, Sealer(secret)), state)
     clock = clock or SystemClock()
     auditor = Auditor(config)
     hasher = SecretHasher(secret)
@@ -103,9 +104,14 @@ def build_services(
     )
 
 
-def _touch(config: SqlConfigStore) -> Any:
+def _touch(config: CachedConfigStore, every: float = 60.0) -> Any:
+    """Stamp a connection's last login, at most once a minute per connection and process."""
+    last: dict[str, float] = {}
+
     def touch(connection: Connection, when: float) -> None:
-        config.touch_last_login(connection.id, when)
+        if when - last.get(connection.id, 0.0) >= every:
+            last[connection.id] = when
+            config.touch_last_login(connection.id, when)
 
     return touch
 
@@ -124,6 +130,13 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(oidc_op.bp)
     app.register_blueprint(saml_sp.bp)
     app.register_blueprint(oidc_rp.bp)
+    app.register_blueprint(__import__("broker.web.admin_ui", fromlist=["bp"]).bp)
+    if settings.dev_idp and settings.env == "dev":
+        # The development IdP (/dev/idp/...) and the demo app (/demo): dev only (settings refuse it in production).
+        from broker.web import demo, dev_idp
+
+        app.register_blueprint(dev_idp.bp)
+        app.register_blueprint(demo.bp)
     _register_hooks(app, svc)
     log.info("broker_ready", extra={"public_url": settings.public_url, "env": settings.env,
                                     "state_store": "redis" if settings.redis_url else "memory"})

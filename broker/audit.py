@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker import logs
+from broker.errors import ServiceUnavailable
 from broker.model import AuditEvent, AuditType, Outcome
 from broker.ports import AuditSink
 
@@ -42,7 +43,10 @@ class Auditor:
         app: str | None = None,
         reason: str | None = None,
         details: Mapping[str, Any] | None = None,
+        required: bool = False,
     ) -> AuditEvent:
+        """Record an event. With `required`, a failed write raises ServiceUnavailable (a login that cannot
+        be audited does not happen); otherwise the failure is logged and the caller goes on."""
         event = AuditEvent(
             id=str(uuid.uuid4()),
             time=datetime.now(UTC),
@@ -67,8 +71,11 @@ class Auditor:
         )
         try:
             self._sink.record(event)
-        except Exception:  # noqa: BLE001 - auditing must not turn a refusal into a 500; logged loudly
+        except Exception as exc:  # noqa: BLE001 - auditing must not turn a refusal into a 500; logged loudly
             log.exception("audit_write_failed", extra={"audit_id": event.id})
+            if required:
+                raise ServiceUnavailable("The service is temporarily unavailable. Please try again shortly.",
+                                         code="audit_unavailable", detail=exc.__class__.__name__) from None
         return event
 
     def record(self, event: AuditEvent) -> None:

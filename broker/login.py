@@ -242,7 +242,7 @@ class LoginService:
         if purpose == "test":
             details["test"] = True
         self.auditor.emit("login", "success", tenant=tenant.slug, connection=connection.slug,
-                          app=request.client_id if request else None, details=details)
+                          app=request.client_id if request else None, details=details, required=True)
         if self.on_success is not None and purpose == "login":
             self.on_success(connection, now)
         return Finished(profile=profile, request=request, connection=connection, auth_time=auth_time,

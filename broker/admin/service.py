@@ -21,7 +21,7 @@ from broker.claims.pipeline import compile_mapping, explain
 from broker.errors import BrokerError, Forbidden, NotFound, Unauthorized, ValidationFailed
 from broker.issuer.keys import generate_signing_key
 from broker.model import AdminKey, App, Connection, MappingConfig, Profile, Tenant, UpstreamIdentity
-from broker.ports import AppDraft, Clock, ConfigStore, ConnectionDraft, NewSigningKey
+from broker.ports import AppDraft, Clock, ConfigStore, ConnectionDraft, MetadataState, NewSigningKey
 from broker.samlxml.errors import SamlError
 from broker.samlxml.metadata import IdpMetadata, parse_idp_metadata, to_json
 from broker.upstream.oidc import parse_oidc_settings
@@ -59,6 +59,14 @@ def iso(dt: datetime | None) -> str | None:
 
 
 MetadataLoader = Callable[[str], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class Understood:
+    """IdP metadata read from a metadata_url; `fetched` is set when it was fetched just now."""
+
+    meta: IdpMetadata
+    fetched: bytes | None
 
 
 class AdminService:
@@ -218,10 +226,7 @@ class AdminService:
                 if parsed.metadata_xml:
                     understood = self._parse_metadata(parsed.metadata_xml.encode())
                 elif parsed.metadata_url:
-                    if self.fetch_metadata is None:
-                        raise ValidationFailed("Fetching metadata URLs is not available here.",
-                                               details={"field": "saml.metadata_url"})
-                    understood = self._parse_metadata(self.fetch_metadata(parsed.metadata_url))
+                    understood = self._metadata_from_url(parsed.metadata_url, existing)
             else:
                 parse_oidc_settings({**raw, **secrets_out})
         except ValidationFailed as exc:
@@ -253,6 +258,25 @@ class AdminService:
             sp=sp,
         )
         return draft, understood
+
+    def _metadata_from_url(self, url: str, existing: Connection | None) -> Understood:
+        """The metadata behind a metadata_url: the stored last good copy when the URL is unchanged, else
+        fetched now (and then kept as the first good copy once the connection is saved)."""
+        if existing is not None and existing.settings.get("metadata_url") == url:
+            stored = self.store.metadata_state(existing.id).xml
+            if stored is not None:
+                return Understood(self._parse_metadata(stored), None)
+        if self.fetch_metadata is None:
+            raise ValidationFailed("Fetching metadata URLs is not available here.",
+                                   details={"field": "saml.metadata_url"})
+        fetched = self.fetch_metadata(url)
+        return Understood(self._parse_metadata(fetched), fetched)
+
+    def _keep_fetched(self, connection: Connection, understood: Any) -> None:
+        if isinstance(understood, Understood) and understood.fetched is not None:
+            now = self.clock.now()
+            interval = min(max(understood.meta.cache_duration_seconds or 6 * 3600, 300), 86400)
+            self.store.save_metadata_state(connection.id, MetadataState(understood.fetched, now, now + interval, None))
 
     def _check_domains(self, tenant: Tenant, slug: str, domains: tuple[str, ...]) -> None:
         for other in self.store.connections(tenant.id):
@@ -309,10 +333,11 @@ class AdminService:
         draft, understood = self._draft(data, None)
         self._check_domains(tenant, data.slug, draft.domains)
         created = self.store.create_connection(tenant.id, draft)
+        self._keep_fetched(created, understood)
         self._admin_event(key, "connection.create", tenant.slug, connection=created.slug)
         out = self.connection_json(tenant, created)
         if understood is not None:
-            out["metadata"] = to_json(understood)
+            out["metadata"] = to_json(understood.meta if isinstance(understood, Understood) else understood)
         return out
 
     def get_connection(self, key: AdminKey, slug: str, conn: str) -> dict[str, Any]:
@@ -350,10 +375,11 @@ class AdminService:
         draft, understood = self._draft(data, existing)
         self._check_domains(tenant, existing.slug, draft.domains)
         updated = self.store.replace_connection(existing.id, draft)
+        self._keep_fetched(updated, understood)
         self._admin_event(key, "connection.update", tenant.slug, connection=updated.slug)
         out = self.connection_json(tenant, updated)
         if understood is not None:
-            out["metadata"] = to_json(understood)
+            out["metadata"] = to_json(understood.meta if isinstance(understood, Understood) else understood)
         return out
 
     def patch_connection(self, key: AdminKey, slug: str, conn: str, body: Any) -> dict[str, Any]:

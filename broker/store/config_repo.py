@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, select, text, update
+from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import SQLAlchemyError as _SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -507,16 +507,21 @@ class SqlConfigStore:
 
     # -- audit -----------------------------------------------------------------------------------
 
-    def record(self, event: AuditEvent) -> None:
-        tenant_id = None
+    def record(self, event: AuditEvent, *, tenant_id: str | None | object = None) -> None:
+        """Append an audit event. Pass `tenant_id` when known to save a lookup by slug."""
         with self._session() as s:
-            if event.tenant is not None:
-                tenant_id = s.scalars(select(TenantRow.id).where(TenantRow.slug == event.tenant)).first()
-            s.add(
-                AuditRow(
+            tid: str | None
+            if isinstance(tenant_id, str):
+                tid = tenant_id
+            elif event.tenant is not None:
+                tid = s.scalars(select(TenantRow.id).where(TenantRow.slug == event.tenant)).first()
+            else:
+                tid = None
+            s.execute(
+                insert(AuditRow).values(
                     id=event.id,
                     time=event.time,
-                    tenant_id=tenant_id,
+                    tenant_id=tid,
                     tenant=event.tenant,
                     type=event.type,
                     connection=event.connection,

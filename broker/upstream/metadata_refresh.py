@@ -36,8 +36,11 @@ class MetadataProvider:
 
     def __call__(self, connection: Connection) -> tuple[bytes | None, str]:
         url = str(connection.settings.get("metadata_url") or "")
-        entry = MetadataCacheEntry.from_state(self.store.metadata_state(connection.id))
+        state = self.store.metadata_state(connection.id)
+        entry = MetadataCacheEntry.from_state(state)
         now = self.clock.now()
+        if entry is None and state.next_refresh_at is not None and now < state.next_refresh_at:
+            return None, "none"  # never fetched successfully; the last attempt failed: wait for the retry time
         if entry is None or entry.due(now):
             entry = self.refresh(connection, url, entry, now)
         if entry is None:

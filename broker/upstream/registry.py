@@ -48,16 +48,9 @@ class ConnectorRegistry:
         self._lock = threading.Lock()
         self._max = max_entries
 
-    def _metadata(self, connection: Connection) -> tuple[IdpMetadata | None, str]:
-        settings = parse_saml_settings(connection.settings)
-        raw: bytes | None = None
-        generation = "inline"
-        if settings.metadata_xml:
-            raw = settings.metadata_xml.encode()
-        elif settings.metadata_url and self.metadata_provider is not None:
-            raw, generation = self.metadata_provider(connection)
+    def _parse(self, connection: Connection, raw: bytes | None) -> IdpMetadata | None:
         if raw is None:
-            return None, generation
+            return None
         try:
             meta = parse_idp_metadata(raw, now=datetime.fromtimestamp(self.clock.now(), UTC))
         except SamlError as exc:
@@ -68,15 +61,15 @@ class ConnectorRegistry:
                 connection.tenant_slug, connection.slug,
                 {c.sha256_fingerprint: c.not_after.timestamp() for c in meta.signing_certificates},
             )
-        return meta, generation
+        return meta
 
     def open(self, connection: Connection) -> Connector:
         generation = ""
-        idp: IdpMetadata | None = None
-        if connection.protocol == "saml":
-            settings = parse_saml_settings(connection.settings)
-            if settings.metadata_url and not settings.metadata_xml and self.metadata_provider is not None:
-                idp, generation = self._metadata(connection)
+        fetched: bytes | None = None
+        settings = parse_saml_settings(connection.settings) if connection.protocol == "saml" else None
+        from_url = bool(settings and settings.metadata_url and not settings.metadata_xml)
+        if from_url and self.metadata_provider is not None:
+            fetched, generation = self.metadata_provider(connection)
         key = (connection.id, connection.version, generation)
         with self._lock:
             found = self._cache.get(key)
@@ -84,9 +77,9 @@ class ConnectorRegistry:
                 self._cache.move_to_end(key)
                 return found
         connector: Connector
-        if connection.protocol == "saml":
-            if idp is None:
-                idp, _ = self._metadata(connection)
+        if settings is not None:
+            raw = fetched if from_url else (settings.metadata_xml.encode() if settings.metadata_xml else None)
+            idp = self._parse(connection, raw)
             connector = SamlConnector(connection, public_url=self.public_url, idp=idp, state=self.state,
                                       clock=self.clock)
         else:

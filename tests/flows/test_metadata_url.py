@@ -181,9 +181,14 @@ def test_failed_refresh_keeps_the_last_good_copy_and_shows_the_error(env: Env, f
 
 
 def test_connection_whose_metadata_url_never_answered_cannot_log_anyone_in(env: Env) -> None:
-    # the URL answers once, for the admin's save, then never again: no good copy was ever stored
+    # the URL answers once, for the admin's save, then never again, and the stored copy is lost
     assert env.create_connection("idp", env.server.metadata_url).status_code == 201
     env.server.mode = "500"
+    svc = env.app.extensions["broker"]
+    from broker.ports import MetadataState
+
+    conn = svc.config.connection(svc.config.tenant_by_slug("acme").id, "idp")
+    svc.config.save_metadata_state(conn.id, MetadataState(None, None, None, None))
 
     r = env.authorize("idp")
     assert r.status_code != 500
@@ -209,15 +214,14 @@ def test_connection_whose_metadata_url_never_answered_cannot_log_anyone_in(env: 
     assert meta["refresh"]["last_error"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG broker/upstream/metadata_refresh.py MetadataProvider.__call__ (l.39-41) + sources.py "
-    "MetadataCacheEntry.from_state (l.64-65): with no good copy, from_state() returns None, so the "
-    "retry time saved after a failure (now + 300 s) is ignored and every login attempt re-fetches "
-    "the dead metadata_url (each with the 10 s upstream timeout); registry.py ConnectorRegistry.open "
-    "(l.88-89) then calls _metadata() a second time, so each attempt makes two fetches"))
 def test_a_metadata_url_without_any_good_copy_is_retried_after_a_pause_not_on_every_login(env: Env) -> None:
     assert env.create_connection("idp", env.server.metadata_url).status_code == 201
     env.server.mode = "500"
+    svc = env.app.extensions["broker"]
+    from broker.ports import MetadataState
+
+    conn = svc.config.connection(svc.config.tenant_by_slug("acme").id, "idp")
+    svc.config.save_metadata_state(conn.id, MetadataState(None, None, None, None))
     env.authorize("idp")
     hits = len(env.server.hits)
     for _ in range(3):
@@ -225,10 +229,6 @@ def test_a_metadata_url_without_any_good_copy_is_retried_after_a_pause_not_on_ev
     assert len(env.server.hits) == hits
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG broker/admin/service.py _draft (l.220-224) / create_connection: the metadata fetched and "
-    "validated at save time is discarded (no save_metadata_state), so it is not the 'last good copy': "
-    "GET shows no entityID until the first login, and if the URL fails after the save, no one can log in"))
 def test_the_metadata_fetched_at_save_time_is_the_first_good_copy(env: Env) -> None:
     assert env.create_connection("idp", env.server.metadata_url).status_code == 201
     meta = env.admin("GET", "/tenants/acme/connections/idp").get_json()["metadata"]

@@ -1,0 +1,197 @@
+"""A read-through cache in front of the SQL ConfigStore, kept exact across replicas by a generation token.
+
+Every configuration write (admin API, `config apply`, key rotation) replaces a random generation token in
+the shared StateStore after its transaction commits. Each cached read first fetches that token (one Redis GET,
+or a dict lookup in-process) and uses only entries loaded under the current token, so a change made on any
+replica is seen by every other replica on its next request — no staleness window. Entries also expire after
+`max_age` seconds, a backstop should a token update ever be lost.
+
+Only the login/token hot path reads through the cache (tenants, connections, apps, signing keys); audit
+events, metadata refresh state and last-login stamps go straight to the database.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+from broker.model import AdminKey, App, AuditEvent, Connection, SigningKey, Tenant
+from broker.ports import AppDraft, AuditPage, ConnectionDraft, MetadataState, NewSigningKey, StateStore
+from broker.store.config_repo import SqlConfigStore
+
+GENERATION_KEY = "config:generation"
+GENERATION_TTL = 400 * 86400.0
+
+T = TypeVar("T")
+_MISSING = object()
+
+
+class CachedConfigStore:
+    def __init__(self, inner: SqlConfigStore, state: StateStore, *, max_age: float = 60.0,
+                 max_entries: int = 50_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self.state = state
+        self.max_age = max_age
+        self.max_entries = max_entries
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[tuple[Any, ...], tuple[bytes | None, float, Any]] = OrderedDict()
+        self._in_atomic: ContextVar[bool] = ContextVar(f"broker_cache_atomic_{id(self)}", default=False)
+        self._dirty: ContextVar[bool] = ContextVar(f"broker_cache_dirty_{id(self)}", default=False)
+
+    # -- generation ------------------------------------------------------------------------------
+
+    def _generation(self) -> bytes | None:
+        return self.state.get(GENERATION_KEY)
+
+    def invalidate(self) -> None:
+        """Announce a configuration change to every replica (called after a write commits)."""
+        if self._in_atomic.get():
+            self._dirty.set(True)
+            return
+        with self._lock:
+            self._entries.clear()
+        self.state.put(GENERATION_KEY, secrets.token_bytes(12), ttl=GENERATION_TTL)
+
+    def _cached(self, key: tuple[Any, ...], load: Callable[[], T]) -> T:
+        if self._in_atomic.get():
+            return load()
+        gen = self._generation()
+        now = self._clock()
+        with self._lock:
+            hit = self._entries.get(key)
+            if hit is not None and hit[0] == gen and now - hit[1] < self.max_age:
+                self._entries.move_to_end(key)
+                value: T = hit[2]
+                return value
+        value = load()
+        with self._lock:
+            self._entries[key] = (gen, now, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+        return value
+
+    def _write(self, fn: Callable[[], T]) -> T:
+        result = fn()
+        self.invalidate()
+        return result
+
+    # -- transactions ----------------------------------------------------------------------------
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        if self._in_atomic.get():
+            yield
+            return
+        token = self._in_atomic.set(True)
+        dirty = self._dirty.set(False)
+        try:
+            with self.inner.atomic():
+                yield
+        finally:
+            changed = self._dirty.get()
+            self._in_atomic.reset(token)
+            self._dirty.reset(dirty)
+        if changed:
+            self.invalidate()
+
+    def ping(self) -> bool:
+        return self.inner.ping()
+
+    # -- cached reads ----------------------------------------------------------------------------
+
+    def tenant_by_slug(self, slug: str) -> Tenant | None:
+        return self._cached(("tenant_slug", slug), lambda: self.inner.tenant_by_slug(slug))
+
+    def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        return self._cached(("tenant_id", tenant_id), lambda: self.inner.tenant_by_id(tenant_id))
+
+    def connection(self, tenant_id: str, slug: str) -> Connection | None:
+        return self._cached(("connection", tenant_id, slug), lambda: self.inner.connection(tenant_id, slug))
+
+    def connections(self, tenant_id: str) -> Sequence[Connection]:
+        return self._cached(("connections", tenant_id), lambda: tuple(self.inner.connections(tenant_id)))
+
+    def app(self, tenant_id: str, client_id: str) -> App | None:
+        return self._cached(("app", tenant_id, client_id), lambda: self.inner.app(tenant_id, client_id))
+
+    def signing_keys(self, tenant_id: str) -> Sequence[SigningKey]:
+        return self._cached(("keys", tenant_id), lambda: tuple(self.inner.signing_keys(tenant_id)))
+
+    # -- uncached reads --------------------------------------------------------------------------
+
+    def admin_key_by_hash(self, key_hash: str) -> AdminKey | None:
+        return self.inner.admin_key_by_hash(key_hash)
+
+    def tenants(self) -> Sequence[Tenant]:
+        return self.inner.tenants()
+
+    def apps(self, tenant_id: str) -> Sequence[App]:
+        return self.inner.apps(tenant_id)
+
+    def metadata_state(self, connection_id: str) -> MetadataState:
+        return self.inner.metadata_state(connection_id)
+
+    def last_logins(self, tenant_id: str) -> Mapping[str, float | None]:
+        return self.inner.last_logins(tenant_id)
+
+    def audit_page(self, tenant_id: str | None, *, type: str | None, outcome: str | None, limit: int,
+                   cursor: str | None) -> AuditPage:
+        return self.inner.audit_page(tenant_id, type=type, outcome=outcome, limit=limit, cursor=cursor)
+
+    # -- writes that change configuration (invalidate everywhere) ---------------------------------
+
+    def create_tenant(self, slug: str, name: str, key: NewSigningKey) -> Tenant:
+        return self._write(lambda: self.inner.create_tenant(slug, name, key))
+
+    def update_tenant(self, tenant_id: str, *, name: str) -> Tenant:
+        return self._write(lambda: self.inner.update_tenant(tenant_id, name=name))
+
+    def delete_tenant(self, tenant_id: str) -> None:
+        self._write(lambda: self.inner.delete_tenant(tenant_id))
+
+    def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str) -> AdminKey:
+        return self._write(lambda: self.inner.create_admin_key(tenant_id, key_hash, label))
+
+    def create_connection(self, tenant_id: str, draft: ConnectionDraft) -> Connection:
+        return self._write(lambda: self.inner.create_connection(tenant_id, draft))
+
+    def replace_connection(self, connection_id: str, draft: ConnectionDraft) -> Connection:
+        return self._write(lambda: self.inner.replace_connection(connection_id, draft))
+
+    def delete_connection(self, connection_id: str) -> None:
+        self._write(lambda: self.inner.delete_connection(connection_id))
+
+    def create_app(self, tenant_id: str, client_id: str, draft: AppDraft, secret_hash: str | None) -> App:
+        return self._write(lambda: self.inner.create_app(tenant_id, client_id, draft, secret_hash))
+
+    def replace_app(self, app_id: str, draft: AppDraft, secret_hash: str | None) -> App:
+        return self._write(lambda: self.inner.replace_app(app_id, draft, secret_hash))
+
+    def delete_app(self, app_id: str) -> None:
+        self._write(lambda: self.inner.delete_app(app_id))
+
+    def add_signing_key(self, tenant_id: str, key: NewSigningKey) -> SigningKey:
+        return self._write(lambda: self.inner.add_signing_key(tenant_id, key))
+
+    # -- writes that are not configuration -------------------------------------------------------
+
+    def save_metadata_state(self, connection_id: str, state: MetadataState) -> None:
+        self.inner.save_metadata_state(connection_id, state)
+
+    def touch_last_login(self, connection_id: str, when: float) -> None:
+        self.inner.touch_last_login(connection_id, when)
+
+    def record(self, event: AuditEvent) -> None:
+        tenant_id = None
+        if event.tenant is not None:
+            tenant = self.tenant_by_slug(event.tenant)
+            tenant_id = tenant.id if tenant is not None else None
+        self.inner.record(event, tenant_id=tenant_id)
