@@ -90,6 +90,7 @@ def build_services(
     metrics = Metrics()
     registry = ConnectorRegistry(
         public_url=settings.public_url, state=state, clock=clock, fetcher=fetcher, metrics=metrics,
+        upstream_timeout=settings.upstream_timeout,
         metadata_provider=MetadataProvider(config, fetcher, clock, timeout=settings.upstream_timeout,
                                            max_bytes=settings.max_metadata_bytes, metrics=metrics),
     )
@@ -171,6 +172,9 @@ def _register_hooks(app: Flask, svc: Services) -> None:
         if surface == "admin":
             return admin_error(err)
         if surface == "oauth":
+            if err.status >= 500:  # RFC 6749 §5.2 codes only; the precise cause is in the log
+                return oauth_error(BrokerError("The service is temporarily unavailable; try again shortly.",
+                                               code="temporarily_unavailable", status=503))
             return oauth_error(err)
         return html_error(err)
 

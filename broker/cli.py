@@ -62,12 +62,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         def load(self) -> Any:
             return create_app(settings, migrate=False)
 
-    print(
-        json.dumps({"event": "serving", "url": settings.public_url, "bind": f"{args.host}:{args.port}",
-                    "workers": workers}),
-        file=sys.stderr,
-        flush=True,
-    )
+    logs.get("broker.cli").info("serving", extra={"url": settings.public_url, "bind": f"{args.host}:{args.port}",
+                                                  "workers": workers})
     Server().run()
     return 0
 
@@ -119,6 +115,89 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_DATABASE_URL = "sqlite:///broker-demo.db"
+
+
+def _demo_env(args: argparse.Namespace) -> dict[str, str]:
+    """The environment `broker demo` runs with: dev, in-process state, an SQLite file unless DATABASE_URL is set,
+    and a public URL for the bound port unless BROKER_PUBLIC_URL is set."""
+    env = dict(os.environ)
+    if (env.get("BROKER_ENV") or "dev").strip().lower() != "dev":
+        raise ConfigError("`broker demo` runs with BROKER_ENV=dev only: it serves the development IdP.")
+    env["BROKER_ENV"] = "dev"
+    env.pop("REDIS_URL", None)  # one worker, the in-process state store
+    env["DATABASE_URL"] = env.get("DATABASE_URL") or DEMO_DATABASE_URL
+    if not env.get("BROKER_PUBLIC_URL"):
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::", "") else args.host  # noqa: S104 - comparing
+        env["BROKER_PUBLIC_URL"] = f"http://[{host}]:{args.port}" if ":" in host else f"http://{host}:{args.port}"
+    return env
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from broker.settings import project_root
+
+    env = _demo_env(args)
+    settings = load_settings(env)
+    if not settings.dev_idp:
+        raise ConfigError("`broker demo` needs the development IdP: unset BROKER_DEV_IDP (or set it to true).")
+    config_path = Path(args.config) if args.config else project_root() / "config" / "demo.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"The demo config {config_path} does not exist (install from a source checkout, or "
+                          "pass --config PATH).")
+    logs.configure(settings.log_level)
+
+    from broker.admin.apply import apply_config
+    from broker.app import build_services
+    from broker.devidp.keys import demo_client_secret, dev_dir, load_or_create
+    from broker.devidp.local_fetch import DevIdpLocalFetcher
+    from broker.upstream.sources import RequestsFetcher
+
+    keys = load_or_create(dev_dir(settings.database_url))  # before any worker starts: one set of keys
+    svc = build_services(settings, migrate=True,
+                         fetcher=DevIdpLocalFetcher(RequestsFetcher(), keys, settings.public_url))
+    apply_env = {**env, "BROKER_PUBLIC_URL": settings.public_url,
+                 "BROKER_DEMO_OIDC_CLIENT_SECRET": demo_client_secret(settings.secret_key.reveal())}
+    try:
+        result = apply_config(svc.admin, config_path, env=apply_env)
+    finally:
+        svc.extras["engine"].dispose()
+    print(f"{config_path.name}: " + result.render().replace("\n", "\n  "), file=sys.stderr, flush=True)
+
+    from gunicorn.app.base import BaseApplication
+
+    from broker.app import create_app
+
+    url = f"{settings.public_url}/demo"
+
+    def when_ready(_server: Any) -> None:
+        print(f"\nThe broker demo is running. Open {url}\n"
+              f"(development IdP: {settings.public_url}/dev/idp/ ; database: {settings.database_url} ; "
+              "Ctrl-C stops it)\n", flush=True)
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{args.host}:{args.port}")
+            self.cfg.set("workers", 1)  # the in-process state store is single-process
+            self.cfg.set("worker_class", "gthread")
+            self.cfg.set("threads", args.threads)  # the OIDC connector calls the dev OP on this same server
+            self.cfg.set("timeout", 30)
+            self.cfg.set("graceful_timeout", 5)
+            self.cfg.set("keepalive", 5)
+            self.cfg.set("accesslog", None)
+            self.cfg.set("errorlog", "-")
+            self.cfg.set("loglevel", "warning")
+            self.cfg.set("preload_app", False)
+            self.cfg.set("when_ready", when_ready)
+
+        def load(self) -> Any:
+            return create_app(settings, migrate=False)
+
+    Server().run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="broker", description="SAML 2.0 / OIDC federation broker")
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes (default: 1 without Redis, else 2x cores up to 8)")
     serve.add_argument("--threads", type=int, default=4, help="threads per worker")
     serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="the demo: SQLite, a demo tenant and the development IdP; prints where to click")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--threads", type=int, default=8, help="threads of the one worker")
+    demo.add_argument("--config", default=None, help="the demo config file (default: config/demo.yaml)")
+    demo.set_defaults(func=cmd_demo)
 
     db = sub.add_parser("db", help="database schema")
     dbsub = db.add_subparsers(dest="db_command", required=True)

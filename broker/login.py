@@ -233,7 +233,6 @@ class LoginService:
         now = self.clock.now()
         auth_time = identity.authn_instant or now
         session_id = secrets.token_urlsafe(24)
-        self.metrics.logins_succeeded.labels(tenant=tenant.slug, connection=connection.slug).inc()
         details: dict[str, Any] = {"sub": profile.sub, "idp": profile.idp}
         if identity.warnings:
             details["warnings"] = list(identity.warnings)
@@ -243,6 +242,7 @@ class LoginService:
             details["test"] = True
         self.auditor.emit("login", "success", tenant=tenant.slug, connection=connection.slug,
                           app=request.client_id if request else None, details=details, required=True)
+        self.metrics.logins_succeeded.labels(tenant=tenant.slug, connection=connection.slug).inc()
         if self.on_success is not None and purpose == "login":
             self.on_success(connection, now)
         return Finished(profile=profile, request=request, connection=connection, auth_time=auth_time,

@@ -3,9 +3,11 @@
 Every `*.yaml` / `*.yml` file in DIR (sorted, not recursive) holds `tenants: [...]`. Connection and app
 entries are admin API bodies (admin/schema.py) plus three file-only references that keep data and secrets
 out of the YAML: `saml.metadata_file` (a path relative to the YAML file), `oidc.client_secret_env` and an
-app's `client_secret_env` (names of environment variables). Everything is validated first by the admin
-API's own code (schema.parse, AdminService._draft / _app_draft); only then is the plan written, inside one
-`store.atomic()` transaction, so an error anywhere leaves the database exactly as it was.
+app's `client_secret_env` (names of environment variables). A `${NAME}` inside any string value is replaced
+by the environment variable NAME, which must be set (e.g. `issuer: ${BROKER_PUBLIC_URL}/dev/idp/oidc`).
+Everything is validated first by the admin API's own code (schema.parse, AdminService._draft /
+_app_draft); only then is the plan written, inside one `store.atomic()` transaction, so an error anywhere
+leaves the database exactly as it was.
 
 The plan compares the normalized desired spec with what is stored: generated values (SP key pairs, signing
 keys, timestamps, versions) are never differences, and nothing is regenerated or rotated on re-apply.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,6 +217,20 @@ def _env_value(where: Where, name: Any, env: Mapping[str, str]) -> str:
     return value
 
 
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def _substitute_env(where: Where, value: Any, env: Mapping[str, str]) -> Any:
+    """Replace every `${NAME}` in string values (not keys) with the environment variable NAME (must be set)."""
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: _env_value(where, m.group(1), env), value)
+    if isinstance(value, list):
+        return [_substitute_env(where.at(f"[{i}]"), v, env) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _substitute_env(where.at(str(k)), v, env) for k, v in value.items()}
+    return value
+
+
 def _read_metadata_file(where: Where, ref: Any, base: Path) -> str:
     if not isinstance(ref, str) or not ref:
         raise where.error("must be a path to an IdP metadata XML file, relative to this YAML file")
@@ -316,6 +333,7 @@ def load_file(path: Path, env: Mapping[str, str]) -> list[TenantSpec]:
         return []
     if not isinstance(data, dict):
         raise top.error("must be a mapping with a `tenants` list")
+    data = _substitute_env(top, data, env)
     try:
         parsed = schema.parse(ConfigFile, data)
     except BrokerError as exc:

@@ -35,6 +35,8 @@ from broker.ports import AppDraft, AuditPage, ConnectionDraft, MetadataState, Ne
 from broker.store.sealing import Sealer
 from broker.store.tables import AdminKeyRow, AppRow, AuditRow, ConnectionRow, SigningKeyRow, TenantRow
 
+_AUDIT_INSERT = insert(AuditRow)
+
 
 def _utc(dt: datetime | None) -> datetime | None:
     if dt is None:
@@ -508,29 +510,30 @@ class SqlConfigStore:
     # -- audit -----------------------------------------------------------------------------------
 
     def record(self, event: AuditEvent, *, tenant_id: str | None | object = None) -> None:
-        """Append an audit event. Pass `tenant_id` when known to save a lookup by slug."""
-        with self._session() as s:
-            tid: str | None
-            if isinstance(tenant_id, str):
-                tid = tenant_id
-            elif event.tenant is not None:
-                tid = s.scalars(select(TenantRow.id).where(TenantRow.slug == event.tenant)).first()
-            else:
-                tid = None
-            s.execute(
-                insert(AuditRow).values(
-                    id=event.id,
-                    time=event.time,
-                    tenant_id=tid,
-                    tenant=event.tenant,
-                    type=event.type,
-                    connection=event.connection,
-                    app=event.app,
-                    outcome=event.outcome,
-                    reason=event.reason,
-                    details=dict(event.details),
-                )
-            )
+        """Append an audit event (one Core INSERT, outside any ORM session: it is on every login's path).
+        Pass `tenant_id` when known to save a lookup by slug."""
+        tid: str | None
+        if isinstance(tenant_id, str):
+            tid = tenant_id
+        elif event.tenant is not None:
+            found = self.tenant_by_slug(event.tenant)
+            tid = found.id if found is not None else None
+        else:
+            tid = None
+        row = {
+            "id": event.id, "time": event.time, "tenant_id": tid, "tenant": event.tenant, "type": event.type,
+            "connection": event.connection, "app": event.app, "outcome": event.outcome, "reason": event.reason,
+            "details": dict(event.details),
+        }
+        current = self._current.get()
+        if current is not None:
+            current.execute(_AUDIT_INSERT, row)
+            return
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(_AUDIT_INSERT, row)
+        except OperationalError as exc:
+            raise ServiceUnavailable("The database is unavailable.", detail=str(exc.orig)) from None
 
     def audit_page(
         self, tenant_id: str | None, *, type: str | None, outcome: str | None, limit: int, cursor: str | None

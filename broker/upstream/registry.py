@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 
 from broker.errors import LoginError
@@ -37,8 +38,10 @@ class ConnectorRegistry:
         metadata_provider: MetadataProvider | None = None,
         max_entries: int = 2048,
         metrics: Metrics | None = None,
+        upstream_timeout: float = 10.0,
     ) -> None:
         self.metrics = metrics
+        self.upstream_timeout = upstream_timeout
         self.public_url = public_url
         self.state = state
         self.clock = clock
@@ -83,6 +86,8 @@ class ConnectorRegistry:
             connector = SamlConnector(connection, public_url=self.public_url, idp=idp, state=self.state,
                                       clock=self.clock)
         else:
+            if "timeout" not in connection.settings:  # BROKER_UPSTREAM_TIMEOUT unless the connection sets one
+                connection = replace(connection, settings={**connection.settings, "timeout": self.upstream_timeout})
             connector = OidcConnector(connection, public_url=self.public_url, fetcher=self.fetcher,
                                       state=self.state, clock=self.clock)
         with self._lock:

@@ -1,0 +1,168 @@
+"""The admin pages in real headless Chromium against a real broker process (gunicorn) and the development
+IdP it serves at /dev/idp: upload the dev IdP's metadata, see the parsed certificate, save, run "test this
+connection" through the dev IdP's login page, see raw and mapped claims. Screenshots go to docs/screenshots/
+for the README."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from tests.support.broker_server import BOOTSTRAP_KEY, BrokerServer, running_broker
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerServer]:
+    tmp = tmp_path_factory.mktemp("admin-ui-browser")
+    with running_broker(tmp) as server:
+        assert server.api("POST", "/tenants", {"slug": "acme", "name": "Acme Corp"}).status_code == 201
+        r = server.api("POST", "/tenants/acme/apps", {"name": "Acme Portal",
+                                                      "redirect_uris": ["https://portal.acme.test/callback"]})
+        assert r.status_code == 201
+        yield server
+
+
+@pytest.fixture(scope="module")
+def dev_idp_metadata(broker: BrokerServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    r = requests.get(f"{broker.url}/dev/idp/saml/metadata", timeout=10)
+    if r.status_code != 200:
+        pytest.skip("the development IdP is not served by this broker (/dev/idp/saml/metadata)")
+    path = tmp_path_factory.mktemp("md") / "dev-idp-metadata.xml"
+    path.write_bytes(r.content)
+    return path
+
+
+def sign_in(page: Any, broker: BrokerServer, key: str = BOOTSTRAP_KEY) -> None:
+    page.goto(f"{broker.url}/admin/ui/tenants/acme/connections")
+    page.wait_for_url(re.compile(r".*/admin/ui/sign-in.*"))
+    page.fill("#admin_key", key)
+    page.click("#sign-in button[type=submit]")
+
+
+def test_upload_metadata_save_and_test_login_through_the_dev_idp(
+    page: Any, broker: BrokerServer, dev_idp_metadata: Path, screenshot: Any
+) -> None:
+    from playwright.sync_api import expect
+
+    problems: list[str] = []
+    # CSP violations and script errors; not "Failed to load resource" (the favicon, the refused key's 401)
+    page.on("console", lambda m: problems.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    entity_id = f"{broker.url}/dev/idp/saml/metadata"
+
+    page.goto(f"{broker.url}/admin/ui/")
+    page.wait_for_url(re.compile(r".*/admin/ui/sign-in.*"))
+    screenshot(page, "admin-sign-in")
+    page.fill("#admin_key", "not-a-real-key")
+    page.click("#sign-in button[type=submit]")
+    expect(page.locator(".msg.error")).to_contain_text("That admin key is not valid.")
+    page.fill("#admin_key", BOOTSTRAP_KEY)
+    page.click("#sign-in button[type=submit]")
+    page.wait_for_url(re.compile(r".*/admin/ui/tenants/acme/connections$"))
+
+    # step 1: upload the metadata file; see what was understood, nothing saved yet
+    page.click("text=New SAML connection")
+    page.set_input_files("#metadata_file", str(dev_idp_metadata))
+    page.click("text=Read metadata")
+    understood = page.locator("#understood")
+    expect(understood).to_contain_text(entity_id)
+    expect(understood).to_contain_text("days left")
+    expect(understood).to_contain_text(f"{broker.url}/dev/idp/saml/sso")
+    expect(understood.locator(".cert")).to_have_count(1)
+    assert broker.api("GET", "/tenants/acme/connections").json()["connections"] == []
+    screenshot(page, "admin-metadata-preview")
+
+    # step 2: slug, domains, preset -> saved
+    page.fill("#slug", "dev-idp")
+    page.fill("#domains", "example.com")
+    page.select_option("#preset", "okta")
+    page.click("text=Save connection")
+    page.wait_for_url(re.compile(r".*/connections/dev-idp\?notice=created$"))
+    acs = f"{broker.url}/t/acme/connections/dev-idp/saml/acs"
+    expect(page.locator("#sp-acs")).to_have_text(acs)
+    expect(page.locator("#sp-entity")).to_have_text(f"{broker.url}/t/acme/connections/dev-idp/saml/metadata")
+    expect(page.locator("#idp-metadata")).to_contain_text("days left")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=broker.url)
+    page.click("button[data-copy=sp-acs]")
+    expect(page.locator("button[data-copy=sp-acs]")).to_have_text("Copied")
+    assert page.evaluate("navigator.clipboard.readText()") == acs
+    screenshot(page, "admin-connection")
+
+    # test this connection: a real login at the development IdP
+    page.click("#test-connection")
+    page.wait_for_url(re.compile(r".*/dev/idp/login.*"))
+    page.fill("#email", "grace@example.com")
+    page.fill("#name", "Grace Hopper")
+    page.check("#group-admins")
+    page.click("#sign-in")
+    page.wait_for_url(re.compile(r".*/admin/ui/tenants/acme/connections/dev-idp/test/[^/?]+$"))
+    raw = page.locator("#raw-claims")
+    expect(raw).to_contain_text("firstName")
+    expect(raw).to_contain_text("Grace")
+    expect(raw).to_contain_text(entity_id)
+    mapped = page.locator("#mapped-claims")
+    expect(mapped).to_contain_text("grace@example.com")
+    expect(mapped).to_contain_text("Hopper")
+    expect(mapped).to_contain_text("Admins")
+    screenshot(page, "admin-test-result")
+
+    # mapping editor: dry run with the attributes that just came back, then save
+    page.click("text=Use these attributes in the mapping dry run")
+    expect(page.locator("#sample")).to_contain_text("grace@example.com")
+    page.fill("#rules", '[{"op": "map_values", "from": "groups", "to": "roles", '
+                        '"table": {"Admins": "admin"}, "default": "member"}]')
+    page.click("#dry-run")
+    result = page.locator("#dry-run-result")
+    expect(result).to_contain_text("roles")
+    expect(result).to_contain_text("map_values")
+    expect(result).to_contain_text('["admin"]')
+    screenshot(page, "admin-mapping-dry-run")
+    page.click("#save-mapping")
+    expect(page.locator(".msg.notice")).to_contain_text("The mapping was saved.")
+    rules = broker.api("GET", "/tenants/acme/connections/dev-idp").json()["mapping"]["rules"]
+    assert rules[0]["op"] == "map_values"
+
+    page.click("header >> text=Connections")
+    expect(page.locator("#connections")).to_contain_text("dev-idp")
+    expect(page.locator("#connections")).to_contain_text("days left")
+    screenshot(page, "admin-connections")
+    page.click("header >> text=Apps")
+    expect(page.locator("#apps")).to_contain_text("Acme Portal")
+    screenshot(page, "admin-apps")
+    page.click("header >> text=Audit log")
+    page.select_option("#type", "login")
+    page.click("text=Filter")
+    expect(page.locator("#audit")).to_contain_text("dev-idp")
+    page.select_option("#type", "")
+    page.click("text=Filter")
+    expect(page.locator("#audit")).to_contain_text("connection.create")
+    screenshot(page, "admin-audit")
+
+    page.click("header >> text=Sign out")
+    page.wait_for_url(re.compile(r".*/admin/ui/sign-in$"))
+    page.goto(f"{broker.url}/admin/ui/tenants/acme/connections")
+    page.wait_for_url(re.compile(r".*/admin/ui/sign-in.*"))
+    assert problems == [], problems
+
+
+def test_tenant_key_sees_only_its_tenant(page: Any, broker: BrokerServer) -> None:
+    from playwright.sync_api import expect
+
+    assert broker.api("POST", "/tenants", {"slug": "globex", "name": "Globex"}).status_code == 201
+    key = broker.api("POST", "/tenants/acme/admin-keys", {}).json()["key"]
+    sign_in(page, broker, key)
+    page.wait_for_url(re.compile(r".*/admin/ui/tenants/acme/connections$"))
+    page.goto(f"{broker.url}/admin/ui/tenants")
+    expect(page.locator("main")).to_contain_text("Acme Corp")
+    expect(page.locator("main")).not_to_contain_text("Globex")
+    response = page.goto(f"{broker.url}/admin/ui/tenants/globex/connections")
+    assert response is not None and response.status == 404
+    expect(page.locator("h1")).to_have_text("Not found")
