@@ -214,7 +214,7 @@ def _run(
                 return None, error, tuple(steps), raw
             if record:
                 changed = _diff(before, claims.values, claims.touched)
-                if changed:
+                if changed or label == "rule":  # the connection's own rules are always listed, even as no-ops
                     steps.append(Step(index=rule.index, source=label, rule=dict(rule.spec), changed=changed))
 
     sources = (
