@@ -155,6 +155,9 @@ def _register_hooks(app: Flask, svc: Services) -> None:
         logs.request_id.set(rid)
         logs.tenant.set(None)
         logs.connection.set(None)
+        begin = getattr(svc.config, "begin_request", None)
+        if begin is not None:
+            begin()
 
     @app.after_request
     def _finish(resp: Response) -> Response:
@@ -163,6 +166,12 @@ def _register_hooks(app: Flask, svc: Services) -> None:
         endpoint = request.url_rule.endpoint if request.url_rule is not None else "unmatched"
         svc.metrics.http_requests.labels(endpoint=endpoint, status=str(resp.status_code)).inc()
         return resp
+
+    @app.teardown_request
+    def _end(_: BaseException | None) -> None:
+        end = getattr(svc.config, "end_request", None)
+        if end is not None:
+            end()
 
     @app.errorhandler(BrokerError)
     def _broker_error(err: BrokerError) -> Response:

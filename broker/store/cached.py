@@ -3,7 +3,8 @@
 Every configuration write (admin API, `config apply`, key rotation) replaces a random generation token in
 the shared StateStore after its transaction commits. Each cached read first fetches that token (one Redis GET,
 or a dict lookup in-process) and uses only entries loaded under the current token, so a change made on any
-replica is seen by every other replica on its next request — no staleness window. Entries also expire after
+replica is seen by every other replica on its next request — no staleness window. The token is fetched once per request (the web layer calls `begin_request()`), so a request sees one
+consistent generation. Entries also expire after
 `max_age` seconds, a backstop should a token update ever be lost.
 
 Only the login/token hot path reads through the cache (tenants, connections, apps, signing keys); audit
@@ -44,11 +45,28 @@ class CachedConfigStore:
         self._entries: OrderedDict[tuple[Any, ...], tuple[bytes | None, float, Any]] = OrderedDict()
         self._in_atomic: ContextVar[bool] = ContextVar(f"broker_cache_atomic_{id(self)}", default=False)
         self._dirty: ContextVar[bool] = ContextVar(f"broker_cache_dirty_{id(self)}", default=False)
+        # one generation fetch per request: set by begin_request(), which the web layer calls first
+        self._memo: ContextVar[tuple[bytes | None] | tuple[()] | None] = ContextVar(
+            f"broker_cache_memo_{id(self)}", default=None)
 
     # -- generation ------------------------------------------------------------------------------
 
+    def begin_request(self) -> None:
+        """Start a request scope: its first cached read fetches the generation, later reads reuse it."""
+        self._memo.set(())
+
+    def end_request(self) -> None:
+        """Leave the request scope: outside one, every cached read fetches the generation."""
+        self._memo.set(None)
+
     def _generation(self) -> bytes | None:
-        return self.state.get(GENERATION_KEY)
+        memo = self._memo.get()
+        if memo:
+            return memo[0]
+        gen = self.state.get(GENERATION_KEY)
+        if memo is not None:
+            self._memo.set((gen,))
+        return gen
 
     def invalidate(self) -> None:
         """Announce a configuration change to every replica (called after a write commits)."""
@@ -57,6 +75,8 @@ class CachedConfigStore:
             return
         with self._lock:
             self._entries.clear()
+        if self._memo.get() is not None:
+            self._memo.set(())
         self.state.put(GENERATION_KEY, secrets.token_bytes(12), ttl=GENERATION_TTL)
 
     def _cached(self, key: tuple[Any, ...], load: Callable[[], T]) -> T:

@@ -65,3 +65,17 @@ def test_rolled_back_batch_leaves_reads_unchanged(replicas: tuple[CachedConfigSt
             a.update_tenant(t.id, name="Doomed")
             raise RuntimeError("boom")
     assert b.tenant_by_slug("acme").name == "Acme"  # type: ignore[union-attr]
+
+
+def test_one_generation_per_request_scope(replicas: tuple[CachedConfigStore, CachedConfigStore]) -> None:
+    a, b = replicas
+    t = a.create_tenant("acme", "Acme", _key())
+    b.begin_request()
+    assert b.tenant_by_slug("acme").name == "Acme"  # type: ignore[union-attr]
+    a.update_tenant(t.id, name="Changed")
+    assert b.tenant_by_slug("acme").name == "Acme"  # type: ignore[union-attr]  # same request: one view
+    b.end_request()
+    assert b.tenant_by_slug("acme").name == "Changed"  # type: ignore[union-attr]
+    b.begin_request()
+    assert b.tenant_by_slug("acme").name == "Changed"  # type: ignore[union-attr]
+    b.end_request()
