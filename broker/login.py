@@ -37,6 +37,12 @@ def binding_digest(cookie_value: str) -> str:
     return hashlib.sha256(b"broker-browser-binding\x00" + cookie_value.encode()).hexdigest()
 
 
+def public_sid(session_id: str) -> str:
+    """The `sid` claim for a broker session: derived one-way, so an ID token never carries the cookie value
+    that would let its holder take over the session."""
+    return hashlib.sha256(b"broker-sid\x00" + session_id.encode()).hexdigest()[:32]
+
+
 def email_domain(value: str | None) -> str | None:
     if not value or "@" not in value:
         return None

@@ -20,6 +20,7 @@ ALLOWED: dict[str, set[str]] = {
     "admin": COMMON | {"upstream", "claims", "samlxml", "issuer", "audit"},
     "login": COMMON | {"upstream", "claims", "samlxml", "audit", "metrics"},
     "store": COMMON,
+    "devidp": COMMON | {"samlxml", "issuer"},
     "audit": COMMON,
     "metrics": set(),
     "settings": {"errors"},

@@ -1,11 +1,11 @@
 """A read-through cache in front of the SQL ConfigStore, kept exact across replicas by a generation token.
 
 Every configuration write (admin API, `config apply`, key rotation) replaces a random generation token in
-the shared StateStore after its transaction commits. Each cached read first fetches that token (one Redis GET,
-or a dict lookup in-process) and uses only entries loaded under the current token, so a change made on any
-replica is seen by every other replica on its next request — no staleness window. The token is fetched once per request (the web layer calls `begin_request()`), so a request sees one
-consistent generation. Entries also expire after
-`max_age` seconds, a backstop should a token update ever be lost.
+the shared StateStore after its transaction commits. A request fetches that token once (one Redis GET, or a
+dict lookup in-process; the web layer calls `begin_request()`) and uses only entries loaded under it, so a
+change made on any replica is seen by every other replica from its next request on — no staleness window —
+and one request sees one consistent generation. Entries also expire after `max_age` seconds, a backstop
+should a token update ever be lost.
 
 Only the login/token hot path reads through the cache (tenants, connections, apps, signing keys); audit
 events, metadata refresh state and last-login stamps go straight to the database.

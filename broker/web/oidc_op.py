@@ -12,7 +12,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from broker import logs
 from broker.errors import BrokerError, LoginError, NotFound
 from broker.issuer.server import AuthorizeError, HttpRequest, HttpResponse
-from broker.login import LoginFailed, email_domain
+from broker.login import LoginFailed, email_domain, public_sid
 from broker.model import AuthorizationRequest, Tenant
 from broker.web.context import services
 from broker.web.cookies import SESSION_COOKIE, browser_binding, clear_session_cookie, set_session_cookie
@@ -133,7 +133,7 @@ def authorize(tenant: str) -> Response:
         wanted = params.get("connection")
         if fresh and same_realm and (not wanted or wanted == session.connection_slug):
             url = issuer.authorization_response(t, req, session.profile, auth_time=session.auth_time,
-                                                session_id=session.id)
+                                                session_id=public_sid(session.id))
             return redirect_to(url)
     if "none" in req.prompt:
         return redirect_to(issuer.error_redirect(t, req, "login_required", "The user is not signed in."))
@@ -226,9 +226,9 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
             f"/test/{key}"))
     session_id = login.save_session(tenant, finished)
     if svc.settings.env == "dev":
-        login.save_result("session:" + session_id, finished)
+        login.save_result("session:" + public_sid(session_id), finished)
     url = issuer.authorization_response(tenant, finished.request, finished.profile, auth_time=finished.auth_time,
-                                        session_id=session_id)
+                                        session_id=public_sid(session_id))
     resp = redirect_to(url)
     set_session_cookie(resp, session_id, tenant.slug)
     g.login_done = True

@@ -72,3 +72,21 @@ def test_logout_ends_the_session(sec: Setup) -> None:
     assert r.status_code == 200
     r = _authorize(sec, prompt="none")
     assert query_of(r.headers["Location"])["error"] == "login_required"
+
+
+def test_id_token_sid_is_not_the_session_cookie(sec: Setup) -> None:
+    """An app holding an ID token must not learn the value that opens the user's broker session."""
+    import base64
+    import json
+
+    code = _sign_in(sec)
+    cookie = sec.client.get_cookie("broker_session", path="/t/acme/")
+    assert cookie is not None
+    app = sec.apps["acme"]
+    basic = base64.b64encode(f"{app['client_id']}:{app['client_secret']}".encode()).decode()
+    r = sec.client.post("/t/acme/token", data={"grant_type": "authorization_code", "code": code,
+                                               "redirect_uri": REDIRECT_URI},
+                        headers={"Authorization": f"Basic {basic}"})
+    payload = r.get_json()["id_token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["sid"] and claims["sid"] != cookie.value and cookie.value not in json.dumps(claims)
