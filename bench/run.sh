@@ -31,6 +31,7 @@ done
 export REDIS_URL="${REDIS_URL:-redis://127.0.0.1:6379/14}"
 export BROKER_PUBLIC_URL="http://127.0.0.1:$PORT"
 export BROKER_ENV=dev   # production refuses http:// public URLs; dev also migrates the fresh database
+export BROKER_DEV_IDP=false   # no development IdP and demo page: measure what production runs
 export BROKER_SECRET_KEY="bench-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz"
 export BROKER_BOOTSTRAP_ADMIN_KEY="bench-admin-key-$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 export BROKER_LOG_LEVEL="${BROKER_LOG_LEVEL:-INFO}"

@@ -29,7 +29,7 @@ from broker.upstream.saml import parse_saml_settings
 from broker.upstream.saml_keys import generate_sp_credentials
 
 DEFAULT_PRESET = {"saml": "generic-saml", "oidc": "generic-oidc"}
-SECRET_FIELDS = {"oidc": ("client_secret",), "saml": ()}
+SECRET_FIELDS = {"oidc": ("client_secret", "private_key_jwt"), "saml": ()}
 
 
 class SecretHashing(Protocol):
@@ -315,7 +315,8 @@ class AdminService:
                 "encryption_certificate": c.sp.encryption_cert_pem if c.sp else None,
             }
         else:
-            out["oidc"] = {**settings, "client_secret_set": bool(c.settings.get("client_secret"))}
+            out["oidc"] = {**settings, "client_secret_set": bool(c.settings.get("client_secret")),
+                           "private_key_jwt_set": bool(c.settings.get("private_key_jwt"))}
             out["redirect_uri"] = self.urls.oidc_callback(tenant.slug, c.slug)
         return out
 

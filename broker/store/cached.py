@@ -35,7 +35,7 @@ _MISSING = object()
 
 class CachedConfigStore:
     def __init__(self, inner: SqlConfigStore, state: StateStore, *, max_age: float = 60.0,
-                 max_entries: int = 50_000, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic) -> None:
         self.inner = inner
         self.state = state
         self.max_age = max_age

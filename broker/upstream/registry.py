@@ -36,7 +36,7 @@ class ConnectorRegistry:
         clock: Clock,
         fetcher: Fetcher,
         metadata_provider: MetadataProvider | None = None,
-        max_entries: int = 2048,
+        max_entries: int = 20_000,
         metrics: Metrics | None = None,
         upstream_timeout: float = 10.0,
     ) -> None:

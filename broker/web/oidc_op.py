@@ -225,7 +225,7 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
             f"{svc.settings.public_url}/admin/ui/tenants/{tenant.slug}/connections/{finished.connection.slug}"
             f"/test/{key}"))
     session_id = login.save_session(tenant, finished)
-    if svc.settings.env == "dev":
+    if svc.settings.dev_idp:  # the demo page shows what the development IdP sent
         login.save_result("session:" + public_sid(session_id), finished)
     url = issuer.authorization_response(tenant, finished.request, finished.profile, auth_time=finished.auth_time,
                                         session_id=public_sid(session_id))

@@ -409,3 +409,28 @@ def test_openapi_document_matches_routes(client: FlaskClient) -> None:
                 served.add((m, rule.rule))
     assert served - documented == set(), "served but not documented"
     assert documented - served == set(), "documented but not served"
+
+
+def test_private_key_jwt_key_is_sealed_and_never_shown(admin: AdminClient, client: FlaskClient) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    admin.tenant("acme")
+    body = {"slug": "pkj", "protocol": "oidc", "oidc": {"issuer": "https://op.example", "client_id": "c1",
+                                                       "token_endpoint_auth_method": "private_key_jwt",
+                                                       "private_key_jwt": pem}}
+    r = admin.call("POST", "/tenants/acme/connections", body)
+    assert r.status_code == 201, r.get_json()
+    shown = admin.call("GET", "/tenants/acme/connections/pkj").get_json()
+    assert "PRIVATE KEY" not in str(shown) and "PRIVATE KEY" not in str(r.get_json())
+    assert shown["oidc"]["private_key_jwt_set"] is True
+    svc = client.application.extensions["broker"]
+    tenant = svc.config.tenant_by_slug("acme")
+    assert svc.config.connection(tenant.id, "pkj").settings["private_key_jwt"] == pem
+    from sqlalchemy import text
+
+    with svc.extras["engine"].connect() as conn:
+        raw = conn.execute(text("SELECT settings, sealed_secrets FROM connections")).one()
+    assert "PRIVATE KEY" not in str(raw.settings) and "PRIVATE KEY" not in raw.sealed_secrets
