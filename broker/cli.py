@@ -58,6 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             self.cfg.set("errorlog", "-")
             self.cfg.set("loglevel", "warning")
             self.cfg.set("preload_app", False)  # each worker opens its own DB pool and Redis client
+            if os.path.isdir("/dev/shm"):  # noqa: S108 - the heartbeat file: tmpfs, not a disk write per request
+                self.cfg.set("worker_tmp_dir", "/dev/shm")  # noqa: S108
 
         def load(self) -> Any:
             return create_app(settings, migrate=False)
