@@ -28,6 +28,7 @@ import base64
 import binascii
 import calendar
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -369,9 +370,7 @@ def _decrypt_assertion(slot: etree._Element, exp: ResponseExpectations) -> etree
     failures: list[str] = []
     for index, key_pem in enumerate(exp.sp_decryption_keys):
         try:
-            manager = xmlsec.KeysManager()
-            manager.add_key(xmlsec.Key.from_memory(key_pem, xmlsec.constants.KeyDataFormatPem, None))
-            ctx = xmlsec.EncryptionContext(manager)
+            ctx = xmlsec.EncryptionContext(_decryption_manager(key_pem))
             decrypted = ctx.decrypt(enc_data)
         except xmlsec.Error as exc:
             failures.append(f"key #{index}: {exc}")
@@ -392,6 +391,25 @@ def _decrypt_assertion(slot: etree._Element, exp: ResponseExpectations) -> etree
         raise _fail("saml_signature_wrapping", "decrypted content carries extra assertions")
     _check_no_processing_instructions(decrypted)
     return decrypted
+
+
+_managers = threading.local()
+
+
+def _decryption_manager(key_pem: bytes) -> xmlsec.KeysManager:
+    """A keys manager holding one SP decryption key, made once per key and thread (making one costs ~10 ms,
+    most of it setting up an X.509 store; a thread's own copy is never shared while in use)."""
+    cache: dict[bytes, xmlsec.KeysManager] | None = getattr(_managers, "cache", None)
+    if cache is None:
+        cache = _managers.cache = {}
+    manager = cache.get(key_pem)
+    if manager is None:
+        if len(cache) > 64:
+            cache.clear()
+        manager = xmlsec.KeysManager()
+        manager.add_key(xmlsec.Key.from_memory(key_pem, xmlsec.constants.KeyDataFormatPem, None))
+        cache[key_pem] = manager
+    return manager
 
 
 def _check_encryption_algorithms(
