@@ -166,11 +166,14 @@ def to_json(meta: IdpMetadata, *, now: datetime | None = None) -> dict[str, Any]
                     "days_left": (cert.not_after - now).days,
                 }
             entry["use"].append(use)
+    signing = {c.sha256_fingerprint for c in meta.signing_certificates}
     return {
         "entity_id": meta.entity_id,
+        "entityID": meta.entity_id,  # the same, spelled as in SAML metadata
         "sso": [{"binding": ep.binding, "url": ep.location} for ep in meta.sso_endpoints],
         "slo": [{"binding": ep.binding, "url": ep.location} for ep in meta.slo_endpoints],
         "certificates": list(certs.values()),
+        "signing_certificates": [c for fp, c in certs.items() if fp in signing],
         "name_id_formats": list(meta.name_id_formats),
         "want_authn_requests_signed": meta.want_authn_requests_signed,
         "valid_until": _iso(meta.valid_until) if meta.valid_until else None,

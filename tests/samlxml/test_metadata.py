@@ -415,6 +415,8 @@ def test_to_json_shape() -> None:
     out = to_json(meta, now=NOW)
     assert set(out) == {
         "entity_id",
+        "entityID",
+        "signing_certificates",
         "sso",
         "slo",
         "certificates",
@@ -425,6 +427,8 @@ def test_to_json_shape() -> None:
         "warnings",
     }
     assert out["sso"][0] == {"binding": BINDING_HTTP_REDIRECT, "url": "https://idp.example.com/sso/0"}
+    assert out["entityID"] == out["entity_id"]
+    assert out["signing_certificates"] == [c for c in out["certificates"] if "signing" in c["use"]]
     cert = out["certificates"][0]
     assert set(cert) == {
         "use",
