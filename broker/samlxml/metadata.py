@@ -125,6 +125,7 @@ def parse_idp_metadata(
         )
     if valid_until is not None and valid_until <= now:
         warnings.append(f"metadata_expired: the metadata's validUntil {_iso(valid_until)} is in the past.")
+    warnings.extend(_sha1_warnings(entity, idp))
     seen: set[str] = set()
     for cert in (*signing, *encryption):
         if cert.sha256_fingerprint in seen:
@@ -180,6 +181,39 @@ def to_json(meta: IdpMetadata, *, now: datetime | None = None) -> dict[str, Any]
         "cache_duration": meta.cache_duration_seconds,
         "warnings": list(meta.warnings),
     }
+
+
+ALG_NS = "urn:oasis:names:tc:SAML:metadata:algsupport"
+SHA1_ALGORITHMS = frozenset({
+    "http://www.w3.org/2000/09/xmldsig#rsa-sha1",
+    "http://www.w3.org/2000/09/xmldsig#dsa-sha1",
+    "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha1",
+    "http://www.w3.org/2000/09/xmldsig#sha1",
+})
+
+
+def _sha1_warnings(entity: etree._Element, idp: etree._Element) -> list[str]:
+    """SHA-1 only: the IdP advertises only SHA-1 signature methods (SAML metadata algsupport), or its metadata
+    is itself signed with SHA-1 — logins will be refused unless the connection sets allow_sha1."""
+    out: list[str] = []
+    advertised = [
+        e.get("Algorithm") or ""
+        for holder in (entity, idp)
+        for ext in holder.iterchildren(f"{_MD}Extensions")
+        for e in ext.iterchildren(f"{{{ALG_NS}}}SigningMethod")
+    ]
+    if advertised and all(a in SHA1_ALGORITHMS for a in advertised):
+        out.append("sha1_only: the IdP advertises only SHA-1 signature methods; its logins are refused unless "
+                   "the connection sets allow_sha1.")
+    methods = [
+        e.get("Algorithm") or ""
+        for sig in entity.getroottree().getroot().iterchildren(f"{_DS}Signature")
+        for e in sig.iter(f"{_DS}SignatureMethod", f"{_DS}DigestMethod")
+    ]
+    if methods and all(m in SHA1_ALGORITHMS for m in methods):
+        out.append("metadata_signed_with_sha1: the metadata document itself is signed with SHA-1; the IdP "
+                   "probably signs responses with SHA-1 too (refused unless the connection sets allow_sha1).")
+    return out
 
 
 # --- document and entity selection ------------------------------------------------------------

@@ -503,3 +503,21 @@ def test_oversized_metadata_is_refused() -> None:
     with pytest.raises(SamlError) as exc:
         parse_idp_metadata(raw, now=NOW, max_bytes=4096)
     assert exc.value.code == "metadata_invalid" and "larger" in exc.value.message
+
+
+def _with_signing_methods(*algorithms: str) -> bytes:
+    methods = "".join(f'<alg:SigningMethod xmlns:alg="urn:oasis:names:tc:SAML:metadata:algsupport" '
+                      f'Algorithm="{a}"/>' for a in algorithms)
+    body = entity().replace('<md:IDPSSODescriptor', f"<md:Extensions>{methods}</md:Extensions><md:IDPSSODescriptor", 1)
+    return doc(body)
+
+
+def test_sha1_only_signing_methods_are_a_warning() -> None:
+    meta = parse_idp_metadata(_with_signing_methods("http://www.w3.org/2000/09/xmldsig#rsa-sha1"), now=NOW)
+    assert any(w.startswith("sha1_only:") for w in meta.warnings)
+
+
+def test_sha1_among_stronger_methods_is_no_warning() -> None:
+    meta = parse_idp_metadata(_with_signing_methods("http://www.w3.org/2000/09/xmldsig#rsa-sha1",
+                                                    "http://www.w3.org/2001/04/xmldsig-more#rsa-sha256"), now=NOW)
+    assert not any(w.startswith("sha1_only:") for w in meta.warnings)
