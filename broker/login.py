@@ -316,6 +316,7 @@ class LoginService:
         """Keep the raw upstream identity and the mapped profile of one login (connection tests, demo page)."""
         ident = finished.identity
         payload = {
+            "tenant": finished.connection.tenant_slug,
             "connection": finished.connection.slug,
             "protocol": ident.protocol,
             "issuer": ident.issuer,

@@ -189,6 +189,18 @@ class AdminService:
             raise NotFound(f"No connection {conn!r} in tenant {slug!r}.", code="connection_not_found")
         return tenant, connection
 
+    def preview_metadata(self, *, xml: bytes | None = None, url: str | None = None) -> tuple[IdpMetadata, bytes]:
+        """Read IdP metadata (given, or fetched from `url`) the way a save would, without saving anything."""
+        if url is not None:
+            parse_saml_settings({"metadata_url": url})  # the same URL checks a save does
+            if self.fetch_metadata is None:
+                raise ValidationFailed("Fetching metadata URLs is not available here.",
+                                       details={"field": "saml.metadata_url"})
+            xml = self.fetch_metadata(url)
+        if xml is None:
+            raise ValidationFailed("Give the IdP metadata XML or its URL.", code="metadata_invalid")
+        return self._parse_metadata(xml), xml
+
     def _parse_metadata(self, xml: bytes, entity_id: str | None = None) -> IdpMetadata:
         try:
             return parse_idp_metadata(xml, entity_id=entity_id, now=datetime.fromtimestamp(self.clock.now(), UTC),
@@ -344,6 +356,8 @@ class AdminService:
     def get_connection(self, key: AdminKey, slug: str, conn: str) -> dict[str, Any]:
         tenant, c = self.connection_for(key, slug, conn)
         out = self.connection_json(tenant, c)
+        last = self.store.last_logins(tenant.id).get(c.slug)
+        out["last_login_at"] = iso(datetime.fromtimestamp(last, UTC)) if last else None
         if c.protocol == "saml":
             out["metadata"] = self.metadata_summary(c)
         return out
@@ -420,9 +434,13 @@ class AdminService:
                                     subject_source=data.mapping.subject_source)
         compiled = compile_mapping(mapping)
         attrs = {k: tuple(v) if isinstance(v, list) else (v,) for k, v in data.attributes.items()}
+        issuer = data.issuer or str(c.settings.get("issuer") or "")
+        if not issuer and c.protocol == "saml":
+            summary = self.metadata_summary(c)
+            issuer = str((summary or {}).get("entity_id") or "")
         identity = UpstreamIdentity(
             protocol=c.protocol,
-            issuer=data.issuer or str(c.settings.get("issuer") or c.settings.get("entity_id") or ""),
+            issuer=issuer,
             subject=data.subject or "",
             subject_format=data.subject_format,
             attributes=attrs,

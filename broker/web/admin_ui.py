@@ -16,7 +16,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 from urllib.parse import urlencode
 
 from flask import Blueprint, Response, g, render_template, request
@@ -26,7 +26,6 @@ from broker.claims.presets import PRESET_NAMES
 from broker.errors import BrokerError, NotFound, StateStoreError, ValidationFailed
 from broker.model import AdminKey, Connection, Tenant
 from broker.samlxml.metadata import to_json
-from broker.upstream.saml import parse_saml_settings
 from broker.web.context import Services, services
 from broker.web.cookies import browser_binding
 from broker.web.errors import redirect_to
@@ -74,13 +73,6 @@ class SignInRequired(Exception):
 
 class CsrfRefused(Exception):
     """A POST without the session's CSRF token."""
-
-
-@runtime_checkable
-class LastLogins(Protocol):
-    """Optional store capability (SqlConfigStore has it; the ConfigStore protocol does not name it yet)."""
-
-    def last_logins(self, tenant_id: str) -> Any: ...
 
 
 def _new_session(svc: Services, key_digest: str | None) -> UiSession:
@@ -336,10 +328,7 @@ def _tenant_ctx(tenant: Tenant, section: str) -> dict[str, Any]:
 
 
 def _last_logins(svc: Services, tenant: Tenant) -> dict[str, str | None] | None:
-    store = svc.config
-    if not isinstance(store, LastLogins):
-        return None
-    return {str(k): _fmt_time(v) for k, v in dict(store.last_logins(tenant.id)).items()}
+    return {str(k): _fmt_time(v) for k, v in dict(svc.config.last_logins(tenant.id)).items()}
 
 
 def _cert_status(meta: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -413,10 +402,7 @@ def _understand(svc: Services, source: str, value: str | bytes) -> tuple[dict[st
     """
     if source == "url":
         assert isinstance(value, str)
-        parse_saml_settings({"metadata_url": value})  # the same URL checks a save does
-        if svc.admin.fetch_metadata is None:
-            raise ValidationFailed("Fetching metadata URLs is not available here.")
-        raw = svc.admin.fetch_metadata(value)
+        meta, _ = svc.admin.preview_metadata(url=value)
         settings: dict[str, Any] = {"metadata_url": value}
     else:
         raw = value.encode() if isinstance(value, str) else value
@@ -426,7 +412,7 @@ def _understand(svc: Services, source: str, value: str | bytes) -> tuple[dict[st
             raise ValidationFailed("The metadata is not UTF-8 text; upload the XML file the IdP gave you.",
                                    code="metadata_invalid") from None
         settings = {"metadata_xml": text}
-    meta = svc.admin._parse_metadata(raw)
+        meta, _ = svc.admin.preview_metadata(xml=raw)
     return settings, to_json(meta, now=datetime.fromtimestamp(svc.clock.now(), UTC))
 
 
@@ -646,7 +632,7 @@ def test_result(t: str, c: str, txn: str) -> Response:
     tenant, _ = ctx.svc.admin.connection_for(ctx.key, t, c)
     g.tenant = tenant
     result = ctx.svc.extras["login"].result(txn) if txn in ctx.session.tests else None
-    if result is None or result.get("connection") != c:
+    if result is None or result.get("connection") != c or result.get("tenant") != tenant.slug:
         raise NotFound("That test result is not available (it expires after ten minutes, and only the admin "
                        "session that started the test can see it).", code="test_result_not_found")
     profile = dict(result.get("profile") or {})
