@@ -89,6 +89,7 @@ class App:
     client_secret_hash: str | None
     version: int
     created_at: datetime
+    subject_type: str = "public"  # "public" | "pairwise" (OIDC Core §8: a different sub for each app)
 
 
 @dataclass(frozen=True, slots=True)

@@ -148,6 +148,7 @@ class AppDraft:
     access_token_ttl: int
     id_token_ttl: int
     refresh_token_ttl: int
+    subject_type: str = "public"
 
 
 @dataclass(frozen=True, slots=True)

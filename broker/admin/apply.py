@@ -435,7 +435,7 @@ def _differences(current: Mapping[str, Any], desired: Mapping[str, Any]) -> tupl
 
 _APP_FIELDS = ("name", "redirect_uris", "post_logout_redirect_uris", "public", "allowed_scopes",
                "token_endpoint_auth_method", "id_token_signed_response_alg", "access_token_ttl",
-               "id_token_ttl", "refresh_token_ttl")
+               "id_token_ttl", "refresh_token_ttl", "subject_type")
 
 
 @dataclass

@@ -112,6 +112,7 @@ class AppBody(Strict):
     access_token_ttl: int = Field(default=600, ge=30, le=86400)
     id_token_ttl: int = Field(default=600, ge=30, le=86400)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=60, le=365 * 86400)
+    subject_type: Literal["public", "pairwise"] = "public"
 
     @field_validator("redirect_uris", "post_logout_redirect_uris")
     @classmethod

@@ -465,6 +465,7 @@ class AdminService:
             "access_token_ttl": a.access_token_ttl,
             "id_token_ttl": a.id_token_ttl,
             "refresh_token_ttl": a.refresh_token_ttl,
+            "subject_type": a.subject_type,
             "created_at": iso(a.created_at),
         }
 
@@ -490,6 +491,7 @@ class AdminService:
             access_token_ttl=data.access_token_ttl,
             id_token_ttl=data.id_token_ttl,
             refresh_token_ttl=data.refresh_token_ttl,
+            subject_type=data.subject_type,
         )
 
     def app_for(self, key: AdminKey, slug: str, client_id: str) -> tuple[Tenant, App]:

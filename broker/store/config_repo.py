@@ -176,6 +176,7 @@ class SqlConfigStore:
             access_token_ttl=row.access_token_ttl,
             id_token_ttl=row.id_token_ttl,
             refresh_token_ttl=row.refresh_token_ttl,
+            subject_type=row.subject_type or "public",
             client_secret_hash=row.client_secret_hash,
             version=row.version,
             created_at=_utc(row.created_at) or _now(),
@@ -425,6 +426,7 @@ class SqlConfigStore:
         row.access_token_ttl = draft.access_token_ttl
         row.id_token_ttl = draft.id_token_ttl
         row.refresh_token_ttl = draft.refresh_token_ttl
+        row.subject_type = draft.subject_type
         row.client_secret_hash = secret_hash
 
     def create_app(self, tenant_id: str, client_id: str, draft: AppDraft, secret_hash: str | None) -> App:

@@ -93,6 +93,8 @@ class AppRow(Base):
     id_token_ttl: Mapped[int] = mapped_column(Integer, nullable=False)
     refresh_token_ttl: Mapped[int] = mapped_column(Integer, nullable=False)
     client_secret_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    subject_type: Mapped[str] = mapped_column(String(10), nullable=False, default="public",
+                                              server_default="public")
     version: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import html
 import time
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from broker import logs
+from broker.claims.subject import pairwise_sub
 from broker.errors import BrokerError, LoginError, NotFound
 from broker.issuer.server import AuthorizeError, HttpRequest, HttpResponse
 from broker.login import LoginFailed, email_domain, public_sid
-from broker.model import AuthorizationRequest, Tenant
+from broker.model import AuthorizationRequest, Profile, Tenant
 from broker.web.context import services
 from broker.web.cookies import SESSION_COOKIE, browser_binding, clear_session_cookie, set_session_cookie
 from broker.web.errors import html_error, html_page, redirect_to
@@ -132,7 +134,8 @@ def authorize(tenant: str) -> Response:
         same_realm = hinted is None or hinted == email_domain(session.profile.email)
         wanted = params.get("connection")
         if fresh and same_realm and (not wanted or wanted == session.connection_slug):
-            url = issuer.authorization_response(t, req, session.profile, auth_time=session.auth_time,
+            url = issuer.authorization_response(t, req, for_app(t, req, session.profile),
+                                                auth_time=session.auth_time,
                                                 session_id=public_sid(session.id))
             return redirect_to(url)
     if "none" in req.prompt:
@@ -205,6 +208,14 @@ def logout(tenant: str) -> Response:
     return _no_store(resp)
 
 
+def for_app(tenant: Tenant, request: AuthorizationRequest, profile: Profile) -> Profile:
+    """The profile as this app sees it: a pairwise app gets its own `sub` (OIDC Core 1.0 §8.1)."""
+    app = services().config.app(tenant.id, request.client_id)
+    if app is not None and app.subject_type == "pairwise":
+        return replace(profile, sub=pairwise_sub(profile.sub, app.client_id))
+    return profile
+
+
 def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
     """Shared by the SAML ACS and the OIDC callback: answer the app after login.finish()."""
     svc = services()
@@ -227,7 +238,8 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
     session_id = login.save_session(tenant, finished)
     if svc.settings.dev_idp:  # the demo page shows what the development IdP sent
         login.save_result("session:" + public_sid(session_id), finished)
-    url = issuer.authorization_response(tenant, finished.request, finished.profile, auth_time=finished.auth_time,
+    url = issuer.authorization_response(tenant, finished.request, for_app(tenant, finished.request, finished.profile),
+                                        auth_time=finished.auth_time,
                                         session_id=public_sid(session_id))
     resp = redirect_to(url)
     set_session_cookie(resp, session_id, tenant.slug)

@@ -23,7 +23,7 @@ def test_discovery_fields(env: Env) -> None:
     assert d["response_types_supported"] == ["code"]
     assert d["response_modes_supported"] == ["query"]
     assert set(d["grant_types_supported"]) == {"authorization_code", "refresh_token"}
-    assert d["subject_types_supported"] == ["public"]
+    assert d["subject_types_supported"] == ["public", "pairwise"]
     assert d["id_token_signing_alg_values_supported"] == ["RS256", "ES256"]
     assert d["token_endpoint_auth_methods_supported"] == ["client_secret_basic", "client_secret_post", "none"]
     assert d["scopes_supported"] == ["openid", "profile", "email", "groups", "offline_access"]

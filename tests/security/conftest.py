@@ -47,7 +47,7 @@ class Setup:
     def begin(self, tenant: str = "acme", conn: str = "okta", state: str = "st") -> Pending:
         app = self.apps[tenant]
         q = urlencode({"response_type": "code", "client_id": app["client_id"], "redirect_uri": REDIRECT_URI,
-                       "scope": "openid email profile", "state": state, "connection": conn})
+                       "scope": "openid email profile", "state": state, "connection": conn, "prompt": "login"})
         r = self.client.get(f"/t/{tenant}/authorize?{q}")
         assert r.status_code == 302, r.data[:300]
         params = query_of(r.headers["Location"])

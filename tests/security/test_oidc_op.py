@@ -102,3 +102,32 @@ def test_access_token_of_tenant_a_is_refused_by_tenant_b(sec: Setup) -> None:
     access = _token(sec, "acme", code).get_json()["access_token"]
     r = sec.client.get("/t/globex/userinfo", headers={"Authorization": f"Bearer {access}"})
     assert r.status_code == 401
+
+
+def _id_token_sub(sec: Setup, tenant: str, code: str, client: dict[str, Any]) -> str:
+    import json
+
+    basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
+    r = sec.client.post(f"/t/{tenant}/token", data={"grant_type": "authorization_code", "code": code,
+                                                    "redirect_uri": REDIRECT_URI},
+                        headers={"Authorization": f"Basic {basic}"})
+    assert r.status_code == 200, r.get_json()
+    payload = r.get_json()["id_token"].split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    sub: str = claims["sub"]
+    info = sec.client.get(f"/t/{tenant}/userinfo", headers={"Authorization": f"Bearer {r.get_json()['access_token']}"})
+    assert info.get_json()["sub"] == sub
+    return sub
+
+
+def test_pairwise_apps_see_different_subjects_for_the_same_user(sec: Setup) -> None:
+    public_sub = _id_token_sub(sec, "acme", _login_code(sec), sec.apps["acme"])
+    pairwise = sec.admin("POST", "/tenants/acme/apps", {"name": "P", "redirect_uris": [REDIRECT_URI],
+                                                        "subject_type": "pairwise"}).get_json()
+    assert pairwise["subject_type"] == "pairwise"
+    sec.apps["acme"] = pairwise
+    first = _id_token_sub(sec, "acme", _login_code(sec), pairwise)
+    second = _id_token_sub(sec, "acme", _login_code(sec), pairwise)
+    assert first == second != public_sub
+    assert "pairwise" in sec.client.get("/t/acme/.well-known/openid-configuration").get_json()[
+        "subject_types_supported"]
