@@ -21,7 +21,16 @@ from broker.audit import Auditor
 from broker.claims.pipeline import apply, compile_mapping
 from broker.errors import BrokerError, LoginError, NotFound, StateStoreError
 from broker.metrics import Metrics
-from broker.model import AuthorizationRequest, Connection, LoginTransaction, Profile, Tenant, UpstreamIdentity
+from broker.model import (
+    AuthorizationRequest,
+    Connection,
+    LoginTransaction,
+    Profile,
+    Tenant,
+    UpstreamIdentity,
+    profile_from_json,
+    profile_to_json,
+)
 from broker.ports import Clock, ConfigReader, StateStore
 from broker.upstream.base import BeginRequest, CallbackInput, Step
 from broker.upstream.registry import ConnectorRegistry
@@ -62,17 +71,6 @@ def txn_from_json(raw: bytes) -> LoginTransaction:
         request = AuthorizationRequest(**{**req, "scope": tuple(req["scope"]), "prompt": tuple(req.get("prompt", ()))})
     data["request"] = request
     return LoginTransaction(**data)
-
-
-def profile_to_dict(p: Profile) -> dict[str, Any]:
-    out = asdict(p)
-    out["extra"] = dict(p.extra)
-    return out
-
-
-def profile_from_dict(d: dict[str, Any]) -> Profile:
-    return Profile(**{**d, "groups": tuple(d.get("groups", ())), "roles": tuple(d.get("roles", ())),
-                      "amr": tuple(d.get("amr", ())), "warnings": tuple(d.get("warnings", ()))})
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +290,7 @@ class LoginService:
             "id": finished.session_id,
             "tenant_id": tenant.id,
             "connection_slug": finished.connection.slug,
-            "profile": profile_to_dict(finished.profile),
+            "profile": profile_to_json(finished.profile),
             "auth_time": finished.auth_time,
         }
         self.state.put(SESSION_PREFIX + finished.session_id, json.dumps(payload).encode(), ttl=self.session_ttl)
@@ -308,7 +306,7 @@ class LoginService:
         if data.get("tenant_id") != tenant.id:
             return None
         return BrokerSession(id=data["id"], tenant_id=data["tenant_id"], connection_slug=data["connection_slug"],
-                             profile=profile_from_dict(data["profile"]), auth_time=float(data["auth_time"]))
+                             profile=profile_from_json(data["profile"]), auth_time=float(data["auth_time"]))
 
     # -- connection tests and the demo: what the upstream really sent --------------------------------
 
@@ -325,7 +323,7 @@ class LoginService:
             "attributes": {k: list(v) for k, v in ident.attributes.items()},
             "authn_context": ident.authn_context,
             "warnings": list(ident.warnings),
-            "profile": profile_to_dict(finished.profile),
+            "profile": profile_to_json(finished.profile),
         }
         self.state.put(RESULT_PREFIX + key, json.dumps(payload).encode(), ttl=ttl)
 

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from broker.model import Profile
+from broker.model import Profile, profile_from_json, profile_to_json
 from broker.ports import StateStore
 
 PREFIX = "oidc:"
@@ -38,48 +38,6 @@ def digest(value: str) -> str:
 
 
 # --- Profile <-> JSON --------------------------------------------------------------------------
-
-
-def profile_to_json(profile: Profile) -> dict[str, Any]:
-    """A JSON-safe dict of every Profile field (tuples become lists)."""
-    return {
-        "sub": profile.sub,
-        "tenant": profile.tenant,
-        "connection": profile.connection,
-        "idp": profile.idp,
-        "email": profile.email,
-        "email_verified": profile.email_verified,
-        "name": profile.name,
-        "given_name": profile.given_name,
-        "family_name": profile.family_name,
-        "groups": list(profile.groups),
-        "roles": list(profile.roles),
-        "amr": list(profile.amr),
-        "acr": profile.acr,
-        "extra": dict(profile.extra),
-        "warnings": list(profile.warnings),
-    }
-
-
-def profile_from_json(data: Mapping[str, Any]) -> Profile:
-    """The inverse of profile_to_json."""
-    return Profile(
-        sub=str(data["sub"]),
-        tenant=str(data["tenant"]),
-        connection=str(data["connection"]),
-        idp=str(data["idp"]),
-        email=data.get("email"),
-        email_verified=data.get("email_verified"),
-        name=data.get("name"),
-        given_name=data.get("given_name"),
-        family_name=data.get("family_name"),
-        groups=tuple(data.get("groups") or ()),
-        roles=tuple(data.get("roles") or ()),
-        amr=tuple(data.get("amr") or ()),
-        acr=data.get("acr"),
-        extra=dict(data.get("extra") or {}),
-        warnings=tuple(data.get("warnings") or ()),
-    )
 
 
 # --- records -----------------------------------------------------------------------------------
