@@ -33,7 +33,8 @@ from broker.web.errors import admin_error, admin_error_raw, html_error, html_pag
 
 log = logs.get("broker.app")
 
-OAUTH_ENDPOINTS = ("/token", "/userinfo", "/introspect", "/revoke", "/jwks", "/.well-known/openid-configuration")
+OAUTH_ENDPOINTS = ("/token", "/userinfo", "/introspect", "/revoke", "/jwks", "/.well-known/openid-configuration",
+                   "/.well-known/oauth-authorization-server")
 
 
 def _surface(path: str) -> str:
@@ -129,6 +130,8 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     app.register_blueprint(health.bp)
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(oidc_op.bp)
+    app.add_url_rule("/.well-known/oauth-authorization-server/t/<tenant>", "rfc8414_metadata",
+                     oidc_op.discovery)  # RFC 8414 §3.1: the well-known path inserted before the issuer's path
     app.register_blueprint(saml_sp.bp)
     app.register_blueprint(oidc_rp.bp)
     app.register_blueprint(__import__("broker.web.admin_ui", fromlist=["bp"]).bp)
@@ -175,6 +178,8 @@ def _register_hooks(app: Flask, svc: Services) -> None:
 
     @app.errorhandler(BrokerError)
     def _broker_error(err: BrokerError) -> Response:
+        if err.status == 413:
+            _drain_body()
         surface = _surface(request.path)
         if err.status >= 500:
             log.warning("request_failed", extra={"code": err.code, "detail": err.detail, "path": request.path})
@@ -194,6 +199,8 @@ def _register_hooks(app: Flask, svc: Services) -> None:
         code = codes.get(status, "http_error")
         message = {404: "No such resource.", 405: "That method is not allowed here.",
                    413: "The request body is too large."}.get(status, "The request could not be processed.")
+        if status == 413:
+            _drain_body()
         surface = _surface(request.path)
         if surface == "admin":
             return admin_error_raw(status, code, message)
@@ -213,6 +220,29 @@ def _register_hooks(app: Flask, svc: Services) -> None:
         return html_error(unavailable) if _is_backend_error(err) else html_page(
             500, "Something went wrong", "An internal error occurred; it has been logged.", "internal_error",
             g.get("request_id"))
+
+
+DRAIN_LIMIT = 32 * 1024 * 1024
+
+
+def _drain_body() -> None:
+    """Read and discard an oversized body we refuse, so that the client receives the 413 instead of a reset
+    connection (closing a socket with unread input makes the kernel send RST). Beyond 32 MiB we do not."""
+    length = request.content_length
+    if length is None or length > DRAIN_LIMIT:
+        return
+    stream = request.environ.get("wsgi.input")
+    if stream is None:
+        return
+    remaining = length
+    try:
+        while remaining > 0:
+            chunk = stream.read(min(65536, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+    except (OSError, ValueError):
+        return
 
 
 def _is_backend_error(err: Exception) -> bool:

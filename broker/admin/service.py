@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -30,6 +30,7 @@ from broker.upstream.saml_keys import generate_sp_credentials
 
 DEFAULT_PRESET = {"saml": "generic-saml", "oidc": "generic-oidc"}
 SECRET_FIELDS = {"oidc": ("client_secret", "private_key_jwt"), "saml": ()}
+READ_ONLY_SETTINGS = frozenset({"client_secret_set", "private_key_jwt_set"})  # shown by GET, ignored when sent
 
 
 class SecretHashing(Protocol):
@@ -221,7 +222,7 @@ class AdminService:
         if other is not None:
             raise ValidationFailed(f"A {protocol} connection takes only `{protocol}` settings.",
                                    details={"field": "oidc" if protocol == "saml" else "saml"})
-        raw = dict(settings_raw or {})
+        raw = {k: v for k, v in (settings_raw or {}).items() if k not in READ_ONLY_SETTINGS}
         understood: Any = None
         secrets_out: dict[str, str] = {}
         for name in SECRET_FIELDS[protocol]:
@@ -315,7 +316,7 @@ class AdminService:
             "created_at": iso(c.created_at),
             "updated_at": iso(c.updated_at),
         }
-        settings = {k: v for k, v in c.settings.items() if k not in SECRET_FIELDS[c.protocol]}
+        settings = {k: v for k, v in self.effective_settings(c).items() if k not in SECRET_FIELDS[c.protocol]}
         if c.protocol == "saml":
             metadata_url = self.urls.sp_metadata(tenant.slug, c.slug)
             out["saml"] = settings
@@ -330,6 +331,18 @@ class AdminService:
             out["oidc"] = {**settings, "client_secret_set": bool(c.settings.get("client_secret")),
                            "private_key_jwt_set": bool(c.settings.get("private_key_jwt"))}
             out["redirect_uri"] = self.urls.oidc_callback(tenant.slug, c.slug)
+        return out
+
+    @staticmethod
+    def effective_settings(c: Connection) -> dict[str, Any]:
+        """The connection's protocol settings with every default filled in (what a login will use)."""
+        parsed: Any = parse_saml_settings(c.settings) if c.protocol == "saml" else parse_oidc_settings(c.settings)
+        out: dict[str, Any] = {}
+        for f in fields(parsed):
+            value = getattr(parsed, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        if c.protocol == "oidc" and "timeout" not in c.settings:
+            out.pop("timeout", None)  # unset: BROKER_UPSTREAM_TIMEOUT applies
         return out
 
     def _connection_spec(self, c: Connection) -> dict[str, Any]:

@@ -63,6 +63,7 @@ def _no_store(resp: Response) -> Response:
 
 
 @bp.get("/.well-known/openid-configuration")
+@bp.get("/.well-known/oauth-authorization-server")
 def discovery(tenant: str) -> Response:
     t = load_tenant(tenant)
     resp = jsonify(services().extras["issuer"].discovery(t))

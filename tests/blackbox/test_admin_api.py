@@ -169,9 +169,6 @@ def test_connection_crud_and_sp_urls(env: Env) -> None:
     assert_error_shape(env.api("GET", f"/tenants/{t}/connections/okta"), 404)
 
 
-@pytest.mark.xfail(strict=True, reason="GET connection echoes only stored saml settings ({}): the SPEC defaults "
-                   "allow_idp_initiated=false, want_assertions_signed=true, clock_skew_seconds=120 are not reported "
-                   "(broker/admin/service.py connection_json ~l.304-330)")
 def test_saml_connection_reports_default_settings(env: Env) -> None:
     t = env.tenant()
     env.saml_connection(t, None, slug="d")

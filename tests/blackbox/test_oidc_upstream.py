@@ -72,9 +72,6 @@ def test_oidc_connection_redirect_uri_and_secret_not_echoed(upstream: dict[str, 
     assert SECRET not in env.api("GET", "/tenants/acme/connections/corp").text
 
 
-@pytest.mark.xfail(strict=True, reason="GET /tenants/{t}/connections/{c} echoes only stored oidc settings: the "
-                   "effective defaults scopes=[openid,email,profile] and token_endpoint_auth_method="
-                   "client_secret_basic are not reported (broker/admin/service.py connection_json ~l.330)")
 def test_oidc_connection_reports_default_settings(upstream: dict[str, Any]) -> None:
     env: Env = upstream["env"]
     got = env.api("GET", "/tenants/acme/connections/corp").json()

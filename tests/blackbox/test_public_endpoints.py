@@ -58,8 +58,6 @@ def test_discovery_document(env: Env, realm: dict[str, Any]) -> None:
     assert set(d["claims_supported"]) >= {"sub", "email", "groups", "tenant", "connection", "idp"}
 
 
-@pytest.mark.xfail(strict=True, reason="RFC 8414 §3 metadata URL {T}/.well-known/oauth-authorization-server "
-                   "(served by Okta/Keycloak) is 404; only openid-configuration exists (broker/web/oidc_op.py)")
 def test_rfc8414_well_known_path(env: Env, realm: dict[str, Any]) -> None:
     iss = env.issuer(realm["t"])
     r = requests.get(f"{iss}/.well-known/oauth-authorization-server", timeout=10)
@@ -315,3 +313,11 @@ def test_authorize_form_is_get_only_query_encoded(env: Env, realm: dict[str, Any
     params = {"response_type": "code", "client_id": realm["app"]["client_id"], "redirect_uri": REDIRECT_URI,
               "scope": "openid email", "state": uniq("s"), "login_hint": "dave@alpha.test"}
     assert _sso_target(env, f"{env.issuer(realm['t'])}/authorize?{urlencode(params)}") == realm["idp_a"].sso_url
+
+
+
+def test_rfc8414_path_inserted_well_known_location(env: Env, realm: dict[str, Any]) -> None:
+    """RFC 8414 §3.1: {host}/.well-known/oauth-authorization-server{issuer path}."""
+    iss = env.issuer(realm["t"])
+    r = requests.get(f"{env.url}/.well-known/oauth-authorization-server/t/{realm['t']}", timeout=10)
+    assert r.status_code == 200 and r.json()["issuer"] == iss
