@@ -68,7 +68,7 @@ def build_services(
     if fetcher is None:
         from broker.upstream.sources import RequestsFetcher
 
-        fetcher = RequestsFetcher()
+        fetcher = RequestsFetcher(allow_private=settings.upstream_allow_private)
     fetch = fetcher
 
     def fetch_metadata(url: str) -> bytes:

@@ -57,6 +57,7 @@ class Settings:
     config_cache_seconds: float = 2.0
     dev_idp: bool = False
     log_level: str = "INFO"
+    upstream_allow_private: bool = True
 
     @property
     def is_production(self) -> bool:
@@ -145,6 +146,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if dev_idp and mode == "production":
         raise ConfigError("The development IdP cannot be enabled with BROKER_ENV=production.")
 
+    allow_private = _bool(env, "BROKER_UPSTREAM_ALLOW_PRIVATE", mode == "dev")
+
     level = (env.get("BROKER_LOG_LEVEL") or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("BROKER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR.")
@@ -162,6 +165,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         login_ttl=_int(env, "BROKER_LOGIN_TTL", 600, minimum=30),
         dev_idp=dev_idp,
         log_level=level,
+        upstream_allow_private=allow_private,
     )
 
 

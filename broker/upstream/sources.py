@@ -7,12 +7,18 @@ it decides what to keep and when to try again, and the caller stores the returne
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import NewConnectionError
 
 from broker.errors import ServiceUnavailable, ValidationFailed
 from broker.ports import Fetcher, FetchResult, MetadataState
@@ -170,8 +176,59 @@ def _dt(t: float) -> datetime:
 # --- HTTP -------------------------------------------------------------------------------------
 
 
+def is_public_address(ip: str) -> bool:
+    """False for loopback, private (RFC 1918/4193), link-local (cloud metadata endpoints), multicast,
+    reserved and unspecified addresses, including IPv4-mapped IPv6 forms of them."""
+    try:
+        addr = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return not (addr.is_private or addr.is_loopback or addr.is_link_local or addr.is_multicast
+                or addr.is_reserved or addr.is_unspecified)
+
+
+def _check_peer(conn: HTTPConnection) -> None:
+    sock = conn.sock
+    peer = sock.getpeername()[0] if sock is not None else ""
+    if not is_public_address(str(peer)):
+        conn.close()
+        raise NewConnectionError(conn, f"refused: {peer} is not a public address (egress policy)")
+
+
+class _PublicHTTPConnection(HTTPConnection):
+    def connect(self) -> None:
+        super().connect()
+        _check_peer(self)
+
+
+class _PublicHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        super().connect()
+        _check_peer(self)
+
+
+class _PublicHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _PublicHTTPConnection
+
+
+class _PublicHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _PublicHTTPSConnection
+
+
+class PublicOnlyAdapter(HTTPAdapter):
+    """Connects only to public addresses. The check runs on the connected socket's peer, after DNS, so a
+    name that resolves (or re-resolves) to an internal address is refused too (SSRF / DNS rebinding)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _PublicHTTPPool, "https": _PublicHTTPSPool}
+
+
 class RequestsFetcher:
-    """broker.ports.Fetcher over `requests`: timeouts, a streamed size cap, redirects only to http(s)."""
+    """broker.ports.Fetcher over `requests`: timeouts, a streamed size cap, redirects only to http(s), and
+    (unless `allow_private`) connections only to public addresses: tenant admins choose these URLs."""
 
     def __init__(
         self,
@@ -179,8 +236,14 @@ class RequestsFetcher:
         *,
         user_agent: str = "federation-broker",
         max_redirects: int = MAX_REDIRECTS,
+        allow_private: bool = True,
     ) -> None:
         self._session = session or requests.Session()
+        if not allow_private:
+            self._session.trust_env = False  # an environment proxy would hide the real peer
+            adapter = PublicOnlyAdapter()
+            self._session.mount("http://", adapter)
+            self._session.mount("https://", adapter)
         self._user_agent = user_agent
         self._max_redirects = max_redirects
 
