@@ -32,7 +32,7 @@ from broker.samlxml.errors import SamlError
 from broker.samlxml.metadata import BINDING_HTTP_POST as MD_BINDING_POST
 from broker.samlxml.metadata import BINDING_HTTP_REDIRECT as MD_BINDING_REDIRECT
 from broker.samlxml.metadata import Endpoint, IdpMetadata
-from broker.samlxml.response import ResponseExpectations, decode_post_binding, verify_response
+from broker.samlxml.response import ResponseExpectations, VerifiedAssertion, decode_post_binding, verify_response
 from broker.upstream.base import AutoPost, BeginRequest, BeginResult, CallbackInput, Redirect
 
 NAMEID_UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
@@ -343,20 +343,25 @@ class SamlConnector:
                 code="saml_replay",
                 detail=f"assertion {verified.assertion_id} seen before",
             )
-        return UpstreamIdentity(
-            protocol="saml",
-            issuer=self.idp.entity_id,
-            subject=verified.name_id or "",
-            subject_format=verified.name_id_format,
-            attributes=dict(verified.attributes),
-            friendly_names=dict(verified.friendly_names),
-            session_index=verified.session_index,
-            authn_context=verified.authn_context_class_ref,
-            amr=(),
-            authn_instant=verified.authn_instant,
-            assertion_id=verified.assertion_id,
-            warnings=tuple("sha1" if w == "sha1_signature" else w for w in verified.warnings),
-        )
+        return identity_from_assertion(verified, self.idp.entity_id)
+
+
+def identity_from_assertion(verified: VerifiedAssertion, entity_id: str) -> UpstreamIdentity:
+    """The UpstreamIdentity of a verified assertion; `idp` is the IdP entityID from the connection's metadata."""
+    return UpstreamIdentity(
+        protocol="saml",
+        issuer=entity_id,
+        subject=verified.name_id or "",
+        subject_format=verified.name_id_format,
+        attributes=dict(verified.attributes),
+        friendly_names=dict(verified.friendly_names),
+        session_index=verified.session_index,
+        authn_context=verified.authn_context_class_ref,
+        amr=(),
+        authn_instant=verified.authn_instant,
+        assertion_id=verified.assertion_id,
+        warnings=tuple("sha1" if w == "sha1_signature" else w for w in verified.warnings),
+    )
 
 
 # --- signing ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from broker.claims.pipeline import apply, compile_mapping
 from broker.claims.subject import derive_sub
 from broker.model import MappingConfig, Profile, UpstreamIdentity
 from broker.samlxml.response import VerifiedAssertion
+from broker.upstream.saml import identity_from_assertion
 from tests.samlxml.test_vendor_responses import RESPONSES, SAMPLES, VALID, Sample, _verify
 
 pytestmark = pytest.mark.skipif(
@@ -110,20 +111,7 @@ EXPECTED: dict[str, Expected] = {
 
 def identity_of(verified: VerifiedAssertion, entity_id: str) -> UpstreamIdentity:
     """The UpstreamIdentity exactly as SamlConnector.complete() builds it (issuer = the metadata entityID)."""
-    return UpstreamIdentity(
-        protocol="saml",
-        issuer=entity_id,
-        subject=verified.name_id or "",
-        subject_format=verified.name_id_format,
-        attributes=dict(verified.attributes),
-        friendly_names=dict(verified.friendly_names),
-        session_index=verified.session_index,
-        authn_context=verified.authn_context_class_ref,
-        amr=(),
-        authn_instant=verified.authn_instant,
-        assertion_id=verified.assertion_id,
-        warnings=tuple("sha1" if w == "sha1_signature" else w for w in verified.warnings),
-    )
+    return identity_from_assertion(verified, entity_id)
 
 
 def profile_of(s: Sample, *, connection_id: str = CONNECTION_ID) -> Profile:
