@@ -134,7 +134,9 @@ def authorize(tenant: str) -> Response:
         hinted = email_domain(req.login_hint)
         same_realm = hinted is None or hinted == email_domain(session.profile.email)
         wanted = params.get("connection")
-        if fresh and same_realm and (not wanted or wanted == session.connection_slug):
+        origin = svc.config.connection(t.id, session.connection_slug)
+        usable = origin is not None and origin.enabled  # a deleted or disabled connection ends its sessions
+        if usable and fresh and same_realm and (not wanted or wanted == session.connection_slug):
             url = issuer.authorization_response(t, req, for_app(t, req, session.profile),
                                                 auth_time=session.auth_time,
                                                 session_id=public_sid(session.id))

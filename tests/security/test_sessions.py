@@ -90,3 +90,11 @@ def test_id_token_sid_is_not_the_session_cookie(sec: Setup) -> None:
     payload = r.get_json()["id_token"].split(".")[1]
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     assert claims["sid"] and claims["sid"] != cookie.value and cookie.value not in json.dumps(claims)
+
+
+def test_disabling_the_connection_ends_its_sessions(sec: Setup) -> None:
+    _sign_in(sec)
+    assert query_of(_authorize(sec, prompt="none").headers["Location"]).get("code")
+    assert sec.admin("PATCH", "/tenants/acme/connections/okta", {"enabled": False}).status_code == 200
+    r = _authorize(sec, prompt="none")
+    assert query_of(r.headers["Location"])["error"] == "login_required"
