@@ -104,6 +104,35 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_metadata_refresh(args: argparse.Namespace) -> int:
+    """Refresh every metadata_url connection whose document is due (or all with --force): for a cron job, so
+    that logins never wait for a fetch. A failed refresh keeps the last good copy and is reported."""
+    settings = _settings()
+    svc = _services(settings)
+    provider = svc.extras["registry"].metadata_provider
+    failures = 0
+    try:
+        for tenant in svc.config.tenants():
+            for conn in svc.config.connections(tenant.id):
+                if conn.protocol != "saml" or not conn.settings.get("metadata_url"):
+                    continue
+                if args.force:
+                    from broker.upstream.sources import MetadataCacheEntry
+
+                    previous = MetadataCacheEntry.from_state(svc.config.metadata_state(conn.id))
+                    provider.refresh(conn, str(conn.settings["metadata_url"]), previous, svc.clock.now())
+                else:
+                    provider(conn)
+                state = svc.config.metadata_state(conn.id)
+                ok = state.xml is not None and not state.last_error
+                failures += 0 if ok else 1
+                print(f"{'ok    ' if ok else 'FAILED'} {tenant.slug}/{conn.slug}"
+                      + (f": {state.last_error}" if state.last_error else ""))
+    finally:
+        svc.extras["engine"].dispose()
+    return 1 if failures else 0
+
+
 def cmd_config_apply(args: argparse.Namespace) -> int:
     settings = _settings()
     svc = _services(settings)
@@ -246,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--tenant", required=True)
     rot.add_argument("--alg", default="RS256", choices=["RS256", "ES256"])
     rot.set_defaults(func=cmd_keys_rotate)
+
+    md = sub.add_parser("metadata", help="IdP metadata of metadata_url connections")
+    mdsub = md.add_subparsers(dest="metadata_command", required=True)
+    ref = mdsub.add_parser("refresh", help="refresh the due metadata_url documents (for a cron job)")
+    ref.add_argument("--force", action="store_true", help="refresh every one, due or not")
+    ref.set_defaults(func=cmd_metadata_refresh)
     return p
 
 

@@ -84,3 +84,49 @@ def test_serve_refuses_bad_settings(env: str, monkeypatch: pytest.MonkeyPatch,
 def test_python_dash_m_broker_works() -> None:
     out = subprocess.run([sys.executable, "-m", "broker", "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "serve" in out.stdout
+
+
+def test_metadata_refresh_command(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import threading
+
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Response
+
+    from broker.app import create_app
+    from broker.settings import load_settings
+    from tests.samlxml.idp_fixtures import make_idp
+    from tests.support.broker_server import free_port
+    from tests.support.saml_idp import SamlIdp
+
+    state = {"ok": True, "hits": 0}
+    xml = SamlIdp(idp=make_idp("https://idp.refresh.test/md"), url="https://idp.refresh.test").metadata_xml()
+
+    def wsgi(environ: object, start: object) -> object:
+        state["hits"] += 1
+        resp = Response(xml, mimetype="application/xml") if state["ok"] else Response("down", status=500)
+        return resp(environ, start)  # type: ignore[arg-type]
+
+    port = free_port()
+    server = make_server("127.0.0.1", port, wsgi, threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        main(["admin", "create-key"])
+        key = capsys.readouterr().out.strip()
+        client = create_app(load_settings()).test_client()
+        h = {"Authorization": f"Bearer {key}"}
+        client.post("/admin/v1/tenants", json={"slug": "acme", "name": "Acme"}, headers=h)
+        r = client.post("/admin/v1/tenants/acme/connections", headers=h, json={
+            "slug": "okta", "protocol": "saml", "saml": {"metadata_url": f"http://127.0.0.1:{port}/md"}})
+        assert r.status_code == 201, r.get_json()
+        hits = state["hits"]
+        assert main(["metadata", "refresh"]) == 0  # not due yet: no fetch
+        assert state["hits"] == hits and "ok     acme/okta" in capsys.readouterr().out
+        state["ok"] = False
+        assert main(["metadata", "refresh", "--force"]) == 1  # fails, keeps the last good copy
+        out = capsys.readouterr().out
+        assert "FAILED acme/okta" in out and state["hits"] == hits + 1
+        got = client.get("/admin/v1/tenants/acme/connections/okta", headers=h).get_json()
+        assert got["metadata"]["entity_id"] == "https://idp.refresh.test/md"
+        assert got["metadata"]["refresh"]["last_error"]
+    finally:
+        server.shutdown()

@@ -76,6 +76,8 @@ def only(kind: str) -> dict[str, Any]:
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    if obj["kind"] == "CronJob":
+        obj = obj["spec"]["jobTemplate"]
     spec: dict[str, Any] = obj["spec"]["template"]["spec"]
     return spec
 
@@ -100,7 +102,7 @@ def test_probes_point_at_health_endpoints() -> None:
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+@pytest.mark.parametrize("kind", ["Deployment", "Job", "CronJob"])
 def test_pods_run_non_root_on_a_read_only_root_filesystem(kind: str) -> None:
     spec = pod_spec(only(kind))
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -133,7 +135,17 @@ def test_migration_job_runs_db_upgrade_before_install_and_upgrade() -> None:
     assert pod_spec(job)["restartPolicy"] == "Never"
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "Job"])
+def test_metadata_refresh_cronjob_runs_the_refresh_command() -> None:
+    cron = only("CronJob")
+    (c,) = pod_spec(cron)["containers"]
+    argv = [*c.get("command", []), *c.get("args", [])]
+    assert argv == ["broker", "metadata", "refresh"]
+    args = build_parser().parse_args(argv[1:])
+    assert (args.command, args.metadata_command) == ("metadata", "refresh")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "Job", "CronJob"])
 def test_env_names_are_real_settings(kind: str) -> None:
     known = setting_names()
     assert {"BROKER_PUBLIC_URL", "DATABASE_URL", "REDIS_URL", "BROKER_SECRET_KEY", "BROKER_ENV"} <= known
