@@ -59,12 +59,13 @@ def build_services(
     elif not schema_is_current(engine):
         raise ConfigError("The database schema is not up to date: run `broker db upgrade` first.")
     secret = settings.secret_key.reveal()
+    previous = [k.reveal() for k in settings.previous_secret_keys]
     if state is None:
         state = RedisStateStore.from_url(settings.redis_url) if settings.redis_url else MemoryStateStore()
-    config = CachedConfigStore(SqlConfigStore(engine, Sealer(secret)), state)
+    config = CachedConfigStore(SqlConfigStore(engine, Sealer(secret, previous)), state)
     clock = clock or SystemClock()
     auditor = Auditor(config)
-    hasher = SecretHasher(secret)
+    hasher = SecretHasher(secret, previous)
     if fetcher is None:
         from broker.upstream.sources import RequestsFetcher
 

@@ -133,6 +133,18 @@ def cmd_metadata_refresh(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_secrets_reseal(_: argparse.Namespace) -> int:
+    """After rotating BROKER_SECRET_KEY (old key in BROKER_SECRET_KEY_PREVIOUS): re-seal everything."""
+    settings = _settings()
+    svc = _services(settings)
+    try:
+        count = svc.config.reseal_all()
+    finally:
+        svc.extras["engine"].dispose()
+    print(f"resealed {count} value(s) under the current BROKER_SECRET_KEY")
+    return 0
+
+
 def cmd_config_apply(args: argparse.Namespace) -> int:
     settings = _settings()
     svc = _services(settings)
@@ -275,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--tenant", required=True)
     rot.add_argument("--alg", default="RS256", choices=["RS256", "ES256"])
     rot.set_defaults(func=cmd_keys_rotate)
+
+    sec = sub.add_parser("secrets", help="secrets at rest")
+    secsub = sec.add_subparsers(dest="secrets_command", required=True)
+    rs = secsub.add_parser("reseal", help="re-seal stored secrets under the current BROKER_SECRET_KEY")
+    rs.set_defaults(func=cmd_secrets_reseal)
 
     md = sub.add_parser("metadata", help="IdP metadata of metadata_url connections")
     mdsub = md.add_subparsers(dest="metadata_command", required=True)

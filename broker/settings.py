@@ -58,6 +58,7 @@ class Settings:
     dev_idp: bool = False
     log_level: str = "INFO"
     upstream_allow_private: bool = True
+    previous_secret_keys: tuple[Secret, ...] = ()
 
     @property
     def is_production(self) -> bool:
@@ -138,6 +139,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     else:
         secret = Secret(DEV_SECRET_KEY)
 
+    previous: list[Secret] = []
+    for value in (env.get("BROKER_SECRET_KEY_PREVIOUS") or "").split():
+        if len(value) < 32:
+            raise ConfigError("Each key in BROKER_SECRET_KEY_PREVIOUS must be at least 32 characters long.")
+        previous.append(Secret(value))
+
     bootstrap = env.get("BROKER_BOOTSTRAP_ADMIN_KEY") or None
     if bootstrap is not None and len(bootstrap) < 16:
         raise ConfigError("BROKER_BOOTSTRAP_ADMIN_KEY must be at least 16 characters long.")
@@ -166,6 +173,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dev_idp=dev_idp,
         log_level=level,
         upstream_allow_private=allow_private,
+        previous_secret_keys=tuple(previous),
     )
 
 

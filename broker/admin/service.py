@@ -35,6 +35,7 @@ READ_ONLY_SETTINGS = frozenset({"client_secret_set", "private_key_jwt_set"})  # 
 
 class SecretHashing(Protocol):
     def digest(self, value: str) -> str: ...
+    def digests(self, value: str) -> list[str]: ...
     def verify(self, value: str, digest: str) -> bool: ...
 
 
@@ -98,7 +99,11 @@ class AdminService:
         token = authorization[len("Bearer "):].strip()
         if not token or len(token) > 512:
             raise Unauthorized("The admin API key is not valid.", code="unauthorized")
-        key = self.store.admin_key_by_hash(self.hasher.digest(token))
+        key = None
+        for digest in self.hasher.digests(token):  # current BROKER_SECRET_KEY first, then previous ones
+            key = self.store.admin_key_by_hash(digest)
+            if key is not None:
+                break
         if key is None:
             raise Unauthorized("The admin API key is not valid.", code="unauthorized")
         return key

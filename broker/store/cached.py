@@ -201,6 +201,9 @@ class CachedConfigStore:
     def add_signing_key(self, tenant_id: str, key: NewSigningKey) -> SigningKey:
         return self._write(lambda: self.inner.add_signing_key(tenant_id, key))
 
+    def reseal_all(self) -> int:
+        return self._write(self.inner.reseal_all)
+
     # -- writes that are not configuration -------------------------------------------------------
 
     def save_metadata_state(self, connection_id: str, state: MetadataState) -> None:

@@ -509,6 +509,29 @@ class SqlConfigStore:
             )
             return int(getattr(result, "rowcount", 0) or 0)
 
+    # -- secret key rotation -------------------------------------------------------------------
+
+    def reseal_all(self) -> int:
+        """Re-seal every sealed value under the current BROKER_SECRET_KEY (after a rotation, with the old key
+        in BROKER_SECRET_KEY_PREVIOUS). One transaction; returns how many values changed."""
+        changed = 0
+        with self._session() as s:
+            for conn in s.scalars(select(ConnectionRow)):
+                for attr, context in (("sealed_secrets", f"connection:{conn.id}"),
+                                      ("sealed_sp", f"connection-sp:{conn.id}")):
+                    value = getattr(conn, attr)
+                    if value:
+                        new = self._sealer.reseal(value, context=context)
+                        if new is not None:
+                            setattr(conn, attr, new)
+                            changed += 1
+            for key in s.scalars(select(SigningKeyRow)):
+                new = self._sealer.reseal(key.sealed_private, context=f"signing-key:{key.tenant_id}:{key.kid}")
+                if new is not None:
+                    key.sealed_private = new
+                    changed += 1
+        return changed
+
     # -- audit -----------------------------------------------------------------------------------
 
     def record(self, event: AuditEvent, *, tenant_id: str | None | object = None) -> None:

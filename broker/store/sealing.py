@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -58,8 +59,10 @@ class Sealer:
     """Seals secrets with AES-256-GCM; `context` (e.g. "signing_key:<tenant id>") is authenticated data,
     so a sealed value only opens where it was sealed for."""
 
-    def __init__(self, secret_key: str) -> None:
+    def __init__(self, secret_key: str, previous: Sequence[str] = ()) -> None:
         self._aead = AESGCM(_derive(secret_key, _INFO_SEAL_V1))
+        # after a BROKER_SECRET_KEY rotation, values sealed under earlier keys still open (and get resealed)
+        self._previous = tuple(AESGCM(_derive(k, _INFO_SEAL_V1)) for k in previous)
 
     def seal(self, plaintext: bytes, *, context: str) -> str:
         if not context:
@@ -69,35 +72,63 @@ class Sealer:
         return _SEAL_PREFIX + base64.urlsafe_b64encode(sealed).rstrip(b"=").decode("ascii")
 
     def open(self, sealed: str, *, context: str) -> bytes:
-        if not isinstance(sealed, str) or not sealed.startswith(_SEAL_PREFIX):
-            raise _unreadable(context, "unknown format")
-        body = sealed[len(_SEAL_PREFIX) :]
+        raw = _decode(sealed, context)
+        for aead in (self._aead, *self._previous):
+            try:
+                return aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _aad(context))
+            except InvalidTag:
+                continue
+        raise _unreadable(context, "authentication failed (wrong key, wrong context or tampered)")
+
+    def reseal(self, sealed: str, *, context: str) -> str | None:
+        """The value sealed under the current key, or None when it already is."""
+        raw = _decode(sealed, context)
         try:
-            raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        except (binascii.Error, ValueError) as exc:
-            raise _unreadable(context, "not base64url") from exc
-        if len(raw) < _NONCE_BYTES + _TAG_BYTES:
-            raise _unreadable(context, "too short")
-        try:
-            return self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _aad(context))
-        except InvalidTag as exc:
-            why = "authentication failed (wrong key, wrong context or tampered)"
-            raise _unreadable(context, why) from exc
+            self._aead.decrypt(raw[:_NONCE_BYTES], raw[_NONCE_BYTES:], _aad(context))
+            return None
+        except InvalidTag:
+            return self.seal(self.open(sealed, context=context), context=context)
+
+
+def _decode(sealed: str, context: str) -> bytes:
+    if not isinstance(sealed, str) or not sealed.startswith(_SEAL_PREFIX):
+        raise _unreadable(context, "unknown format")
+    body = sealed[len(_SEAL_PREFIX) :]
+    try:
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (binascii.Error, ValueError) as exc:
+        raise _unreadable(context, "not base64url") from exc
+    if len(raw) < _NONCE_BYTES + _TAG_BYTES:
+        raise _unreadable(context, "too short")
+    return raw
 
 
 class SecretHasher:
     """Keyed digests of bearer secrets: the store keeps only the digest, verify compares in constant time."""
 
-    def __init__(self, secret_key: str) -> None:
+    def __init__(self, secret_key: str, previous: Sequence[str] = ()) -> None:
         self._key = _derive(secret_key, _INFO_DIGEST_V1)
+        # digests made under earlier keys keep verifying while those keys are listed (the plaintext needed to
+        # re-digest them is never stored: re-issue those secrets to retire an old key)
+        self._previous = tuple(_derive(k, _INFO_DIGEST_V1) for k in previous)
+
+    @staticmethod
+    def _mac(key: bytes, value: str) -> str:
+        return _DIGEST_PREFIX + hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def digest(self, value: str) -> str:
-        mac = hmac.new(self._key, value.encode("utf-8"), hashlib.sha256).hexdigest()
-        return _DIGEST_PREFIX + mac
+        return self._mac(self._key, value)
+
+    def digests(self, value: str) -> list[str]:
+        """The digest under the current key, then under each previous key (for lookups by digest)."""
+        return [self._mac(k, value) for k in (self._key, *self._previous)]
 
     def verify(self, value: str, digest: str) -> bool:
-        expected = self.digest(value).encode("ascii")
-        return hmac.compare_digest(expected, digest.encode("utf-8"))
+        given = digest.encode("utf-8")
+        ok = False
+        for candidate in self.digests(value):
+            ok |= hmac.compare_digest(candidate.encode("ascii"), given)
+        return ok
 
 
 def new_secret(nbytes: int = 32) -> str:

@@ -192,3 +192,23 @@ def test_new_secret_is_random_urlsafe_and_long_enough() -> None:
 def test_new_secret_refuses_too_little_entropy() -> None:
     with pytest.raises(ValueError):
         new_secret(8)
+
+
+def test_previous_keys_open_and_reseal_moves_to_the_current_key() -> None:
+    old, new = "o" * 40, "n" * 40
+    sealed = Sealer(old).seal(b"secret", context="ctx")
+    rotated = Sealer(new, [old])
+    assert rotated.open(sealed, context="ctx") == b"secret"
+    moved = rotated.reseal(sealed, context="ctx")
+    assert moved is not None and Sealer(new).open(moved, context="ctx") == b"secret"
+    assert rotated.reseal(moved, context="ctx") is None
+    with pytest.raises(ConfigError):
+        Sealer(new).open(sealed, context="ctx")
+
+
+def test_digests_under_previous_keys_still_verify() -> None:
+    old, new = "o" * 40, "n" * 40
+    digest = SecretHasher(old).digest("client-secret")
+    assert SecretHasher(new, [old]).verify("client-secret", digest)
+    assert not SecretHasher(new).verify("client-secret", digest)
+    assert SecretHasher(new, [old]).digests("client-secret")[1] == digest
