@@ -8,6 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from broker import logs
 from broker.admin.service import AdminService, Urls
@@ -128,6 +129,9 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
                                            settings.max_metadata_bytes) * 2
     app.config["JSON_SORT_KEYS"] = False
     app.extensions["broker"] = svc
+    if settings.proxy_hops:
+        # behind N trusted reverse proxies (ingress, load balancer): the client address is theirs to tell
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops)  # type: ignore[method-assign]
     app.register_blueprint(health.bp)
     app.register_blueprint(admin_api.bp)
     app.register_blueprint(oidc_op.bp)

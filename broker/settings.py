@@ -59,6 +59,7 @@ class Settings:
     log_level: str = "INFO"
     upstream_allow_private: bool = True
     previous_secret_keys: tuple[Secret, ...] = ()
+    proxy_hops: int = 0
 
     @property
     def is_production(self) -> bool:
@@ -174,6 +175,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_level=level,
         upstream_allow_private=allow_private,
         previous_secret_keys=tuple(previous),
+        proxy_hops=_int(env, "BROKER_PROXY_HOPS", 0, minimum=0),
     )
 
 

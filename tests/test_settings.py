@@ -74,3 +74,22 @@ def test_several_workers_need_redis() -> None:
         check_workers(load_settings({}), 2)
     check_workers(load_settings({}), 1)
     check_workers(load_settings({"REDIS_URL": "redis://127.0.0.1:6379/0"}), 4)
+
+
+def test_proxy_hops_set_the_client_address_from_x_forwarded_for(tmp_path: object) -> None:
+    from flask import request
+
+    from broker.app import create_app
+
+    settings = load_settings({"DATABASE_URL": f"sqlite:///{tmp_path}/p.db", "BROKER_PROXY_HOPS": "1"})
+    app = create_app(settings)
+
+    @app.get("/_addr")
+    def addr() -> str:
+        return request.remote_addr or ""
+
+    r = app.test_client().get("/_addr", headers={"X-Forwarded-For": "203.0.113.7"})
+    assert r.data == b"203.0.113.7"
+    direct = create_app(load_settings({"DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}))
+    direct.add_url_rule("/_addr", "addr", addr)
+    assert direct.test_client().get("/_addr", headers={"X-Forwarded-For": "203.0.113.7"}).data != b"203.0.113.7"
