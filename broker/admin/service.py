@@ -356,20 +356,28 @@ class AdminService:
         spec[c.protocol] = {k: v for k, v in c.settings.items() if k not in SECRET_FIELDS[c.protocol]}
         return spec
 
-    def create_connection(self, key: AdminKey | None, tenant: Tenant, body: Any) -> dict[str, Any]:
-        data = schema.parse(schema.ConnectionBody, body)
-        if self.store.connection(tenant.id, data.slug) is not None:
-            raise BrokerError(f"A connection with slug {data.slug!r} already exists.", code="connection_exists",
+    def _slug_free(self, tenant: Tenant, slug: str) -> None:
+        if self.store.connection(tenant.id, slug) is not None:
+            raise BrokerError(f"A connection with slug {slug!r} already exists.", code="connection_exists",
                               status=409)
-        draft, understood = self._draft(data, None)
-        self._check_domains(tenant, data.slug, draft.domains)
-        created = self.store.create_connection(tenant.id, draft)
-        self._keep_fetched(created, understood)
-        self._admin_event(key, "connection.create", tenant.slug, connection=created.slug)
-        out = self.connection_json(tenant, created)
+
+    def _saved(self, key: AdminKey | None, tenant: Tenant, saved: Connection, understood: Any,
+               action: str) -> dict[str, Any]:
+        """After a create or replace: keep fetched metadata, audit, and answer with what was understood."""
+        self._keep_fetched(saved, understood)
+        self._admin_event(key, action, tenant.slug, connection=saved.slug)
+        out = self.connection_json(tenant, saved)
         if understood is not None:
             out["metadata"] = to_json(understood.meta if isinstance(understood, Understood) else understood)
         return out
+
+    def create_connection(self, key: AdminKey | None, tenant: Tenant, body: Any) -> dict[str, Any]:
+        data = schema.parse(schema.ConnectionBody, body)
+        self._slug_free(tenant, data.slug)
+        draft, understood = self._draft(data, None)
+        self._check_domains(tenant, data.slug, draft.domains)
+        created = self.store.create_connection(tenant.id, draft)
+        return self._saved(key, tenant, created, understood, "connection.create")
 
     def get_connection(self, key: AdminKey, slug: str, conn: str) -> dict[str, Any]:
         tenant, c = self.connection_for(key, slug, conn)
@@ -402,18 +410,12 @@ class AdminService:
     def replace_connection(self, key: AdminKey | None, tenant: Tenant, existing: Connection,
                            body: Any) -> dict[str, Any]:
         data = schema.parse(schema.ConnectionBody, body)
-        if data.slug != existing.slug and self.store.connection(tenant.id, data.slug) is not None:
-            raise BrokerError(f"A connection with slug {data.slug!r} already exists.", code="connection_exists",
-                              status=409)
+        if data.slug != existing.slug:
+            self._slug_free(tenant, data.slug)
         draft, understood = self._draft(data, existing)
         self._check_domains(tenant, existing.slug, draft.domains)
         updated = self.store.replace_connection(existing.id, draft)
-        self._keep_fetched(updated, understood)
-        self._admin_event(key, "connection.update", tenant.slug, connection=updated.slug)
-        out = self.connection_json(tenant, updated)
-        if understood is not None:
-            out["metadata"] = to_json(understood.meta if isinstance(understood, Understood) else understood)
-        return out
+        return self._saved(key, tenant, updated, understood, "connection.update")
 
     def patch_connection(self, key: AdminKey, slug: str, conn: str, body: Any) -> dict[str, Any]:
         tenant, existing = self.connection_for(key, slug, conn)
