@@ -77,6 +77,13 @@ class StateStore(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def batch(self) -> AbstractContextManager[None]:
+        """Inside `with store.batch():`, this thread's put() calls are held and written together when the
+        block ends: all of them, in order, in one round trip and atomically (or none, if the block raises or
+        the write fails, which raises StateStoreError at the end of the block). Any other operation inside
+        the block writes what is held first. Blocks nest; the outermost one writes."""
+        ...
+
     def ping(self) -> bool:
         """True when the backend answers; never raises."""
         ...

@@ -541,22 +541,23 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
 
         family_scope = refresh_scope if refresh_scope is not None else scope
         ttl = grant_ttl(app, family_scope)
-        ctx.ledger.put_grant(grant, ttl)
-        if offers_refresh(app, family_scope):
-            value = secrets.token_urlsafe(32)
-            ctx.ledger.put_refresh(
-                value,
-                RefreshRecord(
-                    gid=grant.gid,
-                    tenant_id=grant.tenant_id,
-                    client_id=app.client_id,
-                    scope=family_scope,
-                    issued_at=now,
-                    expires_at=now + app.refresh_token_ttl,
-                ),
-                app.refresh_token_ttl,
-            )
-            token["refresh_token"] = value
+        with ctx.ledger.batch():  # the grant and its refresh token: one write
+            ctx.ledger.put_grant(grant, ttl)
+            if offers_refresh(app, family_scope):
+                value = secrets.token_urlsafe(32)
+                ctx.ledger.put_refresh(
+                    value,
+                    RefreshRecord(
+                        gid=grant.gid,
+                        tenant_id=grant.tenant_id,
+                        client_id=app.client_id,
+                        scope=family_scope,
+                        issued_at=now,
+                        expires_at=now + app.refresh_token_ttl,
+                    ),
+                    app.refresh_token_ttl,
+                )
+                token["refresh_token"] = value
         self.outcome.connection = profile.connection
         self.outcome.details.update({"grant": grant.gid, "jti": jti, "kid": key.kid, "scope": token["scope"]})
         return token

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,12 +186,18 @@ class Ledger:
     def __init__(self, state: StateStore) -> None:
         self._state = state
 
+    def batch(self) -> AbstractContextManager[None]:
+        """Writes inside the block go to the store together (StateStore.batch)."""
+        return self._state.batch()
+
     # codes
     def put_code(self, code: str, record: CodeRecord, *, ttl: float, grant_ttl: float) -> None:
         d = digest(code)
-        # The grant marker first: a code is never redeemable without its reuse marker existing.
-        self._state.put(f"{PREFIX}code-grant:{d}", record.gid.encode("ascii"), grant_ttl)
-        self._state.put(f"{PREFIX}code:{d}", record.to_bytes(), ttl)
+        # The grant marker first: a code is never redeemable without its reuse marker existing (one atomic
+        # write in order; the marker is also first if the store applies the batch partially).
+        with self._state.batch():
+            self._state.put(f"{PREFIX}code-grant:{d}", record.gid.encode("ascii"), grant_ttl)
+            self._state.put(f"{PREFIX}code:{d}", record.to_bytes(), ttl)
 
     def take_code(self, code: str) -> CodeRecord | None:
         raw = self._state.take(f"{PREFIX}code:{digest(code)}")
@@ -229,8 +236,9 @@ class Ledger:
     # refresh tokens
     def put_refresh(self, token: str, record: RefreshRecord, ttl: float) -> None:
         d = digest(token)
-        self._state.put(f"{PREFIX}rt-family:{d}", record.gid.encode("ascii"), ttl)
-        self._state.put(f"{PREFIX}rt:{d}", record.to_bytes(), ttl)
+        with self._state.batch():
+            self._state.put(f"{PREFIX}rt-family:{d}", record.gid.encode("ascii"), ttl)
+            self._state.put(f"{PREFIX}rt:{d}", record.to_bytes(), ttl)
 
     def peek_refresh(self, token: str) -> RefreshRecord | None:
         raw = self._state.get(f"{PREFIX}rt:{digest(token)}")

@@ -60,6 +60,7 @@ def _from_ts(t: float | None) -> datetime | None:
 class SqlConfigStore:
     def __init__(self, engine: Engine, sealer: Sealer) -> None:
         self._engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._sealer = sealer
         self._current: ContextVar[Session | None] = ContextVar(f"broker_session_{id(self)}", default=None)
@@ -555,7 +556,8 @@ class SqlConfigStore:
             current.execute(_AUDIT_INSERT, row)
             return
         try:
-            with self._engine.begin() as conn:
+            # one statement is atomic by itself: no BEGIN/COMMIT round trips around it
+            with self._autocommit.connect() as conn:
                 conn.execute(_AUDIT_INSERT, row)
         except OperationalError as exc:
             raise ServiceUnavailable("The database is unavailable.", detail=str(exc.orig)) from None

@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 
 from broker.errors import StateStoreError
 
-__all__ = ["MemoryStateStore", "check_ttl"]
+__all__ = ["MemoryStateStore", "PutBatches", "check_ttl"]
+
+Put = tuple[str, bytes, float]
 
 
 def check_ttl(ttl: float) -> float:
@@ -23,6 +26,51 @@ def check_ttl(ttl: float) -> float:
     if not (isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0):
         raise ValueError(f"ttl must be a finite number of seconds > 0, got {ttl!r}")
     return float(ttl)
+
+
+class PutBatches:
+    """The per-thread side of StateStore.batch(), shared by every backend: holds this thread's put()s while
+    a batch block is open and hands them to `write` (all at once, in order) when the outermost block ends
+    without an exception, or earlier through flush() when another operation needs them written first."""
+
+    def __init__(self, write: Callable[[list[Put]], None]) -> None:
+        self._write = write
+        self._local = threading.local()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        local = self._local
+        depth: int = getattr(local, "depth", 0)
+        if depth == 0:
+            local.pending = []
+        local.depth = depth + 1
+        completed = False
+        try:
+            yield
+            completed = True
+        finally:
+            local.depth = depth
+            if depth == 0:
+                pending: list[Put] = local.pending
+                local.pending = None
+                if completed and pending:
+                    self._write(pending)
+
+    def hold(self, key: str, value: bytes, ttl: float) -> bool:
+        """Keep a put for the end of the open batch; False (nothing held) when no batch is open."""
+        pending: list[Put] | None = getattr(self._local, "pending", None)
+        if pending is None:
+            return False
+        pending.append((key, bytes(value), check_ttl(ttl)))
+        return True
+
+    def flush(self) -> None:
+        """Write what the open batch holds now (before a read or other write that must see it)."""
+        pending: list[Put] | None = getattr(self._local, "pending", None)
+        if pending:
+            held = list(pending)
+            pending.clear()
+            self._write(held)
 
 
 class MemoryStateStore:
@@ -40,20 +88,31 @@ class MemoryStateStore:
         # key -> (value, deadline on self._clock); counters are stored as ASCII decimal, like Redis.
         self._entries: dict[str, tuple[bytes, float]] = {}
         self._next_sweep = clock() + self._sweep_interval
+        self._batches = PutBatches(self._put_all)
 
     # --- StateStore ---------------------------------------------------------------------------
 
     def put(self, key: str, value: bytes, ttl: float) -> None:
-        ttl = check_ttl(ttl)
+        if self._batches.hold(key, value, ttl):
+            return
+        self._put_all([(key, bytes(value), check_ttl(ttl))])
+
+    def batch(self) -> AbstractContextManager[None]:
+        return self._batches.batch()
+
+    def _put_all(self, puts: list[Put]) -> None:
         with self._lock:
             now = self._tick()
-            self._entries[key] = (bytes(value), now + ttl)
+            for key, value, ttl in puts:
+                self._entries[key] = (value, now + ttl)
 
     def get(self, key: str) -> bytes | None:
+        self._batches.flush()
         with self._lock:
             return self._live(key, self._tick())
 
     def take(self, key: str) -> bytes | None:
+        self._batches.flush()
         with self._lock:
             value = self._live(key, self._tick())
             if value is not None:
@@ -62,6 +121,7 @@ class MemoryStateStore:
 
     def add_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         ttl = check_ttl(ttl)
+        self._batches.flush()
         with self._lock:
             now = self._tick()
             if self._live(key, now) is not None:
@@ -71,6 +131,7 @@ class MemoryStateStore:
 
     def incr(self, key: str, ttl: float) -> int:
         ttl = check_ttl(ttl)
+        self._batches.flush()
         with self._lock:
             now = self._tick()
             current = self._live(key, now)
@@ -90,6 +151,7 @@ class MemoryStateStore:
             return count
 
     def delete(self, key: str) -> None:
+        self._batches.flush()
         with self._lock:
             self._tick()
             self._entries.pop(key, None)

@@ -9,6 +9,7 @@ Every Redis failure becomes `StateStoreError` with a safe message; the Redis det
 from __future__ import annotations
 
 import math
+from contextlib import AbstractContextManager
 from typing import Any, NoReturn
 
 import redis
@@ -18,7 +19,7 @@ from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from broker.errors import StateStoreError
-from broker.store.state import check_ttl
+from broker.store.state import Put, PutBatches, check_ttl
 
 __all__ = ["RedisStateStore"]
 
@@ -48,6 +49,7 @@ class RedisStateStore:
         self._client = client
         self._prefix = prefix
         self._incr_script = client.register_script(_INCR_WINDOW)
+        self._batches = PutBatches(self._put_all)
 
     @classmethod
     def from_url(cls, url: str, *, socket_timeout: float = 2.0, prefix: str = "broker:") -> RedisStateStore:
@@ -72,13 +74,36 @@ class RedisStateStore:
     # --- StateStore ---------------------------------------------------------------------------
 
     def put(self, key: str, value: bytes, ttl: float) -> None:
+        if self._batches.hold(key, value, ttl):
+            return
         px = _ttl_ms(ttl)
         try:
             self._client.set(self._key(key), value, px=px)
         except RedisError as exc:
             self._fail("put", exc)
 
+    def batch(self) -> AbstractContextManager[None]:
+        return self._batches.batch()
+
+    def _put_all(self, puts: list[Put]) -> None:
+        """One round trip: MULTI, the SETs in order, EXEC (all or none)."""
+        if len(puts) == 1:
+            key, value, ttl = puts[0]
+            try:
+                self._client.set(self._key(key), value, px=_ttl_ms(ttl))
+            except RedisError as exc:
+                self._fail("put", exc)
+            return
+        pipe = self._client.pipeline(transaction=True)
+        for key, value, ttl in puts:
+            pipe.set(self._key(key), value, px=_ttl_ms(ttl))
+        try:
+            pipe.execute()
+        except RedisError as exc:
+            self._fail("batch put", exc)
+
     def get(self, key: str) -> bytes | None:
+        self._batches.flush()
         try:
             value = self._client.get(self._key(key))
         except RedisError as exc:
@@ -86,6 +111,7 @@ class RedisStateStore:
         return self._bytes(value)
 
     def take(self, key: str) -> bytes | None:
+        self._batches.flush()
         try:
             value = self._client.getdel(self._key(key))
         except RedisError as exc:
@@ -94,6 +120,7 @@ class RedisStateStore:
 
     def add_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         px = _ttl_ms(ttl)
+        self._batches.flush()
         try:
             stored = self._client.set(self._key(key), value, px=px, nx=True)
         except RedisError as exc:
@@ -102,6 +129,7 @@ class RedisStateStore:
 
     def incr(self, key: str, ttl: float) -> int:
         px = _ttl_ms(ttl)
+        self._batches.flush()
         try:
             count: Any = self._incr_script(keys=[self._key(key)], args=[px])
         except RedisError as exc:
@@ -109,6 +137,7 @@ class RedisStateStore:
         return int(count)
 
     def delete(self, key: str) -> None:
+        self._batches.flush()
         try:
             self._client.delete(self._key(key))
         except RedisError as exc:

@@ -238,12 +238,13 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
         return _no_store(redirect_to(
             f"{svc.settings.public_url}/admin/ui/tenants/{tenant.slug}/connections/{finished.connection.slug}"
             f"/test/{key}"))
-    session_id = login.save_session(tenant, finished)
-    if svc.settings.dev_idp:  # the demo page shows what the development IdP sent
-        login.save_result("session:" + public_sid(session_id), finished)
-    url = issuer.authorization_response(tenant, finished.request, for_app(tenant, finished.request, finished.profile),
-                                        auth_time=finished.auth_time,
-                                        session_id=public_sid(session_id))
+    with svc.state.batch():  # the broker session and the code: one write, or none if issuing fails
+        session_id = login.save_session(tenant, finished)
+        if svc.settings.dev_idp:  # the demo page shows what the development IdP sent
+            login.save_result("session:" + public_sid(session_id), finished)
+        url = issuer.authorization_response(tenant, finished.request,
+                                            for_app(tenant, finished.request, finished.profile),
+                                            auth_time=finished.auth_time, session_id=public_sid(session_id))
     resp = redirect_to(url)
     set_session_cookie(resp, session_id, tenant.slug)
     g.login_done = True

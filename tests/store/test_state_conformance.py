@@ -200,6 +200,100 @@ def test_sub_millisecond_ttl_is_accepted(state_store: StateStore) -> None:
     assert state_store.add_if_absent("k2", b"v", 0.0001) is True
 
 
+# --- batch: puts held and written together -------------------------------------------------
+
+
+def test_batch_writes_its_puts_when_the_block_ends(state_store: StateStore) -> None:
+    seen_inside: list[bytes | None] = []
+
+    def other_thread_reads() -> None:
+        seen_inside.append(state_store.get("sess:1"))
+
+    with state_store.batch():
+        state_store.put("sess:1", b"s", LONG)
+        state_store.put("code:1", b"c", LONG)
+        reader = threading.Thread(target=other_thread_reads)
+        reader.start()
+        reader.join()
+    assert seen_inside == [None], "nothing is written before the block ends"
+    assert state_store.get("sess:1") == b"s"
+    assert state_store.get("code:1") == b"c"
+
+
+def test_batch_that_raises_writes_nothing(state_store: StateStore) -> None:
+    with pytest.raises(RuntimeError), state_store.batch():
+        state_store.put("sess:2", b"s", LONG)
+        raise RuntimeError("issuing failed")
+    assert state_store.get("sess:2") is None
+    state_store.put("sess:2b", b"after", LONG)  # the failed block left no batch open
+    assert state_store.get("sess:2b") == b"after"
+
+
+def test_batch_keeps_order_and_the_last_put_wins(state_store: StateStore) -> None:
+    with state_store.batch():
+        state_store.put("k", b"first", LONG)
+        state_store.put("k", b"second", LONG)
+    assert state_store.get("k") == b"second"
+
+
+def test_reads_and_other_writes_in_a_batch_see_its_puts(state_store: StateStore) -> None:
+    with state_store.batch():
+        state_store.put("a", b"1", LONG)
+        assert state_store.get("a") == b"1"
+        state_store.put("b", b"2", LONG)
+        assert state_store.take("b") == b"2"
+        state_store.put("c", b"3", LONG)
+        assert state_store.add_if_absent("c", b"x", LONG) is False
+        state_store.put("d", b"4", LONG)
+        state_store.delete("d")
+    assert state_store.get("b") is None
+    assert state_store.get("c") == b"3"
+    assert state_store.get("d") is None
+
+
+def test_nested_batches_write_at_the_outermost_end(state_store: StateStore) -> None:
+    seen: list[bytes | None] = []
+    with state_store.batch():
+        with state_store.batch():
+            state_store.put("n", b"v", LONG)
+        reader = threading.Thread(target=lambda: seen.append(state_store.get("n")))
+        reader.start()
+        reader.join()
+    assert seen == [None]
+    assert state_store.get("n") == b"v"
+
+
+def test_batched_puts_keep_their_own_ttls(state_store: StateStore, state_expire: Expire) -> None:
+    with state_store.batch():
+        state_store.put("short", b"s", SHORT)
+        state_store.put("long", b"l", LONG)
+    state_expire(SHORT + MARGIN)
+    assert state_store.get("short") is None
+    assert state_store.get("long") == b"l"
+
+
+def test_batch_refuses_a_bad_ttl_at_the_put(state_store: StateStore) -> None:
+    with state_store.batch():
+        with pytest.raises(ValueError):
+            state_store.put("bad", b"v", 0)
+        state_store.put("good", b"v", LONG)
+    assert state_store.get("bad") is None
+    assert state_store.get("good") == b"v"
+
+
+def test_batches_of_different_threads_are_separate(state_store: StateStore) -> None:
+    def work(i: int) -> list[str]:
+        with state_store.batch():
+            for r in range(ROUNDS):
+                state_store.put(f"t{i}:{r}", str(i).encode(), LONG)
+        return []
+
+    _race(THREADS, work)
+    for i in range(THREADS):
+        for r in range(ROUNDS):
+            assert state_store.get(f"t{i}:{r}") == str(i).encode()
+
+
 # --- concurrency: exactly one winner -----------------------------------------------------------
 
 THREADS = 16

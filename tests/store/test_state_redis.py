@@ -169,6 +169,42 @@ def test_a_passed_in_client_is_used_as_is(redis_url: str, redis_prefix: str) -> 
         client.close()
 
 
+# --- batches ---------------------------------------------------------------------------------
+
+
+def _batch_of_two(store: RedisStateStore) -> None:
+    with store.batch():
+        store.put(SECRET_KEY, b"a", LONG)
+        store.put(SECRET_KEY + "-2", b"b", LONG)
+
+
+def _calls(raw: redis.Redis, command: str) -> int:
+    stats: dict[str, Any] = raw.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+def test_a_batch_is_one_multi_exec_with_each_ttl(
+    store: RedisStateStore, raw: redis.Redis, redis_prefix: str
+) -> None:
+    multi, exec_ = _calls(raw, "multi"), _calls(raw, "exec")
+    with store.batch():
+        store.put("sess:x", b"s", LONG)
+        store.put("code:x", b"c", 30.0)
+        store.put("grant:x", b"g", 120.0)
+    assert (_calls(raw, "multi") - multi, _calls(raw, "exec") - exec_) == (1, 1)
+    assert raw.get(redis_prefix + "code:x") == b"c"
+    assert 29_000 < raw.pttl(redis_prefix + "code:x") <= 30_000
+    assert 119_000 < raw.pttl(redis_prefix + "grant:x") <= 120_000
+
+
+def test_a_batch_of_one_put_is_a_plain_set(store: RedisStateStore, raw: redis.Redis) -> None:
+    multi = _calls(raw, "multi")
+    with store.batch():
+        store.put("one", b"v", LONG)
+    assert _calls(raw, "multi") == multi
+    assert store.get("one") == b"v"
+
+
 # --- an unreachable server --------------------------------------------------------------------
 
 
@@ -181,6 +217,7 @@ def test_a_passed_in_client_is_used_as_is(redis_url: str, redis_prefix: str) -> 
         pytest.param(lambda s: s.add_if_absent(SECRET_KEY, b"v", LONG), id="add_if_absent"),
         pytest.param(lambda s: s.incr(SECRET_KEY, LONG), id="incr"),
         pytest.param(lambda s: s.delete(SECRET_KEY), id="delete"),
+        pytest.param(lambda s: _batch_of_two(s), id="batch"),
     ],
 )
 def test_unreachable_server_raises_state_store_error_fast(call: Any) -> None:

@@ -1,0 +1,217 @@
+"""Full logins in one process, no HTTP server: where the broker's own CPU goes, request by request.
+
+    python bench/login_inproc.py [--logins 500] [--redis URL] [--database URL] [--profile FILE]
+                                 [--alg RS256|ES256] [--style okta|entra]
+
+The same three requests as bench/login_bench.py (authorize -> ACS with a Response signed by an independent
+signer for the actual AuthnRequest -> token), sent through Flask's WSGI test client to the app that
+`broker serve` runs (create_app with the given database and state store), so that gunicorn, the network and
+the load generator are left out. Prints the CPU time (time.process_time) of each step; the client work
+(signing, building the WSGI environ) is timed apart and subtracted where it is inside a step.
+`--profile FILE` writes a cProfile of the three steps only (for `python -m pstats FILE` or snakeviz).
+
+Defaults: a temporary SQLite database and the in-process state store; `--redis redis://127.0.0.1:6379/14`
+(flushed first) and `--database postgresql://...` measure the production stores. Run by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import cProfile
+import hashlib
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from login_bench import REDIRECT_URI, SEED_SECRET, idp_metadata_xml, use_xmlsec_signer  # noqa: E402
+
+from tests.samlxml.idp_fixtures import build_response, make_idp, to_post_binding  # noqa: E402
+
+PUBLIC = "http://127.0.0.1:8765"
+
+# --breakdown: CPU (time.process_time) spent inside each of these per login, outermost call only
+BREAKDOWN = (
+    "broker.samlxml.response:verify_response",
+    "broker.samlxml.dsig:verify_signed_element",
+    "broker.upstream.saml:SamlConnector.begin",
+    "broker.upstream.saml:SamlConnector.complete",
+    "broker.issuer.tokens:TokenCodec.sign",
+    "broker.issuer.server:Issuer.token",
+    "broker.issuer.server:Issuer.authorization_response",
+    "broker.login:LoginService.begin",
+    "broker.login:LoginService.finish",
+    "broker.claims.pipeline:apply",
+    "broker.audit:Auditor.emit",
+    "broker.store.config_repo:SqlConfigStore.record",
+    "broker.store.cached:CachedConfigStore._generation",
+    "broker.store.state_redis:RedisStateStore.put",
+    "broker.store.state_redis:RedisStateStore.get",
+    "broker.store.state_redis:RedisStateStore.take",
+    "broker.store.state_redis:RedisStateStore.add_if_absent",
+    "broker.store.state_redis:RedisStateStore._put_all",
+    "logging:Logger._log",
+    "flask.app:Flask.wsgi_app",
+    "flask.app:Flask.dispatch_request",
+)
+
+
+def instrument(names: tuple[str, ...]) -> dict[str, list[float]]:
+    """Wrap each module:qualname function to add its CPU time to a counter (nested calls of the same
+    function count once)."""
+    import functools
+    import importlib
+
+    totals: dict[str, list[float]] = {}
+    for name in names:
+        module_name, qual = name.split(":")
+        owner: Any = importlib.import_module(module_name)
+        parts = qual.split(".")
+        for part in parts[:-1]:
+            owner = getattr(owner, part)
+        original = getattr(owner, parts[-1])
+        cell = totals.setdefault(name, [0.0, 0.0, 0.0])  # cpu seconds, calls, depth
+
+        def wrapper(*a: Any, __orig: Any = original, __cell: list[float] = cell, **kw: Any) -> Any:
+            __cell[2] += 1
+            t0 = time.process_time()
+            try:
+                return __orig(*a, **kw)
+            finally:
+                __cell[2] -= 1
+                if __cell[2] == 0:
+                    __cell[0] += time.process_time() - t0
+                    __cell[1] += 1
+
+        setattr(owner, parts[-1], functools.wraps(original)(wrapper))
+    return totals
+ADMIN_KEY = "inproc-admin-key-0123456789abcdef"
+
+
+def make_app(database: str, redis_url: str | None) -> Any:
+    from broker.app import create_app
+    from broker.settings import load_settings
+
+    env = {
+        "BROKER_ENV": "dev", "BROKER_DEV_IDP": "false", "BROKER_PUBLIC_URL": PUBLIC, "DATABASE_URL": database,
+        "BROKER_SECRET_KEY": "inproc-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
+        "BROKER_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY, "BROKER_LOG_LEVEL": os.environ.get("BROKER_LOG_LEVEL", "INFO"),
+    }
+    if redis_url:
+        import redis
+
+        redis.Redis.from_url(redis_url).flushdb()
+        env["REDIS_URL"] = redis_url
+    return create_app(load_settings(env))
+
+
+def setup(client: Any, metadata: str, alg: str) -> dict[str, str]:
+    auth = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+    def call(method: str, path: str, body: Any) -> Any:
+        r = client.open("/admin/v1" + path, method=method, json=body, headers=auth)
+        if r.status_code not in (200, 201):
+            raise SystemExit(f"{method} {path} -> {r.status_code} {r.get_data(as_text=True)[:300]}")
+        return r.get_json()
+
+    call("POST", "/tenants", {"slug": "bench", "name": "Bench"})
+    conn = call("POST", "/tenants/bench/connections", {
+        "slug": "idp", "protocol": "saml", "domains": ["bench.bench.example"],
+        "mapping": {"preset": "okta", "rules": []}, "saml": {"metadata_xml": metadata}})
+    call("POST", "/tenants/bench/apps", {"name": "bench", "redirect_uris": [REDIRECT_URI],
+                                         "client_id": "bench-app", "client_secret": SEED_SECRET,
+                                         "id_token_signed_response_alg": alg})
+    return {"acs": conn["sp"]["acs_url"], "audience": conn["sp"]["entity_id"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--logins", type=int, default=500)
+    p.add_argument("--redis", default=None, help="REDIS_URL (flushed first); default: in-process store")
+    p.add_argument("--database", default=None, help="DATABASE_URL; default: a temporary SQLite file")
+    p.add_argument("--profile", type=Path, default=None, help="write a cProfile of the three steps here")
+    p.add_argument("--alg", default="RS256", help="the app's ID-token algorithm (the tenant needs a key of it)")
+    p.add_argument("--breakdown", action="store_true", help="CPU per login inside the BREAKDOWN functions")
+    p.add_argument("--style", default="okta", choices=("okta", "entra"),
+                   help="okta: Response and Assertion signed; entra: Assertion signed")
+    args = p.parse_args(argv)
+
+    use_xmlsec_signer()
+    tmp = tempfile.mkdtemp(prefix="broker-inproc-")
+    app = make_app(args.database or f"sqlite:///{tmp}/broker.db", args.redis)
+    client = app.test_client()
+    idp = make_idp("https://idp.bench.example/saml")
+    sp = setup(client, idp_metadata_xml(idp), args.alg)
+    basic = "Basic " + base64.b64encode(f"bench-app:{SEED_SECRET}".encode()).decode()
+    prof = cProfile.Profile() if args.profile else None
+    totals = instrument(BREAKDOWN) if args.breakdown else {}
+    steps: dict[str, list[float]] = {"authorize": [], "acs": [], "token": []}
+
+    def timed(step: str, fn: Any) -> Any:
+        if prof is not None:
+            prof.enable()
+        t0 = time.process_time()
+        out = fn()
+        steps[step].append(time.process_time() - t0)
+        if prof is not None:
+            prof.disable()
+        return out
+
+    for n in range(args.logins + 20):
+        if n == 20:  # warm-up done
+            steps = {k: [] for k in steps}
+            for cell in totals.values():
+                cell[0] = cell[1] = 0.0
+            if prof is not None:
+                prof = cProfile.Profile()
+        client._cookies.clear()
+        verifier = secrets.token_urlsafe(48)
+        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
+        query = urlencode({"client_id": "bench-app", "redirect_uri": REDIRECT_URI, "response_type": "code",
+                           "scope": "openid email profile", "state": state, "nonce": nonce,
+                           "code_challenge": challenge, "code_challenge_method": "S256", "connection": "idp"})
+        r = timed("authorize", lambda: client.get(f"/t/bench/authorize?{query}"))
+        assert r.status_code == 302, r.get_data(as_text=True)[:300]
+        q = parse_qs(urlsplit(r.headers["Location"]).query)
+        from lxml import etree
+
+        request_id = etree.fromstring(zlib.decompress(base64.b64decode(q["SAMLRequest"][0]), -15)).get("ID")
+        xml = build_response(idp, acs_url=sp["acs"], audience=sp["audience"], in_response_to=request_id,
+                             name_id=f"user{n}@bench.bench.example", style=args.style)
+        form = {"SAMLResponse": to_post_binding(xml), "RelayState": q["RelayState"][0]}
+        r = timed("acs", lambda: client.post(urlsplit(sp["acs"]).path, data=form))
+        assert r.status_code == 302, r.get_data(as_text=True)[:300]
+        code = parse_qs(urlsplit(r.headers["Location"]).query)["code"][0]
+        body = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
+                "code_verifier": verifier}
+        r = timed("token", lambda: client.post("/t/bench/token", data=body, headers={"Authorization": basic}))
+        assert r.status_code == 200, r.get_data(as_text=True)[:300]
+
+    total = 0.0
+    for step, values in steps.items():
+        mean = statistics.fmean(values) * 1000
+        total += mean
+        print(f"{step:<10} mean {mean:6.3f} ms  p50 {statistics.median(values) * 1000:6.3f} ms CPU")
+    print(f"{'login':<10} mean {total:6.3f} ms CPU over {args.logins} logins (WSGI test client included)")
+    for name, (cpu, calls, _) in totals.items():
+        print(f"  {name:<62} {cpu * 1000 / args.logins:7.3f} ms/login  {calls / args.logins:5.1f} calls/login")
+    if prof is not None and args.profile:
+        prof.dump_stats(args.profile)
+        print(f"profile written to {args.profile}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
