@@ -1,11 +1,12 @@
 """A read-through cache in front of the SQL ConfigStore, kept exact across replicas by a generation token.
 
-Every configuration write (admin API, `config apply`, key rotation) replaces a random generation token in
-the shared StateStore after its transaction commits. A request fetches that token once (one Redis GET, or a
-dict lookup in-process; the web layer calls `begin_request()`) and uses only entries loaded under it, so a
-change made on any replica is seen by every other replica from its next request on — no staleness window —
-and one request sees one consistent generation. Entries also expire after `max_age` seconds, a backstop
-should a token update ever be lost.
+Every configuration write (admin API, `config apply`, key rotation) replaces a random generation token
+after its transaction commits (broker.store.generation: in the StateStore, and with Redis also announced
+over pub/sub). A request takes that token once (the web layer calls `begin_request()`; with Redis it is the
+last announced token, after draining the notifications already received, with no round trip) and uses only
+entries loaded under it, so a change made on any replica is seen by every other replica from its next
+request on, and one request sees one consistent generation. Entries also expire after `max_age` seconds, a
+backstop should a token update ever be lost.
 
 Only the login/token hot path reads through the cache (tenants, connections, apps, signing keys); audit
 events, metadata refresh state and last-login stamps go straight to the database.
@@ -13,7 +14,6 @@ events, metadata refresh state and last-login stamps go straight to the database
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -25,9 +25,7 @@ from typing import Any, TypeVar
 from broker.model import AdminKey, App, AuditEvent, Connection, SigningKey, Tenant
 from broker.ports import AppDraft, AuditPage, ConnectionDraft, MetadataState, NewSigningKey, StateStore
 from broker.store.config_repo import SqlConfigStore
-
-GENERATION_KEY = "config:generation"
-GENERATION_TTL = 400 * 86400.0
+from broker.store.generation import Generation, generation_for
 
 T = TypeVar("T")
 _MISSING = object()
@@ -35,9 +33,11 @@ _MISSING = object()
 
 class CachedConfigStore:
     def __init__(self, inner: SqlConfigStore, state: StateStore, *, max_age: float = 60.0,
-                 max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic,
+                 generation: Generation | None = None) -> None:
         self.inner = inner
         self.state = state
+        self.generation = generation or generation_for(state)
         self.max_age = max_age
         self.max_entries = max_entries
         self._clock = clock
@@ -63,7 +63,7 @@ class CachedConfigStore:
         memo = self._memo.get()
         if memo:
             return memo[0]
-        gen = self.state.get(GENERATION_KEY)
+        gen = self.generation.current()
         if memo is not None:
             self._memo.set((gen,))
         return gen
@@ -77,7 +77,7 @@ class CachedConfigStore:
             self._entries.clear()
         if self._memo.get() is not None:
             self._memo.set(())
-        self.state.put(GENERATION_KEY, secrets.token_bytes(12), ttl=GENERATION_TTL)
+        self.generation.bump()
 
     def _cached(self, key: tuple[Any, ...], load: Callable[[], T]) -> T:
         if self._in_atomic.get():

@@ -1,0 +1,197 @@
+"""The configuration generation: a random token replaced after every configuration write, which tells every
+worker and replica whether its cached configuration is still current (broker.store.cached).
+
+Two sources:
+- `StateGeneration` keeps the token in the StateStore and reads it once per request (a dict lookup with the
+  in-process store; a Redis GET otherwise).
+- `RedisGeneration` also announces every change on a Redis pub/sub channel, in the same MULTI/EXEC as the
+  new token, and keeps the last token it heard. A request drains the notifications already waiting on the
+  subscription socket (a non-blocking read, no round trip) before it uses the token. Redis writes the
+  notification to every subscriber in the same event-loop turn as its reply to the writer, so by the time
+  anyone can act on a write's response, the notification is already waiting at every replica: a change is
+  seen by the next request everywhere, without a GET per request. If the subscription is lost (Redis
+  restarted, connection dropped) it is re-established and the token re-read with a GET; the token is also
+  re-read at least every `verify_every` seconds, which bounds staleness even on a silently dead connection.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import redis
+from redis.exceptions import RedisError
+
+from broker.errors import StateStoreError
+from broker.ports import StateStore
+from broker.store.state_redis import RedisStateStore
+
+GENERATION_KEY = "config:generation"
+GENERATION_TTL = 400 * 86400.0
+
+
+class Generation(Protocol):
+    def current(self) -> bytes | None:
+        """The token of the newest configuration (None before the first write)."""
+        ...
+
+    def bump(self) -> None:
+        """Announce a configuration change (after its transaction has committed)."""
+        ...
+
+
+class StateGeneration:
+    """The token in the StateStore, read on every call."""
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+
+    def current(self) -> bytes | None:
+        return self._state.get(GENERATION_KEY)
+
+    def bump(self) -> None:
+        self._state.put(GENERATION_KEY, secrets.token_bytes(12), ttl=GENERATION_TTL)
+
+
+class RedisGeneration:
+    """The token in Redis, followed through pub/sub (see the module docstring). Thread-safe.
+
+    Without a live subscription (Redis restarting, or a subscribe that failed) every read is a plain GET,
+    as with StateGeneration, and a new subscription is tried at most once per `retry_every` seconds, by one
+    thread at a time, without holding up the others."""
+
+    def __init__(self, store: RedisStateStore, *, verify_every: float = 1.0, retry_every: float = 1.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._store = store
+        self._client: redis.Redis = store.client
+        self._channel = store.prefix + GENERATION_KEY
+        self._verify_every = verify_every
+        self._retry_every = retry_every
+        self._clock = clock
+        self._lock = threading.Lock()  # guards the fields below
+        self._subscribing = threading.Lock()  # one subscribe attempt at a time, outside _lock
+        self._pubsub: Any = None  # redis.client.PubSub while subscribed
+        self._value: bytes | None = None
+        self._verify_at = float("-inf")  # the periodic GET is due at this time
+        self._reread = True  # GET before the next use (new subscription, or after our own bump)
+        self._reconnected = False  # set by redis-py when it re-opens the subscription's connection
+        self._subscribe_after = float("-inf")
+
+    def current(self) -> bytes | None:
+        with self._lock:
+            if self._pubsub is not None:
+                try:
+                    alive = self._drain()
+                except (RedisError, OSError, ValueError):
+                    alive = False
+                if not alive:
+                    self._unsubscribe()
+                elif not self._reread and self._clock() < self._verify_at:
+                    return self._value
+                else:
+                    return self._reread_locked()
+        if self._clock() >= self._subscribe_after and self._subscribing.acquire(blocking=False):
+            try:
+                pubsub = self._new_subscription()
+                if pubsub is None:
+                    self._subscribe_after = self._clock() + self._retry_every
+                else:
+                    with self._lock:
+                        self._unsubscribe()
+                        self._pubsub = pubsub
+                        self._reconnected = False
+                        self._reread = True
+                        return self._reread_locked()
+            finally:
+                self._subscribing.release()
+        return self._store.get(GENERATION_KEY)  # no subscription: a GET per read
+
+    def bump(self) -> None:
+        token = secrets.token_bytes(12)
+        pipe = self._client.pipeline(transaction=True)
+        pipe.set(self._channel, token, px=int(GENERATION_TTL * 1000))
+        pipe.publish(self._channel, token)
+        try:
+            pipe.execute()
+        except RedisError as exc:
+            raise StateStoreError("The state store is unavailable.",
+                                  detail=f"redis generation bump failed: {type(exc).__name__}: {exc}") from exc
+        with self._lock:
+            self._reread = True  # this process's next read takes the token from Redis
+
+    def close(self) -> None:
+        with self._lock:
+            self._unsubscribe()
+
+    # -- subscription ------------------------------------------------------------------------------
+
+    def _new_subscription(self) -> Any:
+        """A confirmed subscription to the channel, or None. Confirmed first, read after: no change made
+        between the two can be missed."""
+        pubsub = self._client.pubsub()  # type: ignore[no-untyped-call]
+        try:
+            pubsub.subscribe(self._channel)
+            confirmed = pubsub.get_message(timeout=2.0)
+            if confirmed is None or confirmed.get("type") != "subscribe":
+                raise RedisError("no subscribe confirmation")
+        except (RedisError, OSError, ValueError):
+            pubsub.close()
+            return None
+        pubsub.connection.register_connect_callback(self._on_reconnect)  # held weakly by redis-py
+        return pubsub
+
+    def _on_reconnect(self, _connection: Any) -> None:
+        self._reconnected = True
+
+    # -- under _lock ---------------------------------------------------------------------------------
+
+    def _drain(self) -> bool:
+        """Apply the notifications already received; False if the subscription is not usable, or was
+        re-established by redis-py behind our back (notifications sent meanwhile are lost)."""
+        while True:
+            message = self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.0)
+            if self._reconnected:
+                return False
+            if message is None:
+                return bool(self._pubsub.subscribed)
+            if message.get("type") == "message" and isinstance(message.get("data"), bytes):
+                self._value = message["data"]
+
+    def _reread_locked(self) -> bytes | None:
+        """The token by GET, while subscribed: after a new subscription or our own bump, and periodically."""
+        periodic = not self._reread
+        try:
+            value = self._store.get(GENERATION_KEY)
+        except StateStoreError:
+            self._unsubscribe()  # the other threads go on without waiting for this lock
+            raise
+        if periodic and value != self._value:
+            # A token no notification brought (or one still in flight): the subscription may be dead.
+            # Take a new one on the next read; costs one SUBSCRIBE when the notification was only late.
+            self._unsubscribe()
+            return value
+        self._value = value
+        self._reread = False
+        self._verify_at = self._clock() + self._verify_every
+        return value
+
+    def _unsubscribe(self) -> None:
+        if self._pubsub is not None:
+            pubsub, self._pubsub = self._pubsub, None
+            self._reconnected = False
+            try:
+                if pubsub.connection is not None:  # pooled connections are reused: leave no callback behind
+                    pubsub.connection.deregister_connect_callback(self._on_reconnect)
+                pubsub.close()
+            except (RedisError, OSError):
+                pass
+
+
+def generation_for(state: StateStore) -> Generation:
+    """Pub/sub-followed generation on Redis; otherwise the token in the (in-process) StateStore."""
+    if isinstance(state, RedisStateStore):
+        return RedisGeneration(state)
+    return StateGeneration(state)

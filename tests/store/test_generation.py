@@ -1,0 +1,145 @@
+"""RedisGeneration: configuration changes reach other replicas through pub/sub, without a GET per request,
+and a lost subscription costs correctness never, only round trips."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from broker.errors import StateStoreError
+from broker.ports import FrozenClock
+from broker.store.generation import GENERATION_KEY, RedisGeneration, StateGeneration, generation_for
+from broker.store.state import MemoryStateStore
+from broker.store.state_redis import RedisStateStore
+
+pytestmark = pytest.mark.redis
+
+
+class Replica:
+    """One process's view: its own Redis client and generation, with a count of its token GETs."""
+
+    def __init__(self, url: str, prefix: str, clock: FrozenClock) -> None:
+        self.store = RedisStateStore.from_url(url, prefix=prefix)
+        self.gets = 0
+        original = self.store.get
+
+        def counting_get(key: str) -> bytes | None:
+            if key == GENERATION_KEY:
+                self.gets += 1
+            return original(key)
+
+        self.store.get = counting_get  # type: ignore[method-assign]
+        self.generation = RedisGeneration(self.store, verify_every=1.0, clock=clock.now)
+
+    def close(self) -> None:
+        self.generation.close()
+        self.store.client.close()
+
+
+@pytest.fixture
+def clock() -> FrozenClock:
+    return FrozenClock(1_000.0)
+
+
+@pytest.fixture
+def pair(redis_url: str, redis_prefix: str, clock: FrozenClock) -> Iterator[tuple[Replica, Replica]]:
+    a, b = Replica(redis_url, redis_prefix, clock), Replica(redis_url, redis_prefix, clock)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_a_change_on_one_replica_is_seen_by_the_next_read_on_the_other_without_a_get(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    a.generation.bump()
+    first = b.generation.current()  # subscribes, then reads the token once
+    assert first is not None and b.gets == 1
+    for _ in range(5):
+        assert b.generation.current() == first
+    assert b.gets == 1, "no round trip per read while subscribed"
+    a.generation.bump()
+    second = b.generation.current()
+    assert second != first
+    assert second == a.generation.current()
+    assert b.gets == 1, "the change arrived as a notification"
+
+
+def test_the_writer_sees_its_own_change_at_once(pair: tuple[Replica, Replica]) -> None:
+    a, _ = pair
+    before = a.generation.current()
+    a.generation.bump()
+    after = a.generation.current()
+    assert after != before and after is not None
+
+
+def _kill_subscription(raw: redis.Redis, replica: Replica) -> None:
+    host, port = replica.generation._pubsub.connection._sock.getsockname()[:2]  # noqa: SLF001
+    assert raw.client_kill(f"{host}:{port}")
+
+
+def test_a_killed_subscription_is_noticed_and_the_change_still_seen(
+    pair: tuple[Replica, Replica], redis_url: str
+) -> None:
+    a, b = pair
+    b.generation.current()
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        _kill_subscription(raw, b)
+        a.generation.bump()  # published while b has no subscription
+        assert b.generation.current() == a.generation.current()
+        assert b.gets == 2, "the dead subscription made b read the token again (and subscribe anew)"
+        a.generation.bump()
+        assert b.generation.current() == a.generation.current()
+        assert b.gets == 2, "subscribed again: notifications flow"
+    finally:
+        raw.close()
+
+
+def test_a_silently_lost_notification_is_caught_by_the_periodic_check(
+    pair: tuple[Replica, Replica], redis_url: str, redis_prefix: str, clock: FrozenClock
+) -> None:
+    _, b = pair
+    old = b.generation.current()
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        raw.set(redis_prefix + GENERATION_KEY, b"changed-without-notification")
+        assert b.generation.current() == old, "within verify_every the last announced token is used"
+        clock.advance(1.0)
+        assert b.generation.current() == b"changed-without-notification"
+    finally:
+        raw.close()
+
+
+def test_redis_down_is_a_state_store_error() -> None:
+    store = RedisStateStore.from_url("redis://127.0.0.1:1/0", socket_timeout=0.3)
+    generation = RedisGeneration(store)
+    try:
+        with pytest.raises(StateStoreError):
+            generation.current()
+        with pytest.raises(StateStoreError):
+            generation.bump()
+    finally:
+        store.client.close()
+
+
+def test_the_in_process_store_keeps_the_token_in_the_store() -> None:
+    state = MemoryStateStore()
+    generation = generation_for(state)
+    assert isinstance(generation, StateGeneration)
+    assert generation.current() is None
+    generation.bump()
+    token = generation.current()
+    assert token is not None and state.get(GENERATION_KEY) == token
+
+
+def test_redis_gets_the_pub_sub_generation(redis_url: str, redis_prefix: str) -> None:
+    store: Any = RedisStateStore.from_url(redis_url, prefix=redis_prefix)
+    try:
+        assert isinstance(generation_for(store), RedisGeneration)
+    finally:
+        store.client.close()
