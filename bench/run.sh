@@ -2,7 +2,7 @@
 # Start `broker serve` (1, then 2 workers) on a fresh database, wait for /readyz, run bench/login_bench.py,
 # stop the server. Run by hand; not part of the test suite.
 #
-#   bench/run.sh [--db sqlite|postgres] [--workers "1 2"] [--port 8765] [-- login_bench.py args...]
+#   bench/run.sh [--db sqlite|postgres] [--workers "1 2"] [--threads N] [--port 8765] [-- login_bench.py args...]
 #   bench/run.sh --db postgres -- --tenants 10000 --concurrency 1,8,32 --duration 30
 #
 # Redis: REDIS_URL (default redis://127.0.0.1:6379/14; that database is flushed first).
@@ -17,11 +17,13 @@ BROKER="$(dirname "$PY")/broker"
 [ -x "$BROKER" ] || BROKER="$PY -m broker"
 DB=sqlite
 WORKERS="1 2"
+THREADS=""
 PORT=8765
 while [ $# -gt 0 ]; do
   case "$1" in
     --db) DB="$2"; shift 2 ;;
     --workers) WORKERS="$2"; shift 2 ;;
+    --threads) THREADS="$2"; shift 2 ;;
     --port) PORT="$2"; shift 2 ;;
     --) shift; break ;;
     *) echo "unknown option $1 (bench args go after --)" >&2; exit 2 ;;
@@ -61,8 +63,8 @@ fresh_database() {
 
 for workers in $WORKERS; do
   fresh_database
-  echo "== broker serve --workers $workers ($DB, $REDIS_URL) ==" >&2
-  $BROKER serve --host 127.0.0.1 --port "$PORT" --workers "$workers" >"$WORK/server-$workers.log" 2>&1 &
+  echo "== broker serve --workers $workers${THREADS:+ --threads $THREADS} ($DB, $REDIS_URL) ==" >&2
+  $BROKER serve --host 127.0.0.1 --port "$PORT" --workers "$workers" ${THREADS:+--threads "$THREADS"} >"$WORK/server-$workers.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 1 100); do
     curl -fsS "$BROKER_PUBLIC_URL/readyz" >/dev/null 2>&1 && break
