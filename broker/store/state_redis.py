@@ -2,7 +2,8 @@
 
 Each operation is a single atomic Redis command (or one Lua script), so single-use values are consumed
 exactly once across processes: `take` is GETDEL, `add_if_absent` is SET NX PX, and `incr` starts its
-window with the first increment inside one script. A `batch()` of puts is one MULTI/EXEC. Never a KEYS scan, never get-then-delete.
+window with the first increment inside one script. A `batch()` of puts is one MULTI/EXEC. Never a KEYS
+scan, never get-then-delete.
 Every Redis failure becomes `StateStoreError` with a safe message; the Redis detail stays private.
 """
 
