@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import base64
 import cProfile
-import hashlib
 import os
 import secrets
 import statistics
@@ -35,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from login_bench import REDIRECT_URI, SEED_SECRET, idp_metadata_xml, use_xmlsec_signer  # noqa: E402
+from login_bench import REDIRECT_URI, SEED_SECRET, _pkce, idp_metadata_xml, use_xmlsec_signer  # noqa: E402
 
 from tests.samlxml.idp_fixtures import build_response, make_idp, to_post_binding  # noqa: E402
 
@@ -176,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             if prof is not None:
                 prof = cProfile.Profile()
         client._cookies.clear()
-        verifier = secrets.token_urlsafe(48)
-        challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
+        verifier, challenge = _pkce()
         state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
         query = urlencode({"client_id": "bench-app", "redirect_uri": REDIRECT_URI, "response_type": "code",
                            "scope": "openid email profile", "state": state, "nonce": nonce,
