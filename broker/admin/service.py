@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from broker.admin import schema
 from broker.audit import Auditor, event_json
 from broker.claims.pipeline import compile_mapping, explain
-from broker.errors import BrokerError, Forbidden, NotFound, Unauthorized, ValidationFailed
+from broker.errors import BrokerError, Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from broker.issuer.keys import generate_signing_key
 from broker.model import AdminKey, App, Connection, MappingConfig, Profile, Tenant, UpstreamIdentity
 from broker.ports import AppDraft, Clock, ConfigStore, ConnectionDraft, MetadataState, NewSigningKey
@@ -183,8 +183,17 @@ class AdminService:
         return {"id": created.id, "key": value, "tenant": slug}
 
     def ensure_admin_key(self, value: str, label: str = "bootstrap") -> AdminKey:
-        """A global admin key with exactly this value exists afterwards (BROKER_BOOTSTRAP_ADMIN_KEY)."""
-        return self.store.create_admin_key(None, self.hasher.digest(value), label)
+        """A global admin key with exactly this value exists afterwards (BROKER_BOOTSTRAP_ADMIN_KEY).
+        Workers and replicas starting together race to insert it: losing that race (the unique key hash
+        conflicts) means the key now exists, which is all this promises."""
+        digest = self.hasher.digest(value)
+        try:
+            return self.store.create_admin_key(None, digest, label)
+        except Conflict:
+            existing = self.store.admin_key_by_hash(digest)
+            if existing is None or not existing.is_global:
+                raise
+            return existing
 
     # -- connections -----------------------------------------------------------------------------
 
