@@ -15,6 +15,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
+from psycopg.types.json import Json
 from sqlalchemy import Engine, delete, insert, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import SQLAlchemyError as _SQLAlchemyError
@@ -36,6 +38,12 @@ from broker.store.sealing import Sealer
 from broker.store.tables import AdminKeyRow, AppRow, AuditRow, ConnectionRow, SigningKeyRow, TenantRow
 
 _AUDIT_INSERT = insert(AuditRow)
+# The same INSERT as a server-side prepared statement on the psycopg connection under the pool (PostgreSQL
+# only): it runs on every login, where SQLAlchemy's per-execution work cost more than the insert itself.
+_AUDIT_INSERT_PG = (
+    "INSERT INTO audit_events (id, time, tenant_id, tenant, type, connection, app, outcome, reason, details) "
+    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+)
 
 
 def _utc(dt: datetime | None) -> datetime | None:
@@ -61,6 +69,7 @@ class SqlConfigStore:
     def __init__(self, engine: Engine, sealer: Sealer) -> None:
         self._engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._prepared_audit = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._sealer = sealer
         self._current: ContextVar[Session | None] = ContextVar(f"broker_session_{id(self)}", default=None)
@@ -558,9 +567,14 @@ class SqlConfigStore:
         try:
             # one statement is atomic by itself: no BEGIN/COMMIT round trips around it
             with self._autocommit.connect() as conn:
-                conn.execute(_AUDIT_INSERT, row)
+                if self._prepared_audit:
+                    _insert_prepared(conn, row)
+                else:
+                    conn.execute(_AUDIT_INSERT, row)
         except OperationalError as exc:
             raise ServiceUnavailable("The database is unavailable.", detail=str(exc.orig)) from None
+        except psycopg.OperationalError as exc:
+            raise ServiceUnavailable("The database is unavailable.", detail=str(exc)) from None
 
     def audit_page(
         self, tenant_id: str | None, *, type: str | None, outcome: str | None, limit: int, cursor: str | None
@@ -594,3 +608,17 @@ class SqlConfigStore:
             ]
             return AuditPage(events=events, next_cursor=str(rows[-1].seq) if more and rows else None)
 
+
+def _insert_prepared(conn: Any, row: Mapping[str, Any]) -> None:
+    """`_AUDIT_INSERT_PG` on the connection's psycopg connection (autocommit, set by the pool checkout). A
+    connection that fails here is invalidated, as SQLAlchemy would have done, so the pool never hands it out
+    again."""
+    driver = conn.connection.driver_connection
+    try:
+        driver.execute(_AUDIT_INSERT_PG, (
+            row["id"], row["time"], row["tenant_id"], row["tenant"], row["type"], row["connection"], row["app"],
+            row["outcome"], row["reason"], Json(row["details"]),
+        ), prepare=True)
+    except psycopg.OperationalError:
+        conn.invalidate()
+        raise
