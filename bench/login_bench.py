@@ -119,11 +119,11 @@ def ensure_target(admin: Admin, public_url: str, slug: str, idp: Idp, metadata: 
     admin.call("POST", "/tenants", {"slug": slug, "name": f"Bench {slug}"}, ok=(201, 409))
     conn = admin.call("GET", f"/tenants/{slug}/connections/idp", ok=(200, 404))
     if conn is not None and "sp" in conn:
-        # The test IdP's key is new in every bench process: trust this run's certificate.
-        r = admin.http.put(f"{admin.url}/tenants/{slug}/connections/idp/metadata", data=metadata.encode(),
-                           headers={"Content-Type": "application/samlmetadata+xml"}, timeout=60)
-        if r.status_code != 200:
-            raise SystemExit(f"admin API PUT metadata of {slug} -> {r.status_code}: {r.text[:500]}")
+        if not trusts(conn, idp):  # a new test IdP key (every run without --idp-key): trust this one
+            r = admin.http.put(f"{admin.url}/tenants/{slug}/connections/idp/metadata", data=metadata.encode(),
+                               headers={"Content-Type": "application/samlmetadata+xml"}, timeout=60)
+            if r.status_code != 200:
+                raise SystemExit(f"admin API PUT metadata of {slug} -> {r.status_code}: {r.text[:500]}")
     else:
         conn = admin.call("POST", f"/tenants/{slug}/connections", {
             "slug": "idp", "protocol": "saml", "domains": [domain],
@@ -147,6 +147,34 @@ def ensure_target(admin: Admin, public_url: str, slug: str, idp: Idp, metadata: 
         client_secret=SEED_SECRET,
         email_domain=domain,
     )
+
+
+def cert_fingerprint(cert_pem: str) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    digest = x509.load_pem_x509_certificate(cert_pem.encode()).fingerprint(hashes.SHA256())
+    return ":".join(f"{b:02X}" for b in digest)
+
+
+def trusts(conn: dict[str, Any], idp: Idp) -> bool:
+    """Whether the connection (admin API JSON) already trusts this IdP's signing certificate."""
+    certs = (conn.get("metadata") or {}).get("signing_certificates") or []
+    return cert_fingerprint(idp.cert_pem) in {c.get("fingerprint") for c in certs}
+
+
+def load_idp(path: Path | None) -> Idp:
+    """The test IdP: a fresh key, or with --idp-key the one kept in that file (created on first use), so that
+    a re-run against an already seeded database need not upload new metadata to every tenant."""
+    if path is None:
+        return make_idp(IDP_ENTITY_ID)
+    if path.exists():
+        saved = json.loads(path.read_text())
+        return Idp(entity_id=IDP_ENTITY_ID, key_pem=saved["key_pem"].encode(), cert_pem=saved["cert_pem"])
+    idp = make_idp(IDP_ENTITY_ID)
+    path.write_text(json.dumps({"key_pem": idp.key_pem.decode(), "cert_pem": idp.cert_pem}))
+    path.chmod(0o600)
+    return idp
 
 
 def seed(admin_key: str, public_url: str, count: int, idp: Idp, metadata: str, workers: int) -> list[Target]:
@@ -616,6 +644,9 @@ def main(argv: list[str] | None = None) -> int:
                         "signer, key parsed once; signxml-uncached: idp_fixtures unchanged (~35 ms a signature)")
     p.add_argument("--style", choices=("okta", "entra"), default="okta",
                    help="okta: Response and Assertion signed; entra: only the Assertion signed")
+    p.add_argument("--idp-key", type=Path, default=None,
+                   help="keep the test IdP's key and certificate in this file and reuse them in later runs "
+                        "(tenants that already trust it are not sent new metadata)")
     p.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
     if not args.admin_key:
@@ -630,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     if server is None:
         print("note: no server PID found; CPU and RSS are not reported (use --server-pid)", file=sys.stderr)
 
-    idp = make_idp(IDP_ENTITY_ID)
+    idp = load_idp(args.idp_key)
     metadata = idp_metadata_xml(idp)
     admin = Admin(url, args.admin_key)
     main_target = ensure_target(admin, url, args.tenant, idp, metadata)

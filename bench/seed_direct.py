@@ -17,6 +17,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from login_bench import SEED_SECRET  # noqa: E402
 
 from broker.app import build_services  # noqa: E402
 from broker.issuer.keys import generate_signing_key  # noqa: E402
@@ -38,7 +41,7 @@ def main() -> None:
     key = NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk)
     sp = generate_sp_credentials("bench-seed")
     metadata = SamlIdp(idp=make_idp("https://seed-idp.bench.example/metadata"), url="https://seed-idp").metadata_xml()
-    secret_hash = svc.admin.hasher.digest("seed-secret-0123456789-abcdefghijklmnop")
+    secret_hash = svc.admin.hasher.digest(SEED_SECRET)  # the secret login_bench.py authenticates with
     existing = {t.slug for t in store.tenants()}
     started = time.perf_counter()
     made = 0

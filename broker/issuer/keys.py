@@ -11,6 +11,7 @@ from joserfc.jwk import ECKey, RSAKey
 
 from broker.errors import ConfigError, ValidationFailed
 from broker.model import SigningKey
+from broker.trusted_keys import load_trusted_rsa_key
 
 SUPPORTED_ALGS = ("RS256", "ES256")
 RSA_BITS = 2048
@@ -113,6 +114,8 @@ class KeyRing:
 
 def _import(alg: str, data: bytes | dict[str, Any]) -> RSAKey | ECKey:
     if alg == "RS256":
+        if isinstance(data, bytes):
+            return RSAKey.import_key(load_trusted_rsa_key(data))
         return RSAKey.import_key(data)
     if alg == "ES256":
         ec = ECKey.import_key(data)
@@ -120,3 +123,4 @@ def _import(alg: str, data: bytes | dict[str, Any]) -> RSAKey | ECKey:
             raise ConfigError("An ES256 key must be on P-256.", detail=f"curve {ec.curve_name}")
         return ec
     raise ConfigError(f"Unsupported signing algorithm {alg!r}.")
+

@@ -363,6 +363,42 @@ def test_begin_redirect_signed(
     assert inflate(q["SAMLRequest"]).find(f"{{{DS}}}Signature") is None
 
 
+def test_begin_redirect_parses_the_signing_key_once_per_connector(
+    sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parsing the SP key is far dearer than signing: a cached connector parses it on its first login only."""
+    from broker.upstream import saml as saml_module
+
+    loads: list[bytes] = []
+    original = saml_module.load_trusted_rsa_key
+
+    def counting(pem: bytes) -> Any:
+        loads.append(pem)
+        return original(pem)
+
+    monkeypatch.setattr(saml_module, "load_trusted_rsa_key", counting)
+    c = connector(sp, idp_metadata(idp), state, clock, sign_authn_requests=True)
+    for n in range(3):
+        result = c.begin(BeginRequest(txn_id=f"txn-{n}"))
+        assert isinstance(result.step, Redirect)
+        _verify_redirect_signature(result.step.url, sp.signing_cert_pem)
+    assert loads == [sp.signing_key_pem]
+
+
+def test_begin_redirect_refuses_a_signing_key_that_is_not_rsa(
+    sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ec_pem = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    c = connector(replace(sp, signing_key_pem=ec_pem), idp_metadata(idp), state, clock, sign_authn_requests=True)
+    with pytest.raises(LoginError) as info:
+        c.begin(BeginRequest(txn_id="t"))
+    assert info.value.code == "saml_connection_not_ready"
+
+
 def test_begin_signs_when_the_idp_wants_signed_requests(
     sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock
 ) -> None:
