@@ -71,6 +71,7 @@ class SqlConfigStore:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._prepared_audit = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(self._autocommit, expire_on_commit=False)
         self._sealer = sealer
         self._current: ContextVar[Session | None] = ContextVar(f"broker_session_{id(self)}", default=None)
 
@@ -91,6 +92,23 @@ class SqlConfigStore:
             raise
         finally:
             self._current.reset(token)
+            session.close()
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        """A session for reads. Outside `atomic()` it runs on an autocommit connection: one round trip per
+        query instead of BEGIN, query, COMMIT. Under READ COMMITTED each statement already took its own
+        snapshot, so nothing a reader could see changes."""
+        current = self._current.get()
+        if current is not None:
+            yield current
+            return
+        session = self._read_sessions()
+        try:
+            yield session
+        except OperationalError as exc:
+            raise ServiceUnavailable("The database is unavailable.", detail=str(exc.orig)) from None
+        finally:
             session.close()
 
     @contextmanager
@@ -207,16 +225,16 @@ class SqlConfigStore:
     # -- tenants ---------------------------------------------------------------------------------
 
     def tenants(self) -> Sequence[Tenant]:
-        with self._session() as s:
+        with self._read() as s:
             return [self._tenant(r) for r in s.scalars(select(TenantRow).order_by(TenantRow.slug))]
 
     def tenant_by_slug(self, slug: str) -> Tenant | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalars(select(TenantRow).where(TenantRow.slug == slug)).one_or_none()
             return self._tenant(row) if row else None
 
     def tenant_by_id(self, tenant_id: str) -> Tenant | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.get(TenantRow, tenant_id)
             return self._tenant(row) if row else None
 
@@ -268,7 +286,7 @@ class SqlConfigStore:
             return AdminKey(id=row.id, tenant_id=tenant_id, tenant_slug=slug, created_at=now)
 
     def admin_key_by_hash(self, key_hash: str) -> AdminKey | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalars(select(AdminKeyRow).where(AdminKeyRow.key_hash == key_hash)).one_or_none()
             if row is None:
                 return None
@@ -284,7 +302,7 @@ class SqlConfigStore:
     # -- connections -----------------------------------------------------------------------------
 
     def connection(self, tenant_id: str, slug: str) -> Connection | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalars(
                 select(ConnectionRow).where(ConnectionRow.tenant_id == tenant_id, ConnectionRow.slug == slug)
             ).one_or_none()
@@ -294,7 +312,7 @@ class SqlConfigStore:
             return self._connection(row, t.slug if t else "")
 
     def connections(self, tenant_id: str) -> Sequence[Connection]:
-        with self._session() as s:
+        with self._read() as s:
             t = s.get(TenantRow, tenant_id)
             if t is None:
                 return []
@@ -373,7 +391,7 @@ class SqlConfigStore:
             s.execute(delete(ConnectionRow).where(ConnectionRow.id == connection_id))
 
     def metadata_state(self, connection_id: str) -> MetadataState:
-        with self._session() as s:
+        with self._read() as s:
             row = s.get(ConnectionRow, connection_id)
             if row is None:
                 return MetadataState(None, None, None, None)
@@ -404,7 +422,7 @@ class SqlConfigStore:
             )
 
     def last_logins(self, tenant_id: str) -> Mapping[str, float | None]:
-        with self._session() as s:
+        with self._read() as s:
             rows = s.execute(
                 select(ConnectionRow.slug, ConnectionRow.last_login_at).where(ConnectionRow.tenant_id == tenant_id)
             )
@@ -413,14 +431,14 @@ class SqlConfigStore:
     # -- apps ------------------------------------------------------------------------------------
 
     def app(self, tenant_id: str, client_id: str) -> App | None:
-        with self._session() as s:
+        with self._read() as s:
             row = s.scalars(
                 select(AppRow).where(AppRow.tenant_id == tenant_id, AppRow.client_id == client_id)
             ).one_or_none()
             return self._app(row) if row else None
 
     def apps(self, tenant_id: str) -> Sequence[App]:
-        with self._session() as s:
+        with self._read() as s:
             rows = s.scalars(select(AppRow).where(AppRow.tenant_id == tenant_id).order_by(AppRow.created_at))
             return [self._app(r) for r in rows]
 
@@ -481,7 +499,7 @@ class SqlConfigStore:
         )
 
     def signing_keys(self, tenant_id: str) -> Sequence[SigningKey]:
-        with self._session() as s:
+        with self._read() as s:
             rows = s.scalars(
                 select(SigningKeyRow)
                 .where(SigningKeyRow.tenant_id == tenant_id)
@@ -579,7 +597,7 @@ class SqlConfigStore:
     def audit_page(
         self, tenant_id: str | None, *, type: str | None, outcome: str | None, limit: int, cursor: str | None
     ) -> AuditPage:
-        with self._session() as s:
+        with self._read() as s:
             q = select(AuditRow)
             if tenant_id is not None:
                 q = q.where(AuditRow.tenant_id == tenant_id)
