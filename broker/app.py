@@ -23,6 +23,7 @@ from broker.settings import Settings, load_settings
 from broker.store.cached import CachedConfigStore
 from broker.store.config_repo import SqlConfigStore
 from broker.store.database import make_engine, schema_is_current, upgrade
+from broker.store.last_login import LastLoginWriter
 from broker.store.sealing import Sealer, SecretHasher
 from broker.store.state import MemoryStateStore
 from broker.store.state_redis import RedisStateStore
@@ -99,23 +100,22 @@ def build_services(
     )
     issuer = Issuer(config=config, state=state, clock=clock, secrets=hasher, public_url=settings.public_url,
                     audit=auditor)
+    last_logins = LastLoginWriter(config)
     login = LoginService(config=config, state=state, clock=clock, registry=registry, auditor=auditor,
-                         metrics=metrics, login_ttl=settings.login_ttl, on_success=_touch(config))
+                         metrics=metrics, login_ttl=settings.login_ttl, on_success=_touch(last_logins))
     return Services(
         settings=settings, config=config, state=state, clock=clock, auditor=auditor, admin=admin,
         metrics=metrics,
-        extras={"engine": engine, "fetcher": fetcher, "issuer": issuer, "login": login, "registry": registry},
+        extras={"engine": engine, "fetcher": fetcher, "issuer": issuer, "login": login, "registry": registry,
+                "last_logins": last_logins},
     )
 
 
-def _touch(config: CachedConfigStore, every: float = 60.0) -> Any:
-    """Stamp a connection's last login, at most once a minute per connection and process."""
-    last: dict[str, float] = {}
+def _touch(writer: LastLoginWriter) -> Any:
+    """Stamp a connection's last login (written behind, in batches: broker.store.last_login)."""
 
     def touch(connection: Connection, when: float) -> None:
-        if when - last.get(connection.id, 0.0) >= every:
-            last[connection.id] = when
-            config.touch_last_login(connection.id, when)
+        writer.touch(connection.id, when)
 
     return touch
 

@@ -209,8 +209,8 @@ class CachedConfigStore:
     def save_metadata_state(self, connection_id: str, state: MetadataState) -> None:
         self.inner.save_metadata_state(connection_id, state)
 
-    def touch_last_login(self, connection_id: str, when: float) -> None:
-        self.inner.touch_last_login(connection_id, when)
+    def touch_last_logins(self, stamps: Mapping[str, float]) -> None:
+        self.inner.touch_last_logins(stamps)
 
     def record(self, event: AuditEvent) -> None:
         tenant_id = None

@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import Json
-from sqlalchemy import Engine, delete, insert, select, text, update
+from sqlalchemy import Engine, bindparam, delete, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import SQLAlchemyError as _SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -415,11 +415,15 @@ class SqlConfigStore:
                 )
             )
 
-    def touch_last_login(self, connection_id: str, when: float) -> None:
+    def touch_last_logins(self, stamps: Mapping[str, float]) -> None:
+        if not stamps:
+            return
+        rows = [{"cid": cid, "at": _from_ts(when)} for cid, when in stamps.items()]
+        later = or_(ConnectionRow.last_login_at.is_(None), ConnectionRow.last_login_at < bindparam("at"))
+        stmt = (update(ConnectionRow).where(ConnectionRow.id == bindparam("cid")).where(later)
+                .values(last_login_at=bindparam("at")))
         with self._session() as s:
-            s.execute(
-                update(ConnectionRow).where(ConnectionRow.id == connection_id).values(last_login_at=_from_ts(when))
-            )
+            s.connection().execute(stmt, rows)  # Core executemany: one statement, every row, one transaction
 
     def last_logins(self, tenant_id: str) -> Mapping[str, float | None]:
         with self._read() as s:

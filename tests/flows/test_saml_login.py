@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,12 @@ def test_full_login_with_independent_rp_and_idp(broker: BrokerServer, idp: SamlI
     assert set(claims["groups"]) == {"Everyone", "Admins"}
     assert "admin" in claims["roles"]
     assert out["userinfo"]["sub"] == claims["sub"]
+    # the connection's last login is stamped behind the login, within the writer's interval (5 s)
+    deadline = time.monotonic() + 15
+    while (last := broker.api("GET", "/tenants/acme/connections/okta").json()["last_login_at"]) is None:
+        assert time.monotonic() < deadline, "last_login_at was never written"
+        time.sleep(0.2)
+    assert last.endswith("Z")
 
 
 def test_replayed_response_is_refused(broker: BrokerServer, idp: SamlIdp, setup: dict[str, Any]) -> None:

@@ -4,7 +4,6 @@ dies under the prepared INSERT is a clear ServiceUnavailable once, never a conne
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,14 +16,6 @@ from broker.ports import NewSigningKey
 from broker.store.config_repo import SqlConfigStore
 from broker.store.database import make_engine, upgrade
 from broker.store.sealing import Sealer
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    e = make_engine(database_url)
-    upgrade(e)
-    yield e
-    e.dispose()
 
 
 def _event(n: int, **kw: object) -> AuditEvent:
