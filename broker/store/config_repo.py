@@ -303,13 +303,15 @@ class SqlConfigStore:
 
     def connection(self, tenant_id: str, slug: str) -> Connection | None:
         with self._read() as s:
-            row = s.scalars(
-                select(ConnectionRow).where(ConnectionRow.tenant_id == tenant_id, ConnectionRow.slug == slug)
+            found = s.execute(
+                select(ConnectionRow, TenantRow.slug)
+                .join(TenantRow, TenantRow.id == ConnectionRow.tenant_id)
+                .where(ConnectionRow.tenant_id == tenant_id, ConnectionRow.slug == slug)
             ).one_or_none()
-            if row is None:
+            if found is None:
                 return None
-            t = s.get(TenantRow, tenant_id)
-            return self._connection(row, t.slug if t else "")
+            row, tenant_slug = found
+            return self._connection(row, tenant_slug)
 
     def connections(self, tenant_id: str) -> Sequence[Connection]:
         with self._read() as s:
