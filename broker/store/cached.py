@@ -5,8 +5,13 @@ after its transaction commits (broker.store.generation: in the StateStore, and w
 over pub/sub). A request takes that token once (the web layer calls `begin_request()`; with Redis it is the
 last announced token, after draining the notifications already received, with no round trip) and uses only
 entries loaded under it, so a change made on any replica is seen by every other replica from its next
-request on, and one request sees one consistent generation. Entries also expire after `max_age` seconds, a
-backstop should a token update ever be lost.
+request on, and one request sees one consistent generation.
+
+A token update that fails (the state store unreachable just after the write committed) fails the write's
+request, and is owed: this process retries it at the start of each later request until it goes through.
+Entries also expire after `max_age` seconds (10 minutes), the backstop should an owed update die with its
+process. The backstop is long on purpose: every expiry is a reload of that tenant in that worker (a few ms),
+and with 10,000 tenants a short one would make most logins reload.
 
 Only the login/token hot path reads through the cache (tenants, connections, apps, signing keys); audit
 events, metadata refresh state and last-login stamps go straight to the database.
@@ -22,17 +27,19 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
+from broker import logs
 from broker.model import AdminKey, App, AuditEvent, Connection, SigningKey, Tenant
 from broker.ports import AppDraft, AuditPage, ConnectionDraft, MetadataState, NewSigningKey, StateStore
 from broker.store.config_repo import SqlConfigStore
 from broker.store.generation import Generation, generation_for
 
 T = TypeVar("T")
+log = logs.get("broker.store.cached")
 _MISSING = object()
 
 
 class CachedConfigStore:
-    def __init__(self, inner: SqlConfigStore, state: StateStore, *, max_age: float = 60.0,
+    def __init__(self, inner: SqlConfigStore, state: StateStore, *, max_age: float = 600.0,
                  max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic,
                  generation: Generation | None = None) -> None:
         self.inner = inner
@@ -43,6 +50,7 @@ class CachedConfigStore:
         self._clock = clock
         self._lock = threading.Lock()
         self._entries: OrderedDict[tuple[Any, ...], tuple[bytes | None, float, Any]] = OrderedDict()
+        self._owed = False  # a generation bump failed after its write committed: retried by begin_request()
         self._in_atomic: ContextVar[bool] = ContextVar(f"broker_cache_atomic_{id(self)}", default=False)
         self._dirty: ContextVar[bool] = ContextVar(f"broker_cache_dirty_{id(self)}", default=False)
         # one generation fetch per request: set by begin_request(), which the web layer calls first
@@ -52,8 +60,20 @@ class CachedConfigStore:
     # -- generation ------------------------------------------------------------------------------
 
     def begin_request(self) -> None:
-        """Start a request scope: its first cached read fetches the generation, later reads reuse it."""
+        """Start a request scope: its first cached read fetches the generation, later reads reuse it. An owed
+        generation bump is retried first."""
+        if self._owed:
+            self._retry_bump()
         self._memo.set(())
+
+    def _retry_bump(self) -> None:
+        try:
+            self.generation.bump()
+        except Exception as exc:  # noqa: BLE001 - still unreachable: the request goes on, the next one retries
+            log.warning("config_generation_bump_owed", extra={"error": exc.__class__.__name__})
+            return
+        self._owed = False
+        log.info("config_generation_bump_retried")
 
     def end_request(self) -> None:
         """Leave the request scope: outside one, every cached read fetches the generation."""
@@ -77,7 +97,11 @@ class CachedConfigStore:
             self._entries.clear()
         if self._memo.get() is not None:
             self._memo.set(())
-        self.generation.bump()
+        try:
+            self.generation.bump()
+        except Exception:
+            self._owed = True  # the write has committed: other replicas must still hear of it
+            raise
 
     def _cached(self, key: tuple[Any, ...], load: Callable[[], T]) -> T:
         if self._in_atomic.get():

@@ -6,11 +6,13 @@ from collections.abc import Iterator
 
 import pytest
 
+from broker.errors import StateStoreError
 from broker.issuer.keys import generate_signing_key
 from broker.ports import NewSigningKey, StateStore
 from broker.store.cached import CachedConfigStore
 from broker.store.config_repo import SqlConfigStore
 from broker.store.database import make_engine, upgrade
+from broker.store.generation import Generation, generation_for
 from broker.store.sealing import Sealer
 
 SECRET = "s" * 40
@@ -79,3 +81,47 @@ def test_one_generation_per_request_scope(replicas: tuple[CachedConfigStore, Cac
     b.begin_request()
     assert b.tenant_by_slug("acme").name == "Changed"  # type: ignore[union-attr]
     b.end_request()
+
+
+class _FlakyGeneration:
+    """The real generation, except that the next `failures` bumps fail as an unreachable store would."""
+
+    def __init__(self, inner: Generation) -> None:
+        self.inner = inner
+        self.failures = 0
+
+    def current(self) -> bytes | None:
+        return self.inner.current()
+
+    def bump(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise StateStoreError("The state store is unavailable.")
+        self.inner.bump()
+
+
+def test_a_failed_generation_bump_is_owed_and_paid_by_the_next_request(
+        database_url: str, state_store: StateStore) -> None:
+    engine_a = make_engine(database_url)
+    upgrade(engine_a)
+    engine_b = make_engine(database_url)
+    flaky = _FlakyGeneration(generation_for(state_store))
+    a = CachedConfigStore(SqlConfigStore(engine_a, Sealer(SECRET)), state_store, generation=flaky)
+    b = CachedConfigStore(SqlConfigStore(engine_b, Sealer(SECRET)), state_store)
+    try:
+        t = a.create_tenant("acme", "Acme", _key())
+        assert b.tenant_by_slug("acme").name == "Acme"  # type: ignore[union-attr]
+        flaky.failures = 2
+        with pytest.raises(StateStoreError):
+            a.update_tenant(t.id, name="Acme 2")  # committed, but the other replica was not told
+        assert b.tenant_by_slug("acme").name == "Acme"  # type: ignore[union-attr]
+        a.begin_request()  # still unreachable: the request goes on, the bump stays owed
+        a.end_request()
+        assert b.tenant_by_slug("acme").name == "Acme"  # type: ignore[union-attr]
+        a.begin_request()  # reachable again: paid
+        a.end_request()
+        assert b.tenant_by_slug("acme").name == "Acme 2"  # type: ignore[union-attr]
+        assert flaky.failures == 0
+    finally:
+        engine_a.dispose()
+        engine_b.dispose()
