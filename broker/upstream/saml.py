@@ -166,6 +166,7 @@ class SamlConnector:
         self.metadata_url = f"{base}/metadata"
         self.sp_entity_id = self.settings.sp_entity_id or self.metadata_url
         self._redirect_signer: _RedirectSigningBackend | None = None  # loaded on first use, kept
+        self._xmlsec_key: xmlsec.Key | None = None  # likewise, for the HTTP-POST binding's enveloped signature
 
     # --- SP metadata ------------------------------------------------------------------------
 
@@ -217,7 +218,7 @@ class SamlConnector:
         remember = {"request_id": request_id}
         if endpoint.binding == MD_BINDING_POST:
             if sign:
-                xml = _sign_enveloped(xml, request_id, self._signing_credentials())
+                xml = _sign_enveloped(xml, request_id, self._xmlsec_signing_key())
             fields = {"SAMLRequest": base64.b64encode(xml).decode("ascii"), "RelayState": request.txn_id}
             return BeginResult(step=AutoPost(url=endpoint.location, fields=fields), remember=remember)
         backend = self._redirect_signing_backend() if sign else None
@@ -262,6 +263,17 @@ class SamlConnector:
         if backend is None:
             backend = self._redirect_signer = _RedirectSigningBackend(self._signing_credentials().signing_key_pem)
         return backend
+
+    def _xmlsec_signing_key(self) -> xmlsec.Key:
+        """The SP signing key and certificate as an xmlsec key, loaded once per connector (a signature context
+        copies the key it is given, so one loaded key serves every thread)."""
+        key = self._xmlsec_key
+        if key is None:
+            sp = self._signing_credentials()
+            key = xmlsec.Key.from_memory(sp.signing_key_pem, xmlsec.constants.KeyDataFormatPem, None)
+            key.load_cert_from_memory(sp.signing_cert_pem.encode("ascii"), xmlsec.constants.KeyDataFormatCertPem)
+            self._xmlsec_key = key
+        return key
 
     def _signing_credentials(self) -> SpCredentials:
         sp = self.connection.sp
@@ -405,7 +417,7 @@ class _RedirectSigningBackend:
         return _RsaSha256Signer(self._key) if sigalg == SIG_RSA_SHA256 else None
 
 
-def _sign_enveloped(xml: bytes, request_id: str, sp: SpCredentials) -> bytes:
+def _sign_enveloped(xml: bytes, request_id: str, key: xmlsec.Key) -> bytes:
     """An enveloped XML-DSig signature (RSA-SHA256, exc-c14n) placed right after saml:Issuer."""
     # Our own freshly built AuthnRequest, not input: a plain parser is fine here.
     root = etree.fromstring(xml, parser=etree.XMLParser(resolve_entities=False, no_network=True))
@@ -424,8 +436,6 @@ def _sign_enveloped(xml: bytes, request_id: str, sp: SpCredentials) -> bytes:
         root.insert(0, signature)
     xmlsec.tree.add_ids(root, ["ID"])
     ctx = xmlsec.SignatureContext()
-    key = xmlsec.Key.from_memory(sp.signing_key_pem, xmlsec.constants.KeyDataFormatPem, None)
-    key.load_cert_from_memory(sp.signing_cert_pem.encode("ascii"), xmlsec.constants.KeyDataFormatCertPem)
     ctx.key = key
     ctx.sign(signature)
     out: bytes = etree.tostring(root)

@@ -426,6 +426,28 @@ def test_begin_post_unsigned(
     assert req.find(f"{{{DS}}}Signature") is None
 
 
+def test_begin_post_signed_shares_one_loaded_key_across_threads(
+    sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock
+) -> None:
+    """The xmlsec key is loaded once per connector and used by concurrent requests: every signature made
+    with it, from any thread, verifies independently."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    c = connector(sp, idp_metadata(idp), state, clock, authn_request_binding="post", sign_authn_requests=True)
+
+    def one(n: int) -> tuple[bytes, str]:
+        result = c.begin(BeginRequest(txn_id=f"txn-{n}"))
+        assert isinstance(result.step, AutoPost)
+        return base64.b64decode(result.step.fields["SAMLRequest"]), result.remember["request_id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        signed = list(pool.map(one, range(40)))
+    assert c._xmlsec_key is not None
+    for xml, request_id in signed:
+        verified = XMLVerifier().verify(xml, x509_cert=sp.signing_cert_pem, id_attribute="ID")
+        assert verified.signed_xml.get("ID") == request_id  # type: ignore[union-attr]
+
+
 def test_begin_post_signed(sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock) -> None:
     c = connector(sp, idp_metadata(idp), state, clock, authn_request_binding="post", sign_authn_requests=True)
     result = c.begin(BeginRequest(txn_id="txn-9"))
