@@ -17,7 +17,6 @@ from broker.errors import BrokerError, ConfigError, ServiceUnavailable
 from broker.issuer.server import Issuer
 from broker.login import LoginService
 from broker.metrics import Metrics
-from broker.model import Connection
 from broker.ports import Clock, Fetcher, StateStore, SystemClock
 from broker.settings import Settings, load_settings
 from broker.store.cached import CachedConfigStore
@@ -102,22 +101,13 @@ def build_services(
                     audit=auditor)
     last_logins = LastLoginWriter(config)
     login = LoginService(config=config, state=state, clock=clock, registry=registry, auditor=auditor,
-                         metrics=metrics, login_ttl=settings.login_ttl, on_success=_touch(last_logins))
+                         metrics=metrics, login_ttl=settings.login_ttl, on_success=last_logins.touch_connection)
     return Services(
         settings=settings, config=config, state=state, clock=clock, auditor=auditor, admin=admin,
         metrics=metrics,
         extras={"engine": engine, "fetcher": fetcher, "issuer": issuer, "login": login, "registry": registry,
                 "last_logins": last_logins},
     )
-
-
-def _touch(writer: LastLoginWriter) -> Any:
-    """Stamp a connection's last login (written behind, in batches: broker.store.last_login)."""
-
-    def touch(connection: Connection, when: float) -> None:
-        writer.touch(connection.id, when)
-
-    return touch
 
 
 def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from typing import Protocol
 
 from broker import logs
+from broker.model import Connection
 
 log = logs.get("broker.store.last_login")
 
@@ -47,6 +48,10 @@ class LastLoginWriter:
                 threading.Thread(target=self._run, name="last-login-writer", daemon=True).start()
                 atexit.register(self.flush)
         self._wake.set()
+
+    def touch_connection(self, connection: Connection, when: float) -> None:
+        """LoginService's on_success hook."""
+        self.touch(connection.id, when)
 
     def pending(self) -> dict[str, float]:
         with self._lock:
