@@ -2,8 +2,9 @@
 
 begin() saves a LoginTransaction in the StateStore under a fresh random handle (sent upstream as RelayState
 or OIDC state) and binds it to the browser through a digest of a cookie value. finish() takes the
-transaction exactly once, checks it belongs to this connection and this browser, lets the connector verify
-the upstream answer, maps claims, and returns the Profile with the app request to answer.
+transaction exactly once, and only when it belongs to this connection and this browser (otherwise it stays
+for its owner), lets the connector verify the upstream answer, maps claims, and returns the Profile with the
+app request to answer.
 Nothing here knows HTTP: the web layer passes cookie values and parameters in, and renders what comes out.
 """
 
@@ -59,8 +60,24 @@ def email_domain(value: str | None) -> str | None:
     return domain or None
 
 
+def _owner_fields(tenant_id: str, connection_id: str, browser_binding: str | None) -> dict[str, Any]:
+    return {"tenant_id": tenant_id, "connection_id": connection_id, "browser_binding": browser_binding}
+
+
+def txn_owner_prefix(tenant_id: str, connection_id: str, browser_binding: str | None) -> bytes:
+    """The first bytes of a stored transaction that only its owner can name: tenant, connection (the ACS or
+    callback it must come back to) and browser binding. finish() takes a transaction only when they match
+    (StateStore.take_if_prefixed), so an answer posted from another browser or to another connection is
+    refused without consuming the login of the browser that started it."""
+    head = json.dumps(_owner_fields(tenant_id, connection_id, browser_binding), separators=(",", ":"))
+    return head[:-1].encode() + b","
+
+
 def txn_to_json(txn: LoginTransaction) -> bytes:
-    return json.dumps(asdict(txn), separators=(",", ":")).encode()
+    """JSON with the owner fields first, in a fixed order (txn_owner_prefix); the rest as asdict() has it."""
+    data = asdict(txn)
+    head = _owner_fields(txn.tenant_id, txn.connection_id, txn.browser_binding)
+    return json.dumps({**head, **{k: v for k, v in data.items() if k not in head}}, separators=(",", ":")).encode()
 
 
 def txn_from_json(raw: bytes) -> LoginTransaction:
@@ -187,13 +204,33 @@ class LoginService:
 
     # -- finish ----------------------------------------------------------------------------------
 
-    def _take_txn(self, txn_id: str | None) -> LoginTransaction | None:
+    def _take_txn(
+        self, txn_id: str | None, tenant: Tenant, connection: Connection, browser_binding: str | None
+    ) -> LoginTransaction | None:
+        """The pending transaction named by the upstream answer, consumed only when it belongs here: this
+        tenant, this connection and the browser that started it. Anything else raises without consuming it,
+        so a forged or misrouted answer cannot end someone else's login."""
         if not txn_id or len(txn_id) > 200:
             return None
-        raw = self.state.take(TXN_PREFIX + txn_id)
+        key = TXN_PREFIX + txn_id
+        raw, taken = self.state.take_if_prefixed(
+            key, txn_owner_prefix(tenant.id, connection.id, browser_binding or None)
+        )
         if raw is None:
             return None
         txn = txn_from_json(raw)
+        if not taken:
+            if txn.tenant_id != tenant.id or txn.connection_id != connection.id:
+                raise LoginError("This sign-in response arrived at the wrong connection.",
+                                 code="login_transaction_mismatch")
+            if browser_binding is None or not hmac.compare_digest(txn.browser_binding, browser_binding):
+                raise LoginError(
+                    "This sign-in was started in another browser (or its cookie was lost). Please start again.",
+                    code="login_browser_mismatch",
+                )
+            # Its owner, stored with the fields in another order (by an earlier version): take it plainly.
+            if self.state.take(key) is None:
+                return None
         if txn.expires_at < self.clock.now():
             return None
         return txn
@@ -206,16 +243,8 @@ class LoginService:
         txn: LoginTransaction | None = None
         try:
             connector = self.registry.open(connection)
-            txn = self._take_txn(connector.transaction_id(callback))
+            txn = self._take_txn(connector.transaction_id(callback), tenant, connection, browser_binding)
             if txn is not None:
-                if txn.tenant_id != tenant.id or txn.connection_id != connection.id:
-                    raise LoginError("This sign-in response arrived at the wrong connection.",
-                                     code="login_transaction_mismatch")
-                if browser_binding is None or not hmac.compare_digest(txn.browser_binding, browser_binding):
-                    raise LoginError(
-                        "This sign-in was started in another browser (or its cookie was lost). Please start again.",
-                        code="login_browser_mismatch",
-                    )
                 request = txn.request
                 purpose = txn.purpose
             identity = connector.complete(callback, txn)

@@ -67,6 +67,12 @@ class StateStore(Protocol):
         """Atomically return and delete the value: exactly one concurrent caller gets it."""
         ...
 
+    def take_if_prefixed(self, key: str, prefix: bytes) -> tuple[bytes | None, bool]:
+        """Atomically: when the live value starts with `prefix`, delete it and return (value, True); when it
+        does not, leave it in place and return (value, False); (None, False) when there is none. Lets a caller
+        consume a value only if it belongs to them, and still tell "unknown" from "someone else's"."""
+        ...
+
     def add_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         """Store only if no live value exists; True if this call stored it (exactly one concurrent winner)."""
         ...

@@ -119,6 +119,15 @@ class MemoryStateStore:
                 del self._entries[key]
             return value
 
+    def take_if_prefixed(self, key: str, prefix: bytes) -> tuple[bytes | None, bool]:
+        self._batches.flush()
+        with self._lock:
+            value = self._live(key, self._tick())
+            if value is None or not value.startswith(prefix):
+                return value, False
+            del self._entries[key]
+            return value, True
+
     def add_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         ttl = check_ttl(ttl)
         self._batches.flush()

@@ -1,9 +1,9 @@
 """The Redis StateStore: short-lived state shared by every worker and replica.
 
 Each operation is a single atomic Redis command (or one Lua script), so single-use values are consumed
-exactly once across processes: `take` is GETDEL, `add_if_absent` is SET NX PX, and `incr` starts its
-window with the first increment inside one script. A `batch()` of puts is one MULTI/EXEC. Never a KEYS
-scan, never get-then-delete.
+exactly once across processes: `take` is GETDEL, `take_if_prefixed` one script (GET, and DEL on a match),
+`add_if_absent` is SET NX PX, and `incr` starts its window with the first increment inside one script. A
+`batch()` of puts is one MULTI/EXEC. Never a KEYS scan, never get-then-delete across round trips.
 Every Redis failure becomes `StateStoreError` with a safe message; the Redis detail stays private.
 """
 
@@ -36,6 +36,18 @@ return n
 """
 
 
+# GET, and DEL only when the value starts with ARGV[1]: {1, value} taken, {0, value} left, nil when absent.
+_TAKE_IF_PREFIXED = """
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+if string.sub(v, 1, string.len(ARGV[1])) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return {1, v}
+end
+return {0, v}
+"""
+
+
 def _ttl_ms(ttl: float) -> int:
     """Seconds (float) -> whole milliseconds for PX, at least 1 ms."""
     return max(1, math.ceil(check_ttl(ttl) * 1000))
@@ -50,6 +62,7 @@ class RedisStateStore:
         self._client = client
         self._prefix = prefix
         self._incr_script = client.register_script(_INCR_WINDOW)
+        self._take_if_script = client.register_script(_TAKE_IF_PREFIXED)
         self._batches = PutBatches(self._put_all)
 
     @classmethod
@@ -118,6 +131,17 @@ class RedisStateStore:
         except RedisError as exc:
             self._fail("take", exc)
         return self._bytes(value)
+
+    def take_if_prefixed(self, key: str, prefix: bytes) -> tuple[bytes | None, bool]:
+        self._batches.flush()
+        try:
+            out: Any = self._take_if_script(keys=[self._key(key)], args=[bytes(prefix)])
+        except RedisError as exc:
+            self._fail("take_if_prefixed", exc)
+        if out is None:
+            return None, False
+        taken, value = out
+        return self._bytes(value), bool(taken)
 
     def add_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         px = _ttl_ms(ttl)

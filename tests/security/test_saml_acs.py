@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.samlxml.idp_fixtures import build_response, make_idp
+from tests.samlxml.idp_fixtures import build_response, make_idp, to_post_binding
 from tests.security.conftest import REDIRECT_URI, Pending, Setup
 from tests.support.saml_idp import query_of
 
@@ -158,3 +158,60 @@ def test_each_tenant_trusts_its_own_idp_key(sec: Setup) -> None:
     r = sec.post("globex", "okta", _response(sec, p, idp=sec.idp_b, signature_algorithm="ecdsa-sha256"),
                  p.relay_state)
     assert r.status_code == 302 and "code" in query_of(r.headers["Location"])
+
+
+def test_response_posted_from_another_browser_leaves_the_login_to_its_owner(sec: Setup) -> None:
+    """A Response (with its RelayState) posted by a browser that did not start the login is refused, and the
+    refusal consumes nothing: the owner's own post of the same Response still completes."""
+    p = sec.begin()
+    response = _response(sec, p)
+    stranger = sec.app.test_client()  # no browser-binding cookie
+    r = stranger.post("/t/acme/connections/okta/saml/acs",
+                      data={"SAMLResponse": to_post_binding(response), "RelayState": p.relay_state})
+    _refused(sec, r, "login_browser_mismatch", redirected=False)
+    r = sec.post("acme", "okta", response, p.relay_state)
+    assert r.status_code == 302 and "code" in query_of(r.headers["Location"]), r.data[:300]
+
+
+def test_relay_state_posted_to_another_connections_acs_leaves_the_login_to_its_owner(sec: Setup) -> None:
+    p = sec.begin("acme")
+    response = _response(sec, p)
+    r = sec.post("globex", "okta", response, p.relay_state)
+    assert 400 <= r.status_code < 500 and "code=" not in r.headers.get("Location", "")
+    assert sec.failures("globex")[0]["reason"] == "login_transaction_mismatch"
+    r = sec.post("acme", "okta", response, p.relay_state)
+    assert r.status_code == 302 and "code" in query_of(r.headers["Location"]), r.data[:300]
+
+
+def test_a_finished_login_cannot_be_finished_again_from_another_browser(sec: Setup) -> None:
+    p = sec.begin()
+    response = _response(sec, p)
+    assert sec.post("acme", "okta", response, p.relay_state).status_code == 302
+    stranger = sec.app.test_client()
+    r = stranger.post("/t/acme/connections/okta/saml/acs",
+                      data={"SAMLResponse": to_post_binding(response), "RelayState": p.relay_state})
+    assert 400 <= r.status_code < 500 and "code=" not in r.headers.get("Location", "")
+
+
+def test_a_transaction_stored_in_the_earlier_field_order_still_completes(sec: Setup) -> None:
+    """Rolling upgrade: a login begun on a replica that stored its transaction as plain asdict() JSON (owner
+    fields not first) finishes here for its owner, and is still refused to a stranger without being consumed."""
+    import json
+
+    from broker.login import TXN_PREFIX
+
+    p = sec.begin()
+    state = sec.app.extensions["broker"].state
+    raw = state.get(TXN_PREFIX + p.relay_state)
+    data = json.loads(raw)
+    legacy = {k: data[k] for k in ("id", "tenant_id", "tenant_slug", "connection_id", "connection_slug",
+                                   "request", "upstream", "browser_binding", "created_at", "expires_at", "purpose")}
+    state.put(TXN_PREFIX + p.relay_state, json.dumps(legacy, separators=(",", ":")).encode(), 600)
+    response = _response(sec, p)
+    stranger = sec.app.test_client()
+    r = stranger.post("/t/acme/connections/okta/saml/acs",
+                      data={"SAMLResponse": to_post_binding(response), "RelayState": p.relay_state})
+    _refused(sec, r, "login_browser_mismatch", redirected=False)
+    r = sec.post("acme", "okta", response, p.relay_state)
+    assert r.status_code == 302 and "code" in query_of(r.headers["Location"]), r.data[:300]
+    assert state.get(TXN_PREFIX + p.relay_state) is None

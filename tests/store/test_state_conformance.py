@@ -107,6 +107,46 @@ def test_take_of_expired_value_is_none(state_store: StateStore, state_expire: Ex
     assert state_store.take("code:1") is None
 
 
+# --- take_if_prefixed -------------------------------------------------------------------------
+
+
+def test_take_if_prefixed_takes_a_matching_value_exactly_once(state_store: StateStore) -> None:
+    state_store.put("txn:1", b"owner-a|payload", LONG)
+    assert state_store.take_if_prefixed("txn:1", b"owner-a|") == (b"owner-a|payload", True)
+    assert state_store.take_if_prefixed("txn:1", b"owner-a|") == (None, False)
+    assert state_store.get("txn:1") is None
+
+
+def test_take_if_prefixed_leaves_a_value_that_does_not_match(state_store: StateStore) -> None:
+    state_store.put("txn:1", b"owner-a|payload", LONG)
+    assert state_store.take_if_prefixed("txn:1", b"owner-b|") == (b"owner-a|payload", False)
+    assert state_store.take_if_prefixed("txn:1", b"owner-a|payload and more") == (b"owner-a|payload", False)
+    assert state_store.get("txn:1") == b"owner-a|payload", "a mismatch consumes nothing"
+    assert state_store.take_if_prefixed("txn:1", b"") == (b"owner-a|payload", True), "every value starts with b''"
+
+
+def test_take_if_prefixed_of_missing_or_expired_value(state_store: StateStore, state_expire: Expire) -> None:
+    assert state_store.take_if_prefixed("txn:missing", b"x") == (None, False)
+    state_store.put("txn:short", b"x1", SHORT)
+    state_expire(SHORT + MARGIN)
+    assert state_store.take_if_prefixed("txn:short", b"x") == (None, False)
+
+
+def test_take_if_prefixed_compares_bytes_exactly(state_store: StateStore) -> None:
+    value = bytes(range(256))
+    state_store.put("bin", value, LONG)
+    assert state_store.take_if_prefixed("bin", bytes(range(1, 9))) == (value, False)
+    assert state_store.take_if_prefixed("bin", bytes(range(8))) == (value, True)
+
+
+def test_take_if_prefixed_has_exactly_one_winner(state_store: StateStore) -> None:
+    state_store.put("txn:race", b"mine:1", LONG)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(pool.map(lambda _: state_store.take_if_prefixed("txn:race", b"mine:"), range(32)))
+    assert sum(1 for _, taken in outcomes if taken) == 1
+    assert all(value in (None, b"mine:1") for value, _ in outcomes)
+
+
 # --- add_if_absent -----------------------------------------------------------------------------
 
 
@@ -246,7 +286,10 @@ def test_reads_and_other_writes_in_a_batch_see_its_puts(state_store: StateStore)
         assert state_store.add_if_absent("c", b"x", LONG) is False
         state_store.put("d", b"4", LONG)
         state_store.delete("d")
+        state_store.put("e", b"e:5", LONG)
+        assert state_store.take_if_prefixed("e", b"e:") == (b"e:5", True)
     assert state_store.get("b") is None
+    assert state_store.get("e") is None
     assert state_store.get("c") == b"3"
     assert state_store.get("d") is None
 

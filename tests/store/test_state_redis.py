@@ -148,6 +148,17 @@ def test_wrong_type_is_a_store_error(store: RedisStateStore, raw: redis.Redis, r
 
 
 @pytest.mark.redis
+def test_take_if_prefixed_is_one_script_call(store: RedisStateStore, raw: redis.Redis) -> None:
+    store.put("txn:one", b"mine:v", LONG)
+    store.take_if_prefixed("txn:warm", b"x")  # the first call may load the script
+    evalsha, getdel = _calls(raw, "evalsha"), _calls(raw, "getdel")
+    assert store.take_if_prefixed("txn:one", b"yours:") == (b"mine:v", False)
+    assert store.take_if_prefixed("txn:one", b"mine:") == (b"mine:v", True)
+    assert _calls(raw, "evalsha") - evalsha == 2
+    assert _calls(raw, "getdel") == getdel, "one script per call, no separate take"
+
+
+@pytest.mark.redis
 def test_a_decoding_client_is_refused(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
@@ -214,6 +225,7 @@ def test_a_batch_of_one_put_is_a_plain_set(store: RedisStateStore, raw: redis.Re
         pytest.param(lambda s: s.put(SECRET_KEY, b"v", LONG), id="put"),
         pytest.param(lambda s: s.get(SECRET_KEY), id="get"),
         pytest.param(lambda s: s.take(SECRET_KEY), id="take"),
+        pytest.param(lambda s: s.take_if_prefixed(SECRET_KEY, b"p"), id="take_if_prefixed"),
         pytest.param(lambda s: s.add_if_absent(SECRET_KEY, b"v", LONG), id="add_if_absent"),
         pytest.param(lambda s: s.incr(SECRET_KEY, LONG), id="incr"),
         pytest.param(lambda s: s.delete(SECRET_KEY), id="delete"),

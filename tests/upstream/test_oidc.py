@@ -91,6 +91,13 @@ class CountingStateStore:
         self.data.pop(key, None)
         return value
 
+    def take_if_prefixed(self, key: str, prefix: bytes) -> tuple[bytes | None, bool]:
+        value = self._live(key)
+        if value is None or not value.startswith(prefix):
+            return value, False
+        self.data.pop(key, None)
+        return value, True
+
     def add_if_absent(self, key: str, value: bytes, ttl: float) -> bool:
         if self._live(key) is not None:
             return False
