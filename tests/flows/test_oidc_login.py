@@ -100,3 +100,8 @@ def test_callback_state_of_another_login_is_refused(env: tuple[BrokerServer, Oid
     stranger = requests.Session()
     answer = stranger.get(callback, allow_redirects=False, timeout=20)
     assert answer.status_code == 400 and "code=" not in answer.headers.get("Location", "")
+    # the refusal consumed nothing: the browser that started the login still finishes it
+    mine = browser.get(callback, allow_redirects=False, timeout=20)
+    assert mine.status_code == 302, mine.text[:400]
+    q = query_of(mine.headers["Location"])
+    assert q["state"] == "st3" and "code" in q
