@@ -17,7 +17,6 @@ raises LoginError(code="oidc_provider_unavailable") with status 503 (unreachable
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import re
 import threading
@@ -32,6 +31,7 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from broker.errors import BrokerError, LoginError
 from broker.ports import Clock, Fetcher
+from broker.upstream.sources import is_loopback_host
 
 __all__ = [
     "MAX_DOCUMENT_BYTES",
@@ -84,17 +84,6 @@ def _discovery_invalid(issuer: str, detail: str) -> LoginError:
         detail=f"{issuer}: {detail}",
         status=502,
     )
-
-
-def is_loopback_host(host: str | None) -> bool:
-    if not host:
-        return False
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_endpoint_url(url: object) -> str | None:

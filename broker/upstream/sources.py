@@ -283,10 +283,27 @@ class RequestsFetcher:
             ) from e
 
 
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _check_url(url: str) -> None:
+    """Every hop, redirects included: https, or plain http only to a loopback host. Metadata and discovery
+    documents are trust anchors (signing certificates, JWKS); over plain http anyone on the path could
+    replace them."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise FetchError("Only http(s) URLs can be fetched.", detail=f"refused URL scheme {parts.scheme!r}")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise FetchError("Plain http is refused: use https (http only to a loopback host).",
+                         detail=f"refused plain http to {parts.hostname!r}")
 
 
 def _read(response: requests.Response, *, timeout: float, max_bytes: int) -> FetchResult:

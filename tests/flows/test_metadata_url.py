@@ -247,6 +247,15 @@ def test_admin_create_with_an_unreachable_metadata_url_is_400_metadata_unavailab
     assert env.admin("GET", "/tenants/acme/connections/dead").status_code == 404
 
 
+def test_admin_create_with_a_plain_http_metadata_url_to_a_public_host_is_400(env: Env) -> None:
+    r = env.create_connection("plain", "http://idp.example.test/metadata")
+    assert r.status_code == 400, r.get_json()
+    body = r.get_json()
+    assert body["error"] == "metadata_unavailable" and "Plain http is refused" in body["message"]
+    assert body["details"]["field"] == "saml.metadata_url"
+    assert env.admin("GET", "/tenants/acme/connections/plain").status_code == 404
+
+
 def test_admin_create_with_a_failing_metadata_url_is_400(env: Env) -> None:
     env.server.mode = "500"
     r = env.create_connection("idp", env.server.metadata_url)

@@ -159,6 +159,18 @@ def test_failure_keeps_the_last_good_copy(
 
 
 @responses.activate
+def test_a_stored_plain_http_url_is_not_fetched_and_keeps_the_last_good_copy(
+    fetcher: RequestsFetcher, previous: MetadataCacheEntry
+) -> None:
+    plain = "http://idp.example.test/app/metadata"  # saved before plain http was refused
+    responses.get(plain, body=metadata("https://attacker.example/"))
+    entry = refresh_metadata(fetcher, plain, previous, now=NOW)
+    assert len(responses.calls) == 0
+    assert entry.xml == previous.xml and entry.next_refresh_at == NOW + 300
+    assert entry.last_error is not None and "Plain http is refused" in entry.last_error
+
+
+@responses.activate
 def test_failure_without_a_previous_copy_raises(fetcher: RequestsFetcher) -> None:
     responses.get(URL, status=503)
     with pytest.raises(SamlError) as exc:
@@ -243,10 +255,41 @@ def test_get_refuses_a_declared_oversized_body(fetcher: RequestsFetcher) -> None
 def test_get_follows_http_redirects(fetcher: RequestsFetcher) -> None:
     responses.get(URL, status=302, headers={"Location": "/moved"})
     responses.get(
-        "https://idp.example.test/moved", status=301, headers={"Location": "http://mirror.example/md"}
+        "https://idp.example.test/moved", status=301, headers={"Location": "https://mirror.example/md"}
     )
-    responses.get("http://mirror.example/md", body=b"<ok/>")
+    responses.get("https://mirror.example/md", body=b"<ok/>")
     assert fetcher.get(URL, timeout=3.0, max_bytes=100).body == b"<ok/>"
+
+
+@responses.activate
+@pytest.mark.parametrize("url", ["http://idp.example.test/md", "http://203.0.113.7/md", "http://[2001:db8::1]/md"])
+def test_get_refuses_plain_http_to_a_non_loopback_host(fetcher: RequestsFetcher, url: str) -> None:
+    with pytest.raises(FetchError, match="Plain http is refused"):
+        fetcher.get(url, timeout=3.0, max_bytes=100)
+    assert len(responses.calls) == 0, "refused before any byte is sent"
+
+
+@responses.activate
+def test_get_refuses_a_redirect_down_to_plain_http(fetcher: RequestsFetcher) -> None:
+    responses.get(URL, status=302, headers={"Location": "http://mirror.example/md"})
+    responses.get("http://mirror.example/md", body=b"<evil/>")
+    with pytest.raises(FetchError, match="Plain http is refused"):
+        fetcher.get(URL, timeout=3.0, max_bytes=100)
+    assert [c.request.url for c in responses.calls] == [URL]
+
+
+@responses.activate
+@pytest.mark.parametrize("url", ["http://127.0.0.1:9/md", "http://localhost:9/md", "http://[::1]:9/md"])
+def test_get_allows_plain_http_to_a_loopback_host(fetcher: RequestsFetcher, url: str) -> None:
+    responses.get(url, body=b"<ok/>")
+    assert fetcher.get(url, timeout=3.0, max_bytes=100).body == b"<ok/>"
+
+
+@responses.activate
+def test_post_form_refuses_plain_http_to_a_non_loopback_host(fetcher: RequestsFetcher) -> None:
+    with pytest.raises(FetchError, match="Plain http is refused"):
+        fetcher.post_form("http://op.example.test/token", {"a": "b"}, timeout=3.0, max_bytes=100)
+    assert len(responses.calls) == 0
 
 
 @responses.activate
