@@ -93,6 +93,20 @@ def cmd_admin_create_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin_list_keys(args: argparse.Namespace) -> int:
+    svc = _services(_settings())
+    for k in svc.admin.list_admin_keys(None, args.tenant)["admin_keys"]:
+        print(f"{k['id']}  {k['tenant'] or '(global)'}  {k['created_at']}  {k['label']}")
+    return 0
+
+
+def cmd_admin_revoke_key(args: argparse.Namespace) -> int:
+    svc = _services(_settings())
+    svc.admin.revoke_admin_key(None, args.tenant, args.key_id)
+    print(f"revoked {args.key_id}")
+    return 0
+
+
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     settings = _settings()
     svc = _services(settings)
@@ -280,6 +294,13 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--tenant", default=None, help="scope the key to this tenant slug (default: global)")
     ck.add_argument("--label", default=None)
     ck.set_defaults(func=cmd_admin_create_key)
+    lk = adsub.add_parser("list-keys", help="list admin keys (id, tenant, label, created; never the key)")
+    lk.add_argument("--tenant", default=None, help="only this tenant's keys (default: every key)")
+    lk.set_defaults(func=cmd_admin_list_keys)
+    rk = adsub.add_parser("revoke-key", help="revoke an admin key by id (it stops working at once)")
+    rk.add_argument("key_id", metavar="ID")
+    rk.add_argument("--tenant", default=None, help="the key's tenant slug (checked when given)")
+    rk.set_defaults(func=cmd_admin_revoke_key)
 
     keys = sub.add_parser("keys", help="tenant signing keys")
     ksub = keys.add_subparsers(dest="keys_command", required=True)

@@ -112,6 +112,7 @@ class AdminKey:
     tenant_id: str | None
     tenant_slug: str | None
     created_at: datetime
+    label: str = ""
 
     @property
     def is_global(self) -> bool:

@@ -50,6 +50,32 @@ def test_create_key_for_unknown_tenant_fails_cleanly(env: str, capsys: pytest.Ca
     assert "No tenant" in capsys.readouterr().err
 
 
+def test_list_keys_and_revoke_key(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["admin", "create-key", "--label", "ops"]) == 0
+    ops_key = capsys.readouterr().out.strip()
+    assert main(["admin", "create-key", "--label", "ci"]) == 0
+    capsys.readouterr()
+    assert main(["admin", "list-keys"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and all("(global)" in ln for ln in lines)
+    assert ops_key not in "\n".join(lines), "the key itself is never printed again"
+    ops_id = next(ln.split()[0] for ln in lines if ln.endswith("  ops"))
+    assert main(["admin", "revoke-key", ops_id]) == 0
+    assert f"revoked {ops_id}" in capsys.readouterr().out
+    assert main(["admin", "list-keys"]) == 0
+    left = capsys.readouterr().out.strip().splitlines()
+    assert len(left) == 1 and left[0].endswith("  ci")
+    from broker.app import create_app
+    from broker.settings import load_settings
+
+    client = create_app(load_settings()).test_client()
+    assert client.get("/admin/v1/tenants", headers={"Authorization": f"Bearer {ops_key}"}).status_code == 401
+    # the last global key stays; an unknown id is a clean error
+    assert main(["admin", "revoke-key", left[0].split()[0]]) == 2
+    assert "last global admin key" in capsys.readouterr().err
+    assert main(["admin", "revoke-key", "no-such-key"]) == 2
+
+
 def test_keys_rotate(env: str, capsys: pytest.CaptureFixture[str]) -> None:
     from broker.app import create_app
     from broker.settings import load_settings

@@ -48,6 +48,7 @@ def openapi_document(public_url: str) -> dict[str, Any]:
     t = _path_param("t", "tenant slug")
     c = _path_param("c", "connection slug")
     client = _path_param("client_id", "app client_id")
+    key_id = _path_param("key_id", "admin key id")
     components: dict[str, Any] = {
         "Error": {
             "type": "object",
@@ -80,6 +81,21 @@ def openapi_document(public_url: str) -> dict[str, Any]:
             "parameters": [t],
             "post": _op("Create a tenant-scoped admin key (shown once)", 201, "{id, key}", body="AdminKeyCreate",
                         errors=(400, 401, 404)),
+            "get": _op("List the tenant's admin keys (id, label, created_at; never the key)", 200, "Admin keys"),
+        },
+        "/tenants/{t}/admin-keys/{key_id}": {
+            "parameters": [t, key_id],
+            "delete": _op("Revoke one of the tenant's admin keys", 204, "Revoked"),
+        },
+        "/admin-keys": {
+            "post": _op("Create a global admin key (global keys only; shown once)", 201, "{id, key}",
+                        body="AdminKeyCreate", errors=(400, 401, 403)),
+            "get": _op("List every admin key (global keys only)", 200, "Admin keys", errors=(401, 403)),
+        },
+        "/admin-keys/{key_id}": {
+            "parameters": [key_id],
+            "delete": _op("Revoke any admin key (global keys only); the last global key is refused", 204,
+                          "Revoked", errors=(401, 403, 404, 409)),
         },
         "/tenants/{t}/connections": {
             "parameters": [t],

@@ -168,19 +168,50 @@ class AdminService:
         data = schema.parse(schema.AdminKeyCreate, body if body is not None else {})
         tenant_id = None
         if slug is not None:
-            if key is None:
-                tenant = self.store.tenant_by_slug(slug)
-                if tenant is None:
-                    raise NotFound(f"No tenant {slug!r}.", code="tenant_not_found")
-            else:
-                tenant = self.tenant_for(key, slug)
-            tenant_id = tenant.id
+            tenant_id = self._admin_key_tenant(key, slug).id
         elif key is not None and not key.is_global:
             raise Forbidden("A tenant-scoped key cannot create global keys.", code="forbidden")
         value = "bk_" + secrets.token_urlsafe(32)
         created = self.store.create_admin_key(tenant_id, self.hasher.digest(value), data.label)
         self._admin_event(key, "admin_key.create", slug, key_id=created.id)
         return {"id": created.id, "key": value, "tenant": slug}
+
+    @staticmethod
+    def admin_key_json(k: AdminKey) -> dict[str, Any]:
+        """What may be shown of a key: never its value or digest."""
+        return {"id": k.id, "label": k.label, "tenant": k.tenant_slug, "created_at": iso(k.created_at)}
+
+    def list_admin_keys(self, key: AdminKey | None, slug: str | None) -> dict[str, Any]:
+        """A tenant's keys (slug), or with a global key every key (global ones have tenant null)."""
+        if slug is not None:
+            tenant = self._admin_key_tenant(key, slug)
+            keys = self.store.admin_keys(tenant.id)
+        else:
+            if key is not None and not key.is_global:
+                raise Forbidden("A tenant-scoped key can only list its own tenant's keys.", code="forbidden")
+            keys = self.store.admin_keys(None, every_tenant=True)
+        return {"admin_keys": [self.admin_key_json(k) for k in keys]}
+
+    def revoke_admin_key(self, key: AdminKey | None, slug: str | None, key_id: str) -> None:
+        """Delete a key: it stops working on the next request everywhere (keys are never cached), admin UI
+        sessions opened with it included. Under a tenant only that tenant's keys; at the top level (global
+        keys only) any key. The last global key cannot be revoked."""
+        if slug is not None:
+            tenant = self._admin_key_tenant(key, slug)
+            self.store.delete_admin_key(key_id, tenant_id=tenant.id)
+        else:
+            if key is not None and not key.is_global:
+                raise Forbidden("A tenant-scoped key can only revoke its own tenant's keys.", code="forbidden")
+            self.store.delete_admin_key(key_id, tenant_id=None)
+        self._admin_event(key, "admin_key.revoke", slug, key_id=key_id)
+
+    def _admin_key_tenant(self, key: AdminKey | None, slug: str) -> Tenant:
+        if key is None:
+            tenant = self.store.tenant_by_slug(slug)
+            if tenant is None:
+                raise NotFound(f"No tenant {slug!r}.", code="tenant_not_found")
+            return tenant
+        return self.tenant_for(key, slug)
 
     def ensure_admin_key(self, value: str, label: str = "bootstrap") -> AdminKey:
         """A global admin key with exactly this value exists afterwards (BROKER_BOOTSTRAP_ADMIN_KEY).

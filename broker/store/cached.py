@@ -174,6 +174,9 @@ class CachedConfigStore:
     def admin_key_by_hash(self, key_hash: str) -> AdminKey | None:
         return self.inner.admin_key_by_hash(key_hash)
 
+    def admin_keys(self, tenant_id: str | None, *, every_tenant: bool = False) -> Sequence[AdminKey]:
+        return self.inner.admin_keys(tenant_id, every_tenant=every_tenant)
+
     def tenants(self) -> Sequence[Tenant]:
         return self.inner.tenants()
 
@@ -203,6 +206,10 @@ class CachedConfigStore:
 
     def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str) -> AdminKey:
         return self._write(lambda: self.inner.create_admin_key(tenant_id, key_hash, label))
+
+    def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> None:
+        # Admin keys are never cached (every request reads its key): no generation bump needed.
+        self.inner.delete_admin_key(key_id, tenant_id=tenant_id)
 
     def create_connection(self, tenant_id: str, draft: ConnectionDraft) -> Connection:
         return self._write(lambda: self.inner.create_connection(tenant_id, draft))

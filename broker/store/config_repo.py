@@ -279,11 +279,11 @@ class SqlConfigStore:
             existing = s.scalars(select(AdminKeyRow).where(AdminKeyRow.key_hash == key_hash)).one_or_none()
             if existing is not None:
                 return AdminKey(id=existing.id, tenant_id=existing.tenant_id, tenant_slug=slug,
-                                created_at=_utc(existing.created_at) or now)
+                                created_at=_utc(existing.created_at) or now, label=existing.label)
             row = AdminKeyRow(id=str(uuid.uuid4()), tenant_id=tenant_id, key_hash=key_hash, label=label,
                               created_at=now)
             s.add(row)
-            return AdminKey(id=row.id, tenant_id=tenant_id, tenant_slug=slug, created_at=now)
+            return AdminKey(id=row.id, tenant_id=tenant_id, tenant_slug=slug, created_at=now, label=label)
 
     def admin_key_by_hash(self, key_hash: str) -> AdminKey | None:
         with self._read() as s:
@@ -297,7 +297,34 @@ class SqlConfigStore:
                     return None
                 slug = t.slug
             return AdminKey(id=row.id, tenant_id=row.tenant_id, tenant_slug=slug,
-                            created_at=_utc(row.created_at) or _now())
+                            created_at=_utc(row.created_at) or _now(), label=row.label)
+
+    def admin_keys(self, tenant_id: str | None, *, every_tenant: bool = False) -> list[AdminKey]:
+        with self._read() as s:
+            q = select(AdminKeyRow, TenantRow.slug).outerjoin(TenantRow, TenantRow.id == AdminKeyRow.tenant_id)
+            if not every_tenant:
+                q = q.where(AdminKeyRow.tenant_id.is_(None) if tenant_id is None
+                            else AdminKeyRow.tenant_id == tenant_id)
+            rows = s.execute(q.order_by(AdminKeyRow.created_at, AdminKeyRow.id)).all()
+            return [AdminKey(id=r.id, tenant_id=r.tenant_id, tenant_slug=slug,
+                             created_at=_utc(r.created_at) or _now(), label=r.label) for r, slug in rows]
+
+    def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> None:
+        with self._session() as s:
+            row = s.get(AdminKeyRow, key_id)
+            if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+                raise NotFound("No such admin key.", code="admin_key_not_found")
+            if row.tenant_id is None:
+                # Lock every global key row first, so two concurrent revocations cannot both see "one more".
+                globals_ = s.scalars(
+                    select(AdminKeyRow.id).where(AdminKeyRow.tenant_id.is_(None)).with_for_update()
+                ).all()
+                if key_id not in globals_:
+                    raise NotFound("No such admin key.", code="admin_key_not_found")
+                if len(globals_) <= 1:
+                    raise Conflict("This is the last global admin key: create another one before revoking it.",
+                                   code="last_global_admin_key")
+            s.execute(delete(AdminKeyRow).where(AdminKeyRow.id == key_id))
 
     # -- connections -----------------------------------------------------------------------------
 

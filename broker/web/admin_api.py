@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from broker.admin.openapi import openapi_document
-from broker.errors import PayloadTooLarge, ValidationFailed
+from broker.errors import Forbidden, PayloadTooLarge, ValidationFailed
 from broker.model import AdminKey
 from broker.web.context import services
 
@@ -101,6 +101,36 @@ def delete_tenant(t: str) -> Response:
 def create_admin_key(t: str) -> Response:
     key = _key()
     return _created(services().admin.create_admin_key(key, t, _optional_json()))
+
+
+@bp.get("/tenants/<t>/admin-keys")
+def list_admin_keys(t: str) -> Response:
+    return jsonify(services().admin.list_admin_keys(_key(), t))
+
+
+@bp.delete("/tenants/<t>/admin-keys/<key_id>")
+def revoke_admin_key(t: str, key_id: str) -> Response:
+    services().admin.revoke_admin_key(_key(), t, key_id)
+    return _no_content()
+
+
+@bp.post("/admin-keys")
+def create_global_admin_key() -> Response:
+    key = _key()
+    if not key.is_global:
+        raise Forbidden("A tenant-scoped key cannot create global keys.", code="forbidden")
+    return _created(services().admin.create_admin_key(key, None, _optional_json()))
+
+
+@bp.get("/admin-keys")
+def list_all_admin_keys() -> Response:
+    return jsonify(services().admin.list_admin_keys(_key(), None))
+
+
+@bp.delete("/admin-keys/<key_id>")
+def revoke_any_admin_key(key_id: str) -> Response:
+    services().admin.revoke_admin_key(_key(), None, key_id)
+    return _no_content()
 
 
 # -- connections -----------------------------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""Admin keys over the admin API: create, list (never the key itself), revoke (effective on the next request),
+tenant scoping (other tenants' keys are 404), and the last global key kept (on SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from broker.app import build_services
+from broker.errors import Conflict, NotFound
+from broker.settings import load_settings
+from tests.conftest import AdminClient, make_env
+
+
+def _key(admin: AdminClient, path: str, label: str = "") -> dict[str, Any]:
+    r = admin.call("POST", path, {"label": label})
+    assert r.status_code == 201, r.get_json()
+    out: dict[str, Any] = r.get_json()
+    return out
+
+
+@pytest.fixture
+def tenants(admin: AdminClient, client: FlaskClient) -> dict[str, Any]:
+    admin.tenant("acme")
+    admin.tenant("globex", "Globex")
+    acme = _key(admin, "/tenants/acme/admin-keys", "acme ops")
+    globex = _key(admin, "/tenants/globex/admin-keys", "globex ops")
+    return {"acme": acme, "globex": globex,
+            "acme_client": AdminClient(client, acme["key"]), "globex_client": AdminClient(client, globex["key"])}
+
+
+def test_a_tenants_keys_are_listed_without_their_values(admin: AdminClient, tenants: dict[str, Any]) -> None:
+    second = _key(tenants["acme_client"], "/tenants/acme/admin-keys", "ci")
+    r = tenants["acme_client"].call("GET", "/tenants/acme/admin-keys")
+    assert r.status_code == 200
+    keys = r.get_json()["admin_keys"]
+    assert [(k["id"], k["label"], k["tenant"]) for k in keys] == [
+        (tenants["acme"]["id"], "acme ops", "acme"), (second["id"], "ci", "acme")]
+    assert all(set(k) == {"id", "label", "tenant", "created_at"} for k in keys)
+    assert tenants["acme"]["key"] not in r.get_data(as_text=True)
+
+
+def test_a_revoked_key_stops_working_on_the_next_request(admin: AdminClient, tenants: dict[str, Any]) -> None:
+    acme = tenants["acme_client"]
+    spare = _key(admin, "/tenants/acme/admin-keys", "spare")
+    assert acme.call("GET", "/tenants/acme").status_code == 200
+    r = admin.call("DELETE", f"/tenants/acme/admin-keys/{tenants['acme']['id']}")
+    assert r.status_code == 204
+    r = acme.call("GET", "/tenants/acme")
+    assert r.status_code == 401 and r.get_json()["error"] == "unauthorized"
+    ids = [k["id"] for k in admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"]]
+    assert ids == [spare["id"]]
+    events = admin.call("GET", "/tenants/acme/audit?type=admin").get_json()["events"]
+    assert events[0]["details"]["action"] == "admin_key.revoke"
+    assert events[0]["details"]["key_id"] == tenants["acme"]["id"]
+
+
+def test_a_tenant_key_may_revoke_its_own_tenants_keys(tenants: dict[str, Any]) -> None:
+    acme = tenants["acme_client"]
+    other = _key(acme, "/tenants/acme/admin-keys", "to revoke")
+    assert acme.call("DELETE", f"/tenants/acme/admin-keys/{other['id']}").status_code == 204
+    assert AdminClient(acme.client, other["key"]).call("GET", "/tenants/acme").status_code == 401
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/tenants/globex/admin-keys"),
+    ("DELETE", "/tenants/globex/admin-keys/{globex}"),
+    ("DELETE", "/tenants/acme/admin-keys/{globex}"),  # another tenant's key named under one's own tenant
+])
+def test_other_tenants_keys_are_404_and_untouched(admin: AdminClient, tenants: dict[str, Any],
+                                                  method: str, path: str) -> None:
+    r = tenants["acme_client"].call(method, path.format(globex=tenants["globex"]["id"]))
+    assert r.status_code == 404, r.get_json()
+    assert r.get_json()["error"] in ("tenant_not_found", "admin_key_not_found")
+    assert tenants["globex_client"].call("GET", "/tenants/globex").status_code == 200
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/admin-keys"),
+    ("POST", "/admin-keys"),
+    ("DELETE", "/admin-keys/{acme}"),
+])
+def test_the_top_level_key_endpoints_are_for_global_keys_only(tenants: dict[str, Any], method: str,
+                                                              path: str) -> None:
+    r = tenants["acme_client"].call(method, path.format(acme=tenants["acme"]["id"]),
+                                    {} if method == "POST" else None)
+    assert r.status_code == 403 and r.get_json()["error"] == "forbidden"
+    assert tenants["acme_client"].call("GET", "/tenants/acme").status_code == 200
+
+
+def test_global_keys_are_created_listed_and_revoked(admin: AdminClient, client: FlaskClient,
+                                                    tenants: dict[str, Any]) -> None:
+    created = _key(admin, "/admin-keys", "automation")
+    assert created["tenant"] is None
+    automation = AdminClient(client, created["key"])
+    assert automation.call("POST", "/tenants", {"slug": "initech", "name": "Initech"}).status_code == 201
+    listed = automation.call("GET", "/admin-keys").get_json()["admin_keys"]
+    by_id = {k["id"]: k for k in listed}
+    assert by_id[created["id"]]["tenant"] is None and by_id[created["id"]]["label"] == "automation"
+    assert by_id[tenants["acme"]["id"]]["tenant"] == "acme"
+    assert by_id[tenants["globex"]["id"]]["tenant"] == "globex"
+    bootstrap = [k for k in listed if k["tenant"] is None and k["id"] != created["id"]]
+    assert len(bootstrap) == 1
+    # a global key revokes any key, a tenant's included
+    assert automation.call("DELETE", f"/admin-keys/{tenants['globex']['id']}").status_code == 204
+    assert tenants["globex_client"].call("GET", "/tenants/globex").status_code == 401
+    assert automation.call("DELETE", f"/admin-keys/{bootstrap[0]['id']}").status_code == 204
+    assert admin.call("GET", "/tenants").status_code == 401
+
+
+def test_the_last_global_key_cannot_be_revoked(admin: AdminClient) -> None:
+    keys = admin.call("GET", "/admin-keys").get_json()["admin_keys"]
+    assert len(keys) == 1
+    r = admin.call("DELETE", f"/admin-keys/{keys[0]['id']}")
+    assert r.status_code == 409 and r.get_json()["error"] == "last_global_admin_key", r.get_json()
+    assert r.get_json()["message"]
+    assert admin.call("GET", "/tenants").status_code == 200
+
+
+def test_an_unknown_key_id_is_404(admin: AdminClient, tenants: dict[str, Any]) -> None:
+    for path in ("/admin-keys/no-such-key", "/tenants/acme/admin-keys/no-such-key"):
+        r = admin.call("DELETE", path)
+        assert r.status_code == 404 and r.get_json()["error"] == "admin_key_not_found"
+
+
+def test_openapi_documents_the_admin_key_endpoints(client: FlaskClient) -> None:
+    paths = client.get("/admin/v1/openapi.json").get_json()["paths"]
+    assert set(paths["/tenants/{t}/admin-keys"]) >= {"post", "get"}
+    assert "delete" in paths["/tenants/{t}/admin-keys/{key_id}"]
+    assert set(paths["/admin-keys"]) >= {"post", "get"}
+    assert "delete" in paths["/admin-keys/{key_id}"]
+
+
+def test_two_concurrent_revocations_leave_one_global_key(database_url: str) -> None:
+    """Two global keys, each revoked at the same moment: the global key rows are locked before counting,
+    so exactly one revocation wins and one global key remains."""
+    svc = build_services(load_settings(make_env(database_url)))
+    try:
+        store = svc.config
+        second = svc.admin.create_admin_key(None, None, {"label": "second"})
+        ids = [k.id for k in store.admin_keys(None)]
+        assert second["id"] in ids and len(ids) == 2
+        barrier = threading.Barrier(2)
+        outcomes: list[str] = []
+
+        def revoke(key_id: str) -> None:
+            barrier.wait()
+            try:
+                store.delete_admin_key(key_id, tenant_id=None)
+                outcomes.append("revoked")
+            except Conflict:
+                outcomes.append("conflict")
+            except NotFound:
+                outcomes.append("not_found")
+
+        threads = [threading.Thread(target=revoke, args=(i,)) for i in ids]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(outcomes) == ["conflict", "revoked"]
+        assert len(store.admin_keys(None)) == 1
+    finally:
+        svc.extras["engine"].dispose()
+
