@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import json
 import secrets
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from broker import logs
@@ -41,6 +41,19 @@ log = logs.get("broker.login")
 TXN_PREFIX = "txn:"
 SESSION_PREFIX = "sess:"
 RESULT_PREFIX = "login-result:"
+# In LoginTransaction.upstream beside what the connector remembers (replicas of earlier versions ignore it):
+# this login already asked the upstream for a fresh authentication (prompt=login, max_age=0, or a restart).
+FORCED_KEY = "broker_forced_authn"
+
+
+def _too_old(authn_instant: float | None, max_age: int | None, now: float, connection: Connection) -> bool:
+    """True when the upstream's authentication instant is older than the app's max_age, allowing the
+    connection's clock skew (the IdP's clock is not ours)."""
+    if max_age is None or authn_instant is None:
+        return False
+    skew = connection.settings.get("clock_skew_seconds")
+    leeway = skew if isinstance(skew, int) and not isinstance(skew, bool) and skew >= 0 else 120
+    return now - authn_instant > max_age + leeway
 
 
 def binding_digest(cookie_value: str) -> str:
@@ -109,6 +122,15 @@ class Finished:
 
 
 @dataclass(frozen=True, slots=True)
+class Restarted:
+    """The upstream answered with an authentication older than the app's max_age: the login was started
+    again (a new transaction, forced re-authentication) and the browser goes back upstream with `step`."""
+
+    step: Step
+    txn_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerSession:
     id: str
     tenant_id: str
@@ -171,10 +193,10 @@ class LoginService:
 
     def begin(
         self, tenant: Tenant, connection: Connection, request: AuthorizationRequest | None, *, browser_binding: str,
-        purpose: str = "login",
+        purpose: str = "login", reauth: bool = False,
     ) -> Started:
         txn_id = secrets.token_urlsafe(24)
-        force = bool(request and ("login" in request.prompt or request.max_age == 0))
+        force = reauth or bool(request and ("login" in request.prompt or request.max_age == 0))
         connector = self.registry.open(connection)
         result = connector.begin(
             BeginRequest(
@@ -192,7 +214,7 @@ class LoginService:
             connection_id=connection.id,
             connection_slug=connection.slug,
             request=request,
-            upstream=dict(result.remember),
+            upstream={**result.remember, **({FORCED_KEY: "1"} if force else {})},
             browser_binding=browser_binding,
             created_at=now,
             expires_at=now + self.login_ttl,
@@ -237,7 +259,7 @@ class LoginService:
 
     def finish(
         self, tenant: Tenant, connection: Connection, callback: CallbackInput, *, browser_binding: str | None
-    ) -> Finished:
+    ) -> Finished | Restarted:
         request: AuthorizationRequest | None = None
         purpose = "login"
         txn: LoginTransaction | None = None
@@ -258,12 +280,22 @@ class LoginService:
                 if domain is None or domain not in connection.domains:
                     raise LoginError("Your email address is not in a domain this connection accepts.",
                                      code="login_domain_not_allowed", detail=f"domain={domain}")
+            now = self.clock.now()
+            if txn is not None and request is not None and purpose == "login" \
+                    and _too_old(identity.authn_instant, request.max_age, now, connection):
+                if txn.upstream.get(FORCED_KEY) != "1":
+                    # OIDC Core §3.1.2.1: past max_age the OP must re-authenticate. The IdP reused an older
+                    # sign-in: ask it once more, this time forcing a fresh one (SAML ForceAuthn, OIDC prompt=login).
+                    started = self.begin(tenant, connection, request, browser_binding=txn.browser_binding,
+                                         reauth=True)
+                    log.info("login_reauth_for_max_age", extra={"max_age": request.max_age})
+                    return Restarted(step=started.step, txn_id=started.txn_id)
+                identity = replace(identity, warnings=(*identity.warnings, "max_age_not_honored"))
         except StateStoreError:
             raise
         except BrokerError as err:
             self._failed(tenant, connection, request, err)
             raise LoginFailed(err, request) from None
-        now = self.clock.now()
         auth_time = identity.authn_instant or now
         session_id = secrets.token_urlsafe(24)
         details: dict[str, Any] = {"sub": profile.sub, "idp": profile.idp}

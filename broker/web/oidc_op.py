@@ -14,7 +14,7 @@ from broker import logs
 from broker.claims.subject import pairwise_sub
 from broker.errors import BrokerError, LoginError, NotFound
 from broker.issuer.server import AuthorizeError, HttpRequest, HttpResponse
-from broker.login import LoginFailed, email_domain, public_sid
+from broker.login import LoginFailed, Restarted, email_domain, public_sid
 from broker.model import AuthorizationRequest, Profile, Tenant
 from broker.web.context import services
 from broker.web.cookies import SESSION_COOKIE, browser_binding, clear_session_cookie, set_session_cookie
@@ -230,6 +230,8 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
             url = issuer.error_redirect(tenant, failed.request, "access_denied", failed.error.message)
             return _no_store(redirect_to(url))
         return html_error(failed.error)
+    if isinstance(finished_or_failed, Restarted):  # back upstream for a fresh sign-in (max_age)
+        return _no_store(render_step(finished_or_failed.step))
     finished = finished_or_failed
     if finished.purpose == "test" or finished.request is None:
         # an admin's connection test: show what came back instead of answering an app

@@ -30,6 +30,7 @@ class Pending:
     relay_state: str
     acs_url: str
     audience: str
+    location: str = ""  # the redirect to the IdP that carried the request
 
 
 @dataclass
@@ -44,18 +45,31 @@ class Setup:
         return self.client.open(f"/admin/v1{path}", method=method, json=body,
                                 headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}"}, **kw)
 
-    def begin(self, tenant: str = "acme", conn: str = "okta", state: str = "st") -> Pending:
+    def begin(self, tenant: str = "acme", conn: str = "okta", state: str = "st", *, prompt: str | None = "login",
+              max_age: int | None = None) -> Pending:
         app = self.apps[tenant]
-        q = urlencode({"response_type": "code", "client_id": app["client_id"], "redirect_uri": REDIRECT_URI,
-                       "scope": "openid email profile", "state": state, "connection": conn, "prompt": "login"})
-        r = self.client.get(f"/t/{tenant}/authorize?{q}")
+        params = {"response_type": "code", "client_id": app["client_id"], "redirect_uri": REDIRECT_URI,
+                  "scope": "openid email profile", "state": state, "connection": conn}
+        if prompt is not None:
+            params["prompt"] = prompt
+        if max_age is not None:
+            params["max_age"] = str(max_age)
+        r = self.client.get(f"/t/{tenant}/authorize?{urlencode(params)}")
         assert r.status_code == 302, r.data[:300]
-        params = query_of(r.headers["Location"])
-        xml = zlib.decompress(base64.b64decode(params["SAMLRequest"]), -15)
-        root = etree.fromstring(xml)  # noqa: S320 - our own AuthnRequest in a test
-        return Pending(request_id=root.get("ID"), relay_state=params["RelayState"],
+        return self.pending(r.headers["Location"])
+
+    @staticmethod
+    def authn_request(location: str) -> Any:
+        """The AuthnRequest element of an HTTP-Redirect binding URL."""
+        xml = zlib.decompress(base64.b64decode(query_of(location)["SAMLRequest"]), -15)
+        return etree.fromstring(xml)  # noqa: S320 - our own AuthnRequest in a test
+
+    def pending(self, location: str) -> Pending:
+        """The pending SAML request of a redirect to the IdP (HTTP-Redirect binding)."""
+        root = self.authn_request(location)
+        return Pending(request_id=root.get("ID"), relay_state=query_of(location)["RelayState"],
                        acs_url=root.get("AssertionConsumerServiceURL"),
-                       audience=root.find("{urn:oasis:names:tc:SAML:2.0:assertion}Issuer").text)
+                       audience=root.find("{urn:oasis:names:tc:SAML:2.0:assertion}Issuer").text, location=location)
 
     def post(self, tenant: str, conn: str, response: bytes | str, relay_state: str | None) -> Any:
         body = {"SAMLResponse": response if isinstance(response, str) else to_post_binding(response)}
