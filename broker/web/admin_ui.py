@@ -373,6 +373,7 @@ NOTICES = {
     "mapping_saved": "The mapping was saved.",
     "deleted": "The connection was deleted.",
     "metadata_saved": "The new IdP metadata was saved.",
+    "key_revoked": "The admin key was revoked. It no longer works anywhere.",
 }
 
 
@@ -671,3 +672,39 @@ def audit(t: str) -> Response:
     return _page("audit.html", 400 if error else 200, events=page["events"], filters=filters, error=error,
                  next_url=next_url, first_url=first_url if "cursor" in args else None,
                  **_tenant_ctx(tenant, "audit"))
+
+
+# -- admin keys --------------------------------------------------------------------------------------------
+
+
+def _keys_page(ctx: Ctx, tenant: Tenant, status: int = 200, **extra: Any) -> Response:
+    keys = ctx.svc.admin.list_admin_keys(ctx.key, tenant.slug)["admin_keys"]
+    return _page("admin_keys.html", status, keys=keys, current=ctx.key.id, notice=_notice(), **extra,
+                 **_tenant_ctx(tenant, "keys"))
+
+
+@bp.get("/tenants/<t>/admin-keys")
+def admin_keys(t: str) -> Response:
+    ctx = _ctx()
+    return _keys_page(ctx, _tenant(ctx, t))
+
+
+@bp.post("/tenants/<t>/admin-keys")
+def create_admin_key(t: str) -> Response:
+    """The new key is shown once, on this answer (never in a URL, never stored in the session)."""
+    ctx = _ctx()
+    tenant = _tenant(ctx, t)
+    label = request.form.get("label", "").strip()
+    try:
+        created = ctx.svc.admin.create_admin_key(ctx.key, tenant.slug, {"label": label})
+    except ValidationFailed as err:
+        return _keys_page(ctx, tenant, 400, create_error=err.message)
+    return _keys_page(ctx, tenant, created=created)
+
+
+@bp.post("/tenants/<t>/admin-keys/<key_id>/revoke")
+def revoke_admin_key(t: str, key_id: str) -> Response:
+    ctx = _ctx()
+    tenant = _tenant(ctx, t)
+    ctx.svc.admin.revoke_admin_key(ctx.key, tenant.slug, key_id)
+    return _see_other(f"/tenants/{tenant.slug}/admin-keys", notice="key_revoked")

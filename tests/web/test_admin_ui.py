@@ -142,6 +142,7 @@ def test_sign_in_without_csrf_is_refused(client: FlaskClient) -> None:
 def test_every_form_refuses_a_missing_or_wrong_csrf_token(client: FlaskClient, admin: AdminClient, ui: str,
                                                         token: str | None) -> None:
     assert create_saml(client, ui).status_code == 303
+    acme_key_id = admin.call("POST", "/tenants/acme/admin-keys", {"label": "kept"}).get_json()["id"]
     before = admin.call("GET", "/tenants/acme/connections/okta").get_json()
     extra = {} if token is None else {"csrf": token}
     posts: list[tuple[str, dict[str, Any]]] = [
@@ -151,6 +152,8 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token(client: FlaskClient, a
         ("/tenants/acme/connections/okta/metadata", {}),
         ("/tenants/acme/connections/okta/delete", {"confirm": "okta"}),
         ("/tenants/acme/connections/okta/test", {}),
+        ("/tenants/acme/admin-keys", {"label": "x"}),
+        (f"/tenants/acme/admin-keys/{acme_key_id}/revoke", {}),
         ("/sign-out", {}),
     ]
     for path, data in posts:
@@ -160,6 +163,7 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token(client: FlaskClient, a
     after = admin.call("GET", "/tenants/acme/connections/okta").get_json()
     assert after["version"] == before["version"] and after["mapping"] == before["mapping"]
     assert connection_count(admin) == 1
+    assert [k["id"] for k in admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"]] == [acme_key_id]
     assert client.get(f"{UI}/tenants").status_code == 200  # still signed in
 
 
@@ -178,8 +182,10 @@ def test_tenant_key_sees_only_its_tenant(client: FlaskClient, admin: AdminClient
     listing = text(client.get(f"{UI}/tenants"))
     assert "Acme Corp" in listing and "Globex" not in listing
     assert client.get(f"{UI}/").headers["Location"].endswith("/tenants/acme/connections")
+    globex_key_id = admin.call("POST", "/tenants/globex/admin-keys", {}).get_json()["id"]
     for path in ("/tenants/globex", "/tenants/globex/connections", "/tenants/globex/connections/secret-idp",
                  "/tenants/globex/apps", "/tenants/globex/audit", "/tenants/globex/connections/new",
+                 "/tenants/globex/admin-keys",
                  "/tenants/globex/connections/secret-idp/test/abc", "/tenants/nope/connections"):
         r = client.get(UI + path)
         assert r.status_code == 404, path
@@ -187,10 +193,15 @@ def test_tenant_key_sees_only_its_tenant(client: FlaskClient, admin: AdminClient
     for path, data in (("/tenants/globex/connections/new", {"metadata_xml": metadata_xml()}),
                        ("/tenants/globex/connections/secret-idp/mapping", {"action": "save", "rules": "[]"}),
                        ("/tenants/globex/connections/secret-idp/delete", {"confirm": "secret-idp"}),
-                       ("/tenants/globex/connections/secret-idp/test", {})):
+                       ("/tenants/globex/connections/secret-idp/test", {}),
+                       ("/tenants/globex/admin-keys", {"label": "mine now"}),
+                       (f"/tenants/globex/admin-keys/{globex_key_id}/revoke", {}),
+                       (f"/tenants/acme/admin-keys/{globex_key_id}/revoke", {})):
         r = client.post(UI + path, data={"csrf": csrf, **data})
         assert r.status_code == 404, path
     assert connection_count(admin, "globex") == 1
+    assert [k["id"] for k in admin.call("GET", "/tenants/globex/admin-keys").get_json()["admin_keys"]] == [
+        globex_key_id]
 
 
 # -- create a SAML connection ----------------------------------------------------------------------------------
@@ -473,3 +484,45 @@ def test_audit_log_filters_and_pages(client: FlaskClient, admin: AdminClient, ui
     assert r.status_code == 400 and "type must be login, admin or token" in text(r)
     r = client.get(f"{UI}/tenants/acme/audit?cursor=x")
     assert r.status_code == 400 and "cursor is not valid" in text(r)
+
+
+# -- admin keys -------------------------------------------------------------------------------------------------
+
+
+def test_admin_keys_page_creates_a_key_shown_once_and_revokes_keys(client: FlaskClient, admin: AdminClient,
+                                                                   ui: str) -> None:
+    page = text(client.get(f"{UI}/tenants/acme/admin-keys"))
+    assert "no admin keys of its own" in page
+    r = client.post(f"{UI}/tenants/acme/admin-keys", data={"csrf": ui, "label": "CI pipeline"})
+    assert r.status_code == 200, text(r)
+    shown = re.search(r'id="new-key-value">([^<]+)<', r.get_data(as_text=True))
+    assert shown and shown.group(1).startswith("bk_")
+    new_key = shown.group(1)
+    assert AdminClient(client, new_key).call("GET", "/tenants/acme").status_code == 200
+    listing = text(client.get(f"{UI}/tenants/acme/admin-keys"))
+    assert "CI pipeline" in listing and new_key not in listing, "the key is shown only once"
+    key_id = admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"][0]["id"]
+    r = client.post(f"{UI}/tenants/acme/admin-keys/{key_id}/revoke", data={"csrf": ui})
+    assert r.status_code == 303 and r.headers["Location"].endswith("/tenants/acme/admin-keys?notice=key_revoked")
+    assert "was revoked" in text(client.get(r.headers["Location"]))
+    assert AdminClient(client, new_key).call("GET", "/tenants/acme").status_code == 401
+    events = admin.call("GET", "/tenants/acme/audit?type=admin").get_json()["events"]
+    assert events[0]["details"]["action"] == "admin_key.revoke"
+
+
+def test_a_too_long_label_is_a_clear_message_and_creates_nothing(client: FlaskClient, admin: AdminClient,
+                                                                 ui: str) -> None:
+    r = client.post(f"{UI}/tenants/acme/admin-keys", data={"csrf": ui, "label": "x" * 201})
+    assert r.status_code == 400 and 'role="alert"' in r.get_data(as_text=True)
+    assert admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"] == []
+
+
+def test_revoking_the_key_of_this_session_signs_it_out(client: FlaskClient, admin: AdminClient) -> None:
+    admin.tenant("acme", "Acme Corp")
+    created = admin.call("POST", "/tenants/acme/admin-keys", {"label": "mine"}).get_json()
+    csrf = sign_in(client, created["key"])
+    assert "this session" in text(client.get(f"{UI}/tenants/acme/admin-keys"))
+    r = client.post(f"{UI}/tenants/acme/admin-keys/{created['id']}/revoke", data={"csrf": csrf})
+    assert r.status_code == 303
+    r = client.get(f"{UI}/tenants/acme/admin-keys")
+    assert r.status_code == 303 and "/admin/ui/sign-in" in r.headers["Location"]
