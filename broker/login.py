@@ -269,9 +269,14 @@ class LoginService:
             if txn is not None:
                 request = txn.request
                 purpose = txn.purpose
+            unsolicited: AuthorizationRequest | None = None
+            if txn is None and connection.settings.get("allow_idp_initiated"):
+                # Before the response is verified: a connection whose IdP-initiated app is missing refuses
+                # without consuming the assertion, which its IdP can post again once the app is fixed.
+                unsolicited = self._idp_initiated_request(tenant, connection)
             identity = connector.complete(callback, txn)
             if request is None and purpose != "test":
-                request = self._idp_initiated_request(tenant, connection)
+                request = unsolicited or self._idp_initiated_request(tenant, connection)
             mapping = compile_mapping(connection.mapping)
             profile = apply(mapping, identity, tenant=tenant.slug, tenant_id=tenant.id,
                             connection=connection.slug, connection_id=connection.id)

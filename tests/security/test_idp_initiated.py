@@ -143,6 +143,19 @@ def test_unknown_idp_initiated_app_never_yields_a_code(sec: Setup) -> None:
     _refused_page(sec, resp, "saml_idp_initiated_not_configured")
 
 
+def test_a_refusal_for_a_missing_app_does_not_consume_the_assertion(sec: Setup) -> None:
+    """Checked before the Response is verified: once the app is fixed, the same Response signs the user in."""
+    r = _enable(sec, app="no-such-client")
+    if r.status_code != 200:
+        assert 400 <= r.status_code < 500
+        return
+    response = _unsolicited(sec)
+    _refused_page(sec, sec.post("acme", "okta", response, None), "saml_idp_initiated_not_configured")
+    assert _enable(sec).status_code == 200
+    resp = sec.post("acme", "okta", response, None)
+    assert resp.status_code == 302 and "code" in query_of(resp.headers["Location"]), resp.data[:300]
+
+
 # --- an unsolicited response still passes every other check ------------------------------------------
 
 
