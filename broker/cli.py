@@ -25,6 +25,9 @@ def default_workers(settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from broker.serving import prepare_metrics_dir, worker_exited
+
+    metrics_dir = prepare_metrics_dir()  # before anything imports prometheus_client (see broker.metrics)
     settings = _settings()
     workers = args.workers if args.workers is not None else default_workers(settings)
     if workers < 1:
@@ -60,12 +63,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
             self.cfg.set("preload_app", False)  # each worker opens its own DB pool and Redis client
             if os.path.isdir("/dev/shm"):  # noqa: S108 - the heartbeat file: tmpfs, not a disk write per request
                 self.cfg.set("worker_tmp_dir", "/dev/shm")  # noqa: S108
+            self.cfg.set("child_exit", worker_exited)
 
         def load(self) -> Any:
             return create_app(settings, migrate=False)
 
     logs.get("broker.cli").info("serving", extra={"url": settings.public_url, "bind": f"{args.host}:{args.port}",
-                                                  "workers": workers})
+                                                  "workers": workers, "metrics_dir": metrics_dir})
     Server().run()
     return 0
 
