@@ -13,6 +13,13 @@ Entries also expire after `max_age` seconds (10 minutes), the backstop should an
 process. The backstop is long on purpose: every expiry is a reload of that tenant in that worker (a few ms),
 and with 10,000 tenants a short one would make most logins reload.
 
+Scoped: a write names the tenant it changed (`t:<tenant id>`; creating a tenant also `s:<slug>`, for a
+cached "no such tenant"), and replicas that learn of it through a notification drop only that tenant's
+entries, so an admin editing one tenant does not make every other tenant's next login reload. Whenever a
+replica cannot be sure what changed (broker.store.generation.Generation.poll says None), it drops
+everything, as before. Each entry carries the change count of its replica at the start of the request that
+loaded it; it is used while no change of its scope (or of everything) has been counted since.
+
 Only the login/token hot path reads through the cache (tenants, connections, apps, signing keys); audit
 events, metadata refresh state and last-login stamps go straight to the database.
 """
@@ -31,11 +38,20 @@ from broker import logs
 from broker.model import AdminKey, App, AuditEvent, Connection, SigningKey, Tenant
 from broker.ports import AppDraft, AuditPage, ConnectionDraft, MetadataState, NewSigningKey, StateStore
 from broker.store.config_repo import SqlConfigStore
-from broker.store.generation import Generation, generation_for
+from broker.store.generation import Generation, Scopes, generation_for
 
 T = TypeVar("T")
 log = logs.get("broker.store.cached")
 _MISSING = object()
+MAX_SCOPES = 100_000  # scope counters kept; past that they are folded into one "everything" change
+
+
+def tenant_scope(tenant_id: str) -> str:
+    return "t:" + tenant_id
+
+
+def slug_scope(slug: str) -> str:
+    return "s:" + slug
 
 
 class CachedConfigStore:
@@ -49,18 +65,26 @@ class CachedConfigStore:
         self.max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[tuple[Any, ...], tuple[bytes | None, float, Any]] = OrderedDict()
-        self._owed = False  # a generation bump failed after its write committed: retried by begin_request()
+        self._sync_lock = threading.Lock()  # one poll-and-apply at a time
+        # key -> (scope, change count when loaded, loaded at, value)
+        self._entries: OrderedDict[tuple[Any, ...], tuple[str, int, float, Any]] = OrderedDict()
+        self._changes = 0  # changes counted in this process (under _lock)
+        self._all_changed = 0  # the count at the last change of everything
+        self._scope_changed: dict[str, int] = {}  # the count at each scope's last change
+        # a bump that failed after its write committed, and the scopes it owes (None: everything)
+        self._owed = False
+        self._owed_scopes: Scopes = frozenset()
         self._in_atomic: ContextVar[bool] = ContextVar(f"broker_cache_atomic_{id(self)}", default=False)
-        self._dirty: ContextVar[bool] = ContextVar(f"broker_cache_dirty_{id(self)}", default=False)
-        # one generation fetch per request: set by begin_request(), which the web layer calls first
-        self._memo: ContextVar[tuple[bytes | None] | tuple[()] | None] = ContextVar(
+        self._dirty: ContextVar[tuple[bool, Scopes]] = ContextVar(f"broker_cache_dirty_{id(self)}",
+                                                                  default=(False, frozenset()))
+        # one generation poll per request: set by begin_request(), which the web layer calls first
+        self._memo: ContextVar[tuple[int] | tuple[()] | None] = ContextVar(
             f"broker_cache_memo_{id(self)}", default=None)
 
     # -- generation ------------------------------------------------------------------------------
 
     def begin_request(self) -> None:
-        """Start a request scope: its first cached read fetches the generation, later reads reuse it. An owed
+        """Start a request scope: its first cached read polls the generation, later reads reuse it. An owed
         generation bump is retried first."""
         if self._owed:
             self._retry_bump()
@@ -68,63 +92,90 @@ class CachedConfigStore:
 
     def _retry_bump(self) -> None:
         try:
-            self.generation.bump()
+            self.generation.bump(self._owed_scopes)
         except Exception as exc:  # noqa: BLE001 - still unreachable: the request goes on, the next one retries
             log.warning("config_generation_bump_owed", extra={"error": exc.__class__.__name__})
             return
-        self._owed = False
+        self._owed, self._owed_scopes = False, frozenset()
         log.info("config_generation_bump_retried")
 
     def end_request(self) -> None:
         """Leave the request scope: outside one, every cached read fetches the generation."""
         self._memo.set(None)
 
-    def _generation(self) -> bytes | None:
+    def _generation(self) -> int:
+        """This request's view: the change count after applying what the generation reports as changed."""
         memo = self._memo.get()
         if memo:
             return memo[0]
-        gen = self.generation.current()
+        with self._sync_lock:
+            _, changed = self.generation.poll()
+            if changed is None or changed:
+                self._count(changed)
+            with self._lock:
+                seen = self._changes
         if memo is not None:
-            self._memo.set((gen,))
-        return gen
+            self._memo.set((seen,))
+        return seen
 
-    def invalidate(self) -> None:
-        """Announce a configuration change to every replica (called after a write commits)."""
-        if self._in_atomic.get():
-            self._dirty.set(True)
-            return
+    def _count(self, scopes: Scopes) -> None:
+        """Count a change of `scopes` (None: everything): entries loaded before it are no longer used."""
         with self._lock:
-            self._entries.clear()
+            self._changes += 1
+            if scopes is None or len(self._scope_changed) + len(scopes) > MAX_SCOPES:
+                self._all_changed = self._changes
+                self._scope_changed.clear()
+                self._entries.clear()
+            else:
+                for scope in scopes:
+                    self._scope_changed[scope] = self._changes
+
+    def invalidate(self, scopes: Scopes = None) -> None:
+        """Announce a configuration change of `scopes` (None: everything) to every replica, after its write
+        committed."""
+        if self._in_atomic.get():
+            _, pending = self._dirty.get()
+            self._dirty.set((True, None if scopes is None or pending is None else pending | scopes))
+            return
+        self._count(scopes)
         if self._memo.get() is not None:
             self._memo.set(())
         try:
-            self.generation.bump()
+            self.generation.bump(scopes)
         except Exception:
-            self._owed = True  # the write has committed: other replicas must still hear of it
+            # the write has committed: other replicas must still hear of it
+            owed = self._owed_scopes if self._owed else frozenset()
+            self._owed = True
+            self._owed_scopes = None if scopes is None or owed is None else owed | scopes
             raise
 
-    def _cached(self, key: tuple[Any, ...], load: Callable[[], T]) -> T:
+    def _cached(self, key: tuple[Any, ...], scope: str | Callable[[Any], str], load: Callable[[], T]) -> T:
+        """`scope`: the entry's scope, or a function of the loaded value that gives it."""
         if self._in_atomic.get():
             return load()
-        gen = self._generation()
+        seen = self._generation()
         now = self._clock()
         with self._lock:
             hit = self._entries.get(key)
-            if hit is not None and hit[0] == gen and now - hit[1] < self.max_age:
-                self._entries.move_to_end(key)
-                value: T = hit[2]
-                return value
+            if hit is not None:
+                hit_scope, loaded_in, loaded_at, cached = hit
+                current = loaded_in >= max(self._all_changed, self._scope_changed.get(hit_scope, 0))
+                if current and now - loaded_at < self.max_age:
+                    self._entries.move_to_end(key)
+                    value: T = cached
+                    return value
         value = load()
+        entry_scope = scope if isinstance(scope, str) else scope(value)
         with self._lock:
-            self._entries[key] = (gen, now, value)
+            self._entries[key] = (entry_scope, seen, now, value)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
         return value
 
-    def _write(self, fn: Callable[[], T]) -> T:
+    def _write(self, fn: Callable[[], T], scopes: Callable[[T], Scopes]) -> T:
         result = fn()
-        self.invalidate()
+        self.invalidate(scopes(result))
         return result
 
     # -- transactions ----------------------------------------------------------------------------
@@ -135,16 +186,16 @@ class CachedConfigStore:
             yield
             return
         token = self._in_atomic.set(True)
-        dirty = self._dirty.set(False)
+        dirty = self._dirty.set((False, frozenset()))
         try:
             with self.inner.atomic():
                 yield
         finally:
-            changed = self._dirty.get()
+            changed, scopes = self._dirty.get()
             self._in_atomic.reset(token)
             self._dirty.reset(dirty)
         if changed:
-            self.invalidate()
+            self.invalidate(scopes)
 
     def ping(self) -> bool:
         return self.inner.ping()
@@ -152,22 +203,30 @@ class CachedConfigStore:
     # -- cached reads ----------------------------------------------------------------------------
 
     def tenant_by_slug(self, slug: str) -> Tenant | None:
-        return self._cached(("tenant_slug", slug), lambda: self.inner.tenant_by_slug(slug))
+        # a tenant's entry belongs to its id; "no such tenant" to the slug, which creating it announces
+        return self._cached(("tenant_slug", slug),
+                            lambda t: tenant_scope(t.id) if t is not None else slug_scope(slug),
+                            lambda: self.inner.tenant_by_slug(slug))
 
     def tenant_by_id(self, tenant_id: str) -> Tenant | None:
-        return self._cached(("tenant_id", tenant_id), lambda: self.inner.tenant_by_id(tenant_id))
+        return self._cached(("tenant_id", tenant_id), tenant_scope(tenant_id),
+                            lambda: self.inner.tenant_by_id(tenant_id))
 
     def connection(self, tenant_id: str, slug: str) -> Connection | None:
-        return self._cached(("connection", tenant_id, slug), lambda: self.inner.connection(tenant_id, slug))
+        return self._cached(("connection", tenant_id, slug), tenant_scope(tenant_id),
+                            lambda: self.inner.connection(tenant_id, slug))
 
     def connections(self, tenant_id: str) -> Sequence[Connection]:
-        return self._cached(("connections", tenant_id), lambda: tuple(self.inner.connections(tenant_id)))
+        return self._cached(("connections", tenant_id), tenant_scope(tenant_id),
+                            lambda: tuple(self.inner.connections(tenant_id)))
 
     def app(self, tenant_id: str, client_id: str) -> App | None:
-        return self._cached(("app", tenant_id, client_id), lambda: self.inner.app(tenant_id, client_id))
+        return self._cached(("app", tenant_id, client_id), tenant_scope(tenant_id),
+                            lambda: self.inner.app(tenant_id, client_id))
 
     def signing_keys(self, tenant_id: str) -> Sequence[SigningKey]:
-        return self._cached(("keys", tenant_id), lambda: tuple(self.inner.signing_keys(tenant_id)))
+        return self._cached(("keys", tenant_id), tenant_scope(tenant_id),
+                            lambda: tuple(self.inner.signing_keys(tenant_id)))
 
     # -- uncached reads --------------------------------------------------------------------------
 
@@ -196,44 +255,49 @@ class CachedConfigStore:
     # -- writes that change configuration (invalidate everywhere) ---------------------------------
 
     def create_tenant(self, slug: str, name: str, key: NewSigningKey) -> Tenant:
-        return self._write(lambda: self.inner.create_tenant(slug, name, key))
+        return self._write(lambda: self.inner.create_tenant(slug, name, key),
+                           lambda t: frozenset({tenant_scope(t.id), slug_scope(slug)}))
 
     def update_tenant(self, tenant_id: str, *, name: str) -> Tenant:
-        return self._write(lambda: self.inner.update_tenant(tenant_id, name=name))
+        return self._write(lambda: self.inner.update_tenant(tenant_id, name=name), _tenant(tenant_id))
 
     def delete_tenant(self, tenant_id: str) -> None:
-        self._write(lambda: self.inner.delete_tenant(tenant_id))
+        self._write(lambda: self.inner.delete_tenant(tenant_id), _tenant(tenant_id))
 
     def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str) -> AdminKey:
-        return self._write(lambda: self.inner.create_admin_key(tenant_id, key_hash, label))
+        # Admin keys are never cached (every request reads its key): nothing to announce.
+        return self.inner.create_admin_key(tenant_id, key_hash, label)
 
     def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> None:
         # Admin keys are never cached (every request reads its key): no generation bump needed.
         self.inner.delete_admin_key(key_id, tenant_id=tenant_id)
 
     def create_connection(self, tenant_id: str, draft: ConnectionDraft) -> Connection:
-        return self._write(lambda: self.inner.create_connection(tenant_id, draft))
+        return self._write(lambda: self.inner.create_connection(tenant_id, draft), _tenant(tenant_id))
 
     def replace_connection(self, connection_id: str, draft: ConnectionDraft) -> Connection:
-        return self._write(lambda: self.inner.replace_connection(connection_id, draft))
+        return self._write(lambda: self.inner.replace_connection(connection_id, draft),
+                           lambda c: frozenset({tenant_scope(c.tenant_id)}))
 
-    def delete_connection(self, connection_id: str) -> None:
-        self._write(lambda: self.inner.delete_connection(connection_id))
+    def delete_connection(self, connection_id: str) -> str | None:
+        return self._write(lambda: self.inner.delete_connection(connection_id), _owner)
 
     def create_app(self, tenant_id: str, client_id: str, draft: AppDraft, secret_hash: str | None) -> App:
-        return self._write(lambda: self.inner.create_app(tenant_id, client_id, draft, secret_hash))
+        return self._write(lambda: self.inner.create_app(tenant_id, client_id, draft, secret_hash),
+                           _tenant(tenant_id))
 
     def replace_app(self, app_id: str, draft: AppDraft, secret_hash: str | None) -> App:
-        return self._write(lambda: self.inner.replace_app(app_id, draft, secret_hash))
+        return self._write(lambda: self.inner.replace_app(app_id, draft, secret_hash),
+                           lambda a: frozenset({tenant_scope(a.tenant_id)}))
 
-    def delete_app(self, app_id: str) -> None:
-        self._write(lambda: self.inner.delete_app(app_id))
+    def delete_app(self, app_id: str) -> str | None:
+        return self._write(lambda: self.inner.delete_app(app_id), _owner)
 
     def add_signing_key(self, tenant_id: str, key: NewSigningKey) -> SigningKey:
-        return self._write(lambda: self.inner.add_signing_key(tenant_id, key))
+        return self._write(lambda: self.inner.add_signing_key(tenant_id, key), _tenant(tenant_id))
 
     def reseal_all(self) -> int:
-        return self._write(self.inner.reseal_all)
+        return self._write(self.inner.reseal_all, lambda _: None)
 
     # -- writes that are not configuration -------------------------------------------------------
 
@@ -249,3 +313,14 @@ class CachedConfigStore:
             tenant = self.tenant_by_slug(event.tenant)
             tenant_id = tenant.id if tenant is not None else None
         self.inner.record(event, tenant_id=tenant_id)
+
+
+def _tenant(tenant_id: str) -> Callable[[object], Scopes]:
+    """The scopes of a write to one tenant, whatever it returned."""
+    scopes = frozenset({tenant_scope(tenant_id)})
+    return lambda _: scopes
+
+
+def _owner(tenant_id: str | None) -> Scopes:
+    """The scopes of a delete that returned the owning tenant's id (None: nothing was there; say all)."""
+    return frozenset({tenant_scope(tenant_id)}) if tenant_id is not None else None

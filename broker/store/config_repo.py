@@ -415,9 +415,12 @@ class SqlConfigStore:
             t = s.get(TenantRow, row.tenant_id)
             return self._connection(row, t.slug if t else "")
 
-    def delete_connection(self, connection_id: str) -> None:
+    def delete_connection(self, connection_id: str) -> str | None:
+        """Delete; returns the tenant id the connection belonged to (None if there was none)."""
         with self._session() as s:
+            row = s.get(ConnectionRow, connection_id)
             s.execute(delete(ConnectionRow).where(ConnectionRow.id == connection_id))
+            return row.tenant_id if row is not None else None
 
     def metadata_state(self, connection_id: str) -> MetadataState:
         with self._read() as s:
@@ -513,9 +516,12 @@ class SqlConfigStore:
             s.flush()
             return self._app(row)
 
-    def delete_app(self, app_id: str) -> None:
+    def delete_app(self, app_id: str) -> str | None:
+        """Delete; returns the tenant id the app belonged to (None if there was none)."""
         with self._session() as s:
+            row = s.get(AppRow, app_id)
             s.execute(delete(AppRow).where(AppRow.id == app_id))
+            return row.tenant_id if row is not None else None
 
     # -- signing keys ----------------------------------------------------------------------------
 

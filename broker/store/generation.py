@@ -12,10 +12,17 @@ Two sources:
   seen by the next request everywhere, without a GET per request. If the subscription is lost (Redis
   restarted, connection dropped) it is re-established and the token re-read with a GET; the token is also
   re-read at least every `verify_every` seconds, which bounds staleness even on a silently dead connection.
+
+Scopes: a change may name what it touched (for the config cache, the tenants whose entries it changed), so
+that a replica drops only those entries. `poll()` returns the current token and the scopes changed since the
+previous poll, or None ("everything") whenever that cannot be known for certain: a change announced without
+scopes (or by an earlier version), a token that no notification explained (a lost notification, a new
+subscription, a GET without one), or a process's first poll. Unsure always means everything.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 import threading
 import time
@@ -31,6 +38,31 @@ from broker.store.state_redis import RedisStateStore
 
 GENERATION_KEY = "config:generation"
 GENERATION_TTL = 400 * 86400.0
+OWN_NOTIFICATION_WAIT = 0.05  # seconds a writer waits for its own notification before assuming the worst
+_V2 = re.compile(rb"v2:([0-9a-f]{24})((?:\n[^\n]+)*)")
+
+Scopes = frozenset[str] | None  # None: everything
+
+
+def _new_token() -> bytes:
+    return secrets.token_hex(12).encode("ascii")
+
+
+def _announcement(token: bytes, scopes: Scopes) -> bytes:
+    """The pub/sub message: `v2:<token>` then one scope per line (no lines: everything)."""
+    lines = sorted(scopes) if scopes is not None else []
+    if any(not s or "\n" in s for s in lines):
+        raise ValueError("a scope is a non-empty string without line breaks")
+    return b"v2:" + token + b"".join(b"\n" + s.encode("utf-8") for s in lines)
+
+
+def parse_announcement(data: bytes) -> tuple[bytes, Scopes]:
+    """(token, scopes) of a notification; a message of an earlier version is its own token, for everything."""
+    m = _V2.fullmatch(data)
+    if m is None:
+        return data, None
+    rest = m.group(2)
+    return m.group(1), frozenset(s.decode("utf-8") for s in rest.split(b"\n")[1:]) if rest else None
 
 
 class Generation(Protocol):
@@ -38,22 +70,56 @@ class Generation(Protocol):
         """The token of the newest configuration (None before the first write)."""
         ...
 
-    def bump(self) -> None:
-        """Announce a configuration change (after its transaction has committed)."""
+    def poll(self) -> tuple[bytes | None, Scopes]:
+        """The current token, and the scopes changed since the previous poll (empty: nothing changed; None:
+        anything may have). One consumer per instance: each poll consumes what it reports."""
+        ...
+
+    def bump(self, scopes: Scopes = None) -> None:
+        """Announce a configuration change (after its transaction has committed) of `scopes` (None: all)."""
         ...
 
 
+class _Unpolled:
+    pass
+
+
+_UNPOLLED = _Unpolled()
+
+
 class StateGeneration:
-    """The token in the StateStore, read on every call."""
+    """The token in the StateStore, read on every call. Only this instance's own bumps can be explained
+    (the in-process store has no other writers); any other change is "everything"."""
 
     def __init__(self, state: StateStore) -> None:
         self._state = state
+        self._lock = threading.Lock()
+        self._polled: bytes | None | _Unpolled = _UNPOLLED
+        self._own: bytes | None = None  # the token of this instance's last bump
+        self._pending: set[str] | None = set()
 
     def current(self) -> bytes | None:
         return self._state.get(GENERATION_KEY)
 
-    def bump(self) -> None:
-        self._state.put(GENERATION_KEY, secrets.token_bytes(12), ttl=GENERATION_TTL)
+    def poll(self) -> tuple[bytes | None, Scopes]:
+        with self._lock:
+            token = self._state.get(GENERATION_KEY)
+            if token == self._polled:
+                return token, frozenset()
+            explained = not isinstance(self._polled, _Unpolled) and token == self._own
+            changes = frozenset(self._pending) if explained and self._pending is not None else None
+            self._polled, self._pending = token, set()
+            return token, changes
+
+    def bump(self, scopes: Scopes = None) -> None:
+        token = _new_token()
+        with self._lock:
+            self._state.put(GENERATION_KEY, token, ttl=GENERATION_TTL)
+            self._own = token
+            if scopes is None or self._pending is None:
+                self._pending = None
+            else:
+                self._pending |= scopes
 
 
 class RedisGeneration:
@@ -79,6 +145,11 @@ class RedisGeneration:
         self._reread = True  # GET before the next use (new subscription, or after our own bump)
         self._reconnected = False  # set by redis-py when it re-opens the subscription's connection
         self._subscribe_after = float("-inf")
+        # poll() bookkeeping, under _lock: scopes announced since the last poll (None: unknown, everything)
+        self._pending: set[str] | None = set()
+        self._polled: bytes | None | _Unpolled = _UNPOLLED
+        self._expect: bytes | None = None  # our own bump's token, until its notification arrives
+        self._polling = threading.Lock()  # one poll at a time: each consumes what it reports
 
     def current(self) -> bytes | None:
         with self._lock:
@@ -109,11 +180,23 @@ class RedisGeneration:
                 self._subscribing.release()
         return self._store.get(GENERATION_KEY)  # no subscription: a GET per read
 
-    def bump(self) -> None:
-        token = secrets.token_bytes(12)
+    def poll(self) -> tuple[bytes | None, Scopes]:
+        with self._polling:
+            token = self.current()
+            with self._lock:
+                if token == self._polled:
+                    return token, frozenset()
+                explained = (not isinstance(self._polled, _Unpolled) and self._pubsub is not None
+                             and token == self._value and self._pending is not None)
+                changes = frozenset(self._pending) if explained and self._pending is not None else None
+                self._polled, self._pending = token, set()
+                return token, changes
+
+    def bump(self, scopes: Scopes = None) -> None:
+        token = _new_token()
         pipe = self._client.pipeline(transaction=True)
         pipe.set(self._channel, token, px=int(GENERATION_TTL * 1000))
-        pipe.publish(self._channel, token)
+        pipe.publish(self._channel, _announcement(token, scopes))
         try:
             pipe.execute()
         except RedisError as exc:
@@ -121,6 +204,7 @@ class RedisGeneration:
                                   detail=f"redis generation bump failed: {type(exc).__name__}: {exc}") from exc
         with self._lock:
             self._reread = True  # this process's next read takes the token from Redis
+            self._expect = token
 
     def close(self) -> None:
         with self._lock:
@@ -157,12 +241,13 @@ class RedisGeneration:
                 return False
             if message is None:
                 return bool(self._pubsub.subscribed)
-            if message.get("type") == "message" and isinstance(message.get("data"), bytes):
-                self._value = message["data"]
+            self._apply(message)
 
     def _reread_locked(self) -> bytes | None:
         """The token by GET, while subscribed: after a new subscription or our own bump, and periodically."""
         periodic = not self._reread
+        if self._expect is not None:
+            self._await_own_notification()
         try:
             value = self._store.get(GENERATION_KEY)
         except StateStoreError:
@@ -171,12 +256,42 @@ class RedisGeneration:
         if periodic and value != self._value:
             # A token no notification brought (or one still in flight): the subscription may be dead.
             # Take a new one on the next read; costs one SUBSCRIBE when the notification was only late.
+            self._pending = None
             self._unsubscribe()
             return value
+        if value != self._value:
+            self._pending = None  # a change no notification explained (new subscription, or still in flight)
         self._value = value
         self._reread = False
         self._verify_at = self._clock() + self._verify_every
         return value
+
+    def _await_own_notification(self) -> None:
+        """After our own bump, give its notification a moment to arrive (Redis wrote it before answering the
+        bump), so that its scopes are known here too; if it does not come, the poll says "everything"."""
+        deadline = time.monotonic() + OWN_NOTIFICATION_WAIT
+        while self._expect is not None and self._pubsub is not None and not self._reconnected:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                self._apply(self._pubsub.get_message(ignore_subscribe_messages=True, timeout=remaining))
+            except (RedisError, OSError, ValueError):
+                break
+        self._expect = None
+
+    def _apply(self, message: Any) -> None:
+        """One notification: the token it brings, and its scopes added to what the next poll reports."""
+        if message is None or message.get("type") != "message" or not isinstance(message.get("data"), bytes):
+            return
+        token, scopes = parse_announcement(message["data"])
+        self._value = token
+        if scopes is None or self._pending is None:
+            self._pending = None
+        else:
+            self._pending |= scopes
+        if token == self._expect:
+            self._expect = None
 
     def _unsubscribe(self) -> None:
         if self._pubsub is not None:

@@ -93,11 +93,14 @@ class _FlakyGeneration:
     def current(self) -> bytes | None:
         return self.inner.current()
 
-    def bump(self) -> None:
+    def poll(self) -> tuple[bytes | None, frozenset[str] | None]:
+        return self.inner.poll()
+
+    def bump(self, scopes: frozenset[str] | None = None) -> None:
         if self.failures:
             self.failures -= 1
             raise StateStoreError("The state store is unavailable.")
-        self.inner.bump()
+        self.inner.bump(scopes)
 
 
 def test_a_failed_generation_bump_is_owed_and_paid_by_the_next_request(

@@ -11,7 +11,13 @@ import redis
 
 from broker.errors import StateStoreError
 from broker.ports import FrozenClock
-from broker.store.generation import GENERATION_KEY, RedisGeneration, StateGeneration, generation_for
+from broker.store.generation import (
+    GENERATION_KEY,
+    RedisGeneration,
+    StateGeneration,
+    generation_for,
+    parse_announcement,
+)
 from broker.store.state import MemoryStateStore
 from broker.store.state_redis import RedisStateStore
 
@@ -143,3 +149,62 @@ def test_redis_gets_the_pub_sub_generation(redis_url: str, redis_prefix: str) ->
         assert isinstance(generation_for(store), RedisGeneration)
     finally:
         store.client.close()
+
+
+# --- poll(): what changed since the last poll ------------------------------------------------------------
+
+
+def test_poll_reports_the_scopes_of_each_change_and_nothing_when_nothing_changed(
+    pair: tuple[Replica, Replica],
+) -> None:
+    a, b = pair
+    assert b.generation.poll()[1] is None, "a first poll cannot know what it missed"
+    assert b.generation.poll()[1] == frozenset()
+    a.generation.bump(frozenset({"t:1"}))
+    a.generation.bump(frozenset({"t:2", "s:acme"}))
+    token, changed = b.generation.poll()
+    assert changed == frozenset({"t:1", "t:2", "s:acme"}) and token == a.generation.current()
+    assert b.generation.poll()[1] == frozenset()
+    a.generation.bump(frozenset({"t:3"}))
+    a.generation.bump(None)  # everything
+    assert b.generation.poll()[1] is None
+    assert b.gets == 1, "all of it arrived as notifications"
+
+
+def test_the_writer_knows_the_scopes_of_its_own_change(pair: tuple[Replica, Replica]) -> None:
+    a, _ = pair
+    a.generation.poll()
+    a.generation.bump(frozenset({"t:mine"}))
+    assert a.generation.poll()[1] == frozenset({"t:mine"})
+
+
+def test_a_killed_subscription_makes_the_next_poll_say_everything(
+    pair: tuple[Replica, Replica], redis_url: str
+) -> None:
+    a, b = pair
+    b.generation.poll()
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        _kill_subscription(raw, b)
+        a.generation.bump(frozenset({"t:1"}))  # published while b has no subscription
+        assert b.generation.poll()[1] is None
+    finally:
+        raw.close()
+
+
+def test_announcements_parse_and_earlier_versions_mean_everything() -> None:
+    token = b"0123456789abcdef01234567"
+    assert parse_announcement(b"v2:" + token) == (token, None)
+    assert parse_announcement(b"v2:" + token + b"\nt:1\ns:acme") == (token, frozenset({"t:1", "s:acme"}))
+    for legacy in (b"\x00\x01binary-12b", b"v2:" + token + b"\n", b"v2:short\nt:1", b"v2:" + token + b"\n\nt:1"):
+        assert parse_announcement(legacy) == (legacy, None)
+
+
+def test_the_in_process_generation_explains_only_its_own_bumps() -> None:
+    state = MemoryStateStore()
+    mine, other = StateGeneration(state), StateGeneration(state)
+    assert mine.poll()[1] is None and other.poll()[1] is None
+    mine.bump(frozenset({"t:1"}))
+    assert mine.poll()[1] == frozenset({"t:1"})
+    assert other.poll()[1] is None, "another writer's change: everything"
+    assert mine.poll()[1] == frozenset() and other.poll()[1] == frozenset()
