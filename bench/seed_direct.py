@@ -2,7 +2,11 @@
 
 Run by hand, with the broker's environment (DATABASE_URL, BROKER_SECRET_KEY):
 
-    python bench/seed_direct.py 10000
+    python bench/seed_direct.py 10000 [--idp-key FILE]
+
+With `--idp-key FILE` (the file login_bench.py's `--idp-key` keeps, created here if missing) the seeded
+connections trust that test IdP from the start, so `login_bench.py --tenants N --spread --assume-seeded
+--idp-key FILE` can log in at once, without uploading metadata to every tenant first.
 
 Each tenant `seed-NNNNN` gets a signing key, a SAML connection `idp` (with SP key pairs and IdP metadata)
 and an app, exactly as the admin API would store them, but with key material generated once and reused
@@ -12,6 +16,7 @@ skipped. Writes go through the broker's own ConfigStore, 500 tenants per transac
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -19,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from login_bench import SEED_SECRET  # noqa: E402
+from login_bench import SEED_SECRET, idp_metadata_xml, load_idp  # noqa: E402
 
 from broker.app import build_services  # noqa: E402
 from broker.issuer.keys import generate_signing_key  # noqa: E402
@@ -34,13 +39,21 @@ BATCH = 500
 
 
 def main() -> None:
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 10000
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("count", type=int, nargs="?", default=10000)
+    p.add_argument("--idp-key", type=Path, default=None, help="trust login_bench.py's test IdP kept in this file")
+    args = p.parse_args()
+    count = args.count
     svc = build_services(load_settings())
     store = svc.config
     gen = generate_signing_key("RS256")
     key = NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk)
     sp = generate_sp_credentials("bench-seed")
-    metadata = SamlIdp(idp=make_idp("https://seed-idp.bench.example/metadata"), url="https://seed-idp").metadata_xml()
+    if args.idp_key is not None:
+        metadata = idp_metadata_xml(load_idp(args.idp_key))
+    else:
+        metadata = SamlIdp(idp=make_idp("https://seed-idp.bench.example/metadata"),
+                           url="https://seed-idp").metadata_xml()
     secret_hash = svc.admin.hasher.digest(SEED_SECRET)  # the secret login_bench.py authenticates with
     existing = {t.slug for t in store.tenants()}
     started = time.perf_counter()
