@@ -88,15 +88,14 @@ _UNPOLLED = _Unpolled()
 
 
 class StateGeneration:
-    """The token in the StateStore, read on every call. Only this instance's own bumps can be explained
-    (the in-process store has no other writers); any other change is "everything"."""
+    """The token in the StateStore, read on every call. A token alone cannot say what changed (a write may
+    have overwritten another's), so any change is "everything": this serves the in-process store of a single
+    process, where the writer has already dropped what it changed."""
 
     def __init__(self, state: StateStore) -> None:
         self._state = state
         self._lock = threading.Lock()
         self._polled: bytes | None | _Unpolled = _UNPOLLED
-        self._own: bytes | None = None  # the token of this instance's last bump
-        self._pending: set[str] | None = set()
 
     def current(self) -> bytes | None:
         return self._state.get(GENERATION_KEY)
@@ -106,20 +105,11 @@ class StateGeneration:
             token = self._state.get(GENERATION_KEY)
             if token == self._polled:
                 return token, frozenset()
-            explained = not isinstance(self._polled, _Unpolled) and token == self._own
-            changes = frozenset(self._pending) if explained and self._pending is not None else None
-            self._polled, self._pending = token, set()
-            return token, changes
+            self._polled = token
+            return token, None
 
     def bump(self, scopes: Scopes = None) -> None:
-        token = _new_token()
-        with self._lock:
-            self._state.put(GENERATION_KEY, token, ttl=GENERATION_TTL)
-            self._own = token
-            if scopes is None or self._pending is None:
-                self._pending = None
-            else:
-                self._pending |= scopes
+        self._state.put(GENERATION_KEY, _new_token(), ttl=GENERATION_TTL)
 
 
 class RedisGeneration:
