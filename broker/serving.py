@@ -20,6 +20,8 @@ from typing import Any
 
 from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
 
+from broker.errors import ConfigError
+
 HEARTBEAT_EVERY = 1.0  # seconds; far below the arbiter's timeout
 
 
@@ -42,9 +44,14 @@ def prepare_metrics_dir() -> str:
     emptyDir on Kubernetes), removed when the server exits."""
     path = os.environ.get(METRICS_ENV)
     if path:
-        os.makedirs(path, exist_ok=True)
-        for stale in glob.glob(os.path.join(path, "*.db")) + glob.glob(os.path.join(path, "broker_certs_*.jsonl")):
-            os.remove(stale)
+        try:
+            os.makedirs(path, exist_ok=True)
+            for stale in glob.glob(os.path.join(path, "*.db")) + glob.glob(os.path.join(path, "broker_certs_*.jsonl")):
+                os.remove(stale)
+            probe = tempfile.NamedTemporaryFile(dir=path)  # noqa: SIM115 - closed (and removed) just below
+            probe.close()
+        except OSError as exc:
+            raise ConfigError(f"{METRICS_ENV}={path} is not a writable directory ({exc.strerror}).") from None
     else:
         path = tempfile.mkdtemp(prefix="broker-metrics-")
         master = os.getpid()

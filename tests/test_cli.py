@@ -156,3 +156,13 @@ def test_metadata_refresh_command(env: str, capsys: pytest.CaptureFixture[str]) 
         assert got["metadata"]["refresh"]["last_error"]
     finally:
         server.shutdown()
+
+
+def test_serve_refuses_an_unwritable_metrics_directory(env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(blocker / "metrics"))
+    assert main(["serve", "--port", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "PROMETHEUS_MULTIPROC_DIR" in err and "not a writable directory" in err and "Traceback" not in err
