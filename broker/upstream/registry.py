@@ -69,8 +69,10 @@ class ConnectorRegistry:
     def open(self, connection: Connection) -> Connector:
         generation = ""
         fetched: bytes | None = None
-        settings = parse_saml_settings(connection.settings) if connection.protocol == "saml" else None
-        from_url = bool(settings and settings.metadata_url and not settings.metadata_xml)
+        saml = connection.protocol == "saml"
+        # Read raw (stored settings were validated when saved); parsed below only to build a connector.
+        from_url = saml and bool(connection.settings.get("metadata_url")) and not connection.settings.get(
+            "metadata_xml")
         if from_url and self.metadata_provider is not None:
             fetched, generation = self.metadata_provider(connection)
         key = (connection.id, connection.version, generation)
@@ -80,7 +82,8 @@ class ConnectorRegistry:
                 self._cache.move_to_end(key)
                 return found
         connector: Connector
-        if settings is not None:
+        if saml:
+            settings = parse_saml_settings(connection.settings)
             raw = fetched if from_url else (settings.metadata_xml.encode() if settings.metadata_xml else None)
             idp = self._parse(connection, raw)
             connector = SamlConnector(connection, public_url=self.public_url, idp=idp, state=self.state,
