@@ -311,6 +311,10 @@ class SqlConfigStore:
 
     def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> None:
         with self._session() as s:
+            if self._engine.dialect.name == "sqlite" and self._current.get() is None:
+                # SQLite ignores FOR UPDATE, and pysqlite would start the transaction only at the DELETE, after
+                # the count: take the write lock first, so that concurrent revocations run one after another.
+                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
             row = s.get(AdminKeyRow, key_id)
             if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
                 raise NotFound("No such admin key.", code="admin_key_not_found")
