@@ -112,7 +112,11 @@ class SqlConfigStore:
             session.close()
 
     @contextmanager
-    def _session(self) -> Iterator[Session]:
+    def _session(self, *, serialized: bool = False) -> Iterator[Session]:
+        """A write transaction (or the surrounding atomic() one). `serialized`: it reads and then writes on
+        what it read, so it must run alone. PostgreSQL callers lock their rows (FOR UPDATE); SQLite ignores
+        that, and pysqlite would begin the transaction only at the first write, so there the write lock is
+        taken at once (BEGIN IMMEDIATE)."""
         current = self._current.get()
         if current is not None:
             try:
@@ -123,6 +127,8 @@ class SqlConfigStore:
             return
         session = self._sessions()
         try:
+            if serialized and self._engine.dialect.name == "sqlite":
+                session.connection().exec_driver_sql("BEGIN IMMEDIATE")
             yield session
             session.commit()
         except IntegrityError as exc:
@@ -310,11 +316,7 @@ class SqlConfigStore:
                              created_at=_utc(r.created_at) or _now(), label=r.label) for r, slug in rows]
 
     def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> None:
-        with self._session() as s:
-            if self._engine.dialect.name == "sqlite" and self._current.get() is None:
-                # SQLite ignores FOR UPDATE, and pysqlite would start the transaction only at the DELETE, after
-                # the count: take the write lock first, so that concurrent revocations run one after another.
-                s.connection().exec_driver_sql("BEGIN IMMEDIATE")
+        with self._session(serialized=True) as s:
             row = s.get(AdminKeyRow, key_id)
             if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
                 raise NotFound("No such admin key.", code="admin_key_not_found")

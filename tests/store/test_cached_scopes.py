@@ -33,29 +33,19 @@ def _key() -> NewSigningKey:
 class CountingStore(SqlConfigStore):
     """The SQL store, counting the reads that reach the database, per (method, first argument)."""
 
+    COUNTED = ("tenant_by_slug", "connection", "connections", "app", "signing_keys")
+
     def __init__(self, *a: Any, **kw: Any) -> None:
         super().__init__(*a, **kw)
         self.reads: Counter[tuple[str, str]] = Counter()
+        for name in self.COUNTED:
+            setattr(self, name, self._counting(name, getattr(self, name)))
 
-    def tenant_by_slug(self, slug: str) -> Any:
-        self.reads["tenant_by_slug", slug] += 1
-        return super().tenant_by_slug(slug)
-
-    def connection(self, tenant_id: str, slug: str) -> Any:
-        self.reads["connection", tenant_id] += 1
-        return super().connection(tenant_id, slug)
-
-    def connections(self, tenant_id: str) -> Any:
-        self.reads["connections", tenant_id] += 1
-        return super().connections(tenant_id)
-
-    def app(self, tenant_id: str, client_id: str) -> Any:
-        self.reads["app", tenant_id] += 1
-        return super().app(tenant_id, client_id)
-
-    def signing_keys(self, tenant_id: str) -> Any:
-        self.reads["keys", tenant_id] += 1
-        return super().signing_keys(tenant_id)
+    def _counting(self, name: str, read: Any) -> Any:
+        def counted(first: str, *rest: Any) -> Any:
+            self.reads[name, first] += 1
+            return read(first, *rest)
+        return counted
 
 
 class Replica:

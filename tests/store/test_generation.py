@@ -4,6 +4,7 @@ and a lost subscription costs correctness never, only round trips."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -83,9 +84,16 @@ def test_the_writer_sees_its_own_change_at_once(pair: tuple[Replica, Replica]) -
     assert after != before and after is not None
 
 
-def _kill_subscription(raw: redis.Redis, replica: Replica) -> None:
-    host, port = replica.generation._pubsub.connection._sock.getsockname()[:2]  # noqa: SLF001
-    assert raw.client_kill(f"{host}:{port}")
+@contextmanager
+def killed_subscription(redis_url: str, replica: Replica) -> Iterator[None]:
+    """The replica's pub/sub connection closed by the server, as a Redis restart or a network cut would."""
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        host, port = replica.generation._pubsub.connection._sock.getsockname()[:2]  # noqa: SLF001
+        assert raw.client_kill(f"{host}:{port}")
+        yield
+    finally:
+        raw.close()
 
 
 def test_a_killed_subscription_is_noticed_and_the_change_still_seen(
@@ -93,17 +101,13 @@ def test_a_killed_subscription_is_noticed_and_the_change_still_seen(
 ) -> None:
     a, b = pair
     b.generation.current()
-    raw = redis.Redis.from_url(redis_url)
-    try:
-        _kill_subscription(raw, b)
+    with killed_subscription(redis_url, b):
         a.generation.bump()  # published while b has no subscription
         assert b.generation.current() == a.generation.current()
         assert b.gets == 2, "the dead subscription made b read the token again (and subscribe anew)"
         a.generation.bump()
         assert b.generation.current() == a.generation.current()
         assert b.gets == 2, "subscribed again: notifications flow"
-    finally:
-        raw.close()
 
 
 def test_a_silently_lost_notification_is_caught_by_the_periodic_check(
@@ -183,13 +187,9 @@ def test_a_killed_subscription_makes_the_next_poll_say_everything(
 ) -> None:
     a, b = pair
     b.generation.poll()
-    raw = redis.Redis.from_url(redis_url)
-    try:
-        _kill_subscription(raw, b)
+    with killed_subscription(redis_url, b):
         a.generation.bump(frozenset({"t:1"}))  # published while b has no subscription
         assert b.generation.poll()[1] is None
-    finally:
-        raw.close()
 
 
 def test_announcements_parse_and_earlier_versions_mean_everything() -> None:
