@@ -18,6 +18,7 @@ from broker.issuer.server import Issuer
 from broker.login import LoginService
 from broker.metrics import Metrics
 from broker.ports import Clock, Fetcher, StateStore, SystemClock
+from broker.samlxml.metadata import signing_certificate_expiry
 from broker.settings import Settings, load_settings
 from broker.store.cached import CachedConfigStore
 from broker.store.config_repo import SqlConfigStore
@@ -63,7 +64,8 @@ def build_services(
     previous = [k.reveal() for k in settings.previous_secret_keys]
     if state is None:
         state = RedisStateStore.from_url(settings.redis_url) if settings.redis_url else MemoryStateStore()
-    config = CachedConfigStore(SqlConfigStore(engine, Sealer(secret, previous)), state)
+    config = CachedConfigStore(SqlConfigStore(engine, Sealer(secret, previous),
+                                              certificate_expiry=signing_certificate_expiry), state)
     clock = clock or SystemClock()
     auditor = Auditor(config)
     hasher = SecretHasher(secret, previous)
@@ -90,7 +92,7 @@ def build_services(
     )
     if settings.bootstrap_admin_key is not None:
         admin.ensure_admin_key(settings.bootstrap_admin_key.reveal())
-    metrics = Metrics()
+    metrics = Metrics(certificates=config.idp_certificates)
     registry = ConnectorRegistry(
         public_url=settings.public_url, state=state, clock=clock, fetcher=fetcher, metrics=metrics,
         upstream_timeout=settings.upstream_timeout,

@@ -5,26 +5,26 @@ Under `broker serve` every gunicorn worker is its own process, and a scrape reac
 prometheus_client is first imported): each worker writes its counters and histograms to memory-mapped files
 in that directory, and /metrics, whichever worker answers it, sums every worker's files, those of exited
 workers included, so counters never go backwards when a worker restarts. The certificate-expiry gauge is
-computed at scrape time from what each worker saw when it opened a connection; in multiprocess mode each
-worker appends what it saw to its own file there, and the scrape takes the newest sighting per connection.
+computed at scrape time from the configuration store, which keeps every SAML connection's certificate expiry
+dates, so it covers every connection in every worker (and replica), used since the start or not.
 """
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from broker import logs
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-CERTS_GLOB = "broker_certs_*.jsonl"
+log = logs.get("broker.metrics")
 
 
 def multiprocess_dir() -> str | None:
@@ -36,14 +36,11 @@ def multiprocess_dir() -> str | None:
     return path
 
 
-def certs_file(path: str, pid: int) -> str:
-    return os.path.join(path, f"broker_certs_{pid}.jsonl")
-
 STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, certificates: CertificateSource | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.logins_started = Counter(
             "broker_logins_started", "Upstream logins started", ["tenant", "connection"], registry=self.registry
@@ -72,7 +69,7 @@ class Metrics:
             registry=self.registry,
         )
         self.multiprocess_dir = multiprocess_dir()
-        self.idp_certificates = CertificateExpiry(self.multiprocess_dir)
+        self.idp_certificates = CertificateExpiry(certificates)
         self.registry.register(self.idp_certificates)
 
     def render(self) -> bytes:
@@ -84,61 +81,32 @@ class Metrics:
         return generate_latest(registry)
 
 
+CertificateSource = Callable[[], Iterable[tuple[str, str, Mapping[str, float]]]]
+
+
 class CertificateExpiry(Collector):
-    """Days until each IdP signing certificate expires, computed at scrape time from the expiry dates the
-    connectors saw when they opened (so the gauge keeps counting down without reopening anything)."""
+    """Days until each IdP signing certificate expires, for every enabled SAML connection, whether or not
+    anyone has logged in through it since the process started: computed at scrape time from the expiry
+    dates the configuration store keeps for each connection's metadata (`source`). When the store cannot
+    be read, the scrape still answers with the last dates it read."""
 
-    def __init__(self, shared_dir: str | None = None) -> None:
+    def __init__(self, source: CertificateSource | None = None) -> None:
         self._lock = threading.Lock()
-        self._not_after: dict[tuple[str, str], dict[str, float]] = {}
-        self._shared_dir = shared_dir
-        self._merged_key: tuple[tuple[str, int, int], ...] | None = None
-        self._merged: dict[tuple[str, str], dict[str, float]] = {}
+        self._source = source
+        self._last: list[tuple[str, str, dict[str, float]]] = []
 
-    def observe(self, tenant: str, connection: str, certificates: dict[str, float]) -> None:
-        """Replace the known certificates of one connection: fingerprint -> notAfter (epoch seconds)."""
+    def attach(self, source: CertificateSource) -> None:
+        self._source = source
+
+    def _read(self) -> list[tuple[str, str, dict[str, float]]]:
         with self._lock:
-            self._not_after[(tenant, connection)] = dict(certificates)
-            if self._shared_dir is not None:
-                line = json.dumps({"at": time.time(), "tenant": tenant, "connection": connection,
-                                   "certs": certificates}, separators=(",", ":"))
-                try:
-                    with open(certs_file(self._shared_dir, os.getpid()), "a", encoding="utf-8") as f:
-                        f.write(line + "\n")
-                except OSError:
-                    pass  # the gauge is best effort; this worker's own scrapes still see its sightings
-
-    def _shared(self) -> dict[tuple[str, str], dict[str, float]]:
-        """Every worker's newest sighting per connection, re-read only when a file changed."""
-        assert self._shared_dir is not None
-        stats = []
-        for path in sorted(glob.glob(os.path.join(self._shared_dir, CERTS_GLOB))):
+            if self._source is None:
+                return self._last
             try:
-                st = os.stat(path)
-            except OSError:
-                continue
-            stats.append((path, st.st_size, st.st_mtime_ns))
-        key = tuple(stats)
-        if key == self._merged_key:
-            return self._merged
-        newest: dict[tuple[str, str], tuple[float, dict[str, float]]] = {}
-        for path, _, _ in stats:
-            try:
-                with open(path, encoding="utf-8") as f:
-                    lines = f.readlines()
-            except OSError:
-                continue
-            for line in lines:
-                try:
-                    seen = json.loads(line)
-                    at, conn = float(seen["at"]), (str(seen["tenant"]), str(seen["connection"]))
-                    certs = {str(k): float(v) for k, v in dict(seen["certs"]).items()}
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut short by a crash, say
-                if conn not in newest or at >= newest[conn][0]:
-                    newest[conn] = (at, certs)
-        self._merged_key, self._merged = key, {k: v for k, (_, v) in newest.items()}
-        return self._merged
+                self._last = [(t, c, dict(certs)) for t, c, certs in self._source()]
+            except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the database is down
+                log.warning("certificate_expiry_unavailable", extra={"error": exc.__class__.__name__})
+            return self._last
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
@@ -146,10 +114,7 @@ class CertificateExpiry(Collector):
             labels=["tenant", "connection", "fingerprint"],
         )
         now = time.time()
-        with self._lock:
-            known = self._shared() if self._shared_dir is not None else self._not_after
-            items = [(k, dict(v)) for k, v in known.items()]
-        for (tenant, connection), certs in items:
+        for tenant, connection, certs in self._read():
             for fingerprint, not_after in certs.items():
                 family.add_metric([tenant, connection, fingerprint[:16]], round((not_after - now) / 86400, 2))
         yield family

@@ -219,6 +219,10 @@ class ConfigStore(ConfigReader, Protocol):
     def delete_connection(self, connection_id: str) -> str | None: ...  # the tenant it belonged to
     def metadata_state(self, connection_id: str) -> MetadataState: ...
     def save_metadata_state(self, connection_id: str, state: MetadataState) -> None: ...
+    def idp_certificates(self) -> Sequence[tuple[str, str, Mapping[str, float]]]:
+        """(tenant slug, connection slug, signing certificate fingerprint -> notAfter in epoch seconds) of
+        every enabled SAML connection with usable metadata."""
+        ...
     def touch_last_logins(self, stamps: Mapping[str, float]) -> None:
         """Connection id -> time of a successful login (epoch seconds); a connection keeps the later of
         its stored time and the given one (workers write their stamps independently)."""

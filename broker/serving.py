@@ -47,7 +47,7 @@ def prepare_metrics_dir() -> str:
         try:
             os.makedirs(path, exist_ok=True)
             for stale in glob.glob(os.path.join(path, "*.db")) + glob.glob(os.path.join(path, "broker_certs_*.jsonl")):
-                os.remove(stale)
+                os.remove(stale)  # broker_certs_*: the expiry sightings of earlier versions
             probe = tempfile.NamedTemporaryFile(dir=path)  # noqa: SIM115 - closed (and removed) just below
             probe.close()
         except OSError as exc:
@@ -66,14 +66,10 @@ def prepare_metrics_dir() -> str:
 
 
 def worker_exited(server: Any, worker: Any) -> None:
-    """gunicorn child_exit: drop the exited worker's live-gauge files and certificate sightings (its
-    counters stay, so totals never go backwards)."""
+    """gunicorn child_exit: drop the exited worker's live-gauge files (its counters stay, so totals never go
+    backwards)."""
     from prometheus_client import multiprocess
 
     path = os.environ.get(METRICS_ENV)
     if path:
         multiprocess.mark_process_dead(worker.pid, path)  # type: ignore[no-untyped-call]
-        try:
-            os.remove(os.path.join(path, f"broker_certs_{worker.pid}.jsonl"))
-        except OSError:
-            pass

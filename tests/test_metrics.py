@@ -1,16 +1,16 @@
-"""broker.metrics: the certificate-expiry gauge shared between worker processes through files, and the
-rule that multiprocess mode is used only when prometheus_client really runs in it."""
+"""broker.metrics: the certificate-expiry gauge computed at scrape time from the configuration store (and
+still answering when the store cannot be read), and the rule that multiprocess mode is used only when
+prometheus_client really runs in it."""
 
 from __future__ import annotations
 
-import json
-import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
-from broker.metrics import CertificateExpiry, Metrics, certs_file, multiprocess_dir
+from broker.metrics import CertificateExpiry, Metrics, multiprocess_dir
 
 DAY = 86400.0
 
@@ -20,38 +20,34 @@ def _days(collector: CertificateExpiry) -> dict[tuple[str, str, str], float]:
     return {(s.labels["tenant"], s.labels["connection"], s.labels["fingerprint"]): s.value for s in family.samples}
 
 
-def test_each_connection_shows_its_newest_sighting_from_any_worker(tmp_path: Path) -> None:
+def test_every_connection_the_store_knows_is_in_the_gauge_counting_down() -> None:
     now = time.time()
-    other_worker = tmp_path / "broker_certs_4242.jsonl"
-    other_worker.write_text("\n".join([
-        json.dumps({"at": now - 100, "tenant": "acme", "connection": "okta", "certs": {"old" * 8: now + 10 * DAY}}),
-        '{"at": 1, "tenant": "acme", "conn',  # cut short by a crash: skipped
-        json.dumps({"at": now - 50, "tenant": "globex", "connection": "entra", "certs": {"g" * 24: now + 90 * DAY}}),
-    ]) + "\n")
-    mine = CertificateExpiry(str(tmp_path))
-    mine.observe("acme", "okta", {"new" * 8: now + 400 * DAY})  # newer: the rotated certificate
-    assert Path(certs_file(str(tmp_path), os.getpid())).exists()
-    days = _days(mine)
-    assert set(days) == {("acme", "okta", ("new" * 8)[:16]), ("globex", "entra", "g" * 16)}
-    assert days[("acme", "okta", ("new" * 8)[:16])] == pytest.approx(400, abs=0.02)
-    # another worker sees the same, from the files alone
-    assert _days(CertificateExpiry(str(tmp_path))) == days
+    rows: list[tuple[str, str, Mapping[str, float]]] = [
+        ("acme", "okta", {"AB:" * 31 + "CD": now + 400 * DAY, "EF:" * 31 + "01": now - 2 * DAY}),
+        ("globex", "entra", {"12:" * 31 + "34": now + 30 * DAY}),
+    ]
+    days = _days(CertificateExpiry(lambda: rows))
+    assert days == {
+        ("acme", "okta", ("AB:" * 31)[:16]): pytest.approx(400, abs=0.02),
+        ("acme", "okta", ("EF:" * 31)[:16]): pytest.approx(-2, abs=0.02),  # expired: negative, still shown
+        ("globex", "entra", ("12:" * 31)[:16]): pytest.approx(30, abs=0.02),
+    }
 
 
-def test_a_sighting_appended_later_is_picked_up(tmp_path: Path) -> None:
+def test_a_scrape_answers_with_the_last_dates_read_when_the_store_is_down() -> None:
     now = time.time()
-    reader = CertificateExpiry(str(tmp_path))
-    assert _days(reader) == {}
-    CertificateExpiry(str(tmp_path)).observe("acme", "okta", {"f" * 64: now + 30 * DAY})
-    assert list(_days(reader)) == [("acme", "okta", "f" * 16)]
+    up = [True]
 
+    def source() -> list[tuple[str, str, Mapping[str, float]]]:
+        if not up[0]:
+            raise OSError("database unreachable")
+        return [("acme", "okta", {"f" * 64: now + 5 * DAY})]
 
-def test_without_a_shared_directory_the_gauge_is_this_process_only(tmp_path: Path) -> None:
-    now = time.time()
-    solo = CertificateExpiry()
-    solo.observe("acme", "okta", {"a" * 64: now + 5 * DAY})
-    assert list(_days(solo)) == [("acme", "okta", "a" * 16)]
-    assert list(tmp_path.iterdir()) == []
+    collector = CertificateExpiry(source)
+    assert list(_days(collector)) == [("acme", "okta", "f" * 16)]
+    up[0] = False
+    assert list(_days(collector)) == [("acme", "okta", "f" * 16)]
+    assert _days(CertificateExpiry()) == {}, "without a store: an empty gauge, not an error"
 
 
 def test_multiprocess_mode_only_when_prometheus_client_runs_in_it(tmp_path: Path,

@@ -147,6 +147,17 @@ def parse_idp_metadata(
     )
 
 
+def signing_certificate_expiry(data: bytes, *, max_bytes: int = 64 * 1024 * 1024) -> dict[str, float]:
+    """The IdP signing certificates of a metadata document: SHA-256 fingerprint -> notAfter (epoch seconds).
+    For the expiry gauge, of documents checked against the operator's size limit when they were saved (hence
+    the generous cap); empty when the document cannot be used."""
+    try:
+        meta = parse_idp_metadata(data, now=datetime.now(UTC), max_bytes=max_bytes)
+    except SamlError:
+        return {}
+    return {c.sha256_fingerprint: c.not_after.timestamp() for c in meta.signing_certificates}
+
+
 def to_json(meta: IdpMetadata, *, now: datetime | None = None) -> dict[str, Any]:
     """What the admin API reports after a metadata upload: what was understood, with expiry and warnings."""
     now = now or datetime.now(UTC)

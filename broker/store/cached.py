@@ -73,6 +73,7 @@ class CachedConfigStore:
         self._scope_changed: dict[str, int] = {}  # the count at each scope's last change
         # a bump that failed after its write committed, and the scopes it owes (None: everything)
         self._owed = False
+        self._certificates: tuple[int, float, list[tuple[str, str, dict[str, float]]]] | None = None
         self._owed_scopes: Scopes = frozenset()
         self._in_atomic: ContextVar[bool] = ContextVar(f"broker_cache_atomic_{id(self)}", default=False)
         self._dirty: ContextVar[tuple[bool, Scopes]] = ContextVar(f"broker_cache_dirty_{id(self)}",
@@ -227,6 +228,19 @@ class CachedConfigStore:
     def signing_keys(self, tenant_id: str) -> Sequence[SigningKey]:
         return self._cached(("keys", tenant_id), tenant_scope(tenant_id),
                             lambda: tuple(self.inner.signing_keys(tenant_id)))
+
+    def idp_certificates(self, max_age: float = 60.0) -> list[tuple[str, str, dict[str, float]]]:
+        """For the certificate-expiry gauge: reloaded after any configuration change (a metadata upload
+        shows at the next scrape) and at least every `max_age` seconds (a refreshed metadata_url document,
+        which is not a configuration change)."""
+        seen = self._generation()
+        now = self._clock()
+        hit = self._certificates
+        if hit is not None and hit[0] == seen and now - hit[1] < max_age:
+            return hit[2]
+        value = self.inner.idp_certificates()
+        self._certificates = (seen, now, value)
+        return value
 
     # -- uncached reads --------------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -46,6 +46,9 @@ _AUDIT_INSERT_PG = (
 )
 
 
+_UNCHANGED = object()
+
+
 def _utc(dt: datetime | None) -> datetime | None:
     if dt is None:
         return None
@@ -66,7 +69,11 @@ def _from_ts(t: float | None) -> datetime | None:
 
 
 class SqlConfigStore:
-    def __init__(self, engine: Engine, sealer: Sealer) -> None:
+    def __init__(self, engine: Engine, sealer: Sealer, *,
+                 certificate_expiry: Callable[[bytes], Mapping[str, float]] | None = None) -> None:
+        """`certificate_expiry`: reads the IdP signing certificates' notAfter (fingerprint -> epoch seconds)
+        out of a metadata document; with it, every metadata write keeps `idp_certificates()` current."""
+        self._certificate_expiry = certificate_expiry
         self._engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._prepared_audit = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
@@ -399,6 +406,7 @@ class SqlConfigStore:
                 raise Conflict(f"A connection with slug {draft.slug!r} already exists.", code="connection_exists")
             row = ConnectionRow(id=str(uuid.uuid4()), tenant_id=tenant_id, version=1, created_at=now, updated_at=now)
             self._fill_connection(row, draft)
+            row.idp_certificates = self._idp_certificates(row)
             s.add(row)
             s.flush()
             return self._connection(row, t.slug)
@@ -415,6 +423,7 @@ class SqlConfigStore:
                 row.metadata_fetched_at = None
                 row.metadata_next_refresh_at = None
                 row.metadata_last_error = None
+            row.idp_certificates = self._idp_certificates(row)
             row.version += 1
             row.updated_at = _now()
             s.flush()
@@ -427,6 +436,35 @@ class SqlConfigStore:
             row = s.get(ConnectionRow, connection_id)
             s.execute(delete(ConnectionRow).where(ConnectionRow.id == connection_id))
             return row.tenant_id if row is not None else None
+
+    def _idp_certificates(self, row: ConnectionRow,
+                          fetched: str | None | object = _UNCHANGED) -> dict[str, float] | None:
+        """The expiry of the signing certificates in the metadata this connection uses: its inline
+        metadata_xml, else the last good copy of its metadata_url (`fetched` when that is being replaced)."""
+        if self._certificate_expiry is None or row.protocol != "saml":
+            return None
+        xml = (row.settings or {}).get("metadata_xml")
+        if not xml:
+            xml = row.fetched_metadata if fetched is _UNCHANGED else fetched
+        if not isinstance(xml, str) or not xml:
+            return None
+        return dict(self._certificate_expiry(xml.encode("utf-8"))) or None
+
+    def idp_certificates(self) -> list[tuple[str, str, dict[str, float]]]:
+        """(tenant slug, connection slug, fingerprint -> notAfter) of every enabled SAML connection with
+        usable metadata, for the certificate-expiry gauge: one query, whatever the number of tenants."""
+        with self._read() as s:
+            rows = s.execute(
+                select(TenantRow.slug, ConnectionRow.slug, ConnectionRow.idp_certificates)
+                .join(TenantRow, TenantRow.id == ConnectionRow.tenant_id)
+                .where(ConnectionRow.protocol == "saml", ConnectionRow.enabled.is_(True),
+                       ConnectionRow.idp_certificates.is_not(None))
+            ).all()
+        out = []
+        for tenant, conn, certs in rows:
+            if isinstance(certs, dict) and certs:
+                out.append((tenant, conn, {str(k): float(v) for k, v in certs.items()}))
+        return out
 
     def metadata_state(self, connection_id: str) -> MetadataState:
         with self._read() as s:
@@ -442,16 +480,16 @@ class SqlConfigStore:
 
     def save_metadata_state(self, connection_id: str, state: MetadataState) -> None:
         with self._session() as s:
-            s.execute(
-                update(ConnectionRow)
-                .where(ConnectionRow.id == connection_id)
-                .values(
-                    fetched_metadata=state.xml.decode("utf-8", "replace") if state.xml is not None else None,
-                    metadata_fetched_at=_from_ts(state.fetched_at),
-                    metadata_next_refresh_at=_from_ts(state.next_refresh_at),
-                    metadata_last_error=state.last_error,
-                )
-            )
+            row = s.get(ConnectionRow, connection_id)
+            if row is None:
+                return
+            fetched = state.xml.decode("utf-8", "replace") if state.xml is not None else None
+            if fetched != row.fetched_metadata:
+                row.idp_certificates = self._idp_certificates(row, fetched)
+            row.fetched_metadata = fetched
+            row.metadata_fetched_at = _from_ts(state.fetched_at)
+            row.metadata_next_refresh_at = _from_ts(state.next_refresh_at)
+            row.metadata_last_error = state.last_error
 
     def touch_last_logins(self, stamps: Mapping[str, float]) -> None:
         if not stamps:

@@ -72,6 +72,9 @@ class ConnectionRow(Base):
     metadata_next_refresh_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     metadata_last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
     last_login_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    # the IdP signing certificates of the metadata in use (inline or the last good copy): SHA-256 fingerprint
+    # -> notAfter (epoch seconds), kept on every metadata write for the certificate-expiry gauge
+    idp_certificates: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
 
 
 class AppRow(Base):

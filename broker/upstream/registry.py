@@ -59,11 +59,6 @@ class ConnectorRegistry:
         except SamlError as exc:
             raise LoginError("This connection's IdP metadata cannot be used.", code="saml_connection_not_ready",
                              detail=exc.message) from None
-        if self.metrics is not None:
-            self.metrics.idp_certificates.observe(
-                connection.tenant_slug, connection.slug,
-                {c.sha256_fingerprint: c.not_after.timestamp() for c in meta.signing_certificates},
-            )
         return meta
 
     def open(self, connection: Connection) -> Connector:
