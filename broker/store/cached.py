@@ -1,11 +1,12 @@
 """A read-through cache in front of the SQL ConfigStore, kept exact across replicas by a generation token.
 
 Every configuration write (admin API, `config apply`, key rotation) replaces a random generation token
-after its transaction commits (broker.store.generation: in the StateStore, and with Redis also announced
-over pub/sub). A request takes that token once (the web layer calls `begin_request()`; with Redis it is the
-last announced token, after draining the notifications already received, with no round trip) and uses only
-entries loaded under it, so a change made on any replica is seen by every other replica from its next
-request on, and one request sees one consistent generation.
+after its transaction commits (broker.store.generation: with Redis, in Redis and announced over pub/sub;
+without it, in the database, so that a CLI process writing beside a running server is seen too). A request
+takes that token once (the web layer calls `begin_request()`; with Redis it is the last announced token,
+after draining the notifications already received, with no round trip) and uses only entries loaded under
+it, so a change made on any replica is seen by every other replica from its next request on, and one request
+sees one consistent generation.
 
 A token update that fails (the state store unreachable just after the write committed) fails the write's
 request, and is owed: this process retries it at the start of each later request until it goes through.
@@ -60,7 +61,7 @@ class CachedConfigStore:
                  generation: Generation | None = None) -> None:
         self.inner = inner
         self.state = state
-        self.generation = generation or generation_for(state)
+        self.generation = generation or generation_for(state, inner)
         self.max_age = max_age
         self.max_entries = max_entries
         self._clock = clock

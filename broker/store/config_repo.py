@@ -35,7 +35,15 @@ from broker.model import (
 )
 from broker.ports import AppDraft, AuditPage, ConnectionDraft, MetadataState, NewSigningKey
 from broker.store.sealing import Sealer
-from broker.store.tables import AdminKeyRow, AppRow, AuditRow, ConnectionRow, SigningKeyRow, TenantRow
+from broker.store.tables import (
+    AdminKeyRow,
+    AppRow,
+    AuditRow,
+    ConfigGenerationRow,
+    ConnectionRow,
+    SigningKeyRow,
+    TenantRow,
+)
 
 _AUDIT_INSERT = insert(AuditRow)
 # The same INSERT as a server-side prepared statement on the psycopg connection under the pool (PostgreSQL
@@ -149,6 +157,22 @@ class SqlConfigStore:
             raise
         finally:
             session.close()
+
+    # -- the configuration generation, where no Redis carries it ----------------------------------
+
+    def config_generation(self) -> bytes | None:
+        """The generation token in the database (one primary-key read)."""
+        with self._read() as s:
+            token = s.scalar(select(ConfigGenerationRow.token).where(ConfigGenerationRow.id == 1))
+        return token.encode("ascii") if token else None
+
+    def set_config_generation(self, token: bytes) -> None:
+        with self._session() as s:
+            row = s.get(ConfigGenerationRow, 1)
+            if row is None:
+                s.add(ConfigGenerationRow(id=1, token=token.decode("ascii")))
+            else:
+                row.token = token.decode("ascii")
 
     def ping(self) -> bool:
         try:

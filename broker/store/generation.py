@@ -1,7 +1,9 @@
 """The configuration generation: a random token replaced after every configuration write, which tells every
 worker and replica whether its cached configuration is still current (broker.store.cached).
 
-Two sources:
+Three sources:
+- `DatabaseGeneration` (without Redis) keeps the token in a database row and reads it once per request, so
+  that a CLI process writing the same database (`broker config apply`) is seen by a running server at once.
 - `StateGeneration` keeps the token in the StateStore and reads it once per request (a dict lookup with the
   in-process store; a Redis GET otherwise).
 - `RedisGeneration` also announces every change on a Redis pub/sub channel, in the same MULTI/EXEC as the
@@ -110,6 +112,37 @@ class StateGeneration:
 
     def bump(self, scopes: Scopes = None) -> None:
         self._state.put(GENERATION_KEY, _new_token(), ttl=GENERATION_TTL)
+
+
+class GenerationTable(Protocol):
+    def config_generation(self) -> bytes | None: ...
+    def set_config_generation(self, token: bytes) -> None: ...
+
+
+class DatabaseGeneration:
+    """The token in the database, read on every poll: for deployments without Redis, where the in-process
+    StateStore is not shared with the other processes that write configuration (`broker config apply`,
+    `broker keys rotate`, ... run beside the server). Like StateGeneration, a token alone cannot say what
+    changed, so any change is "everything"."""
+
+    def __init__(self, table: GenerationTable) -> None:
+        self._table = table
+        self._lock = threading.Lock()
+        self._polled: bytes | None | _Unpolled = _UNPOLLED
+
+    def current(self) -> bytes | None:
+        return self._table.config_generation()
+
+    def poll(self) -> tuple[bytes | None, Scopes]:
+        with self._lock:
+            token = self._table.config_generation()
+            if token == self._polled:
+                return token, frozenset()
+            self._polled = token
+            return token, None
+
+    def bump(self, scopes: Scopes = None) -> None:
+        self._table.set_config_generation(_new_token())
 
 
 class RedisGeneration:
@@ -295,8 +328,11 @@ class RedisGeneration:
                 pass
 
 
-def generation_for(state: StateStore) -> Generation:
-    """Pub/sub-followed generation on Redis; otherwise the token in the (in-process) StateStore."""
+def generation_for(state: StateStore, database: GenerationTable | None = None) -> Generation:
+    """Pub/sub-followed generation on Redis; otherwise the token in the database when there is one (the
+    in-process StateStore is not shared with other processes), else in the StateStore."""
     if isinstance(state, RedisStateStore):
         return RedisGeneration(state)
+    if database is not None:
+        return DatabaseGeneration(database)
     return StateGeneration(state)

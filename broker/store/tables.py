@@ -135,3 +135,12 @@ class AuditRow(Base):
     outcome: Mapped[str] = mapped_column(String(10), nullable=False)
     reason: Mapped[str | None] = mapped_column(String(100), nullable=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+
+
+class ConfigGenerationRow(Base):
+    """One row: the configuration generation token when no Redis carries it (broker.store.generation)."""
+
+    __tablename__ = "config_generation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    token: Mapped[str] = mapped_column(String(64), nullable=False)

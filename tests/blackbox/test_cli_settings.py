@@ -76,3 +76,49 @@ def test_bootstrap_admin_key_works_and_others_do_not(tmp_path: Path) -> None:
         assert bad.status_code == 401
         # the bootstrap key is global: it may create tenants
         assert broker.api("POST", "/tenants", {"slug": "boot", "name": "Boot"}).status_code == 201
+
+
+def test_cli_writes_reach_a_running_server_without_redis_at_once(tmp_path: Path) -> None:
+    """Without Redis the generation token lives in the database: `config apply` and `keys rotate`, run in
+    their own processes beside a running server, are seen by its next request (not after the 10-minute
+    cache backstop), and an admin PATCH made afterwards merges onto the applied change, not a stale copy."""
+    okta = Path(__file__).parents[2] / "metadata" / "okta-acme.xml"
+    cfg = tmp_path / "config"
+    cfg.mkdir()
+
+    def write(name_id_format: str) -> None:
+        (cfg / "acme.yaml").write_text(
+            "tenants:\n"
+            "  - slug: acme\n"
+            "    name: Acme\n"
+            "    connections:\n"
+            "      - slug: okta\n"
+            "        protocol: saml\n"
+            "        domains: [acme.test]\n"
+            "        mapping: {preset: okta}\n"
+            "        saml:\n"
+            f"          metadata_file: {okta}\n"
+            f"          name_id_format: {name_id_format}\n"
+        )
+
+    email = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+    persistent = "urn:oasis:names:tc:SAML:2.0:nameid-format:persistent"
+    with running_broker(tmp_path) as server:
+        db = {"DATABASE_URL": f"sqlite:///{tmp_path / 'broker.db'}", "BROKER_PUBLIC_URL": server.url}
+        write(email)
+        assert _broker(tmp_path, "config", "apply", str(cfg), **db).returncode == 0
+        sp_metadata = f"{server.url}/t/acme/connections/okta/saml/metadata"
+        assert email in requests.get(sp_metadata, timeout=10).text  # now cached by the server
+        jwks = requests.get(f"{server.url}/t/acme/jwks", timeout=10).json()["keys"]
+
+        write(persistent)
+        out = _broker(tmp_path, "config", "apply", str(cfg), **db)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert persistent in requests.get(sp_metadata, timeout=10).text, "the applied change is served at once"
+        r = server.api("PATCH", "/tenants/acme/connections/okta", {"domains": ["acme.test", "acme.example"]})
+        assert r.status_code == 200, r.text
+        assert r.json()["saml"]["name_id_format"] == persistent, "the PATCH kept the applied change"
+
+        assert _broker(tmp_path, "keys", "rotate", "--tenant", "acme", **db).returncode == 0
+        rotated = requests.get(f"{server.url}/t/acme/jwks", timeout=10).json()["keys"]
+        assert len(rotated) == len(jwks) + 1, "the rotated key is published at once"

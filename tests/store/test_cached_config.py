@@ -108,8 +108,9 @@ def test_a_failed_generation_bump_is_owed_and_paid_by_the_next_request(
     engine_a = make_engine(database_url)
     upgrade(engine_a)
     engine_b = make_engine(database_url)
-    flaky = _FlakyGeneration(generation_for(state_store))
-    a = CachedConfigStore(SqlConfigStore(engine_a, Sealer(SECRET)), state_store, generation=flaky)
+    inner_a = SqlConfigStore(engine_a, Sealer(SECRET))
+    flaky = _FlakyGeneration(generation_for(state_store, inner_a))
+    a = CachedConfigStore(inner_a, state_store, generation=flaky)
     b = CachedConfigStore(SqlConfigStore(engine_b, Sealer(SECRET)), state_store)
     try:
         t = a.create_tenant("acme", "Acme", _key())
