@@ -38,7 +38,7 @@ from authlib.oauth2.rfc6749 import (
     InvalidGrantError,
     OAuth2Request,
 )
-from authlib.oauth2.rfc6749.errors import UnsupportedGrantTypeError
+from authlib.oauth2.rfc6749.errors import InvalidRequestError, UnsupportedGrantTypeError
 from authlib.oauth2.rfc6749.grants import AuthorizationCodeGrant, RefreshTokenGrant
 from authlib.oauth2.rfc6749.requests import BasicOAuth2Payload
 from authlib.oauth2.rfc7009 import RevocationEndpoint
@@ -331,6 +331,9 @@ class Introspection(IntrospectionEndpoint):  # type: ignore[misc]
     def query_token(self, token_string: str, token_type_hint: str | None) -> AnyToken | None:
         return self.server.find_token(token_string, token_type_hint)
 
+    def check_params(self, request: Request, client: Client) -> None:
+        _check_token_param(request)
+
     def check_permission(self, token: AccessToken | RefreshToken, client: Client, request: Request) -> bool:
         return token.check_client(client)
 
@@ -347,8 +350,18 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
     def query_token(self, token_string: str, token_type_hint: str | None) -> AnyToken | None:
         return self.server.find_token(token_string, token_type_hint)
 
+    def check_params(self, request: Request, client: Client) -> None:
+        _check_token_param(request)
+
     def revoke_token(self, token: AccessToken | RefreshToken, request: Request) -> None:
         self.server.revoke(token)
+
+
+def _check_token_param(request: Request) -> None:
+    """`token` is required; `token_type_hint` only orders the search, so a value we do not know is ignored
+    rather than refused (RFC 7662 §2.1, RFC 7009 §2.1: the search extends to every supported type)."""
+    if not request.form.get("token"):
+        raise InvalidRequestError(description="The token parameter is required.")
 
 
 # --- the per-tenant server ---------------------------------------------------------------------
@@ -428,7 +441,33 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
         if record.expires_at <= self.ctx.clock.now():
             self.outcome.details["code_expired"] = True
             return None
+        if not self._stands(record.client_id, record.app_id, record.profile.connection, record.connection_id):
+            return None
         return Code(record)
+
+    def _stands(self, client_id: str, app_id: str | None, connection: str, connection_id: str | None) -> bool:
+        """Whether what a grant was issued through still stands: its app (the same app, not one re-created
+        under its client_id) and its connection, still enabled. Deleting an app, or deleting or disabling a
+        connection, ends every code, refresh token and access token issued through it."""
+        tenant_id = self.ctx.tenant.id
+        app = self.ctx.config.app(tenant_id, client_id)
+        if app is None or (app_id is not None and app.id != app_id):
+            self.outcome.details["grant_ended"] = "app_removed"
+            return False
+        conn = self.ctx.config.connection(tenant_id, connection)
+        if conn is None or not conn.enabled or (connection_id is not None and conn.id != connection_id):
+            self.outcome.details["grant_ended"] = "connection_removed_or_disabled"
+            return False
+        return True
+
+    def _standing_grant(self, gid: str) -> GrantRecord | None:
+        """The grant `gid` of this tenant, if it still stands (see _stands)."""
+        grant = self.ctx.ledger.grant(gid)
+        if grant is None or grant.tenant_id != self.ctx.tenant.id:
+            return None
+        if not self._stands(grant.client_id, grant.app_id, grant.profile.connection, grant.connection_id):
+            return None
+        return grant
 
     def issue_for_code(self, app: App, record: CodeRecord) -> dict[str, Any]:
         grant = GrantRecord(
@@ -439,6 +478,8 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
             profile=record.profile,
             auth_time=record.auth_time,
             sid=record.sid,
+            app_id=record.app_id,
+            connection_id=record.connection_id,
         )
         return self._issue(app, grant, record.scope, nonce=record.nonce)
 
@@ -452,14 +493,14 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
             if gid is not None:
                 self._revoke_family(gid)
             return None
-        if record.tenant_id != self.ctx.tenant.id or ledger.grant(record.gid) is None:
+        if record.tenant_id != self.ctx.tenant.id or self._standing_grant(record.gid) is None:
             return None
         return RefreshToken(value, record)
 
     def rotate_refresh(self, token: RefreshToken) -> GrantRecord:
         ledger = self.ctx.ledger
         taken = ledger.take_refresh(token.value)
-        grant = ledger.grant(token.record.gid)
+        grant = self._standing_grant(token.record.gid)
         if taken is None or grant is None:
             self._revoke_family(token.record.gid)
             raise InvalidGrantError(description="The refresh token is invalid.")
@@ -565,7 +606,12 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
     # introspection / revocation -----------------------------------------------------------------
 
     def verify_access_token(self, value: str) -> Mapping[str, Any]:
-        """A live access token of this tenant: signature, typ, iss, exp, then the denylist."""
+        """The claims of a live access token of this tenant (see verify_access)."""
+        return self.verify_access(value)[0]
+
+    def verify_access(self, value: str) -> tuple[Mapping[str, Any], GrantRecord]:
+        """A live access token of this tenant, and its grant: signature, typ, iss, exp, the denylist, then
+        the grant, which must still stand (its app and connection)."""
         ctx = self.ctx
         verified = ctx.codec.verify(
             value,
@@ -580,7 +626,10 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
             raise InvalidToken("missing_claims")
         if ctx.ledger.jti_revoked(jti) or ctx.ledger.grant_revoked(gid):
             raise InvalidToken("revoked")
-        return claims
+        grant = self._standing_grant(gid)
+        if grant is None or grant.profile.sub != claims.get("sub") or grant.client_id != claims.get("client_id"):
+            raise InvalidToken("grant_ended")
+        return claims, grant
 
     def find_token(self, value: str, hint: str | None) -> AccessToken | RefreshToken | None:
         # RFC 7009 §2.1 / RFC 7662 §2.1: the hint only orders the search.

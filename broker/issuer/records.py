@@ -60,10 +60,16 @@ class CodeRecord:
     sid: str
     gid: str
     expires_at: float
+    # the app and connection rows it was issued for (None in records of earlier versions): a grant stands
+    # only while both still exist as they were (an app deleted and re-created under its client_id is another)
+    app_id: str | None = None
+    connection_id: str | None = None
 
     def to_bytes(self) -> bytes:
         return _dump(
             {
+                "app_id": self.app_id,
+                "connection_id": self.connection_id,
                 "tenant_id": self.tenant_id,
                 "client_id": self.client_id,
                 "redirect_uri": self.redirect_uri,
@@ -95,6 +101,8 @@ class CodeRecord:
             sid=d["sid"],
             gid=d["gid"],
             expires_at=float(d["expires_at"]),
+            app_id=d.get("app_id"),
+            connection_id=d.get("connection_id"),
         )
 
 
@@ -109,10 +117,14 @@ class GrantRecord:
     profile: Profile
     auth_time: float
     sid: str
+    app_id: str | None = None  # as in CodeRecord
+    connection_id: str | None = None
 
     def to_bytes(self) -> bytes:
         return _dump(
             {
+                "app_id": self.app_id,
+                "connection_id": self.connection_id,
                 "gid": self.gid,
                 "tenant_id": self.tenant_id,
                 "client_id": self.client_id,
@@ -134,6 +146,8 @@ class GrantRecord:
             profile=profile_from_json(d["profile"]),
             auth_time=float(d["auth_time"]),
             sid=d["sid"],
+            app_id=d.get("app_id"),
+            connection_id=d.get("connection_id"),
         )
 
 

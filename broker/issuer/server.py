@@ -53,6 +53,17 @@ S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
 MAX_PARAM = 2048
 
 
+_DESCRIPTION_UNSAFE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
+DESCRIPTION_MAX = 200
+
+
+def safe_description(text: str) -> str:
+    """An error_description as RFC 6749 §4.1.2.1 allows it (%x20-21 / %x23-5B / %x5D-7E), and short: what a
+    request put into a message (a connection name, say) reaches the app neither raw nor at length."""
+    cleaned = _DESCRIPTION_UNSAFE.sub("?", text)
+    return cleaned if len(cleaned) <= DESCRIPTION_MAX else cleaned[: DESCRIPTION_MAX - 3] + "..."
+
+
 class Issuer:
     """The OpenID Provider. Holds no per-tenant state: config and keys are read per call."""
 
@@ -224,6 +235,7 @@ class Issuer:
         app = self._checked_app(tenant, request)
         code = secrets.token_urlsafe(32)
         now = self._clock.now()
+        connection = self._config.connection(tenant.id, profile.connection)
         record = CodeRecord(
             tenant_id=tenant.id,
             client_id=app.client_id,
@@ -237,6 +249,8 @@ class Issuer:
             sid=session_id,
             gid=secrets.token_urlsafe(16),
             expires_at=now + CODE_TTL,
+            app_id=app.id,
+            connection_id=connection.id if connection is not None else None,
         )
         self._ledger.put_code(code, record, ttl=CODE_TTL, grant_ttl=CODE_TTL + grant_ttl(app, request.scope))
         params = [("code", code)]
@@ -250,7 +264,7 @@ class Issuer:
     ) -> str:
         """RFC 6749 §4.1.2.1 error redirect, with `iss` (RFC 9207)."""
         self._checked_app(tenant, request)
-        params = [("error", error), ("error_description", description)]
+        params = [("error", error), ("error_description", safe_description(description))]
         if request.state is not None:
             params.append(("state", request.state))
         params.append(("iss", self.issuer_url(tenant)))
@@ -315,11 +329,8 @@ class Issuer:
                 "error": "invalid_request", "error_description": "An access token is required."})
         server = self._server(tenant)
         try:
-            claims = server.verify_access_token(token)
+            claims, grant = server.verify_access(token)
         except InvalidToken:
-            return _bearer_error(realm, 401, "invalid_token", "The access token is invalid.")
-        grant = self._ledger.grant(str(claims["gid"]))
-        if grant is None or grant.tenant_id != tenant.id or grant.profile.sub != claims.get("sub"):
             return _bearer_error(realm, 401, "invalid_token", "The access token is invalid.")
         scope = _scopes(str(claims.get("scope", "")))
         if "openid" not in scope:

@@ -15,7 +15,16 @@ import pytest
 
 from broker.issuer.keys import GeneratedKey, generate_signing_key
 from broker.issuer.server import HttpRequest, HttpResponse, Issuer
-from broker.model import App, AuditEvent, AuthorizationRequest, Connection, Profile, SigningKey, Tenant
+from broker.model import (
+    App,
+    AuditEvent,
+    AuthorizationRequest,
+    Connection,
+    MappingConfig,
+    Profile,
+    SigningKey,
+    Tenant,
+)
 from broker.ports import FrozenClock
 from broker.store.sealing import SecretHasher
 from broker.store.state import MemoryStateStore
@@ -71,20 +80,35 @@ def make_app(tenant: Tenant, client_id: str, **kw: Any) -> App:
     return App(**values)
 
 
+def make_connection(tenant: Tenant, slug: str, **kw: Any) -> Connection:
+    values: dict[str, Any] = dict(
+        id=f"conn-{tenant.slug}-{slug}", tenant_id=tenant.id, tenant_slug=tenant.slug, slug=slug,
+        protocol="saml", domains=(), restrict_to_domains=False, mapping=MappingConfig(preset="okta"),
+        settings={}, enabled=True, version=1, created_at=NOW, updated_at=NOW,
+    )
+    values.update(kw)
+    return Connection(**values)
+
+
 @dataclass
 class FakeConfig:
     tenants: dict[str, Tenant] = field(default_factory=dict)
     apps: dict[tuple[str, str], App] = field(default_factory=dict)
     keys: dict[str, list[SigningKey]] = field(default_factory=dict)
+    conns: dict[tuple[str, str], Connection] = field(default_factory=dict)
 
     def tenant_by_slug(self, slug: str) -> Tenant | None:
         return next((t for t in self.tenants.values() if t.slug == slug), None)
 
     def connection(self, tenant_id: str, slug: str) -> Connection | None:
-        return None
+        return self.conns.get((tenant_id, slug))
 
     def connections(self, tenant_id: str) -> Sequence[Connection]:
-        return ()
+        return tuple(c for (t, _), c in self.conns.items() if t == tenant_id)
+
+    def add_connection(self, conn: Connection) -> Connection:
+        self.conns[(conn.tenant_id, conn.slug)] = conn
+        return conn
 
     def app(self, tenant_id: str, client_id: str) -> App | None:
         return self.apps.get((tenant_id, client_id))
@@ -231,6 +255,8 @@ def build_env(keypool: dict[str, GeneratedKey]) -> Env:
     config.add_app(make_app(ta, "nooffline", allowed_scopes=("openid", "profile", "email")))
     # Same client_id and secret in tenant B: isolation must come from the tenant, not the name.
     config.add_app(make_app(tb, "conf"))
+    config.add_connection(make_connection(ta, "okta"))
+    config.add_connection(make_connection(tb, "okta"))
     audit = ListAudit()
     issuer = Issuer(config=config, state=state, clock=clock, secrets=HASHER, public_url=PUBLIC, audit=audit)
     profile = Profile(

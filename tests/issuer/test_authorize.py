@@ -169,3 +169,13 @@ def test_error_redirect(env: Env) -> None:
     assert url.startswith("https://app.example/cb?")
     assert query_of(url) == {"error": "access_denied", "error_description": "The login was refused.",
                              "state": "xyz", "iss": "https://broker.test/t/acme"}
+
+
+def test_an_error_description_is_kept_to_the_characters_rfc_6749_allows_and_short(env: Env) -> None:
+    req = env.authorize()
+    echoed = 'no connection \'x"é Call +1-555-0100\\now\'' + "x" * 500
+    url = env.issuer.error_redirect(env.tenant_a, req, "access_denied", echoed)
+    description = query_of(url)["error_description"]
+    assert len(description) <= 200 and description.endswith("...")
+    assert all(0x20 <= ord(ch) <= 0x7E and ch not in '"\\' for ch in description), description
+    assert description.startswith("no connection 'x?? Call +1-555-0100?now'")

@@ -245,3 +245,14 @@ def test_public_client_revokes_with_client_id(env: Env) -> None:
 def test_missing_token_parameter(env: Env, endpoint: str) -> None:
     resp = env.post(endpoint, {}, basic("conf", SECRET))
     assert resp.status == 400 and body(resp)["error"] == "invalid_request"
+
+
+def test_an_unknown_token_type_hint_is_ignored_not_refused(env: Env) -> None:
+    # RFC 7662 §2.1 / RFC 7009 §2.1: the hint only orders the search, which extends to every token type.
+    t = env.tokens()
+    form = {"token": t["access_token"], "token_type_hint": "saml_assertion"}
+    assert body(env.post("introspect", form, basic("conf", SECRET)))["active"] is True
+    assert env.post("revoke", {**form, "token": t["refresh_token"]}, basic("conf", SECRET)).status == 200
+    assert body(env.refresh(t["refresh_token"]))["error"] == "invalid_grant"
+    missing = env.post("introspect", {"token_type_hint": "access_token"}, basic("conf", SECRET))
+    assert missing.status == 400 and body(missing)["error"] == "invalid_request"
