@@ -566,6 +566,11 @@ class SqlConfigStore:
         with self._session() as s:
             if s.get(TenantRow, tenant_id) is None:
                 raise NotFound("No such tenant.")
+            exists = s.scalars(
+                select(AppRow.id).where(AppRow.tenant_id == tenant_id, AppRow.client_id == client_id)
+            ).first()
+            if exists is not None:
+                raise Conflict(f"This tenant already has an app with client_id {client_id!r}.", code="app_exists")
             row = AppRow(id=str(uuid.uuid4()), tenant_id=tenant_id, client_id=client_id, version=1,
                          created_at=now, updated_at=now)
             self._fill_app(row, draft, secret_hash)

@@ -79,12 +79,15 @@ class ConnectionRow(Base):
 
 class AppRow(Base):
     __tablename__ = "apps"
+    # client_id is unique within a tenant only: every OAuth endpoint is the tenant's own, and a tenant admin
+    # must not learn, by a conflict, which client_ids other tenants use
+    __table_args__ = (UniqueConstraint("tenant_id", "client_id", name="uq_apps_tenant_client_id"),)
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(
         String(36), ForeignKey("tenants.id", ondelete="CASCADE"), nullable=False, index=True
     )
-    client_id: Mapped[str] = mapped_column(String(100), unique=True, nullable=False)
+    client_id: Mapped[str] = mapped_column(String(100), nullable=False)
     name: Mapped[str] = mapped_column(String(200), nullable=False)
     redirect_uris: Mapped[list[str]] = mapped_column(JSON, nullable=False)
     post_logout_redirect_uris: Mapped[list[str]] = mapped_column(JSON, nullable=False)
