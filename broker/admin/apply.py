@@ -363,8 +363,8 @@ def load_specs(directory: str | Path, env: Mapping[str, str]) -> tuple[list[Path
 def _check_unique(tenants: Sequence[TenantSpec]) -> None:
     """Slugs, client_ids and domains named twice in the files (checked before looking at the database)."""
     seen_tenants: dict[str, Where] = {}
-    seen_clients: dict[str, Where] = {}
     for t in tenants:
+        seen_clients: dict[str, Where] = {}  # client_ids are unique per tenant
         if t.slug in seen_tenants:
             first = seen_tenants[t.slug]
             raise t.where.at("slug").error(
@@ -454,27 +454,21 @@ class _Planner:
     def plan(self, tenants: Sequence[TenantSpec]) -> list[_Op]:
         store = self.admin.store
         existing = {t.slug: t for t in store.tenants()}
-        owners: dict[str, str] = {}  # client_id -> tenant slug, over every tenant in the database
-        for t in existing.values():
-            for a in store.apps(t.id):
-                owners[a.client_id] = t.slug
-        named = {t.slug: t for t in tenants}
         deletes: list[_Op] = []
         writes: list[_Op] = []
         for i, spec in enumerate(tenants):
             tenant = existing.get(spec.slug)
-            tdel, twrite = self._tenant(spec, tenant, owners, named)
+            tdel, twrite = self._tenant(spec, tenant)
             for op in tdel + twrite:
                 op.tenant = i
             deletes.extend(tdel)
             writes.extend(twrite)
-        # Tenants first, then every deletion (a client_id or domain may move), then everything else.
+        # Tenants first, then every deletion (a domain may move), then everything else.
         tenant_ops = [o for o in writes if o.change.kind == "tenant"]
         rest = [o for o in writes if o.change.kind != "tenant"]
         return tenant_ops + deletes + rest
 
-    def _tenant(self, spec: TenantSpec, tenant: Tenant | None, owners: Mapping[str, str],
-                named: Mapping[str, TenantSpec]) -> tuple[list[_Op], list[_Op]]:
+    def _tenant(self, spec: TenantSpec, tenant: Tenant | None) -> tuple[list[_Op], list[_Op]]:
         store = self.admin.store
         deletes: list[_Op] = []
         writes: list[_Op] = []
@@ -517,17 +511,7 @@ class _Planner:
         for cs in spec.connections:
             writes.extend(self._connection(spec, ref, cs, current_conns.get(cs.body.slug), kept))
         for ap in spec.apps:
-            cid = str(ap.body.client_id)
-            owner = owners.get(cid)
-            if owner is not None and owner != spec.slug:
-                other = named.get(owner)
-                freed = self.prune and other is not None and all(
-                    str(x.body.client_id) != cid for x in other.apps)
-                if not freed:
-                    raise ap.where.at("client_id").error(
-                        f"client_id {cid!r} is already used by an app of tenant {owner!r} "
-                        "(client_ids are unique across tenants)")
-            writes.extend(self._app(spec, ref, ap, current_apps.get(cid)))
+            writes.extend(self._app(spec, ref, ap, current_apps.get(str(ap.body.client_id))))
 
         algs = {spec.signing_alg} if spec.signing_alg else set()
         algs |= {a.body.id_token_signed_response_alg for a in spec.apps}

@@ -225,19 +225,19 @@ def test_prune_deletes_only_what_named_tenants_no_longer_list(
     assert run(svc, conf, env, prune=True).changes == ()
 
 
-def test_prune_lets_a_client_id_move_between_named_tenants(
-    svc: Services, conf: Path, env: dict[str, str]
-) -> None:
+def test_two_tenants_may_name_the_same_client_id(svc: Services, conf: Path, env: dict[str, str]) -> None:
+    """client_ids are unique per tenant: initech may call its app acme-portal too, with its own secret."""
     run(svc, conf, env)
     edit(conf / "google.yaml", "client_id: initech-tps", "client_id: acme-portal")
     edit(conf / "google.yaml", "INITECH_TPS_CLIENT_SECRET", "ACME_PORTAL_CLIENT_SECRET")
-    edit(conf / "okta.yaml", "client_id: acme-portal", "client_id: acme-portal-2")
-    with pytest.raises(ConfigFileError) as err:
-        run(svc, conf, env)  # without --prune acme keeps acme-portal: the client_id is taken
-    assert "google.yaml: tenants[0].apps[0].client_id: client_id 'acme-portal' is already used" in err.value.message
-    result = run(svc, conf, env, prune=True)
-    assert set(lines(result)) == {"- app acme/acme-portal", "+ app acme/acme-portal-2",
-                                  "- app initech/initech-tps", "+ app initech/acme-portal"}
+    result = run(svc, conf, env)
+    assert set(lines(result)) == {"+ app initech/acme-portal"}
+    acme, initech = svc.config.tenant_by_slug("acme"), svc.config.tenant_by_slug("initech")
+    assert acme is not None and initech is not None
+    mine, theirs = svc.config.app(acme.id, "acme-portal"), svc.config.app(initech.id, "acme-portal")
+    assert mine is not None and theirs is not None and mine.id != theirs.id
+    assert run(svc, conf, env).changes == ()
+    assert set(lines(run(svc, conf, env, prune=True))) == {"- app initech/initech-tps"}
 
 
 def test_dry_run_writes_nothing(svc: Services, conf: Path, env: dict[str, str]) -> None:
@@ -339,9 +339,10 @@ BROKEN: dict[str, tuple[str, str]] = {
         "tenants[0].connections[0]",
     ),
     "duplicate_client_id": (
-        "tenants: [{slug: zed, name: Zed, apps: [{client_id: acme-portal, name: Z, public: true,"
-        " redirect_uris: ['https://z.example/cb']}]}]\n",
-        "zz-broken.yaml: tenants[0].apps[0].client_id: client_id 'acme-portal' is already defined at ",
+        "tenants: [{slug: zed, name: Zed, apps: [{client_id: z-portal, name: Z, public: true,"
+        " redirect_uris: ['https://z.example/cb']}, {client_id: z-portal, name: Z2, public: true,"
+        " redirect_uris: ['https://z.example/cb2']}]}]\n",
+        "zz-broken.yaml: tenants[0].apps[1].client_id: client_id 'z-portal' is already defined at ",
     ),
     "duplicate_domain": (
         "tenants: [{slug: zed, name: Zed, connections: [{slug: a, protocol: saml, domains: [zed.example]},"
