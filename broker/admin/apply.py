@@ -29,7 +29,7 @@ import yaml
 from pydantic import Field
 
 from broker.admin import schema
-from broker.admin.service import AdminService
+from broker.admin.service import AdminService, idp_initiated_problem
 from broker.errors import BrokerError, ValidationFailed
 from broker.issuer.keys import generate_signing_key
 from broker.model import App, Connection, Tenant
@@ -508,8 +508,17 @@ class _Planner:
             if cid not in wanted_apps and self.prune:
                 deletes.append(self._delete_app(spec.slug, a))
 
+        def redirect_uris_of(client_id: str) -> Sequence[str] | None:
+            """An app the files name (as they will leave it), else one kept in the database."""
+            for ap in spec.apps:
+                if str(ap.body.client_id) == client_id:
+                    return tuple(ap.body.redirect_uris)
+            kept_app = current_apps.get(client_id)
+            return kept_app.redirect_uris if kept_app is not None and not self.prune else None
+
         for cs in spec.connections:
-            writes.extend(self._connection(spec, ref, cs, current_conns.get(cs.body.slug), kept))
+            writes.extend(self._connection(spec, ref, cs, current_conns.get(cs.body.slug), kept,
+                                           redirect_uris_of))
         for ap in spec.apps:
             writes.extend(self._app(spec, ref, ap, current_apps.get(str(ap.body.client_id))))
 
@@ -536,12 +545,16 @@ class _Planner:
         return _Op(Change("-", "app", f"{tenant}/{a.client_id}"), None, run)
 
     def _connection(self, spec: TenantSpec, ref: Mapping[str, Tenant], cs: ConnectionSpec,
-                    current: Connection | None, kept: Mapping[str, Connection]) -> list[_Op]:
+                    current: Connection | None, kept: Mapping[str, Connection],
+                    redirect_uris_of: Callable[[str], Sequence[str] | None]) -> list[_Op]:
         store = self.admin.store
         try:
             draft, _ = self.admin._draft(cs.body, current)  # noqa: SLF001 - the admin API's own validation
         except BrokerError as exc:
             raise _locate(cs.where, exc, cs.renames) from None
+        problem = idp_initiated_problem(draft.settings, redirect_uris_of)
+        if problem is not None:
+            raise cs.where.at(f"saml.{problem[0]}").error(problem[1])
         for other in kept.values():
             clash = sorted(set(other.domains) & set(draft.domains))
             if clash:

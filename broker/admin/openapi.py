@@ -65,6 +65,10 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         components[model.__name__] = js
     components["ConnectionPatch"] = {"type": "object", "description": "JSON Merge Patch (RFC 7396) of ConnectionBody"}
     components["AppPatch"] = {"type": "object", "description": "JSON Merge Patch (RFC 7396) of AppBody"}
+    components["KeyRotate"] = {
+        "type": "object", "additionalProperties": False, "description": "Optional; the default is RS256",
+        "properties": {"alg": {"enum": ["RS256", "ES256"], "default": "RS256"}},
+    }
     paths: dict[str, Any] = {
         "/tenants": {
             "post": _op("Create a tenant (global keys only)", 201, "The tenant", body="TenantCreate",
@@ -138,7 +142,7 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         "/tenants/{t}/keys/rotate": {
             "parameters": [t],
             "post": _op("Rotate the tenant's signing key; previous keys stay published", 200, "Keys",
-                        errors=(400, 401, 404)),
+                        body="KeyRotate", errors=(400, 401, 404)),
         },
         "/tenants/{t}/audit": {
             "parameters": [t],
@@ -150,6 +154,7 @@ def openapi_document(public_url: str) -> dict[str, Any]:
             ]),
         },
     }
+    paths["/tenants/{t}/keys/rotate"]["post"]["requestBody"]["required"] = False  # an empty body is RS256
     return {
         "openapi": "3.1.0",
         "info": {"title": "Federation broker admin API", "version": "1"},

@@ -43,7 +43,7 @@ class TenantCreate(Strict):
 
 
 class TenantPatch(Strict):
-    name: str = Field(min_length=1, max_length=200)
+    name: str | None = Field(default=None, min_length=1, max_length=200)  # a merge patch: absent = unchanged
 
 
 class AdminKeyCreate(Strict):
@@ -87,9 +87,17 @@ class ConnectionBody(Strict):
 def _check_redirect_uri(uri: str) -> str:
     if len(uri) > 2000:
         raise ValueError("redirect URIs are limited to 2000 characters")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in uri):
+        raise ValueError(f"{uri!r} contains whitespace or control characters (percent-encode them)")
     parts = urlsplit(uri)
     if not parts.scheme or parts.scheme in ("javascript", "data", "file", "vbscript"):
         raise ValueError(f"{uri!r} is not an absolute redirect URI")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError(f"{uri!r} must not carry credentials (user:password@)")
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535 or not a number
+    except ValueError:
+        raise ValueError(f"{uri!r} has an invalid port") from None
     if parts.fragment or "#" in uri:
         raise ValueError(f"{uri!r} must not contain a fragment (RFC 6749 §3.1.2)")
     if parts.scheme in ("http", "https") and not parts.hostname:

@@ -10,14 +10,14 @@ confirm the other tenant exists).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from broker.admin import schema
 from broker.audit import Auditor, event_json
-from broker.claims.pipeline import compile_mapping, explain
+from broker.claims.pipeline import compile_mapping, explain, transient_subject_warning
 from broker.errors import BrokerError, Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
 from broker.issuer.keys import generate_signing_key
 from broker.model import AdminKey, App, Connection, MappingConfig, Profile, Tenant, UpstreamIdentity
@@ -71,6 +71,34 @@ class Understood:
     fetched: bytes | None
 
 
+def idp_initiated_problem(settings: Mapping[str, Any],
+                          redirect_uris_of: Callable[[str], Sequence[str] | None]) -> tuple[str, str] | None:
+    """(setting, message) when an IdP-initiated connection's app or redirect URI cannot work, else None.
+    `redirect_uris_of(client_id)`: that app's redirect URIs, None when the tenant has no such app."""
+    if not settings.get("allow_idp_initiated"):
+        return None
+    client_id = str(settings.get("idp_initiated_app") or "")
+    uris = redirect_uris_of(client_id) if client_id else None
+    if uris is None:
+        return "idp_initiated_app", f"saml.idp_initiated_app {client_id!r} is not an app of this tenant."
+    redirect_uri = settings.get("idp_initiated_redirect_uri")
+    if not redirect_uri:
+        return ("idp_initiated_redirect_uri",
+                "saml.allow_idp_initiated needs saml.idp_initiated_redirect_uri: one of the app's redirect URIs.")
+    if redirect_uri not in uris:
+        return ("idp_initiated_redirect_uri",
+                f"saml.idp_initiated_redirect_uri is not one of the redirect URIs of app {client_id!r}.")
+    return None
+
+
+def _subject_warning(c: Connection, meta: IdpMetadata | None) -> str | None:
+    """The transient-subject warning (SPEC: a connection with neither a stable NameID nor a subject attribute
+    gets a warning): the NameID format the connection asks for, else what the IdP's metadata offers."""
+    asked = c.settings.get("name_id_format")
+    formats = (str(asked),) if asked else (meta.name_id_formats if meta is not None else ())
+    return transient_subject_warning(c.mapping.preset, c.mapping.subject_source, tuple(formats))
+
+
 class AdminService:
     def __init__(
         self,
@@ -94,18 +122,23 @@ class AdminService:
     # -- authentication and scoping --------------------------------------------------------------
 
     def authenticate(self, authorization: str | None) -> AdminKey:
-        if not authorization or not authorization.startswith("Bearer "):
+        """The admin key of an `Authorization: Bearer <key>` header value. The scheme is matched without
+        regard to case (RFC 7235 §2.1: `bearer xyz` is `Bearer xyz`). A refused key that was presented raises
+        Unauthorized with detail "invalid_token" (the RFC 6750 §3.1 error the API's WWW-Authenticate names);
+        a missing one has no detail, as RFC 6750 §3.1 wants no error code when no credentials were sent."""
+        scheme, _, credentials = (authorization or "").strip().partition(" ")
+        token = credentials.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthorized("An admin API key is required: Authorization: Bearer <key>.", code="unauthorized")
-        token = authorization[len("Bearer "):].strip()
-        if not token or len(token) > 512:
-            raise Unauthorized("The admin API key is not valid.", code="unauthorized")
+        if len(token) > 512:
+            raise Unauthorized("The admin API key is not valid.", code="unauthorized", detail="invalid_token")
         key = None
         for digest in self.hasher.digests(token):  # current BROKER_SECRET_KEY first, then previous ones
             key = self.store.admin_key_by_hash(digest)
             if key is not None:
                 break
         if key is None:
-            raise Unauthorized("The admin API key is not valid.", code="unauthorized")
+            raise Unauthorized("The admin API key is not valid.", code="unauthorized", detail="invalid_token")
         return key
 
     def tenant_for(self, key: AdminKey, slug: str) -> Tenant:
@@ -151,6 +184,8 @@ class AdminService:
     def patch_tenant(self, key: AdminKey, slug: str, body: Any) -> dict[str, Any]:
         tenant = self.tenant_for(key, slug)
         data = schema.parse(schema.TenantPatch, body)
+        if data.name is None or data.name == tenant.name:  # nothing to change (RFC 7396: {} is no change)
+            return self.tenant_json(tenant, self.urls)
         updated = self.store.update_tenant(tenant.id, name=data.name)
         self._admin_event(key, "tenant.update", tenant.slug)
         return self.tenant_json(updated, self.urls)
@@ -336,6 +371,18 @@ class AdminService:
             interval = min(max(understood.meta.cache_duration_seconds or 6 * 3600, 300), 86400)
             self.store.save_metadata_state(connection.id, MetadataState(understood.fetched, now, now + interval, None))
 
+    def _check_idp_initiated(self, tenant: Tenant, draft: ConnectionDraft) -> None:
+        """An IdP-initiated connection must name an app of this tenant and one of that app's redirect URIs:
+        checked when saved, rather than found out by the first employee who clicks the IdP's tile."""
+        def redirect_uris_of(client_id: str) -> Sequence[str] | None:
+            app = self.store.app(tenant.id, client_id)
+            return app.redirect_uris if app is not None else None
+
+        problem = idp_initiated_problem(draft.settings, redirect_uris_of)
+        if problem is not None:
+            field, message = problem
+            raise ValidationFailed(message, details={"field": f"saml.{field}"})
+
     def _check_domains(self, tenant: Tenant, slug: str, domains: tuple[str, ...]) -> None:
         for other in self.store.connections(tenant.id):
             if other.slug == slug:
@@ -407,8 +454,14 @@ class AdminService:
         self._keep_fetched(saved, understood)
         self._admin_event(key, action, tenant.slug, connection=saved.slug)
         out = self.connection_json(tenant, saved)
-        if understood is not None:
-            out["metadata"] = to_json(understood.meta if isinstance(understood, Understood) else understood)
+        meta = understood.meta if isinstance(understood, Understood) else understood
+        if meta is not None:
+            out["metadata"] = to_json(meta)
+        if saved.protocol == "saml":
+            warning = _subject_warning(saved, meta)
+            out["warnings"] = [warning] if warning else []
+            if warning and meta is not None:
+                out["metadata"]["warnings"].append(warning)
         return out
 
     def create_connection(self, key: AdminKey | None, tenant: Tenant, body: Any) -> dict[str, Any]:
@@ -416,6 +469,7 @@ class AdminService:
         self._slug_free(tenant, data.slug)
         draft, understood = self._draft(data, None)
         self._check_domains(tenant, data.slug, draft.domains)
+        self._check_idp_initiated(tenant, draft)
         created = self.store.create_connection(tenant.id, draft)
         return self._saved(key, tenant, created, understood, "connection.create")
 
@@ -454,6 +508,7 @@ class AdminService:
             self._slug_free(tenant, data.slug)
         draft, understood = self._draft(data, existing)
         self._check_domains(tenant, existing.slug, draft.domains)
+        self._check_idp_initiated(tenant, draft)
         updated = self.store.replace_connection(existing.id, draft)
         return self._saved(key, tenant, updated, understood, "connection.update")
 
@@ -481,9 +536,13 @@ class AdminService:
         spec["saml"] = saml
         data = schema.parse(schema.ConnectionBody, spec)
         draft, _ = self._draft(data, c)
-        self.store.replace_connection(c.id, draft)
+        saved = self.store.replace_connection(c.id, draft)
         self._admin_event(key, "connection.metadata", tenant.slug, connection=c.slug, entity_id=meta.entity_id)
-        return to_json(meta)
+        out = to_json(meta)
+        warning = _subject_warning(saved, meta)
+        if warning:
+            out["warnings"].append(warning)
+        return out
 
     def mapping_test(self, key: AdminKey, slug: str, conn: str, body: Any) -> dict[str, Any]:
         tenant, c = self.connection_for(key, slug, conn)

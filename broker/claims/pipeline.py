@@ -217,11 +217,7 @@ def _run(
                 if changed or label == "rule":  # the connection's own rules are always listed, even as no-ops
                     steps.append(Step(index=rule.index, source=label, rule=dict(rule.spec), changed=changed))
 
-    sources = (
-        (mapping.subject_source,)
-        if mapping.subject_source is not None
-        else presets.SUBJECT_SOURCES.get(mapping.preset, (subject.NAMEID,))
-    )
+    sources = subject_sources(mapping.preset, mapping.subject_source)
     found = subject.subject_value(identity, sources)
     if found is None:
         error = MappingError(
@@ -285,3 +281,26 @@ def _profile(
         extra=extra,
         warnings=tuple(dict.fromkeys((*identity.warnings, *claims.warnings))),
     )
+
+
+def subject_sources(preset: str, subject_source: str | None) -> tuple[str, ...]:
+    """Where a mapping takes the stable subject from, in order: its own subject_source, else the preset's."""
+    if subject_source is not None:
+        return (subject_source,)
+    return presets.SUBJECT_SOURCES.get(preset, (subject.NAMEID,))
+
+
+def transient_subject_warning(preset: str, subject_source: str | None,
+                              name_id_formats: tuple[str, ...]) -> str | None:
+    """SPEC: a transient NameID is never a stable subject. A warning when the mapping would take the subject
+    from the NameID alone and every NameID format asked for or offered is transient: every login would be
+    refused (mapping_subject_missing) until an attribute is named as the subject source."""
+    formats = tuple(f for f in name_id_formats if f)
+    if subject_sources(preset, subject_source) != (subject.NAMEID,) or not formats:
+        return None
+    if any(f != subject.TRANSIENT for f in formats):
+        return None
+    return ("transient_subject: this connection takes the user's subject from the NameID, but its NameID "
+            "format is transient (a new value at every login, never a stable subject), so every login will "
+            "be refused. Ask the IdP for a persistent or email NameID, or set mapping.subject_source to an "
+            "attribute with a stable value.")

@@ -16,6 +16,7 @@ import warnings as pywarnings
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -96,6 +97,8 @@ def parse_idp_metadata(
     root = _parse(data, max_bytes)
     entity = _select_entity(root, entity_id)
     eid = entity.get("entityID") or ""
+    if not eid.strip():  # required by saml-metadata §2.3.2; it is the Issuer every response is checked against
+        raise _invalid("The metadata's EntityDescriptor has no entityID: an identity provider must have one.")
     idp = _idp_descriptor(entity)
     if idp is None:
         raise _invalid(
@@ -104,8 +107,8 @@ def parse_idp_metadata(
         )
 
     warnings: list[str] = []
-    sso = _endpoints(idp, "SingleSignOnService")
-    slo = _endpoints(idp, "SingleLogoutService")
+    sso = _endpoints(idp, "SingleSignOnService", warnings)
+    slo = _endpoints(idp, "SingleLogoutService", warnings)
     signing, encryption = _certificates(idp, warnings)
     if not signing:
         raise _invalid(
@@ -281,14 +284,37 @@ def _idp_descriptor(entity: etree._Element) -> etree._Element | None:
     return None
 
 
-def _endpoints(idp: etree._Element, name: str) -> tuple[Endpoint, ...]:
+def _endpoints(idp: etree._Element, name: str, warnings: list[str]) -> tuple[Endpoint, ...]:
     out: list[Endpoint] = []
     for e in idp.iterchildren(f"{_MD}{name}"):
         binding = (e.get("Binding") or "").strip()
         location = (e.get("Location") or "").strip()
-        if binding and location and Endpoint(binding, location) not in out:
+        if not (binding and location):
+            continue
+        if not _is_web_url(location):
+            # The browser is sent to this URL (a 302, or a form the page submits itself): a `javascript:` or
+            # `data:` Location from an uploaded document would run script on the broker's origin.
+            warnings.append(
+                f"endpoint_location_invalid: a {name} Location {location[:200]!r} is not an absolute https:// "
+                "or http:// URL and was ignored."
+            )
+            continue
+        if Endpoint(binding, location) not in out:
             out.append(Endpoint(binding, location))
     return tuple(out)
+
+
+def _is_web_url(location: str) -> bool:
+    """An absolute http(s) URL with a host, and nothing a browser would silently strip or re-interpret
+    (whitespace, control characters, backslashes)."""
+    if any(c <= " " or c in "\\\x7f" for c in location):
+        return False
+    try:
+        parts = urlsplit(location)
+        host = parts.hostname
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        return False
+    return parts.scheme.lower() in ("https", "http") and bool(host)
 
 
 # --- certificates -----------------------------------------------------------------------------

@@ -225,6 +225,8 @@ def verify_response(xml: bytes, exp: ResponseExpectations) -> VerifiedAssertion:
 
     signed_response = response_verified is not None
     # ---- from here on: read only from `root` (verified if signed_response) and `trusted` ----------
+    if trusted.get("Version") != "2.0":  # core 2.3.3: a SAML 2.0 assertion says so
+        raise _fail("saml_response_malformed", f"Assertion Version {trusted.get('Version')!r}")
     issuer = _check_issuer(root, trusted, exp)
     _check_destination(root, signed_response, exp)
     conditions_end = _check_conditions(trusted, exp)

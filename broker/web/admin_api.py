@@ -8,9 +8,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from broker.admin.openapi import openapi_document
-from broker.errors import Forbidden, PayloadTooLarge, ValidationFailed
+from broker.errors import Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
 from broker.model import AdminKey
 from broker.web.context import services
+from broker.web.errors import admin_error
 
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/v1")
 
@@ -19,6 +20,18 @@ METADATA_TYPES = ("application/samlmetadata+xml", "application/xml", "text/xml")
 
 def _key() -> AdminKey:
     return services().admin.authenticate(request.headers.get("Authorization"))
+
+
+@bp.errorhandler(Unauthorized)
+def _unauthorized(err: Unauthorized) -> Response:
+    """A 401 names the scheme to use (RFC 7235 §3.1, RFC 6750 §3), and says `invalid_token` when a key was
+    presented but refused (AdminService.authenticate marks that case); the JSON body is the usual one."""
+    resp = admin_error(err)
+    challenge = 'Bearer realm="admin"'
+    if err.detail == "invalid_token":
+        challenge += ', error="invalid_token"'
+    resp.headers["WWW-Authenticate"] = challenge
+    return resp
 
 
 def _body_bytes(limit: int) -> bytes:

@@ -9,16 +9,17 @@ from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
+from werkzeug.datastructures import MultiDict
 
 from broker import logs
 from broker.claims.subject import pairwise_sub
-from broker.errors import BrokerError, LoginError, NotFound
+from broker.errors import BrokerError, LoginError, NotFound, OAuthError
 from broker.issuer.server import AuthorizeError, HttpRequest, HttpResponse
 from broker.login import LoginFailed, Restarted, email_domain, public_sid
 from broker.model import AuthorizationRequest, Profile, Tenant
 from broker.web.context import services
 from broker.web.cookies import SESSION_COOKIE, browser_binding, clear_session_cookie, set_session_cookie
-from broker.web.errors import html_error, html_page, redirect_to
+from broker.web.errors import html_error, html_page, oauth_error, redirect_to
 from broker.web.steps import render_step
 
 bp = Blueprint("oidc_op", __name__, url_prefix="/t/<tenant>")
@@ -59,6 +60,67 @@ def to_flask(resp: HttpResponse) -> Response:
 def _no_store(resp: Response) -> Response:
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["Pragma"] = "no-cache"
+    return resp
+
+
+# RFC 6749 §3.1/§3.2: "Request and response parameters MUST NOT be included more than once." Which value a
+# repeated one means is anyone's guess (the first? the last? the one a proxy or WAF looked at?), so such a
+# request is refused rather than read with the first value.
+SINGLE_VALUED = (
+    "client_id", "redirect_uri", "response_type", "scope", "state", "nonce", "code_challenge",
+    "code_challenge_method", "prompt", "max_age", "login_hint", "connection", "response_mode", "grant_type",
+    "code", "code_verifier", "refresh_token", "client_secret", "client_assertion", "client_assertion_type",
+    "token", "token_type_hint",
+)
+
+
+def repeated_params(values: MultiDict[str, str]) -> list[str]:
+    """The single-valued parameters that `values` (a query or a form) carries more than once."""
+    return [name for name in SINGLE_VALUED if len(values.getlist(name)) > 1]
+
+
+def _repeated_message(names: list[str]) -> str:
+    return f"Parameters must not be repeated (RFC 6749 §3.1): {', '.join(names)}."
+
+
+def _repeated_in_form(tenant: Tenant, endpoint: str) -> Response | None:
+    """The RFC 6749 §5.2 answer for a token, introspection or revocation request with a repeated parameter
+    (the form is read only when it is one, as http_request() does), audited like the issuer's own refusals;
+    else None."""
+    if request.method != "POST" or request.mimetype != "application/x-www-form-urlencoded":
+        return None
+    names = repeated_params(request.form)
+    if not names:
+        return None
+    services().auditor.emit("token", "failure", tenant=tenant.slug, reason="invalid_request",
+                            details={"endpoint": endpoint, "repeated": names})
+    return oauth_error(OAuthError(_repeated_message(names), code="invalid_request"))
+
+
+# Browser-based public clients (SPAs with PKCE) redeem codes and revoke tokens from another origin: the token
+# and revocation endpoints answer CORS, like discovery, JWKS and userinfo. They take no cookies (the client
+# authenticates with the request itself), so `*` is right and credentials are never allowed.
+CORS_ENDPOINTS = frozenset({"oidc_op.token", "oidc_op.revoke"})
+CORS_MAX_AGE = "7200"  # seconds a browser may cache the preflight (Chromium caps it at 2 hours)
+
+
+@bp.after_request
+def _cors(resp: Response) -> Response:
+    """Access-Control-Allow-Origin on every answer of the CORS endpoints, errors included (an SPA must be able
+    to read `invalid_grant`)."""
+    if request.endpoint in CORS_ENDPOINTS:
+        resp.headers["Access-Control-Allow-Origin"] = "*"
+    return resp
+
+
+def _preflight() -> Response:
+    """The answer to a CORS preflight (OPTIONS with Access-Control-Request-Method): POST with the headers a
+    client sends (Authorization for client_secret_basic, Content-Type for the form)."""
+    resp = Response(status=204)
+    resp.headers["Allow"] = "OPTIONS, POST"
+    resp.headers["Access-Control-Allow-Methods"] = "POST"
+    resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
+    resp.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
     return resp
 
 
@@ -110,22 +172,44 @@ def email_page(params: dict[str, str], error: str | None = None) -> Response:
     return resp
 
 
-@bp.get("/authorize")
+def _request_params() -> MultiDict[str, str]:
+    """The parameters of a GET (query) or POST (form) request: OIDC Core §3.1.2.1 and RP-Initiated Logout §2
+    have the OP accept both. A POST's body must be form-encoded; its query string is not read."""
+    if request.method == "POST":
+        if request.mimetype != "application/x-www-form-urlencoded" and (request.content_length or 0) > 0:
+            raise BrokerError("Send the parameters as application/x-www-form-urlencoded.",
+                              code="invalid_request", status=400)
+        return request.form
+    return request.args
+
+
+@bp.route("/authorize", methods=["GET", "POST"])
 def authorize(tenant: str) -> Response:
     started = time.perf_counter()
     svc = services()
     t = load_tenant(tenant)
     issuer = svc.extras["issuer"]
     login = svc.extras["login"]
-    params = {k: v for k, v in request.args.items()}
+    source = _request_params()
+    params = {k: v for k, v in source.items()}
+    repeated = repeated_params(source)
+    if "client_id" in repeated or "redirect_uri" in repeated:  # no verified place to send the error to
+        return html_error(OAuthError(_repeated_message(repeated), code="invalid_request"))
     try:
         req: AuthorizationRequest = issuer.parse_authorization_request(t, params)
     except AuthorizeError as err:
         if err.redirect_uri is None:
             return html_error(err)
-        bare = AuthorizationRequest(client_id=params.get("client_id", ""), redirect_uri=err.redirect_uri, scope=(),
-                                    state=err.state, nonce=None, code_challenge=None, code_challenge_method=None)
-        return redirect_to(issuer.error_redirect(t, bare, err.code, err.message))
+        if not repeated:
+            return _error_redirect(t, params, err.redirect_uri, err.state, err.code, err.message)
+        verified_uri, state = err.redirect_uri, err.state
+    else:
+        verified_uri, state = req.redirect_uri, req.state
+    if repeated:
+        # The client and its redirect_uri are unambiguous and verified, so the app is told; this error wins over
+        # any other (those checks read only the first value). A repeated state has no one value to echo.
+        return _error_redirect(t, params, verified_uri, None if "state" in repeated else state, "invalid_request",
+                               _repeated_message(repeated))
 
     # Single sign-on: an existing broker session answers without going upstream (unless prompt=login).
     session = login.session(t, request.cookies.get(SESSION_COOKIE))
@@ -168,11 +252,24 @@ def authorize(tenant: str) -> Response:
     return _no_store(resp)
 
 
-@bp.post("/token")
+def _error_redirect(t: Tenant, params: dict[str, str], redirect_uri: str, state: str | None, code: str,
+                    message: str) -> Response:
+    """An RFC 6749 §4.1.2.1 error redirect to a redirect_uri the issuer has verified for the client."""
+    bare = AuthorizationRequest(client_id=params.get("client_id", ""), redirect_uri=redirect_uri, scope=(),
+                                state=state, nonce=None, code_challenge=None, code_challenge_method=None)
+    return redirect_to(services().extras["issuer"].error_redirect(t, bare, code, message))
+
+
+@bp.route("/token", methods=["POST", "OPTIONS"])
 def token(tenant: str) -> Response:
+    if request.method == "OPTIONS":
+        return _preflight()
     started = time.perf_counter()
     svc = services()
     t = load_tenant(tenant)
+    refused = _repeated_in_form(t, "token")
+    if refused is not None:
+        return refused
     resp = to_flask(svc.extras["issuer"].token(t, http_request()))
     svc.metrics.step_seconds.labels(step="token").observe(time.perf_counter() - started)
     if resp.status_code == 200:
@@ -191,20 +288,28 @@ def userinfo(tenant: str) -> Response:
 @bp.post("/introspect")
 def introspect(tenant: str) -> Response:
     t = load_tenant(tenant)
+    refused = _repeated_in_form(t, "introspect")
+    if refused is not None:
+        return refused
     return to_flask(services().extras["issuer"].introspect(t, http_request()))
 
 
-@bp.post("/revoke")
+@bp.route("/revoke", methods=["POST", "OPTIONS"])
 def revoke(tenant: str) -> Response:
+    if request.method == "OPTIONS":
+        return _preflight()
     t = load_tenant(tenant)
+    refused = _repeated_in_form(t, "revoke")
+    if refused is not None:
+        return refused
     return to_flask(services().extras["issuer"].revoke(t, http_request()))
 
 
-@bp.get("/logout")
+@bp.route("/logout", methods=["GET", "POST"])
 def logout(tenant: str) -> Response:
     svc = services()
     t = load_tenant(tenant)
-    target = svc.extras["issuer"].end_session(t, {k: v for k, v in request.args.items()})
+    target = svc.extras["issuer"].end_session(t, {k: v for k, v in _request_params().items()})
     svc.extras["login"].end_session(request.cookies.get(SESSION_COOKIE))
     resp = redirect_to(target) if target else html_page(200, "Signed out", "You have been signed out.")
     clear_session_cookie(resp, t.slug)

@@ -45,10 +45,12 @@ def acs(tenant: str, conn: str) -> Response:
     svc = services()
     limit = svc.settings.max_saml_bytes
     if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"The SAML message is larger than {limit} bytes.", code="saml_too_large")
+        raise _too_large(tenant, conn, limit, f"Content-Length {request.content_length}")
+    # Without a Content-Length (chunked), werkzeug stops reading at the app's MAX_CONTENT_LENGTH, which is
+    # larger than the limit: such a body is cut off there and refused here.
     raw = request.get_data(cache=True)
     if len(raw) > limit:
-        raise PayloadTooLarge(f"The SAML message is larger than {limit} bytes.", code="saml_too_large")
+        raise _too_large(tenant, conn, limit, f"body of {len(raw)} bytes")
     t = load_tenant(tenant)
     c = _connection(t, conn)
     params = {k: v for k, v in request.form.items()}
@@ -60,3 +62,22 @@ def acs(tenant: str, conn: str) -> Response:
     resp = finish_login(t, result)
     svc.metrics.step_seconds.labels(step="acs").observe(time.perf_counter() - started)
     return resp
+
+
+def _too_large(tenant: str, conn: str, limit: int, detail: str) -> PayloadTooLarge:
+    """The 413 for an oversized SAML POST, audited as a refused login (SPEC: every rejected login gets an audit
+    event) under the tenant and connection of the URL when they exist. Nothing of the body is parsed for it;
+    an unknown tenant gets the 413 alone (there is no tenant to record it for)."""
+    err = PayloadTooLarge(f"The SAML message is larger than {limit} bytes.", code="saml_response_too_large",
+                          detail=detail)
+    svc = services()
+    t = svc.config.tenant_by_slug(tenant)
+    if t is not None:
+        logs.tenant.set(t.slug)
+        c = svc.config.connection(t.id, conn)
+        if c is not None and c.protocol == "saml":
+            logs.connection.set(c.slug)
+        else:
+            c = None
+        svc.extras["login"].record_begin_failure(t, c, None, err)
+    return err

@@ -26,6 +26,10 @@ def render_step(step: Step) -> Response:
         )
         resp = Response(AUTOPOST.format(action=html.escape(step.url), fields=fields), mimetype="text/html")
         resp.headers["Cache-Control"] = "no-store"
-        resp.headers["Content-Security-Policy"] = "default-src 'none'; script-src 'unsafe-inline'; form-action *"
+        # form-action names schemes, not `*`: the target is an IdP's (or our ACS's) web URL, never a
+        # `javascript:` or `data:` one, should one ever get past the metadata parser's Location check.
+        resp.headers["Content-Security-Policy"] = (
+            "default-src 'none'; script-src 'unsafe-inline'; form-action https: http:"
+        )
         return resp
     raise TypeError(f"unknown step {step!r}")

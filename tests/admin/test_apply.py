@@ -461,3 +461,30 @@ def test_cli_end_to_end(
     assert captured.out == ""
     assert captured.err == (f"broker: {conf / 'ping.yaml'}: tenants[0].apps[0].client_secret_env: "
                             "environment variable GLOBEX_INTRANET_CLIENT_SECRET is not set\n")
+
+
+def test_an_idp_initiated_connection_must_name_an_app_and_redirect_uri_that_work(
+    svc: Services, conf: Path, env: dict[str, str]
+) -> None:
+    google = conf / "google.yaml"
+    edit(google, "          name_id_format: urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress\n",
+         "          name_id_format: urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress\n"
+         "          allow_idp_initiated: true\n"
+         "          idp_initiated_app: initech-tps\n"
+         "          idp_initiated_redirect_uri: https://tps.initech.example/elsewhere\n")
+    with pytest.raises(ConfigFileError) as err:
+        run(svc, conf, env)
+    assert "google.yaml: tenants[0].connections[0].saml.idp_initiated_redirect_uri: " in err.value.message
+    assert svc.config.tenants() == [], "nothing applied"
+    edit(google, "idp_initiated_app: initech-tps", "idp_initiated_app: acme-portal")  # another tenant's app
+    with pytest.raises(ConfigFileError) as err:
+        run(svc, conf, env)
+    assert "saml.idp_initiated_app: saml.idp_initiated_app 'acme-portal' is not an app of this tenant" \
+        in err.value.message
+    edit(google, "idp_initiated_app: acme-portal", "idp_initiated_app: initech-tps")
+    edit(google, "https://tps.initech.example/elsewhere", "https://tps.initech.example/callback")
+    run(svc, conf, env)  # the app the same file creates, at one of its redirect URIs
+    initech = svc.config.tenant_by_slug("initech")
+    assert initech is not None
+    conn = svc.config.connection(initech.id, "google")
+    assert conn is not None and conn.settings["idp_initiated_app"] == "initech-tps"

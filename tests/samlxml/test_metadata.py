@@ -313,6 +313,65 @@ def test_no_login_capable_sso_endpoint_is_a_warning() -> None:
     assert to_json(meta, now=NOW)["sso"][0]["binding"] == SOAP
 
 
+def _with_locations(sso: tuple[str, str], slo: str | None = None) -> bytes:
+    """The minimal entity with its Redirect and POST SingleSignOnService Locations (and an SLO) replaced."""
+    body = entity().replace("https://idp.example.com/sso/0", sso[0]).replace("https://idp.example.com/sso/1", sso[1])
+    if slo is not None:
+        body = body.replace("</md:IDPSSODescriptor>", f'<md:SingleLogoutService Binding="{BINDING_HTTP_POST}" '
+                                                      f'Location="{slo}"/></md:IDPSSODescriptor>')
+    return doc(body)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "javascript:alert(1)",
+        " JavaScript:alert(document.domain)",
+        "java&#9;script:alert(1)",  # a tab inside the scheme: browsers strip it
+        "data:text/html,&lt;script&gt;alert(1)&lt;/script&gt;",
+        "vbscript:msgbox(1)",
+        "/relative/sso",
+        "//idp.example.com/sso",  # scheme-relative
+        "https:///no-host",
+        "https://[::1/sso",  # unparseable
+        "ftp://idp.example.com/sso",
+        "https://idp.example.com\\@evil.example/sso",
+    ],
+)
+def test_sso_location_that_is_not_a_web_url_is_ignored_with_a_warning(location: str) -> None:
+    meta = parse_idp_metadata(_with_locations((location, location), slo=location), now=NOW)
+    assert meta.sso_endpoints == () and meta.slo_endpoints == ()
+    assert meta.sso_endpoint(BINDING_HTTP_POST) is None and meta.sso_endpoint(BINDING_HTTP_REDIRECT) is None
+    codes = [w.split(":", 1)[0] for w in meta.warnings]
+    assert codes.count("endpoint_location_invalid") == 3  # two SSO and one SLO
+    assert "no_sso_endpoint" in codes  # nothing left to log in with: the usual warning
+    out = to_json(meta, now=NOW)
+    assert out["sso"] == [] and out["slo"] == []
+
+
+def test_bad_location_is_dropped_and_the_good_one_kept() -> None:
+    meta = parse_idp_metadata(_with_locations(("https://idp.example.com/sso", "javascript:alert(1)")), now=NOW)
+    assert [ep.binding for ep in meta.sso_endpoints] == [BINDING_HTTP_REDIRECT]
+    assert meta.sso_endpoint(BINDING_HTTP_POST) is None
+    assert [w.split(":", 1)[0] for w in meta.warnings] == ["endpoint_location_invalid"]
+    assert "'javascript:alert(1)'" in meta.warnings[0]
+
+
+def test_http_and_https_locations_with_ports_and_queries_are_kept() -> None:
+    urls = ("http://localhost:8085/realms/master/protocol/saml", "HTTPS://idp.example.com:8443/sso?idpid=C02")
+    meta = parse_idp_metadata(_with_locations(urls), now=NOW)
+    assert [ep.location for ep in meta.sso_endpoints] == list(urls)
+    assert meta.warnings == ()
+
+
+@pytest.mark.parametrize("attrs", [' entityID=""', ' entityID="   "', ' cacheDuration="PT1H"'])
+def test_entity_without_entity_id_is_refused(attrs: str) -> None:
+    raw = doc(entity().replace(' entityID="https://idp.example.com/saml"', attrs, 1))
+    with pytest.raises(SamlError) as exc:
+        parse_idp_metadata(raw, now=NOW)
+    assert exc.value.code == "metadata_invalid" and "entityID" in exc.value.message
+
+
 def test_valid_until_in_the_past_is_a_warning_and_fractional_seconds_parse() -> None:
     meta = parse_idp_metadata(doc(entity(attrs=' validUntil="2024-05-31T23:59:59.1234567Z"')), now=NOW)
     assert meta.valid_until == datetime(2024, 5, 31, 23, 59, 59, 123456, tzinfo=UTC)

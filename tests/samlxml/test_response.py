@@ -194,6 +194,22 @@ def test_fractional_seconds_parse() -> None:
     assert err.value.code == "saml_response_malformed"
 
 
+def test_an_assertion_that_is_not_saml_2_0_is_refused(idp: Idp, expect: Expect,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """core 2.3.3: Version "2.0"; the Assertion says Version="1.1" before the IdP signs it."""
+    from tests.samlxml import idp_fixtures
+
+    sign = idp_fixtures.sign_element
+
+    def as_saml_1_1(element: etree._Element, signer: Idp, **kw: Any) -> etree._Element:
+        if element.tag.endswith("}Assertion"):
+            element.set("Version", "1.1")
+        return sign(element, signer, **kw)
+
+    monkeypatch.setattr(idp_fixtures, "sign_element", as_saml_1_1)
+    assert refused(make(idp, style="entra"), expect()) == "saml_response_malformed"
+
+
 # --- who, where, for whom --------------------------------------------------------------------------
 
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import AdminClient
+from tests.conftest import BOOTSTRAP_KEY, AdminClient
 
 OIDC_CONN = {
     "slug": "okta-oidc",
@@ -41,6 +41,32 @@ def test_missing_key_is_401_json(client: FlaskClient) -> None:
 def test_wrong_key_is_401(client: FlaskClient) -> None:
     r = client.get("/admin/v1/tenants", headers={"Authorization": "Bearer not-a-key"})
     assert r.status_code == 401
+
+
+def test_missing_key_401_names_the_bearer_scheme(client: FlaskClient) -> None:
+    """RFC 7235 §3.1: a 401 carries a challenge; RFC 6750 §3.1: no error code when no key was sent."""
+    for headers in ({}, {"Authorization": "Basic dXNlcjpwYXNz"}, {"Authorization": "Bearer "}):
+        r = client.get("/admin/v1/tenants", headers=headers)
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="admin"', headers
+        assert set(r.get_json()) == {"error", "message", "details"}
+
+
+def test_wrong_key_401_says_invalid_token(client: FlaskClient) -> None:
+    for value in ("Bearer not-a-key", "bearer not-a-key", "Bearer " + "x" * 600):
+        r = client.get("/admin/v1/tenants", headers={"Authorization": value})
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"] == 'Bearer realm="admin", error="invalid_token"'
+        body = r.get_json()
+        assert set(body) == {"error", "message", "details"} and body["error"] == "unauthorized"
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "BEARER", "bEaReR"])
+def test_auth_scheme_is_case_insensitive(client: FlaskClient, scheme: str) -> None:
+    """RFC 7235 §2.1: the auth-scheme is a case-insensitive token."""
+    r = client.get("/admin/v1/tenants", headers={"Authorization": f"{scheme} {BOOTSTRAP_KEY}"})
+    assert r.status_code == 200, r.get_json()
+    assert "WWW-Authenticate" not in r.headers
 
 
 def test_bootstrap_key_is_global(admin: AdminClient) -> None:
