@@ -317,9 +317,9 @@ class AdminService:
                     raise ValidationFailed("Give either saml.metadata_xml or saml.metadata_url, not both.",
                                            details={"field": "saml"})
                 if parsed.metadata_xml:
-                    understood = self._parse_metadata(parsed.metadata_xml.encode())
+                    understood = self._parse_metadata(parsed.metadata_xml.encode(), parsed.idp_entity_id)
                 elif parsed.metadata_url:
-                    understood = self._metadata_from_url(parsed.metadata_url, existing)
+                    understood = self._metadata_from_url(parsed.metadata_url, existing, parsed.idp_entity_id)
             else:
                 parse_oidc_settings({**raw, **secrets_out})
         except ValidationFailed as exc:
@@ -352,18 +352,18 @@ class AdminService:
         )
         return draft, understood
 
-    def _metadata_from_url(self, url: str, existing: Connection | None) -> Understood:
+    def _metadata_from_url(self, url: str, existing: Connection | None, entity_id: str | None) -> Understood:
         """The metadata behind a metadata_url: the stored last good copy when the URL is unchanged, else
         fetched now (and then kept as the first good copy once the connection is saved)."""
         if existing is not None and existing.settings.get("metadata_url") == url:
             stored = self.store.metadata_state(existing.id).xml
             if stored is not None:
-                return Understood(self._parse_metadata(stored), None)
+                return Understood(self._parse_metadata(stored, entity_id), None)
         if self.fetch_metadata is None:
             raise ValidationFailed("Fetching metadata URLs is not available here.",
                                    details={"field": "saml.metadata_url"})
         fetched = self.fetch_metadata(url)
-        return Understood(self._parse_metadata(fetched), fetched)
+        return Understood(self._parse_metadata(fetched, entity_id), fetched)
 
     def _keep_fetched(self, connection: Connection, understood: Any) -> None:
         if isinstance(understood, Understood) and understood.fetched is not None:
@@ -490,7 +490,7 @@ class AdminService:
             summary: dict[str, Any] | None = None
         else:
             try:
-                summary = to_json(self._parse_metadata(raw))
+                summary = to_json(self._parse_metadata(raw, c.settings.get("idp_entity_id")))
             except ValidationFailed as exc:
                 summary = {"error": exc.message}
         if state is not None:
@@ -524,15 +524,21 @@ class AdminService:
         self.store.delete_connection(c.id)
         self._admin_event(key, "connection.delete", tenant.slug, connection=c.slug)
 
-    def put_metadata(self, key: AdminKey, slug: str, conn: str, xml: bytes) -> dict[str, Any]:
+    def put_metadata(self, key: AdminKey, slug: str, conn: str, xml: bytes,
+                     entity_id: str | None = None) -> dict[str, Any]:
+        """Replace a SAML connection's IdP metadata. `entity_id` picks the IdP of a document that describes
+        several (kept as saml.idp_entity_id); without it the connection's idp_entity_id, if any, applies."""
         tenant, c = self.connection_for(key, slug, conn)
         if c.protocol != "saml":
             raise ValidationFailed("IdP metadata applies to SAML connections only.", code="invalid_request")
-        meta = self._parse_metadata(xml)
+        entity_id = entity_id or c.settings.get("idp_entity_id")
+        meta = self._parse_metadata(xml, entity_id)
         spec = self._connection_spec(c)
         saml = dict(spec.get("saml") or {})
         saml.pop("metadata_url", None)
         saml["metadata_xml"] = xml.decode("utf-8-sig")
+        if entity_id:
+            saml["idp_entity_id"] = entity_id
         spec["saml"] = saml
         data = schema.parse(schema.ConnectionBody, spec)
         draft, _ = self._draft(data, c)

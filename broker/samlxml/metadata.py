@@ -150,12 +150,13 @@ def parse_idp_metadata(
     )
 
 
-def signing_certificate_expiry(data: bytes, *, max_bytes: int = 64 * 1024 * 1024) -> dict[str, float]:
+def signing_certificate_expiry(data: bytes, entity_id: str | None = None, *,
+                               max_bytes: int = 64 * 1024 * 1024) -> dict[str, float]:
     """The IdP signing certificates of a metadata document: SHA-256 fingerprint -> notAfter (epoch seconds).
     For the expiry gauge, of documents checked against the operator's size limit when they were saved (hence
     the generous cap); empty when the document cannot be used."""
     try:
-        meta = parse_idp_metadata(data, now=datetime.now(UTC), max_bytes=max_bytes)
+        meta = parse_idp_metadata(data, entity_id=entity_id, now=datetime.now(UTC), max_bytes=max_bytes)
     except SamlError:
         return {}
     return {c.sha256_fingerprint: c.not_after.timestamp() for c in meta.signing_certificates}

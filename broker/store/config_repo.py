@@ -78,7 +78,7 @@ def _from_ts(t: float | None) -> datetime | None:
 
 class SqlConfigStore:
     def __init__(self, engine: Engine, sealer: Sealer, *,
-                 certificate_expiry: Callable[[bytes], Mapping[str, float]] | None = None) -> None:
+                 certificate_expiry: Callable[[bytes, str | None], Mapping[str, float]] | None = None) -> None:
         """`certificate_expiry`: reads the IdP signing certificates' notAfter (fingerprint -> epoch seconds)
         out of a metadata document; with it, every metadata write keeps `idp_certificates()` current."""
         self._certificate_expiry = certificate_expiry
@@ -472,7 +472,8 @@ class SqlConfigStore:
             xml = row.fetched_metadata if fetched is _UNCHANGED else fetched
         if not isinstance(xml, str) or not xml:
             return None
-        return dict(self._certificate_expiry(xml.encode("utf-8"))) or None
+        entity_id = (row.settings or {}).get("idp_entity_id") or None
+        return dict(self._certificate_expiry(xml.encode("utf-8"), entity_id)) or None
 
     def idp_certificates(self) -> list[tuple[str, str, dict[str, float]]]:
         """(tenant slug, connection slug, fingerprint -> notAfter) of every enabled SAML connection with

@@ -52,7 +52,8 @@ class MetadataProvider:
         labels = {"tenant": connection.tenant_slug, "connection": connection.slug}
         try:
             entry = refresh_metadata(self.fetcher, url, previous, now=now, timeout=self.timeout,
-                                     max_bytes=self.max_bytes)
+                                     max_bytes=self.max_bytes,
+                                     entity_id=connection.settings.get("idp_entity_id") or None)
         except SamlError as exc:
             self.metrics.metadata_refresh.labels(outcome="failure", **labels).inc()
             log.warning("metadata_refresh_failed", extra={"reason": exc.message})

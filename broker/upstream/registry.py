@@ -55,7 +55,8 @@ class ConnectorRegistry:
         if raw is None:
             return None
         try:
-            meta = parse_idp_metadata(raw, now=datetime.fromtimestamp(self.clock.now(), UTC))
+            meta = parse_idp_metadata(raw, entity_id=connection.settings.get("idp_entity_id") or None,
+                                      now=datetime.fromtimestamp(self.clock.now(), UTC))
         except SamlError as exc:
             raise LoginError("This connection's IdP metadata cannot be used.", code="saml_connection_not_ready",
                              detail=exc.message) from None

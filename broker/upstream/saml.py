@@ -61,6 +61,8 @@ class SamlSettings:
     metadata_xml: str | None
     metadata_url: str | None
     sp_entity_id: str | None
+    # which IdP to use when the metadata describes several (a federation aggregate): its entityID
+    idp_entity_id: str | None = None
     allow_idp_initiated: bool = False
     idp_initiated_app: str | None = None
     idp_initiated_redirect_uri: str | None = None
@@ -75,7 +77,7 @@ class SamlSettings:
 
 _STR_FIELDS = (
     "metadata_xml", "metadata_url", "sp_entity_id", "idp_initiated_app", "idp_initiated_redirect_uri",
-    "authn_request_binding", "name_id_format",
+    "authn_request_binding", "name_id_format", "idp_entity_id",
 )
 _BOOL_FIELDS = (
     "allow_idp_initiated", "want_assertions_signed", "sign_authn_requests", "allow_sha1",
@@ -108,7 +110,7 @@ def parse_saml_settings(raw: Mapping[str, Any]) -> SamlSettings:
             raise _bad(key, f"saml.{key} must be an integer.")
         values[key] = value.strip() if isinstance(value, str) and key != "metadata_xml" else value
     for key in ("metadata_xml", "metadata_url", "sp_entity_id", "idp_initiated_app",
-                "idp_initiated_redirect_uri", "name_id_format"):
+                "idp_initiated_redirect_uri", "name_id_format", "idp_entity_id"):
         if key in values and values[key] == "":
             raise _bad(key, f"saml.{key} must not be empty (omit it or use null instead).")
     if "metadata_url" in values:

@@ -197,7 +197,8 @@ def put_metadata(t: str, c: str) -> Response:
     raw = _body_bytes(svc.settings.max_metadata_bytes)
     if not raw.strip():
         raise ValidationFailed("The request body is empty; send the IdP metadata XML.", code="metadata_invalid")
-    return jsonify(svc.admin.put_metadata(key, t, c, raw))
+    entity_id = request.args.get("entity_id") or request.args.get("entityID") or None
+    return jsonify(svc.admin.put_metadata(key, t, c, raw, entity_id))
 
 
 @bp.post("/tenants/<t>/connections/<c>/mapping/test")

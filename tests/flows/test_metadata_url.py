@@ -264,3 +264,27 @@ def test_admin_create_with_a_failing_metadata_url_is_400(env: Env) -> None:
     r = env.create_connection("idp", env.server.metadata_url)
     assert r.status_code == 400 and r.get_json()["error"].startswith("metadata_"), r.get_json()
     assert env.admin("GET", "/tenants/acme/connections/idp").status_code == 404
+
+
+def test_a_federation_aggregate_by_url_uses_the_named_idp_through_refreshes(env: Env) -> None:
+    """An EntitiesDescriptor with several IdPs: `saml.idp_entity_id` picks ours, at save time, at login and
+    at every refresh of the document."""
+    other = SamlIdp(idp=make_idp("https://other.federation.test/idp"), url="https://other.federation.test")
+    ours = env.server.document.split("?>", 1)[1]
+    env.server.document = (
+        '<?xml version="1.0"?><md:EntitiesDescriptor xmlns:md="urn:oasis:names:tc:SAML:2.0:metadata">'
+        + other.metadata_xml().split("?>", 1)[1] + ours + "</md:EntitiesDescriptor>")
+    refused = env.create_connection("fed", env.server.metadata_url)
+    assert refused.status_code == 400 and "several identity providers" in refused.get_json()["message"]
+    r = env.admin("POST", "/tenants/acme/connections", {
+        "slug": "fed", "protocol": "saml", "mapping": {"preset": "okta", "rules": []},
+        "saml": {"metadata_url": env.server.metadata_url, "idp_entity_id": ENTITY_ID}})
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["metadata"]["entity_id"] == ENTITY_ID
+    _logged_in(env.login("fed"))
+    hits = len(env.server.hits)
+    env.clock.advance(SIX_HOURS + 60)  # the document is due: the next login refreshes it first
+    _logged_in(env.login("fed"))
+    assert len(env.server.hits) > hits, "refreshed"
+    refresh = env.admin("GET", "/tenants/acme/connections/fed").get_json()["metadata"]
+    assert refresh["entity_id"] == ENTITY_ID and refresh["refresh"]["last_error"] is None

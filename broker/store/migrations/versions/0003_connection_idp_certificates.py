@@ -42,7 +42,7 @@ def upgrade() -> None:
         xml = (settings or {}).get("metadata_xml") or fetched
         if not xml:
             continue
-        certs = signing_certificate_expiry(xml.encode("utf-8"))
+        certs = signing_certificate_expiry(xml.encode("utf-8"), (settings or {}).get("idp_entity_id"))
         if certs:
             bind.execute(
                 sa.update(connections).where(connections.c.id == conn_id).values(idp_certificates=certs)
