@@ -194,10 +194,13 @@ def authorize(tenant: str) -> Response:
     params = {k: v for k, v in source.items()}
     repeated = repeated_params(source)
     if "client_id" in repeated or "redirect_uri" in repeated:  # no verified place to send the error to
+        _audit_refused(t, params, "invalid_request", _repeated_message(repeated))
         return html_error(OAuthError(_repeated_message(repeated), code="invalid_request"))
     try:
         req: AuthorizationRequest = issuer.parse_authorization_request(t, params)
     except AuthorizeError as err:
+        if not repeated:
+            _audit_refused(t, params, err.code, err.message)
         if err.redirect_uri is None:
             return html_error(err)
         if not repeated:
@@ -208,6 +211,7 @@ def authorize(tenant: str) -> Response:
     if repeated:
         # The client and its redirect_uri are unambiguous and verified, so the app is told; this error wins over
         # any other (those checks read only the first value). A repeated state has no one value to echo.
+        _audit_refused(t, params, "invalid_request", _repeated_message(repeated))
         return _error_redirect(t, params, verified_uri, None if "state" in repeated else state, "invalid_request",
                                _repeated_message(repeated))
 
@@ -250,6 +254,14 @@ def authorize(tenant: str) -> Response:
     resp_cookie(resp)
     svc.metrics.step_seconds.labels(step="authorize").observe(time.perf_counter() - started)
     return _no_store(resp)
+
+
+def _audit_refused(t: Tenant, params: dict[str, str], code: str, message: str) -> None:
+    """SPEC: every rejected login gets an audit event with the reason; an authorization request refused
+    before any upstream login is one (the client_id as sent, which may name no app)."""
+    client_id = params.get("client_id")
+    services().auditor.emit("login", "failure", tenant=t.slug, app=client_id[:100] if client_id else None,
+                            reason=code, details={"message": message[:500]})
 
 
 def _error_redirect(t: Tenant, params: dict[str, str], redirect_uri: str, state: str | None, code: str,

@@ -284,3 +284,13 @@ def test_authorize_by_post_starts_the_same_login(env: Env) -> None:
 def test_logout_by_post(env: Env) -> None:
     r = env.client.post("/t/acme/logout", data={})
     assert r.status_code == 200 and b"signed out" in r.data
+
+
+def test_refused_authorization_requests_are_audited(env: Env) -> None:
+    """SPEC: every rejected login gets an audit event with the reason, also when it is refused before any
+    upstream login: an unknown client (error page) and a bad parameter (error redirect)."""
+    assert env.authorize(env.authorize_params(client_id="nobody")).status_code == 400
+    r = env.authorize(env.authorize_params(code_challenge_method="plain", code_challenge="x" * 43))
+    assert r.status_code == 302 and "error=" in r.headers["Location"]
+    events = env.admin("GET", "/tenants/acme/audit?type=login&outcome=failure").get_json()["events"]
+    assert [(e["app"], bool(e["reason"])) for e in events[:2]] == [(env.web["client_id"], True), ("nobody", True)]
