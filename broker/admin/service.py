@@ -24,13 +24,14 @@ from broker.model import AdminKey, App, Connection, MappingConfig, Profile, Tena
 from broker.ports import AppDraft, Clock, ConfigStore, ConnectionDraft, MetadataState, NewSigningKey
 from broker.samlxml.errors import SamlError
 from broker.samlxml.metadata import IdpMetadata, parse_idp_metadata, to_json
-from broker.upstream.oidc import parse_oidc_settings
+from broker.upstream.oidc import assertion_public_jwk, load_assertion_key, parse_oidc_settings
 from broker.upstream.saml import parse_saml_settings
 from broker.upstream.saml_keys import generate_sp_credentials
 
 DEFAULT_PRESET = {"saml": "generic-saml", "oidc": "generic-oidc"}
 SECRET_FIELDS = {"oidc": ("client_secret", "private_key_jwt"), "saml": ()}
-READ_ONLY_SETTINGS = frozenset({"client_secret_set", "private_key_jwt_set"})  # shown by GET, ignored when sent
+READ_ONLY_SETTINGS = frozenset({  # shown by GET, ignored when sent back (a GET-then-PUT round trip)
+    "client_secret_set", "private_key_jwt_set", "private_key_jwt_public_jwk"})
 
 
 class SecretHashing(Protocol):
@@ -321,7 +322,15 @@ class AdminService:
                 elif parsed.metadata_url:
                     understood = self._metadata_from_url(parsed.metadata_url, existing, parsed.idp_entity_id)
             else:
-                parse_oidc_settings({**raw, **secrets_out})
+                oidc = parse_oidc_settings({**raw, **secrets_out})
+                if oidc.token_endpoint_auth_method == "private_key_jwt":
+                    # checked now, not at the first login: a missing or unusable key would lock everyone out
+                    pem = secrets_out.get("private_key_jwt")
+                    if not pem:
+                        raise ValidationFailed("oidc.private_key_jwt (a PEM private key) is required with "
+                                               "token_endpoint_auth_method private_key_jwt.",
+                                               details={"field": "oidc.private_key_jwt"})
+                    load_assertion_key(pem.encode("utf-8"))
         except ValidationFailed as exc:
             field = exc.details.get("field")
             if field and not str(field).startswith(protocol):
@@ -422,6 +431,12 @@ class AdminService:
         else:
             out["oidc"] = {**settings, "client_secret_set": bool(c.settings.get("client_secret")),
                            "private_key_jwt_set": bool(c.settings.get("private_key_jwt"))}
+            pem = c.settings.get("private_key_jwt")
+            if isinstance(pem, str) and pem:
+                try:  # what to register at the OP: the public key, with the kid the assertions carry
+                    out["oidc"]["private_key_jwt_public_jwk"] = assertion_public_jwk(pem.encode("utf-8"))
+                except ValidationFailed:
+                    out["oidc"]["private_key_jwt_public_jwk"] = None
             out["redirect_uri"] = self.urls.oidc_callback(tenant.slug, c.slug)
         return out
 

@@ -215,6 +215,33 @@ def parse_oidc_settings(raw: Mapping[str, Any]) -> OidcSettings:
 # --- helpers ----------------------------------------------------------------------------------
 
 
+def load_assertion_key(pem: bytes) -> RSAKey | ECKey:
+    """The private key a private_key_jwt connection signs its client assertions with (RSA or EC, PEM)."""
+    for key_cls in (RSAKey, ECKey):
+        try:
+            key = key_cls.import_key(pem)
+        except (JoseError, ValueError, TypeError):
+            continue
+        if key.is_private:
+            return key
+    raise _invalid("private_key_jwt", "must be an RSA or EC private key in PEM")
+
+
+def _assertion_alg(key: RSAKey | ECKey) -> str:
+    if isinstance(key, RSAKey):
+        return "RS256"
+    return {"P-256": "ES256", "P-384": "ES384"}.get(str(key.get("crv")), "ES512")
+
+
+def assertion_public_jwk(pem: bytes) -> dict[str, Any]:
+    """The public JWK to register at the OP for a private_key_jwt connection, with the `kid` its client
+    assertions carry (the RFC 7638 thumbprint) and the `alg` they use."""
+    key = load_assertion_key(pem)
+    jwk = key.as_dict(private=False)
+    jwk.update({"kid": key.thumbprint(), "use": "sig", "alg": _assertion_alg(key)})
+    return jwk
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -326,14 +353,7 @@ class OidcConnector:
 
     @staticmethod
     def _load_assertion_key(pem: bytes) -> RSAKey | ECKey:
-        for key_cls in (RSAKey, ECKey):
-            try:
-                key = key_cls.import_key(pem)
-            except (JoseError, ValueError, TypeError):
-                continue
-            if key.is_private:
-                return key
-        raise _invalid("private_key_jwt", "must be an RSA or EC private key in PEM")
+        return load_assertion_key(pem)
 
     # --- Connector ----------------------------------------------------------------------------
 
@@ -374,10 +394,12 @@ class OidcConnector:
     def complete(self, callback: CallbackInput, txn: LoginTransaction | None) -> UpstreamIdentity:
         """Verify the OP's authorization response for `txn` and return who signed in."""
         params = callback.params
-        self._check_error_response(params)
         nonce, verifier = self._check_state(params, txn)
         metadata = self._metadata()
+        # RFC 9207 §2.4: every authorization response, error responses included, is checked for `iss` first,
+        # so that a mixed-up OP's error (and its text) never reaches the app as our OP's answer
         self._check_iss_parameter(params, metadata)
+        self._check_error_response(params)
         code = params.get("code")
         if not code:
             raise LoginError(
@@ -523,11 +545,7 @@ class OidcConnector:
         key = self._assertion_key
         assert key is not None
         now = int(self._clock.now())
-        alg = (
-            "RS256"
-            if isinstance(key, RSAKey)
-            else {"P-256": "ES256", "P-384": "ES384"}.get(str(key.get("crv")), "ES512")
-        )
+        alg = _assertion_alg(key)
         claims = {
             "iss": self.settings.client_id,
             "sub": self.settings.client_id,

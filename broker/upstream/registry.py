@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from broker.errors import LoginError
+from broker.errors import LoginError, ValidationFailed
 from broker.metrics import Metrics
 from broker.model import Connection
 from broker.ports import Clock, Fetcher, StateStore
@@ -77,6 +77,22 @@ class ConnectorRegistry:
             if found is not None:
                 self._cache.move_to_end(key)
                 return found
+        try:
+            connector = self._build(connection, saml, from_url, fetched)
+        except ValidationFailed as exc:
+            # Stored settings that no longer validate (saved by an earlier version, say): a refused login with
+            # a reason the audit names, not an error page without one.
+            raise LoginError("This connection's settings cannot be used; its administrator must correct them.",
+                             code="connection_not_ready", detail=exc.message) from None
+        with self._lock:
+            for stale in [k for k in self._cache if k[0] == connection.id and k != key]:
+                del self._cache[stale]
+            self._cache[key] = connector
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        return connector
+
+    def _build(self, connection: Connection, saml: bool, from_url: bool, fetched: bytes | None) -> Connector:
         connector: Connector
         if saml:
             settings = parse_saml_settings(connection.settings)
@@ -89,10 +105,4 @@ class ConnectorRegistry:
                 connection = replace(connection, settings={**connection.settings, "timeout": self.upstream_timeout})
             connector = OidcConnector(connection, public_url=self.public_url, fetcher=self.fetcher,
                                       state=self.state, clock=self.clock)
-        with self._lock:
-            for stale in [k for k in self._cache if k[0] == connection.id and k != key]:
-                del self._cache[stale]
-            self._cache[key] = connector
-            while len(self._cache) > self._max:
-                self._cache.popitem(last=False)
         return connector

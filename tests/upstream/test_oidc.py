@@ -847,6 +847,19 @@ def test_mixup_iss_parameter_correct(ready_9207: Any) -> None:
     assert connector.complete(answer(txn, iss=ISSUER), txn).subject == "user-42"
 
 
+@pytest.mark.parametrize("iss", [None, "https://attacker.example.com"])
+def test_an_error_response_is_checked_for_iss_before_its_error_is_shown(
+    op: responses.RequestsMock, ready_9207: Any, iss: str | None
+) -> None:
+    """RFC 9207 §2.4: error responses carry `iss` too; a mixed-up OP's error text never reaches the app."""
+    connector, txn = ready_9207
+    answer_ = answer(txn, code=None, iss=iss, error="access_denied", error_description="call +1-555-0100")
+    error = rejected(connector, answer_, txn)
+    assert error.code == "oidc_issuer_mismatch" and "555" not in error.message
+    ours = rejected(connector, answer(txn, code=None, iss=ISSUER, error="access_denied"), txn)
+    assert ours.code == "oidc_upstream_error"
+
+
 def test_iss_parameter_checked_even_when_not_advertised(op: responses.RequestsMock, ready: Any) -> None:
     connector, txn = ready
     assert (
