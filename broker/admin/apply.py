@@ -549,7 +549,7 @@ class _Planner:
                     redirect_uris_of: Callable[[str], Sequence[str] | None]) -> list[_Op]:
         store = self.admin.store
         try:
-            draft, _ = self.admin._draft(cs.body, current)  # noqa: SLF001 - the admin API's own validation
+            draft, understood = self.admin._draft(cs.body, current)  # noqa: SLF001 - the admin API's validation
         except BrokerError as exc:
             raise _locate(cs.where, exc, cs.renames) from None
         problem = idp_initiated_problem(draft.settings, redirect_uris_of)
@@ -565,7 +565,8 @@ class _Planner:
         name = f"{spec.slug}/{cs.body.slug}"
         if current is None:
             def create() -> None:
-                store.create_connection(ref["t"].id, draft)
+                created = store.create_connection(ref["t"].id, draft)
+                self.admin._keep_fetched(created, understood)  # noqa: SLF001 - a metadata_url's first good copy
                 self._audit("connection.create", spec.slug, connection=cs.body.slug)
             return [_Op(Change("+", "connection", name), cs.where, create)]
         changed = _differences(_json(cs.where, _stored_state(current)), desired)
@@ -573,7 +574,8 @@ class _Planner:
             return []
 
         def replace() -> None:
-            store.replace_connection(current.id, draft)
+            replaced = store.replace_connection(current.id, draft)
+            self.admin._keep_fetched(replaced, understood)  # noqa: SLF001
             self._audit("connection.update", spec.slug, connection=cs.body.slug, fields=list(changed))
         return [_Op(Change("~", "connection", name, changed), cs.where, replace)]
 

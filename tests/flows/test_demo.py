@@ -123,6 +123,13 @@ def test_demo_prints_the_url_and_serves_the_demo_page(demo: Demo) -> None:
     assert requests.get(f"{demo.url}/dev/idp/saml/metadata", timeout=10).status_code == 200
 
 
+def test_the_applied_saml_connection_is_in_the_certificate_gauge_before_any_login(demo: Demo) -> None:
+    """`config apply` keeps a metadata_url's first good copy (as the admin API does), so the expiry gauge
+    lists the connection from the start."""
+    gauge = requests.get(f"{demo.url}/metrics", timeout=10).text
+    assert re.search(r'^broker_idp_certificate_days_left\{[^}]*connection="dev-saml"[^}]*\} \d', gauge, re.M), gauge
+
+
 def test_saml_login_through_the_dev_idp(demo: Demo) -> None:
     r = sign_in(demo, "dev-saml")
     page = text_of(r.text)
