@@ -349,11 +349,7 @@ class OidcConnector:
                 pem = self.settings.private_key_jwt.encode("utf-8")
             if pem is None:
                 raise _invalid("private_key_jwt", "a private key is required with private_key_jwt")
-            self._assertion_key = self._load_assertion_key(pem)
-
-    @staticmethod
-    def _load_assertion_key(pem: bytes) -> RSAKey | ECKey:
-        return load_assertion_key(pem)
+            self._assertion_key = load_assertion_key(pem)
 
     # --- Connector ----------------------------------------------------------------------------
 
