@@ -56,6 +56,14 @@ class Conflict(BrokerError):
     default_code = "conflict"
 
 
+class VersionConflict(BrokerError):
+    """A write was made against a version of a resource that is no longer current: someone else changed it
+    in between. `status` is 412 when the client named the version (If-Match), else 409."""
+
+    status = 412
+    default_code = "precondition_failed"
+
+
 class Unauthorized(BrokerError):
     status = 401
     default_code = "unauthorized"

@@ -19,7 +19,7 @@ def _resp(description: str, schema_ref: dict[str, Any] | None = None) -> dict[st
 def _errors(*codes: int) -> dict[str, Any]:
     text = {400: "Invalid input", 401: "Missing or invalid admin key", 403: "Not allowed for this key",
             404: "Not found (or not visible to this key)", 409: "Conflict", 413: "Body too large",
-            415: "Wrong content type"}
+            412: "If-Match names a version that is no longer current", 415: "Wrong content type"}
     return {str(c): _resp(text[c], ERROR) for c in codes}
 
 
@@ -37,6 +37,29 @@ def _op(summary: str, ok: int, ok_desc: str, *, body: str | None = None, errors:
         op["requestBody"] = {"required": True, "content": content}
     if params:
         op["parameters"] = params
+    return op
+
+
+IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "Apply only if the resource is still at this ETag (from a GET or an earlier write)"}
+ETAG_HEADER = {"ETag": {"description": "The resource's version, for If-Match", "schema": {"type": "string"}}}
+
+
+def _conditional(op: dict[str, Any], *, tagged: bool = True) -> dict[str, Any]:
+    """A write that honours If-Match (412 when stale) and, when `tagged`, answers with the new ETag."""
+    op.setdefault("parameters", []).append(IF_MATCH)
+    op["responses"].update(_errors(412))
+    for status, resp in op["responses"].items():
+        if tagged and status.startswith("2") and status != "204":
+            resp["headers"] = ETAG_HEADER
+    return op
+
+
+def _tagged(op: dict[str, Any]) -> dict[str, Any]:
+    """A read or create that answers with the resource's ETag."""
+    for status, resp in op["responses"].items():
+        if status.startswith("2"):
+            resp["headers"] = ETAG_HEADER
     return op
 
 
@@ -71,15 +94,17 @@ def openapi_document(public_url: str) -> dict[str, Any]:
     }
     paths: dict[str, Any] = {
         "/tenants": {
-            "post": _op("Create a tenant (global keys only)", 201, "The tenant", body="TenantCreate",
-                        errors=(400, 401, 403, 409, 413, 415)),
+            "post": _tagged(_op("Create a tenant (global keys only)", 201, "The tenant", body="TenantCreate",
+                                errors=(400, 401, 403, 409, 413, 415))),
             "get": _op("List tenants visible to this key", 200, "Tenants", errors=(401,)),
         },
         "/tenants/{t}": {
             "parameters": [t],
-            "get": _op("Get a tenant", 200, "The tenant"),
-            "patch": _op("Rename a tenant", 200, "The tenant", body="TenantPatch", errors=(400, 401, 404, 413, 415)),
-            "delete": _op("Delete a tenant and everything in it", 204, "Deleted", errors=(401, 403, 404)),
+            "get": _tagged(_op("Get a tenant", 200, "The tenant")),
+            "patch": _conditional(_op("Rename a tenant", 200, "The tenant", body="TenantPatch",
+                                      errors=(400, 401, 404, 409, 413, 415)), tagged=False),
+            "delete": _conditional(_op("Delete a tenant and everything in it", 204, "Deleted",
+                                       errors=(401, 403, 404))),
         },
         "/tenants/{t}/admin-keys": {
             "parameters": [t],
@@ -103,23 +128,23 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
         "/tenants/{t}/connections": {
             "parameters": [t],
-            "post": _op("Create a connection", 201, "The connection", body="ConnectionBody",
-                        errors=(400, 401, 404, 409, 413, 415)),
+            "post": _tagged(_op("Create a connection", 201, "The connection", body="ConnectionBody",
+                                errors=(400, 401, 404, 409, 413, 415))),
             "get": _op("List connections", 200, "Connections"),
         },
         "/tenants/{t}/connections/{c}": {
             "parameters": [t, c],
-            "get": _op("Get a connection", 200, "The connection"),
-            "patch": _op("Update a connection (merge patch)", 200, "The connection", body="ConnectionPatch",
-                         errors=(400, 401, 404, 409, 413, 415)),
-            "delete": _op("Delete a connection", 204, "Deleted"),
+            "get": _tagged(_op("Get a connection", 200, "The connection")),
+            "patch": _conditional(_op("Update a connection (merge patch)", 200, "The connection",
+                                      body="ConnectionPatch", errors=(400, 401, 404, 409, 413, 415))),
+            "delete": _conditional(_op("Delete a connection", 204, "Deleted")),
         },
         "/tenants/{t}/connections/{c}/metadata": {
             "parameters": [t, c],
-            "put": _op("Upload IdP metadata XML; returns what was understood", 200,
-                       "entityID, SSO URLs and bindings, certificates with expiry, warnings",
-                       body="metadata", body_type="application/samlmetadata+xml",
-                       errors=(400, 401, 404, 413, 415)),
+            "put": _conditional(_op("Upload IdP metadata XML; returns what was understood", 200,
+                                    "entityID, SSO URLs and bindings, certificates with expiry, warnings",
+                                    body="metadata", body_type="application/samlmetadata+xml",
+                                    errors=(400, 401, 404, 409, 413, 415)), tagged=False),
         },
         "/tenants/{t}/connections/{c}/mapping/test": {
             "parameters": [t, c],
@@ -128,16 +153,17 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
         "/tenants/{t}/apps": {
             "parameters": [t],
-            "post": _op("Create an app (client secret shown once)", 201, "The app with client_id and client_secret",
-                        body="AppBody", errors=(400, 401, 404, 409, 413, 415)),
+            "post": _tagged(_op("Create an app (client secret shown once)", 201,
+                                "The app with client_id and client_secret",
+                                body="AppBody", errors=(400, 401, 404, 409, 413, 415))),
             "get": _op("List apps", 200, "Apps"),
         },
         "/tenants/{t}/apps/{client_id}": {
             "parameters": [t, client],
-            "get": _op("Get an app", 200, "The app"),
-            "patch": _op("Update an app (merge patch)", 200, "The app", body="AppPatch",
-                         errors=(400, 401, 404, 413, 415)),
-            "delete": _op("Delete an app", 204, "Deleted"),
+            "get": _tagged(_op("Get an app", 200, "The app")),
+            "patch": _conditional(_op("Update an app (merge patch)", 200, "The app", body="AppPatch",
+                                      errors=(400, 401, 404, 409, 413, 415)), tagged=False),
+            "delete": _conditional(_op("Delete an app", 204, "Deleted")),
         },
         "/tenants/{t}/keys/rotate": {
             "parameters": [t],

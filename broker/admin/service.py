@@ -13,12 +13,12 @@ import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from broker.admin import schema
 from broker.audit import Auditor, event_json
 from broker.claims.pipeline import compile_mapping, explain, transient_subject_warning
-from broker.errors import BrokerError, Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed
+from broker.errors import BrokerError, Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed, VersionConflict
 from broker.issuer.keys import generate_signing_key
 from broker.model import AdminKey, App, Connection, MappingConfig, Profile, Tenant, UpstreamIdentity
 from broker.ports import AppDraft, Clock, ConfigStore, ConnectionDraft, MetadataState, NewSigningKey
@@ -30,6 +30,25 @@ from broker.upstream.saml_keys import generate_sp_credentials
 
 DEFAULT_PRESET = {"saml": "generic-saml", "oidc": "generic-oidc"}
 SECRET_FIELDS = {"oidc": ("client_secret", "private_key_jwt"), "saml": ()}
+WRITE_ATTEMPTS = 3  # a PATCH re-reads and merges again when a concurrent write got in between, this often
+T = TypeVar("T")
+R = TypeVar("R", Tenant, Connection, App)
+
+
+def etag(resource_id: str, version: int) -> str:
+    """The entity tag of a tenant, connection or app: its id and configuration version (strong: every
+    configuration change bumps the version; state the API only reports, like last_login_at, is not part)."""
+    return f'"{resource_id}.{version}"'
+
+
+def check_precondition(if_match: Sequence[str] | None, resource_id: str, version: int, what: str) -> None:
+    """RFC 9110 §13.1.1: with If-Match, a change applies only to the version the client names ("*": any)."""
+    if if_match is None or "*" in if_match or etag(resource_id, version) in if_match:
+        return
+    raise VersionConflict(f"This {what} has changed since the version named in If-Match; read it again.",
+                          details={"etag": etag(resource_id, version)})
+
+
 READ_ONLY_SETTINGS = frozenset({  # shown by GET, ignored when sent back (a GET-then-PUT round trip)
     "client_secret_set", "private_key_jwt_set", "private_key_jwt_public_jwk"})
 
@@ -160,7 +179,7 @@ class AdminService:
     @staticmethod
     def tenant_json(t: Tenant, urls: Urls) -> dict[str, Any]:
         return {"id": t.id, "slug": t.slug, "name": t.name, "issuer": urls.tenant(t.slug),
-                "created_at": iso(t.created_at)}
+                "version": t.version, "created_at": iso(t.created_at)}
 
     def create_tenant(self, key: AdminKey | None, body: Any) -> dict[str, Any]:
         if key is not None and not key.is_global:
@@ -182,21 +201,53 @@ class AdminService:
     def get_tenant(self, key: AdminKey, slug: str) -> dict[str, Any]:
         return self.tenant_json(self.tenant_for(key, slug), self.urls)
 
-    def patch_tenant(self, key: AdminKey, slug: str, body: Any) -> dict[str, Any]:
-        tenant = self.tenant_for(key, slug)
+    def patch_tenant(self, key: AdminKey, slug: str, body: Any,
+                     if_match: Sequence[str] | None = None) -> dict[str, Any]:
         data = schema.parse(schema.TenantPatch, body)
-        if data.name is None or data.name == tenant.name:  # nothing to change (RFC 7396: {} is no change)
-            return self.tenant_json(tenant, self.urls)
-        updated = self.store.update_tenant(tenant.id, name=data.name)
-        self._admin_event(key, "tenant.update", tenant.slug)
-        return self.tenant_json(updated, self.urls)
 
-    def delete_tenant(self, key: AdminKey, slug: str) -> None:
-        tenant = self.tenant_for(key, slug)
+        def write(tenant: Tenant) -> dict[str, Any]:
+            if data.name is None or data.name == tenant.name:  # nothing to change (RFC 7396: {} is no change)
+                return self.tenant_json(tenant, self.urls)
+            updated = self.store.update_tenant(tenant.id, name=data.name, expected_version=tenant.version)
+            self._admin_event(key, "tenant.update", tenant.slug)
+            return self.tenant_json(updated, self.urls)
+
+        return self._read_modify_write(if_match, "tenant", lambda: self.tenant_for(key, slug), write)
+
+    def delete_tenant(self, key: AdminKey, slug: str, if_match: Sequence[str] | None = None) -> None:
+        tenant = self._fresh_if(if_match, lambda: self.tenant_for(key, slug))
         if not key.is_global:
             raise Forbidden("A tenant-scoped key cannot delete its tenant.", code="forbidden")
+        check_precondition(if_match, tenant.id, tenant.version, "tenant")
         self.store.delete_tenant(tenant.id)
         self._admin_event(key, "tenant.delete", tenant.slug)
+
+    # -- optimistic concurrency ------------------------------------------------------------------
+
+    def _fresh_if(self, fresh: object, read: Callable[[], T]) -> T:
+        """`read()`, past the per-worker configuration cache when `fresh` is set (a write conditioned on what
+        it read must see the current row, not a copy that another replica's change has not yet displaced)."""
+        if not fresh:
+            return read()
+        with self.store.atomic():
+            return read()
+
+    def _read_modify_write(self, if_match: Sequence[str] | None, what: str, read: Callable[[], R],
+                           write: Callable[[R], T]) -> T:
+        """Read a resource, compute the change on it and write it on condition that it is still the version
+        read (the store checks under the row lock). Without If-Match, a write that lost that race is
+        redone on a fresh read (a merge PATCH must not undo a concurrent change to another field); with
+        If-Match the client named the version, so the loss is its 412."""
+        for attempt in range(WRITE_ATTEMPTS):
+            current = self._fresh_if(attempt or if_match is not None, read)
+            check_precondition(if_match, current.id, current.version, what)
+            try:
+                return write(current)
+            except VersionConflict:
+                if if_match is not None:
+                    raise
+        raise VersionConflict(f"This {what} is being changed by someone else at the same moment; try again.",
+                              code="concurrent_update", status=409)
 
     # -- admin keys ------------------------------------------------------------------------------
 
@@ -517,33 +568,46 @@ class AdminService:
         return summary
 
     def replace_connection(self, key: AdminKey | None, tenant: Tenant, existing: Connection,
-                           body: Any) -> dict[str, Any]:
+                           body: Any, *, expected_version: int | None = None) -> dict[str, Any]:
         data = schema.parse(schema.ConnectionBody, body)
         if data.slug != existing.slug:
             self._slug_free(tenant, data.slug)
         draft, understood = self._draft(data, existing)
         self._check_domains(tenant, existing.slug, draft.domains)
         self._check_idp_initiated(tenant, draft)
-        updated = self.store.replace_connection(existing.id, draft)
+        updated = self.store.replace_connection(existing.id, draft, expected_version)
         return self._saved(key, tenant, updated, understood, "connection.update")
 
-    def patch_connection(self, key: AdminKey, slug: str, conn: str, body: Any) -> dict[str, Any]:
-        tenant, existing = self.connection_for(key, slug, conn)
+    def patch_connection(self, key: AdminKey, slug: str, conn: str, body: Any,
+                         if_match: Sequence[str] | None = None) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ValidationFailed("The request body must be a JSON object.")
-        merged = merge_patch(self._connection_spec(existing), body)
-        return self.replace_connection(key, tenant, existing, merged)
+        tenant = self.tenant_for(key, slug)
 
-    def delete_connection(self, key: AdminKey, slug: str, conn: str) -> None:
-        tenant, c = self.connection_for(key, slug, conn)
+        def write(existing: Connection) -> dict[str, Any]:
+            merged = merge_patch(self._connection_spec(existing), body)
+            return self.replace_connection(key, tenant, existing, merged, expected_version=existing.version)
+
+        return self._read_modify_write(if_match, "connection", lambda: self.connection_for(key, slug, conn)[1],
+                                       write)
+
+    def delete_connection(self, key: AdminKey, slug: str, conn: str, if_match: Sequence[str] | None = None) -> None:
+        tenant, c = self._fresh_if(if_match, lambda: self.connection_for(key, slug, conn))
+        check_precondition(if_match, c.id, c.version, "connection")
         self.store.delete_connection(c.id)
         self._admin_event(key, "connection.delete", tenant.slug, connection=c.slug)
 
     def put_metadata(self, key: AdminKey, slug: str, conn: str, xml: bytes,
-                     entity_id: str | None = None) -> dict[str, Any]:
+                     entity_id: str | None = None, if_match: Sequence[str] | None = None) -> dict[str, Any]:
         """Replace a SAML connection's IdP metadata. `entity_id` picks the IdP of a document that describes
         several (kept as saml.idp_entity_id); without it the connection's idp_entity_id, if any, applies."""
-        tenant, c = self.connection_for(key, slug, conn)
+        tenant = self.tenant_for(key, slug)
+        return self._read_modify_write(
+            if_match, "connection", lambda: self.connection_for(key, slug, conn)[1],
+            lambda c: self._put_metadata(key, tenant, c, xml, entity_id))
+
+    def _put_metadata(self, key: AdminKey, tenant: Tenant, c: Connection, xml: bytes,
+                      entity_id: str | None) -> dict[str, Any]:
         if c.protocol != "saml":
             raise ValidationFailed("IdP metadata applies to SAML connections only.", code="invalid_request")
         entity_id = entity_id or c.settings.get("idp_entity_id")
@@ -557,7 +621,7 @@ class AdminService:
         spec["saml"] = saml
         data = schema.parse(schema.ConnectionBody, spec)
         draft, _ = self._draft(data, c)
-        saved = self.store.replace_connection(c.id, draft)
+        saved = self.store.replace_connection(c.id, draft, c.version)
         self._admin_event(key, "connection.metadata", tenant.slug, connection=c.slug, entity_id=meta.entity_id)
         out = to_json(meta)
         warning = _subject_warning(saved, meta)
@@ -594,6 +658,7 @@ class AdminService:
     @staticmethod
     def app_json(a: App) -> dict[str, Any]:
         return {
+            "id": a.id,
             "client_id": a.client_id,
             "name": a.name,
             "redirect_uris": list(a.redirect_uris),
@@ -606,6 +671,7 @@ class AdminService:
             "id_token_ttl": a.id_token_ttl,
             "refresh_token_ttl": a.refresh_token_ttl,
             "subject_type": a.subject_type,
+            "version": a.version,
             "created_at": iso(a.created_at),
         }
 
@@ -657,7 +723,8 @@ class AdminService:
             out["client_secret"] = secret
         return out
 
-    def replace_app(self, key: AdminKey | None, tenant: Tenant, existing: App, body: Any) -> dict[str, Any]:
+    def replace_app(self, key: AdminKey | None, tenant: Tenant, existing: App, body: Any, *,
+                    expected_version: int | None = None) -> dict[str, Any]:
         data = schema.parse(schema.AppBody, body)
         if data.client_id is not None and data.client_id != existing.client_id:
             raise ValidationFailed("client_id cannot be changed.", details={"field": "client_id"})
@@ -672,22 +739,28 @@ class AdminService:
         elif secret_hash is None:
             raise ValidationFailed("Turning a public app confidential needs a client_secret.",
                                    details={"field": "client_secret"})
-        app = self.store.replace_app(existing.id, draft, secret_hash)
+        app = self.store.replace_app(existing.id, draft, secret_hash, expected_version)
         self._admin_event(key, "app.update", tenant.slug, app=app.client_id)
         return self.app_json(app)
 
-    def patch_app(self, key: AdminKey, slug: str, client_id: str, body: Any) -> dict[str, Any]:
-        tenant, existing = self.app_for(key, slug, client_id)
+    def patch_app(self, key: AdminKey, slug: str, client_id: str, body: Any,
+                  if_match: Sequence[str] | None = None) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise ValidationFailed("The request body must be a JSON object.")
-        current = self.app_json(existing)
-        current.pop("created_at")
-        current.pop("client_id")
-        merged = merge_patch(current, body)
-        return self.replace_app(key, tenant, existing, merged)
+        tenant = self.tenant_for(key, slug)
 
-    def delete_app(self, key: AdminKey, slug: str, client_id: str) -> None:
-        tenant, app = self.app_for(key, slug, client_id)
+        def write(existing: App) -> dict[str, Any]:
+            current = self.app_json(existing)
+            for generated in ("id", "created_at", "client_id", "version"):
+                current.pop(generated)
+            merged = merge_patch(current, body)
+            return self.replace_app(key, tenant, existing, merged, expected_version=existing.version)
+
+        return self._read_modify_write(if_match, "app", lambda: self.app_for(key, slug, client_id)[1], write)
+
+    def delete_app(self, key: AdminKey, slug: str, client_id: str, if_match: Sequence[str] | None = None) -> None:
+        tenant, app = self._fresh_if(if_match, lambda: self.app_for(key, slug, client_id))
+        check_precondition(if_match, app.id, app.version, "app")
         self.store.delete_app(app.id)
         self._admin_event(key, "app.delete", tenant.slug, app=app.client_id)
 

@@ -273,8 +273,9 @@ class CachedConfigStore:
         return self._write(lambda: self.inner.create_tenant(slug, name, key),
                            lambda t: frozenset({tenant_scope(t.id), slug_scope(slug)}))
 
-    def update_tenant(self, tenant_id: str, *, name: str) -> Tenant:
-        return self._write(lambda: self.inner.update_tenant(tenant_id, name=name), _tenant(tenant_id))
+    def update_tenant(self, tenant_id: str, *, name: str, expected_version: int | None = None) -> Tenant:
+        return self._write(lambda: self.inner.update_tenant(tenant_id, name=name, expected_version=expected_version),
+                           _tenant(tenant_id))
 
     def delete_tenant(self, tenant_id: str) -> None:
         self._write(lambda: self.inner.delete_tenant(tenant_id), _tenant(tenant_id))
@@ -290,8 +291,9 @@ class CachedConfigStore:
     def create_connection(self, tenant_id: str, draft: ConnectionDraft) -> Connection:
         return self._write(lambda: self.inner.create_connection(tenant_id, draft), _tenant(tenant_id))
 
-    def replace_connection(self, connection_id: str, draft: ConnectionDraft) -> Connection:
-        return self._write(lambda: self.inner.replace_connection(connection_id, draft),
+    def replace_connection(self, connection_id: str, draft: ConnectionDraft,
+                           expected_version: int | None = None) -> Connection:
+        return self._write(lambda: self.inner.replace_connection(connection_id, draft, expected_version),
                            lambda c: frozenset({tenant_scope(c.tenant_id)}))
 
     def delete_connection(self, connection_id: str) -> str | None:
@@ -301,8 +303,9 @@ class CachedConfigStore:
         return self._write(lambda: self.inner.create_app(tenant_id, client_id, draft, secret_hash),
                            _tenant(tenant_id))
 
-    def replace_app(self, app_id: str, draft: AppDraft, secret_hash: str | None) -> App:
-        return self._write(lambda: self.inner.replace_app(app_id, draft, secret_hash),
+    def replace_app(self, app_id: str, draft: AppDraft, secret_hash: str | None,
+                    expected_version: int | None = None) -> App:
+        return self._write(lambda: self.inner.replace_app(app_id, draft, secret_hash, expected_version),
                            lambda a: frozenset({tenant_scope(a.tenant_id)}))
 
     def delete_app(self, app_id: str) -> str | None:

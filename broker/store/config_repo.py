@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import SQLAlchemyError as _SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from broker.errors import Conflict, NotFound, ServiceUnavailable
+from broker.errors import Conflict, NotFound, ServiceUnavailable, VersionConflict
 from broker.model import (
     AdminKey,
     App,
@@ -65,6 +65,14 @@ def _utc(dt: datetime | None) -> datetime | None:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _check_version(current: int, expected: int | None, what: str) -> None:
+    """Optimistic concurrency: a write made on what was read at version `expected` is refused once the row
+    has moved on (the caller re-reads and merges again, or, for a client's If-Match, answers 412)."""
+    if expected is not None and current != expected:
+        raise VersionConflict(f"This {what} was changed by someone else since it was read; read it again.",
+                              details={"current_version": current})
 
 
 def _ts(dt: datetime | None) -> float | None:
@@ -286,11 +294,12 @@ class SqlConfigStore:
             s.add(self._key_row(row.id, key, now))
             return self._tenant(row)
 
-    def update_tenant(self, tenant_id: str, *, name: str) -> Tenant:
-        with self._session() as s:
-            row = s.get(TenantRow, tenant_id)
+    def update_tenant(self, tenant_id: str, *, name: str, expected_version: int | None = None) -> Tenant:
+        with self._session(serialized=expected_version is not None) as s:
+            row = s.get(TenantRow, tenant_id, with_for_update=expected_version is not None)
             if row is None:
                 raise NotFound("No such tenant.")
+            _check_version(row.version, expected_version, "tenant")
             row.name = name
             row.version += 1
             row.updated_at = _now()
@@ -435,11 +444,13 @@ class SqlConfigStore:
             s.flush()
             return self._connection(row, t.slug)
 
-    def replace_connection(self, connection_id: str, draft: ConnectionDraft) -> Connection:
-        with self._session() as s:
-            row = s.get(ConnectionRow, connection_id)
+    def replace_connection(self, connection_id: str, draft: ConnectionDraft,
+                           expected_version: int | None = None) -> Connection:
+        with self._session(serialized=expected_version is not None) as s:
+            row = s.get(ConnectionRow, connection_id, with_for_update=expected_version is not None)
             if row is None:
                 raise NotFound("No such connection.")
+            _check_version(row.version, expected_version, "connection")
             old_settings = dict(row.settings)
             self._fill_connection(row, draft)
             if old_settings.get("metadata_url") != row.settings.get("metadata_url"):
@@ -579,11 +590,13 @@ class SqlConfigStore:
             s.flush()
             return self._app(row)
 
-    def replace_app(self, app_id: str, draft: AppDraft, secret_hash: str | None) -> App:
-        with self._session() as s:
-            row = s.get(AppRow, app_id)
+    def replace_app(self, app_id: str, draft: AppDraft, secret_hash: str | None,
+                    expected_version: int | None = None) -> App:
+        with self._session(serialized=expected_version is not None) as s:
+            row = s.get(AppRow, app_id, with_for_update=expected_version is not None)
             if row is None:
                 raise NotFound("No such app.")
+            _check_version(row.version, expected_version, "app")
             self._fill_app(row, draft, secret_hash)
             row.version += 1
             row.updated_at = _now()

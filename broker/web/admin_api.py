@@ -8,6 +8,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from broker.admin.openapi import openapi_document
+from broker.admin.service import etag
 from broker.errors import Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
 from broker.model import AdminKey
 from broker.web.context import services
@@ -65,9 +66,29 @@ def _optional_json() -> Any:
 
 
 def _created(body: dict[str, Any]) -> Response:
-    resp = jsonify(body)
+    resp = _tagged(body)
     resp.status_code = 201
     return resp
+
+
+def _tagged(body: dict[str, Any]) -> Response:
+    """A tenant, connection or app as JSON, with its ETag (for If-Match on a later write)."""
+    resp = jsonify(body)
+    if isinstance(body.get("id"), str) and isinstance(body.get("version"), int):
+        resp.headers["ETag"] = etag(body["id"], body["version"])
+    return resp
+
+
+def _if_match() -> list[str] | None:
+    """The entity tags of an If-Match header (RFC 9110 §13.1.1), "*" included; None without the header.
+    A weak tag (W/"...") never matches: If-Match compares strongly."""
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    tags = [tag.strip() for tag in raw.split(",") if tag.strip()]
+    if not tags:
+        raise ValidationFailed("The If-Match header is empty.", code="invalid_request")
+    return tags
 
 
 def _no_content() -> Response:
@@ -95,18 +116,18 @@ def list_tenants() -> Response:
 
 @bp.get("/tenants/<t>")
 def get_tenant(t: str) -> Response:
-    return jsonify(services().admin.get_tenant(_key(), t))
+    return _tagged(services().admin.get_tenant(_key(), t))
 
 
 @bp.patch("/tenants/<t>")
 def patch_tenant(t: str) -> Response:
     key = _key()
-    return jsonify(services().admin.patch_tenant(key, t, _json()))
+    return _tagged(services().admin.patch_tenant(key, t, _json(), _if_match()))
 
 
 @bp.delete("/tenants/<t>")
 def delete_tenant(t: str) -> Response:
-    services().admin.delete_tenant(_key(), t)
+    services().admin.delete_tenant(_key(), t, _if_match())
     return _no_content()
 
 
@@ -168,18 +189,18 @@ def list_connections(t: str) -> Response:
 
 @bp.get("/tenants/<t>/connections/<c>")
 def get_connection(t: str, c: str) -> Response:
-    return jsonify(services().admin.get_connection(_key(), t, c))
+    return _tagged(services().admin.get_connection(_key(), t, c))
 
 
 @bp.patch("/tenants/<t>/connections/<c>")
 def patch_connection(t: str, c: str) -> Response:
     key = _key()
-    return jsonify(services().admin.patch_connection(key, t, c, _json()))
+    return _tagged(services().admin.patch_connection(key, t, c, _json(), _if_match()))
 
 
 @bp.delete("/tenants/<t>/connections/<c>")
 def delete_connection(t: str, c: str) -> Response:
-    services().admin.delete_connection(_key(), t, c)
+    services().admin.delete_connection(_key(), t, c, _if_match())
     return _no_content()
 
 
@@ -198,7 +219,7 @@ def put_metadata(t: str, c: str) -> Response:
     if not raw.strip():
         raise ValidationFailed("The request body is empty; send the IdP metadata XML.", code="metadata_invalid")
     entity_id = request.args.get("entity_id") or request.args.get("entityID") or None
-    return jsonify(svc.admin.put_metadata(key, t, c, raw, entity_id))
+    return jsonify(svc.admin.put_metadata(key, t, c, raw, entity_id, _if_match()))
 
 
 @bp.post("/tenants/<t>/connections/<c>/mapping/test")
@@ -230,18 +251,18 @@ def list_apps(t: str) -> Response:
 def get_app(t: str, client_id: str) -> Response:
     admin = services().admin
     _, app = admin.app_for(_key(), t, client_id)
-    return jsonify(admin.app_json(app))
+    return _tagged(admin.app_json(app))
 
 
 @bp.patch("/tenants/<t>/apps/<client_id>")
 def patch_app(t: str, client_id: str) -> Response:
     key = _key()
-    return jsonify(services().admin.patch_app(key, t, client_id, _json()))
+    return _tagged(services().admin.patch_app(key, t, client_id, _json(), _if_match()))
 
 
 @bp.delete("/tenants/<t>/apps/<client_id>")
 def delete_app(t: str, client_id: str) -> Response:
-    services().admin.delete_app(_key(), t, client_id)
+    services().admin.delete_app(_key(), t, client_id, _if_match())
     return _no_content()
 
 
