@@ -229,8 +229,8 @@ def basic_credentials(headers: Mapping[str, str]) -> tuple[str, str] | None:
     if scheme.lower() != "basic" or not token:
         return None
     try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        decoded = base64.b64decode(token.strip().encode("ascii"), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeError):  # UnicodeEncodeError: a header value that is not even ASCII
         return None
     client_id, sep, secret = decoded.partition(":")
     if not sep:
@@ -426,10 +426,11 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
     def redeem_code(self, code: str, client: Client) -> Code | None:
         """Consume the code (one winner); a second redemption revokes the grant the first one made."""
         ledger = self.ctx.ledger
-        record = ledger.take_code(code)
+        tenant_id = self.ctx.tenant.id
+        record = ledger.take_code(tenant_id, code)
         if record is None:
-            gid = ledger.code_grant(code)
-            if gid is not None:
+            gid = ledger.code_grant(tenant_id, code)
+            if gid is not None and self._grant_is_ours(gid):
                 # RFC 6749 §4.1.2: used twice (or presented after expiry): revoke what it issued.
                 ledger.revoke_grant(gid, grant_ttl(client.app, ("offline_access",)))
                 self.outcome.details["code_reuse"] = True
@@ -510,9 +511,17 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
     def issue_for_refresh(self, app: App, grant: GrantRecord, scope: tuple[str, ...]) -> dict[str, Any]:
         return self._issue(app, grant, scope, nonce=None, refresh_scope=grant.scope)
 
+    def _grant_is_ours(self, gid: str) -> bool:
+        """Whether revoking grant `gid` is this tenant's business: its record is this tenant's, or gone (then
+        the revocation only denies a redemption still in flight). Another tenant's endpoint never ends it."""
+        grant = self.ctx.ledger.grant(gid)
+        return grant is None or grant.tenant_id == self.ctx.tenant.id
+
     def _revoke_family(self, gid: str) -> None:
         app = None
         grant = self.ctx.ledger.grant(gid)
+        if grant is not None and grant.tenant_id != self.ctx.tenant.id:
+            return  # another tenant's refresh token, presented here: unknown here, and left alone
         if grant is not None:
             app = self.ctx.config.app(self.ctx.tenant.id, grant.client_id)
         # No grant record: it was revoked or has expired, and so have its tokens; a short deny entry

@@ -204,22 +204,33 @@ class Ledger:
         """Writes inside the block go to the store together (StateStore.batch)."""
         return self._state.batch()
 
-    # codes
-    def put_code(self, code: str, record: CodeRecord, *, ttl: float, grant_ttl: float) -> None:
+    # codes: keyed by tenant, so that another tenant's token endpoint cannot even find (let alone consume,
+    # or revoke the grant of) a code it did not issue
+    @staticmethod
+    def _code_keys(tenant_id: str, code: str) -> tuple[str, str]:
         d = digest(code)
+        return f"{PREFIX}code:{tenant_id}:{d}", f"{PREFIX}code-grant:{tenant_id}:{d}"
+
+    def put_code(self, code: str, record: CodeRecord, *, ttl: float, grant_ttl: float) -> None:
+        code_key, grant_key = self._code_keys(record.tenant_id, code)
         # The grant marker first: a code is never redeemable without its reuse marker existing (one atomic
         # write in order; the marker is also first if the store applies the batch partially).
         with self._state.batch():
-            self._state.put(f"{PREFIX}code-grant:{d}", record.gid.encode("ascii"), grant_ttl)
-            self._state.put(f"{PREFIX}code:{d}", record.to_bytes(), ttl)
+            self._state.put(grant_key, record.gid.encode("ascii"), grant_ttl)
+            self._state.put(code_key, record.to_bytes(), ttl)
 
-    def take_code(self, code: str) -> CodeRecord | None:
-        raw = self._state.take(f"{PREFIX}code:{digest(code)}")
+    def take_code(self, tenant_id: str, code: str) -> CodeRecord | None:
+        raw = self._state.take(self._code_keys(tenant_id, code)[0])
+        if raw is None:  # a code issued before codes were keyed by tenant (for one code lifetime after upgrade)
+            raw = self._state.take(f"{PREFIX}code:{digest(code)}")
         return CodeRecord.from_bytes(raw) if raw is not None else None
 
-    def code_grant(self, code: str) -> str | None:
-        """The grant id of a code that was already taken (or expired); None for a code never issued."""
-        raw = self._state.get(f"{PREFIX}code-grant:{digest(code)}")
+    def code_grant(self, tenant_id: str, code: str) -> str | None:
+        """The grant id of a code of this tenant that was already taken (or expired); None for a code never
+        issued here."""
+        raw = self._state.get(self._code_keys(tenant_id, code)[1])
+        if raw is None:
+            raw = self._state.get(f"{PREFIX}code-grant:{digest(code)}")
         return raw.decode("ascii") if raw is not None else None
 
     # grants

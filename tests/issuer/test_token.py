@@ -167,6 +167,25 @@ def test_code_of_another_tenant(env: Env) -> None:
     code = env.code_for(env.authorize())
     resp = env.exchange(code, tenant=env.tenant_b)  # same client_id and secret exist in tenant B
     assert resp.status == 400 and body(resp)["error"] == "invalid_grant"
+    assert env.exchange(code).status == 200  # not spent by tenant B: still tenant A's to redeem
+
+
+def test_code_stored_by_the_previous_version_still_redeems(env: Env) -> None:
+    """Codes used to be kept under a key without the tenant; one issued by a replica of the previous version
+    just before an upgrade is redeemed (once) by an upgraded one."""
+    from broker.issuer.records import PREFIX, digest
+
+    code = env.code_for(env.authorize())
+    d = digest(code)
+    tenant_id = env.tenant_a.id
+    for kind in ("code", "code-grant"):
+        raw = env.state.take(f"{PREFIX}{kind}:{tenant_id}:{d}")
+        assert raw is not None
+        env.state.put(f"{PREFIX}{kind}:{d}", raw, 60)
+    first = env.exchange(code)
+    assert first.status == 200, first.body
+    assert body(env.exchange(code))["error"] == "invalid_grant"  # reuse still detected, and revokes
+    assert env.userinfo(body(first)["access_token"]).status == 401
 
 
 def test_redirect_uri_must_equal_the_authorized_one(env: Env) -> None:

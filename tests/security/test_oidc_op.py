@@ -37,11 +37,11 @@ def test_plain_pkce_is_refused_with_a_redirect(sec: Setup) -> None:
     assert query_of(r.headers["Location"])["error"] == "invalid_request"
 
 
-def _login_code(sec: Setup, tenant: str = "acme", verifier: str | None = None) -> str:
-    extra = {}
+def _login_code(sec: Setup, tenant: str = "acme", verifier: str | None = None, scope: str | None = None) -> str:
+    extra = {"scope": scope} if scope else {}
     if verifier:
         digest = hashlib.sha256(verifier.encode()).digest()
-        extra = {"code_challenge": base64.urlsafe_b64encode(digest).rstrip(b"=").decode(),
+        extra |= {"code_challenge": base64.urlsafe_b64encode(digest).rstrip(b"=").decode(),
                  "code_challenge_method": "S256"}
     p = sec.begin(tenant) if not extra else None
     if p is None:
@@ -95,6 +95,54 @@ def test_code_of_tenant_a_is_refused_by_tenant_b(sec: Setup) -> None:
     r = _token(sec, "globex", code)
     assert r.status_code in (400, 401)
     assert "access_token" not in (r.get_json() or {})
+
+
+def test_tenant_b_cannot_consume_or_revoke_a_code_of_tenant_a(sec: Setup) -> None:
+    """Tenant isolation is more than refusing the code at B: B's token endpoint must not find A's code at all,
+    so it neither uses it up nor (as a "reused" code) revokes the grant A issued for it."""
+    unused = _login_code(sec, "acme")
+    refused = _token(sec, "globex", unused)
+    assert refused.status_code == 400 and refused.get_json()["error"] == "invalid_grant"
+    assert _token(sec, "acme", unused).status_code == 200  # still A's to redeem
+
+    used = _login_code(sec, "acme")
+    first = _token(sec, "acme", used)
+    access = first.get_json()["access_token"]
+    assert _token(sec, "globex", used).get_json()["error"] == "invalid_grant"
+    assert sec.client.get("/t/acme/userinfo", headers={"Authorization": f"Bearer {access}"}).status_code == 200
+    assert _token(sec, "acme", used).get_json()["error"] == "invalid_grant"  # reuse at A still revokes
+    assert sec.client.get("/t/acme/userinfo", headers={"Authorization": f"Bearer {access}"}).status_code == 401
+
+
+def test_tenant_b_cannot_revoke_a_refresh_family_of_tenant_a(sec: Setup) -> None:
+    first = _token(sec, "acme", _login_code(sec, "acme", scope="openid email offline_access")).get_json()
+
+    def refresh(tenant: str, token: str) -> Any:  # as that tenant's own app
+        app = sec.apps[tenant]
+        basic = base64.b64encode(f"{app['client_id']}:{app['client_secret']}".encode()).decode()
+        return sec.client.post(f"/t/{tenant}/token", data={"grant_type": "refresh_token", "refresh_token": token},
+                               headers={"Authorization": f"Basic {basic}"})
+
+    rotated = refresh("acme", first["refresh_token"])
+    assert rotated.status_code == 200, rotated.get_json()
+    # A's rotated-away token presented at B: unknown there, and A's family is left alone
+    assert refresh("globex", first["refresh_token"]).get_json()["error"] == "invalid_grant"
+    again = refresh("acme", rotated.get_json()["refresh_token"])
+    assert again.status_code == 200, again.get_json()
+    # presented at A, the same old token is reuse, and ends the family
+    assert refresh("acme", first["refresh_token"]).get_json()["error"] == "invalid_grant"
+    assert refresh("acme", again.get_json()["refresh_token"]).get_json()["error"] == "invalid_grant"
+
+
+@pytest.mark.parametrize("endpoint", ["token", "introspect", "revoke"])
+@pytest.mark.parametrize("credentials", ["\xe2\x80\xae", "\xe9", "dXNlcjpwYXNz\xe9", "\xf0\x9f\x98\x80"])
+def test_basic_credentials_that_are_not_ascii_are_invalid_client(sec: Setup, endpoint: str,
+                                                                  credentials: str) -> None:
+    # header bytes arrive as latin-1 characters (PEP 3333); these are not base64 at all
+    r = sec.client.post(f"/t/acme/{endpoint}", data={"grant_type": "authorization_code", "code": "x", "token": "x"},
+                        headers={"Authorization": "Basic " + credentials.encode().decode("unicode_escape")})
+    assert r.status_code == 401, (r.status_code, r.data[:200])
+    assert r.get_json()["error"] == "invalid_client" and r.headers["WWW-Authenticate"].startswith("Basic")
 
 
 def test_access_token_of_tenant_a_is_refused_by_tenant_b(sec: Setup) -> None:
