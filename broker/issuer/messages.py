@@ -29,6 +29,15 @@ class HttpResponse:
     body: dict[str, Any] | str
 
 
+@dataclass(frozen=True, slots=True)
+class EndSession:
+    """A checked RP-initiated logout request: where to go afterwards (None: the broker's own page), and the
+    `sid` of the id_token_hint, if one was given."""
+
+    target: str | None
+    hint_sid: str | None
+
+
 class SecretVerifier(Protocol):
     def verify(self, value: str, digest: str) -> bool: ...
 

@@ -26,7 +26,7 @@ from broker.issuer.grants import (
     grant_ttl,
 )
 from broker.issuer.keys import KeyRing, NoSigningKey, jwks_document
-from broker.issuer.messages import AuthorizeError, Headers, HttpRequest, HttpResponse, SecretVerifier
+from broker.issuer.messages import AuthorizeError, EndSession, Headers, HttpRequest, HttpResponse, SecretVerifier
 from broker.issuer.records import CodeRecord, Ledger
 from broker.issuer.tokens import InvalidToken, TokenCodec, profile_claims
 from broker.model import App, AuditEvent, AuthorizationRequest, Profile, Tenant
@@ -34,6 +34,7 @@ from broker.ports import AuditSink, Clock, ConfigReader, StateStore
 
 __all__ = [
     "AuthorizeError",
+    "EndSession",
     "HttpRequest",
     "HttpResponse",
     "Issuer",
@@ -166,7 +167,10 @@ class Issuer:
         if "request_uri" in query:
             raise refuse("request_uri_not_supported", "request_uri is not supported.")
         # 4. response_type=code, response_mode=query (the only ones offered).
-        if _param(query, "response_type") != "code":
+        response_type = _param(query, "response_type")
+        if not response_type:  # RFC 6749 §4.1.2.1: a missing required parameter is invalid_request
+            raise refuse("invalid_request", "The response_type parameter is missing.")
+        if response_type != "code":
             raise refuse("unsupported_response_type", "Only response_type=code is supported.")
         if _param(query, "response_mode") not in (None, "query"):
             raise refuse("invalid_request", "Only response_mode=query is supported.")
@@ -279,6 +283,9 @@ class Issuer:
         if grant_type in ("authorization_code", "refresh_token"):
             server.outcome.grant_type = grant_type
         response = self._precheck(server, req)
+        if response is None and not grant_type:  # missing is a malformed request, not an unsupported grant
+            response = server.error_response(Headers(req.headers), "invalid_request",
+                                             "The grant_type parameter is missing.")
         if response is None:
             try:
                 response = server.create_token_response(req)
@@ -339,9 +346,12 @@ class Issuer:
 
     # --- RP-initiated logout ----------------------------------------------------------------------
 
-    def end_session(self, tenant: Tenant, query: Mapping[str, str]) -> str | None:
-        """OIDC RP-Initiated Logout 1.0 §2-3. Returns where to send the browser, or None for our page."""
+    def end_session(self, tenant: Tenant, query: Mapping[str, str]) -> EndSession:
+        """OIDC RP-Initiated Logout 1.0 §2-3: checks the request; says where to send the browser afterwards
+        (None: our page) and which broker session the id_token_hint was issued in (its `sid`), so the caller
+        can tell whether the End-User must be asked first (§2: no hint, or a hint of another session)."""
         hint = _param(query, "id_token_hint")
+        sid: str | None = None
         client_id = _param(query, "client_id")
         target = _param(query, "post_logout_redirect_uri")
         state = _param(query, "state")
@@ -365,14 +375,16 @@ class Issuer:
                 client_id = str(verified.claims.get("azp") or audiences[0])
             elif client_id not in audiences:
                 raise AuthorizeError("client_id does not match the id_token_hint.")
+            hint_sid = verified.claims.get("sid")
+            sid = hint_sid if isinstance(hint_sid, str) else None
         if target is None:
-            return None
+            return EndSession(None, sid)
         if client_id is None:
             raise AuthorizeError("post_logout_redirect_uri needs an id_token_hint or a client_id.")
         app = self._app(tenant, client_id)
         if app is None or target not in app.post_logout_redirect_uris:
             raise AuthorizeError("The post_logout_redirect_uri is not registered for this client.")
-        return add_query(target, [("state", state)] if state is not None else [])
+        return EndSession(add_query(target, [("state", state)] if state is not None else []), sid)
 
     # --- internals -------------------------------------------------------------------------------
 

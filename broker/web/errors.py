@@ -63,9 +63,10 @@ def html_page(
     return resp
 
 
-def html_error(err: BrokerError) -> Response:
+def html_error(err: BrokerError, title: str = "Sign-in failed") -> Response:
     status = err.status if 400 <= err.status < 600 else 400
-    title = "Sign-in failed" if status < 500 else "Service temporarily unavailable"
+    if status >= 500:
+        title = "Service temporarily unavailable"
     return html_page(status, title, err.message, err.code, logs.request_id.get())
 
 

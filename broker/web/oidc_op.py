@@ -3,6 +3,8 @@ userinfo, introspection, revocation, logout. Protocol work is in broker/issuer a
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import html
 import time
 from dataclasses import replace
@@ -100,7 +102,7 @@ def _repeated_in_form(tenant: Tenant, endpoint: str) -> Response | None:
 # Browser-based public clients (SPAs with PKCE) redeem codes and revoke tokens from another origin: the token
 # and revocation endpoints answer CORS, like discovery, JWKS and userinfo. They take no cookies (the client
 # authenticates with the request itself), so `*` is right and credentials are never allowed.
-CORS_ENDPOINTS = frozenset({"oidc_op.token", "oidc_op.revoke"})
+CORS_ENDPOINTS = frozenset({"oidc_op.token", "oidc_op.revoke", "oidc_op.userinfo"})
 CORS_MAX_AGE = "7200"  # seconds a browser may cache the preflight (Chromium caps it at 2 hours)
 
 
@@ -113,12 +115,12 @@ def _cors(resp: Response) -> Response:
     return resp
 
 
-def _preflight() -> Response:
-    """The answer to a CORS preflight (OPTIONS with Access-Control-Request-Method): POST with the headers a
-    client sends (Authorization for client_secret_basic, Content-Type for the form)."""
+def _preflight(methods: str = "POST") -> Response:
+    """The answer to a CORS preflight (OPTIONS with Access-Control-Request-Method): `methods` with the headers
+    a client sends (Authorization for client_secret_basic or a bearer token, Content-Type for the form)."""
     resp = Response(status=204)
-    resp.headers["Allow"] = "OPTIONS, POST"
-    resp.headers["Access-Control-Allow-Methods"] = "POST"
+    resp.headers["Allow"] = f"OPTIONS, {methods}"
+    resp.headers["Access-Control-Allow-Methods"] = methods
     resp.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type"
     resp.headers["Access-Control-Max-Age"] = CORS_MAX_AGE
     return resp
@@ -289,12 +291,12 @@ def token(tenant: str) -> Response:
     return resp
 
 
-@bp.route("/userinfo", methods=["GET", "POST"])
+@bp.route("/userinfo", methods=["GET", "POST", "OPTIONS"])
 def userinfo(tenant: str) -> Response:
+    if request.method == "OPTIONS":  # a browser app sends the token in Authorization: it preflights
+        return _preflight("GET, POST")
     t = load_tenant(tenant)
-    resp = to_flask(services().extras["issuer"].userinfo(t, http_request()))
-    resp.headers["Access-Control-Allow-Origin"] = "*"
-    return resp
+    return to_flask(services().extras["issuer"].userinfo(t, http_request()))
 
 
 @bp.post("/introspect")
@@ -317,12 +319,63 @@ def revoke(tenant: str) -> Response:
     return to_flask(services().extras["issuer"].revoke(t, http_request()))
 
 
+# RP-Initiated Logout 1.0 §2: the OP MUST ask the End-User before ending a session when the request carries no
+# id_token_hint, or one that was not issued in the browser's current session; otherwise any site could sign
+# users out with a link. The question is a form posted back here with a value derived from the session cookie,
+# which another site cannot read. Asked: a hint of another session, always; no hint, when the browser says the
+# request comes from another site (Sec-Fetch-Site other than same-origin or none: every current browser sends
+# it), so that scripts and the broker's own pages sign out in one step. Without a live session there is nothing
+# to end, and nothing to ask.
+LOGOUT_FORWARDED = ("id_token_hint", "client_id", "post_logout_redirect_uri", "state", "ui_locales")
+
+CONFIRM_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Sign out?</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:4rem auto;padding:0 1rem;color:#222}}
+button{{font-size:1rem;padding:.5rem 1.2rem}}</style></head>
+<body><h1>Sign out of {tenant}?</h1><p>An application asked to sign you out of {tenant}.</p>
+<form method="post" action="{action}">{fields}<button type="submit">Sign out</button></form></body></html>"""
+
+
+def _logout_confirmation(session_id: str) -> str:
+    return hashlib.sha256(b"broker-logout\x00" + session_id.encode()).hexdigest()
+
+
+def _confirm_logout_page(tenant: Tenant, params: MultiDict[str, str], session_id: str) -> Response:
+    fields = [(name, params[name]) for name in LOGOUT_FORWARDED if params.get(name) is not None]
+    fields.append(("confirm", _logout_confirmation(session_id)))
+    hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in fields)
+    action = services().extras["issuer"].issuer_url(tenant) + "/logout"
+    body = CONFIRM_PAGE.format(tenant=html.escape(tenant.name or tenant.slug), action=html.escape(action),
+                               fields=hidden)
+    resp = Response(body, status=200, mimetype="text/html")
+    resp.headers["X-Frame-Options"] = "DENY"
+    resp.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+    return resp
+
+
 @bp.route("/logout", methods=["GET", "POST"])
 def logout(tenant: str) -> Response:
     svc = services()
     t = load_tenant(tenant)
-    target = svc.extras["issuer"].end_session(t, {k: v for k, v in _request_params().items()})
-    svc.extras["login"].end_session(request.cookies.get(SESSION_COOKIE))
+    params = _request_params()
+    try:
+        ending = svc.extras["issuer"].end_session(t, {k: v for k, v in params.items()})
+    except AuthorizeError as err:
+        return _no_store(html_error(err, title="Sign-out failed"))
+    login = svc.extras["login"]
+    session_id = request.cookies.get(SESSION_COOKIE)
+    live = login.session(t, session_id) if session_id else None
+    fetch_site = request.headers.get("Sec-Fetch-Site", "none").lower()
+    foreign_hint = ending.hint_sid is not None or params.get("id_token_hint") is not None
+    if (live is not None and session_id is not None and ending.hint_sid != public_sid(session_id)
+            and (foreign_hint or fetch_site not in ("same-origin", "none"))):
+        confirmed = request.method == "POST" and hmac.compare_digest(
+            params.get("confirm", "").encode(), _logout_confirmation(session_id).encode())
+        if not confirmed:
+            return _no_store(_confirm_logout_page(t, params, session_id))
+    login.end_session(session_id)
+    target = ending.target
     resp = redirect_to(target) if target else html_page(200, "Signed out", "You have been signed out.")
     clear_session_cookie(resp, t.slug)
     return _no_store(resp)

@@ -77,7 +77,7 @@ def test_registered_redirect_uri_with_query_matches(env: Env) -> None:
     [
         ({"response_type": "token"}, "unsupported_response_type"),
         ({"response_type": "code id_token"}, "unsupported_response_type"),
-        ({"response_type": None}, "unsupported_response_type"),
+        ({"response_type": None}, "invalid_request"),  # missing: malformed, not unsupported (§4.1.2.1)
         ({"scope": None}, "invalid_scope"),
         ({"scope": "openid admin"}, "invalid_scope"),
         ({"scope": "openid OPENID"}, "invalid_scope"),

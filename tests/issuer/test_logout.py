@@ -11,29 +11,32 @@ from tests.issuer.conftest import Env, query_of
 
 
 def test_logout_without_parameters_shows_our_page(env: Env) -> None:
-    assert env.issuer.end_session(env.tenant_a, {}) is None
+    assert env.issuer.end_session(env.tenant_a, {}).target is None
 
 
 def test_logout_with_hint_and_registered_uri_redirects_with_state(env: Env) -> None:
     hint = env.tokens()["id_token"]
-    url = env.issuer.end_session(env.tenant_a, {"id_token_hint": hint,
-                                                "post_logout_redirect_uri": "https://app.example/bye",
-                                                "state": "s 1"})
+    ending = env.issuer.end_session(env.tenant_a, {"id_token_hint": hint,
+                                                   "post_logout_redirect_uri": "https://app.example/bye",
+                                                   "state": "s 1"})
+    url = ending.target
     assert url is not None and url.startswith("https://app.example/bye?")
     assert query_of(url) == {"state": "s 1"}
+    assert ending.hint_sid == "sess-1"  # the sid the ID token carries
+    assert env.issuer.end_session(env.tenant_a, {"client_id": "conf"}).hint_sid is None
 
 
 def test_expired_hint_is_accepted(env: Env) -> None:
     hint = env.tokens()["id_token"]
     env.clock.advance(10 * 86400)
     url = env.issuer.end_session(env.tenant_a, {"id_token_hint": hint,
-                                                "post_logout_redirect_uri": "https://app.example/bye"})
+                                                "post_logout_redirect_uri": "https://app.example/bye"}).target
     assert url == "https://app.example/bye"
 
 
 def test_logout_with_client_id(env: Env) -> None:
     assert env.issuer.end_session(env.tenant_a, {"client_id": "conf",
-                                                 "post_logout_redirect_uri": "https://app.example/bye"})
+                                                 "post_logout_redirect_uri": "https://app.example/bye"}).target
 
 
 @pytest.mark.parametrize("uri", ["https://app.example/bye/", "https://app.example/byex", "https://evil.example/"])

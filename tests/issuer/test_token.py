@@ -277,6 +277,14 @@ def test_unsupported_grant_type_does_not_echo_input(env: Env) -> None:
     assert "<x>" not in body(resp)["error_description"]
 
 
+def test_missing_grant_type_is_invalid_request(env: Env) -> None:
+    """RFC 6749 §5.2: a missing required parameter is invalid_request (unsupported_grant_type is for a grant
+    type the server does not support)."""
+    resp = env.post("token", {"code": "x"}, basic("conf", "plain-secret-0123456789"))
+    assert resp.status == 400 and body(resp)["error"] == "invalid_request"
+    assert "grant_type" in body(resp)["error_description"]
+
+
 def test_get_is_refused(env: Env) -> None:
     from broker.issuer.server import HttpRequest
 

@@ -98,3 +98,90 @@ def test_disabling_the_connection_ends_its_sessions(sec: Setup) -> None:
     assert sec.admin("PATCH", "/tenants/acme/connections/okta", {"enabled": False}).status_code == 200
     r = _authorize(sec, prompt="none")
     assert query_of(r.headers["Location"])["error"] == "login_required"
+
+
+# --- RP-Initiated Logout 1.0 §2: the End-User is asked unless the request is tied to their session ---------
+
+BYE = "https://app.acme.test/bye"
+CROSS_SITE = {"Sec-Fetch-Site": "cross-site"}
+
+
+def _signed_in(sec: Setup) -> bool:
+    r = _authorize(sec, prompt="none")
+    return "code" in query_of(r.headers["Location"])
+
+
+def _id_token(sec: Setup, code: str) -> str:
+    import base64
+
+    app = sec.apps["acme"]
+    basic = base64.b64encode(f"{app['client_id']}:{app['client_secret']}".encode()).decode()
+    r = sec.client.post("/t/acme/token", data={"grant_type": "authorization_code", "code": code,
+                                               "redirect_uri": REDIRECT_URI},
+                        headers={"Authorization": f"Basic {basic}"})
+    token: str = r.get_json()["id_token"]
+    return token
+
+
+def _allow_bye(sec: Setup) -> str:
+    client_id: str = sec.apps["acme"]["client_id"]
+    r = sec.admin("PATCH", f"/tenants/acme/apps/{client_id}", {"post_logout_redirect_uris": [BYE]})
+    assert r.status_code == 200, r.get_json()
+    return client_id
+
+
+def test_a_cross_site_logout_without_hint_asks_first(sec: Setup) -> None:
+    client_id = _allow_bye(sec)
+    _sign_in(sec)
+    query = urlencode({"client_id": client_id, "post_logout_redirect_uri": BYE, "state": "z<1>"})
+    asked = sec.client.get(f"/t/acme/logout?{query}", headers=CROSS_SITE)
+    assert asked.status_code == 200 and "Location" not in asked.headers
+    page = asked.get_data(as_text=True)
+    assert '<form method="post" action="http://broker.test/t/acme/logout">' in page
+    assert "z&lt;1&gt;" in page and "z<1>" not in page  # forwarded, escaped
+    assert "form-action 'self'" in asked.headers["Content-Security-Policy"]
+    assert asked.headers["Cache-Control"] == "no-store"
+    assert _signed_in(sec)  # nothing ended yet
+
+    import re
+    fields = dict(re.findall(r'name="([^"]+)" value="([^"]*)"', page))
+    assert set(fields) == {"client_id", "post_logout_redirect_uri", "state", "confirm"}
+    forged = sec.client.post("/t/acme/logout", data={**fields, "confirm": "0" * 64}, headers=CROSS_SITE)
+    assert forged.status_code == 200 and "<form" in forged.get_data(as_text=True) and _signed_in(sec)
+    as_get = sec.client.get(f"/t/acme/logout?{urlencode(fields)}", headers=CROSS_SITE)
+    assert "<form" in as_get.get_data(as_text=True) and _signed_in(sec)  # the answer is a POST of the form
+
+    fields["state"] = "z<1>"
+    done = sec.client.post("/t/acme/logout", data=fields, headers={"Sec-Fetch-Site": "same-origin"})
+    assert done.status_code == 302 and done.headers["Location"] == f"{BYE}?{urlencode({'state': 'z<1>'})}"
+    assert not _signed_in(sec)
+
+
+def test_a_hint_of_the_current_session_signs_out_at_once_even_cross_site(sec: Setup) -> None:
+    _allow_bye(sec)
+    hint = _id_token(sec, _sign_in(sec))
+    r = sec.client.get(f"/t/acme/logout?{urlencode({'id_token_hint': hint, 'post_logout_redirect_uri': BYE})}",
+                       headers=CROSS_SITE)
+    assert r.status_code == 302 and r.headers["Location"] == BYE
+    assert not _signed_in(sec)
+
+
+def test_a_hint_of_another_session_asks_first(sec: Setup) -> None:
+    old_hint = _id_token(sec, _sign_in(sec))
+    sec.client.get("/t/acme/logout", headers={"Sec-Fetch-Site": "same-origin"})
+    _sign_in(sec)  # a new session: the old ID token is not of it
+    r = sec.client.get(f"/t/acme/logout?{urlencode({'id_token_hint': old_hint})}")
+    assert r.status_code == 200 and "<form" in r.get_data(as_text=True)
+    assert _signed_in(sec)
+
+
+def test_without_a_session_there_is_nothing_to_ask(sec: Setup) -> None:
+    client_id = _allow_bye(sec)
+    query = urlencode({"client_id": client_id, "post_logout_redirect_uri": BYE})
+    r = sec.client.get(f"/t/acme/logout?{query}", headers=CROSS_SITE)
+    assert r.status_code == 302 and r.headers["Location"] == BYE
+
+
+def test_logout_errors_say_sign_out(sec: Setup) -> None:
+    r = sec.client.get(f"/t/acme/logout?{urlencode({'post_logout_redirect_uri': 'https://evil.test/'})}")
+    assert r.status_code == 400 and "Sign-out failed" in r.get_data(as_text=True)

@@ -230,6 +230,20 @@ def test_cors_preflight(env: Env, endpoint: str) -> None:
     assert "Access-Control-Allow-Credentials" not in r.headers
 
 
+def test_userinfo_preflight_admits_a_bearer_token_by_get_and_post(env: Env) -> None:
+    """A browser app sends its access token in Authorization, which makes the browser preflight first."""
+    r = env.client.options("/t/acme/userinfo", headers={
+        "Origin": SPA_ORIGIN, "Access-Control-Request-Method": "GET",
+        "Access-Control-Request-Headers": "authorization"})
+    assert r.status_code in (200, 204)
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert {m.strip() for m in r.headers["Access-Control-Allow-Methods"].split(",")} == {"GET", "POST"}
+    assert "authorization" in {h.strip().lower() for h in r.headers["Access-Control-Allow-Headers"].split(",")}
+    assert "Access-Control-Allow-Credentials" not in r.headers
+    refused = env.client.get("/t/acme/userinfo", headers={"Origin": SPA_ORIGIN, "Authorization": "Bearer nope"})
+    assert refused.status_code == 401 and refused.headers["Access-Control-Allow-Origin"] == "*"
+
+
 def test_spa_redeems_its_code_and_revokes_its_token_across_origins(env: Env) -> None:
     code = env.login_code(spa=True)
     origin = {"Origin": SPA_ORIGIN}
