@@ -204,6 +204,7 @@ class LoginService:
                 login_hint=request.login_hint if request else None,
                 force_authn=force,
                 max_age=request.max_age if request else None,
+                select_account=bool(request and "select_account" in request.prompt),
             )
         )
         now = self.clock.now()

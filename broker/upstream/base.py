@@ -41,6 +41,7 @@ class BeginRequest:
     login_hint: str | None = None
     force_authn: bool = False
     max_age: int | None = None
+    select_account: bool = False  # the app asked the user to pick an account (prompt=select_account)
 
 
 @dataclass(frozen=True, slots=True)

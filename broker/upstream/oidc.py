@@ -374,8 +374,9 @@ class OidcConnector:
         )
         if request.login_hint:
             params["login_hint"] = request.login_hint
-        if request.force_authn:
-            params["prompt"] = "login"
+        prompt = (["login"] if request.force_authn else []) + (["select_account"] if request.select_account else [])
+        if prompt:  # OIDC Core §3.1.2.1; consent is between the app and the broker, not forwarded
+            params["prompt"] = " ".join(prompt)
         if request.max_age is not None:
             params["max_age"] = str(request.max_age)
         parts = urlsplit(metadata.authorization_endpoint)

@@ -105,3 +105,14 @@ def test_callback_state_of_another_login_is_refused(env: tuple[BrokerServer, Oid
     assert mine.status_code == 302, mine.text[:400]
     q = query_of(mine.headers["Location"])
     assert q["state"] == "st3" and "code" in q
+
+
+def test_prompt_select_account_and_login_go_upstream(env: tuple[BrokerServer, OidcOp], app: dict[str, Any]) -> None:
+    """The app's prompt=select_account reaches the OP (with login when that is asked too); consent is the
+    app's business with the broker and is not forwarded."""
+    broker, _ = env
+    for prompt, upstream in (("select_account", "select_account"), ("login select_account", "login select_account"),
+                             ("consent", None)):
+        r = requests.get(_authorize_url(broker, app, "sa", prompt=prompt), allow_redirects=False, timeout=10)
+        assert r.status_code == 302, r.text[:300]
+        assert query_of(r.headers["Location"]).get("prompt") == upstream, (prompt, r.headers["Location"])

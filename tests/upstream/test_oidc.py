@@ -376,6 +376,8 @@ def test_begin_sends_fresh_state_nonce_and_pkce(op: responses.RequestsMock, make
     txn2, query2 = begin(connector, txn_id="txn-2")
     assert query2["nonce"] != query["nonce"] and txn2.upstream["code_verifier"] != verifier
     assert "prompt" not in query2 and "login_hint" not in query2
+    assert begin(connector, select_account=True)[1]["prompt"] == "select_account"
+    assert begin(connector, select_account=True, force_authn=True)[1]["prompt"] == "login select_account"
 
 
 def test_begin_keeps_the_endpoints_own_query(op: responses.RequestsMock, make: Any) -> None:
