@@ -112,7 +112,15 @@ def app(database_url: str) -> Iterator[Flask]:
     application = create_app(load_settings(make_env(database_url)))
     application.config["TESTING"] = True
     yield application
-    application.extensions["broker"].extras["engine"].dispose()
+    close_app(application)
+
+
+def close_app(application: Flask) -> None:
+    """End of a test's app: write the last-login stamps it still holds (the writer would otherwise try at
+    interpreter exit, after the test's PostgreSQL schema is gone), then close its database connections."""
+    extras = application.extensions["broker"].extras
+    extras["last_logins"].flush()
+    extras["engine"].dispose()
 
 
 @pytest.fixture

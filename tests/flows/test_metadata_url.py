@@ -25,7 +25,7 @@ from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
 from broker.ports import FrozenClock
-from tests.conftest import BOOTSTRAP_KEY, make_env
+from tests.conftest import BOOTSTRAP_KEY, close_app, make_env
 from tests.samlxml.idp_fixtures import build_response, make_idp, to_post_binding
 from tests.support.broker_server import free_port
 from tests.support.saml_idp import SamlIdp, query_of
@@ -141,7 +141,7 @@ def env(sqlite_url: str) -> Iterator[Env]:
     finally:
         http.shutdown()
         thread.join(timeout=5)
-        app.extensions["broker"].extras["engine"].dispose()
+        close_app(app)
 
 
 def test_login_with_metadata_from_a_url(env: Env) -> None:

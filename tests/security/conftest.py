@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from lxml import etree
 
-from tests.conftest import BOOTSTRAP_KEY, make_env
+from tests.conftest import BOOTSTRAP_KEY, close_app, make_env
 from tests.samlxml.idp_fixtures import Idp, make_idp, to_post_binding
 from tests.support.saml_idp import SamlIdp, query_of
 
@@ -106,4 +106,4 @@ def sec(sqlite_url: str) -> Iterator[Setup]:
         a = setup.admin("POST", f"/tenants/{tenant}/apps", {"name": "Portal", "redirect_uris": [REDIRECT_URI]})
         setup.apps[tenant] = a.get_json()
     yield setup
-    app.extensions["broker"].extras["engine"].dispose()
+    close_app(app)

@@ -20,7 +20,7 @@ from flask.testing import FlaskClient
 from lxml import etree
 
 from broker.web.cookies import BINDING_COOKIE, SESSION_COOKIE
-from tests.conftest import BOOTSTRAP_KEY, make_env
+from tests.conftest import BOOTSTRAP_KEY, close_app, make_env
 from tests.samlxml.idp_fixtures import build_response, make_idp, to_post_binding
 from tests.support.saml_idp import SamlIdp, query_of
 
@@ -97,7 +97,7 @@ def _env(sqlite_url: str, public_url: str) -> Iterator[Env]:
     assert a.status_code == 201
     e.app_client = a.get_json()
     yield e
-    app.extensions["broker"].extras["engine"].dispose()
+    close_app(app)
 
 
 @pytest.fixture

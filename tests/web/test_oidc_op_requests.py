@@ -26,7 +26,7 @@ from flask.testing import FlaskClient
 from lxml import etree
 from werkzeug.datastructures import MultiDict
 
-from tests.conftest import BOOTSTRAP_KEY, make_env
+from tests.conftest import BOOTSTRAP_KEY, close_app, make_env
 from tests.samlxml.idp_fixtures import build_response, make_idp, to_post_binding
 from tests.support.saml_idp import SamlIdp, query_of
 
@@ -105,7 +105,7 @@ def env(database_url: str) -> Iterator[Env]:
     assert web.status_code == 201 and spa.status_code == 201, (web.get_json(), spa.get_json())
     e.web, e.spa = web.get_json(), spa.get_json()
     yield e
-    app.extensions["broker"].extras["engine"].dispose()
+    close_app(app)
 
 
 def _oauth_400(r: Any, *names: str) -> None:

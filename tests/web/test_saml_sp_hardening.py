@@ -19,7 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import EnvironBuilder, run_wsgi_app
 
-from tests.conftest import BOOTSTRAP_KEY, make_env
+from tests.conftest import BOOTSTRAP_KEY, close_app, make_env
 from tests.samlxml.idp_fixtures import make_idp
 from tests.support.saml_idp import SamlIdp, query_of
 
@@ -72,7 +72,7 @@ def env(database_url: str) -> Iterator[Env]:
     e.app_client = a.get_json()
     e.connection("okta", _metadata())
     yield e
-    app.extensions["broker"].extras["engine"].dispose()
+    close_app(app)
 
 
 def _metadata(*, redirect: str = SSO_URL, post: str = SSO_URL) -> str:
