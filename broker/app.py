@@ -200,10 +200,15 @@ def _register_hooks(app: Flask, svc: Services) -> None:
             _drain_body()
         surface = _surface(request.path)
         if surface == "admin":
-            return admin_error_raw(status, code, message)
-        if surface == "oauth":
-            return oauth_error(BrokerError(message, code="invalid_request", status=status))
-        return html_page(status, "Error", message, code, g.get("request_id"))
+            resp = admin_error_raw(status, code, message)
+        elif surface == "oauth":
+            resp = oauth_error(BrokerError(message, code="invalid_request", status=status))
+        else:
+            resp = html_page(status, "Error", message, code, g.get("request_id"))
+        allow = dict(err.get_headers()).get("Allow")
+        if status == 405 and allow:  # RFC 9110 §15.5.6: a 405 names the methods the resource has
+            resp.headers["Allow"] = allow
+        return resp
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:

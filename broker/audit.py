@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,21 +15,24 @@ from broker.ports import AuditSink
 
 log = logs.get("broker.audit")
 
-_SECRET_KEYS = ("secret", "token", "assertion", "password", "key", "code")
+_SECRET_WORDS = frozenset({"secret", "token", "assertion", "password", "key", "code", "cookie", "session"})
+_IDENTIFIERS = frozenset({"key_id", "kid", "admin_key_id"})  # names of ids, not of secrets
 
 
 def _scrub(details: Mapping[str, Any]) -> dict[str, Any]:
+    """Mask any detail whose name says it may hold a secret (a word of it, split on _ - .), unless the value
+    is a flag or a count (`code_reuse: true` says nothing secret) or the name is that of an identifier."""
     out: dict[str, Any] = {}
     for k, v in details.items():
-        if any(s in k.lower() for s in _SECRET_KEYS) and k not in ("key_id", "kid"):
-            out[k] = "***"
-        else:
-            out[k] = v
+        words = set(k.lower().replace("-", "_").replace(".", "_").split("_"))
+        harmless = v is None or isinstance(v, bool | int | float)
+        out[k] = "***" if words & _SECRET_WORDS and not harmless and k not in _IDENTIFIERS else v
     return out
 
 
 class Auditor:
-    """Builds AuditEvents and hands them to the sink; never raises into the request path on sink failure."""
+    """Builds AuditEvents and hands them to the sink; never raises into the request path on sink failure.
+    Every event is also one `"event": "audit"` log line."""
 
     def __init__(self, sink: AuditSink) -> None:
         self._sink = sink
@@ -56,17 +60,27 @@ class Auditor:
             app=app,
             outcome=outcome,
             reason=reason,
-            details=_scrub(details or {}),
+            details=details or {},
         )
+        return self._store(event, required=required)
+
+    def record(self, event: AuditEvent) -> None:
+        """AuditSink protocol, so components can take an Auditor where a sink is expected (scrubbed and logged
+        like every event)."""
+        self._store(event, required=False)
+
+    def _store(self, event: AuditEvent, *, required: bool) -> AuditEvent:
+        """Scrub, log and store one event; returns it as stored."""
+        event = replace(event, details=_scrub(event.details))
         log.info(
             "audit",
             extra={
-                "audit_type": type,
-                "outcome": outcome,
-                "reason": reason,
-                "audit_tenant": tenant,
-                "audit_connection": connection,
-                "app": app,
+                "audit_type": event.type,
+                "outcome": event.outcome,
+                "reason": event.reason,
+                "audit_tenant": event.tenant,
+                "audit_connection": event.connection,
+                "app": event.app,
             },
         )
         try:
@@ -77,13 +91,6 @@ class Auditor:
                 raise ServiceUnavailable("The service is temporarily unavailable. Please try again shortly.",
                                          code="audit_unavailable", detail=exc.__class__.__name__) from None
         return event
-
-    def record(self, event: AuditEvent) -> None:
-        """AuditSink protocol, so components can take an Auditor where a sink is expected."""
-        try:
-            self._sink.record(event)
-        except Exception:  # noqa: BLE001
-            log.exception("audit_write_failed", extra={"audit_id": event.id})
 
 
 def event_json(e: AuditEvent) -> dict[str, Any]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Any
+
+from sqlalchemy.exc import DBAPIError
 
 from broker import logs
 from broker.errors import BrokerError, ConfigError
@@ -83,10 +86,24 @@ def cmd_db_upgrade(_: argparse.Namespace) -> int:
     return 0
 
 
-def _services(settings: Settings) -> Any:
+def _services(settings: Settings, *, writes: bool = False) -> Any:
+    """The broker's services. `writes`: the command changes configuration, which running servers learn of
+    through the state store: check that it answers first, so that a command that cannot announce its change
+    does not make it (README: any error, nothing written)."""
     from broker.app import build_services
 
-    return build_services(settings)
+    svc = build_services(settings)
+    if writes and not svc.state.ping():
+        svc.extras["engine"].dispose()
+        raise ConfigError("The state store (REDIS_URL) cannot be reached; nothing was written. Running servers "
+                          "learn of configuration changes through it: try again when it answers.")
+    return svc
+
+
+def _not_announced(svc: Any) -> str:
+    return ("The change was written, but running servers could not be told of it (the state store stopped "
+            "answering): each one picks it up on its own within 10 minutes.") if getattr(
+        svc.config, "announcement_owed", False) else ""
 
 
 def cmd_admin_create_key(args: argparse.Namespace) -> int:
@@ -113,7 +130,7 @@ def cmd_admin_revoke_key(args: argparse.Namespace) -> int:
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     settings = _settings()
-    svc = _services(settings)
+    svc = _services(settings, writes=True)
     tenant = svc.config.tenant_by_slug(args.tenant)
     if tenant is None:
         raise ConfigError(f"No tenant {args.tenant!r}.")
@@ -154,7 +171,7 @@ def cmd_metadata_refresh(args: argparse.Namespace) -> int:
 def cmd_secrets_reseal(_: argparse.Namespace) -> int:
     """After rotating BROKER_SECRET_KEY (old key in BROKER_SECRET_KEY_PREVIOUS): re-seal everything."""
     settings = _settings()
-    svc = _services(settings)
+    svc = _services(settings, writes=True)
     try:
         count = svc.config.reseal_all()
     finally:
@@ -165,11 +182,16 @@ def cmd_secrets_reseal(_: argparse.Namespace) -> int:
 
 def cmd_config_apply(args: argparse.Namespace) -> int:
     settings = _settings()
-    svc = _services(settings)
+    svc = _services(settings, writes=not args.dry_run)
     from broker.admin.apply import apply_config
 
     try:
         result = apply_config(svc.admin, args.dir, dry_run=args.dry_run, prune=args.prune)
+    except BrokerError as exc:
+        written = _not_announced(svc)
+        if written:  # the rare race: the store went away between the check and the write's announcement
+            raise ConfigError(f"{written} ({exc.message})") from None
+        raise
     finally:
         svc.extras["engine"].dispose()
     print(result.render())
@@ -259,6 +281,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _thread_count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError("must be a whole number from 1 to 256")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="broker", description="SAML 2.0 / OIDC federation broker")
     sub = p.add_subparsers(dest="command", required=True)
@@ -268,13 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=None,
                        help="worker processes (default: 1 without Redis, else 2x cores up to 8)")
-    serve.add_argument("--threads", type=int, default=4, help="threads per worker")
+    serve.add_argument("--threads", type=_thread_count, default=4, help="threads per worker (1-256)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="the demo: SQLite, a demo tenant and the development IdP; prints where to click")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
-    demo.add_argument("--threads", type=int, default=8, help="threads of the one worker")
+    demo.add_argument("--threads", type=_thread_count, default=8, help="threads of the one worker (1-256)")
     demo.add_argument("--config", default=None, help="the demo config file (default: config/demo.yaml)")
     demo.set_defaults(func=cmd_demo)
 
@@ -329,11 +361,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if not logging.getLogger().handlers:  # warnings of one-shot commands are JSON lines too (serve: its level)
+        logs.configure("WARNING")
     try:
         code: int = args.func(args)
         return code
     except BrokerError as exc:
         print(f"broker: {exc.message}", file=sys.stderr)
+        return 2
+    except DBAPIError as exc:  # the database cannot be reached (or is not the broker's): a sentence, no trace
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else exc.__class__.__name__
+        print(f"broker: The database (DATABASE_URL) cannot be used: {reason[:300]}", file=sys.stderr)
         return 2
 
 

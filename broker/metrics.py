@@ -116,5 +116,7 @@ class CertificateExpiry(Collector):
         now = time.time()
         for tenant, connection, certs in self._read():
             for fingerprint, not_after in certs.items():
-                family.add_metric([tenant, connection, fingerprint[:16]], round((not_after - now) / 86400, 2))
+                # the first 8 bytes of the SHA-256, whole bytes (AB:CD:… or plain hex)
+                short = ":".join(fingerprint.split(":")[:8]) if ":" in fingerprint else fingerprint[:16]
+                family.add_metric([tenant, connection, short], round((not_after - now) / 86400, 2))
         yield family

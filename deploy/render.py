@@ -10,11 +10,14 @@ Helm's Go library). The release is named `broker`; no namespace is written, so `
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -29,11 +32,14 @@ HEADER = (
 )
 
 
-def render_with_cli(helm: str) -> dict[str, str]:
-    out = subprocess.run(  # noqa: S603 - argv from shutil.which and our own paths
-        [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE],
-        check=True, capture_output=True, text=True,
-    ).stdout
+def render_with_cli(helm: str, values: dict[str, Any] | None = None) -> dict[str, str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as overrides:  # JSON is YAML: a values file
+        json.dump(values or {}, overrides)
+        overrides.flush()
+        out = subprocess.run(  # noqa: S603 - argv from shutil.which and our own paths
+            [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--values", overrides.name],
+            check=True, capture_output=True, text=True,
+        ).stdout
     files: dict[str, str] = {}
     for chunk in re.split(r"^---\s*$", out, flags=re.M):
         m = re.search(r"^# Source: (\S+)\s*$", chunk, flags=re.M)
@@ -44,22 +50,26 @@ def render_with_cli(helm: str) -> dict[str, str]:
     return files
 
 
-def render_with_sdk() -> dict[str, str]:
+def render_with_sdk(values: dict[str, Any] | None = None) -> dict[str, str]:
     import helm_python  # type: ignore[import-not-found]
 
     chart = helm_python.Chart.load(CHART)
-    rendered: dict[str, str] = chart.render(name=RELEASE, namespace=NAMESPACE, is_install=True)
+    rendered: dict[str, str] = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     return {path: text.strip("\n") + "\n" for path, text in rendered.items() if text.strip()}
 
 
-def render() -> tuple[dict[str, str], str]:
-    """{template path: rendered YAML} for every template that renders to something, and the renderer used."""
+def render(values: dict[str, Any] | None = None) -> tuple[dict[str, str], str]:
+    """{template path: rendered YAML} for every template that renders to something, and the renderer used.
+
+    `values` override the chart's defaults like `helm template -f` (the tests use it; the manifests use none).
+    A template's `fail` raises subprocess.CalledProcessError (message in .stderr) or helm_python.HelmError.
+    """
     helm = shutil.which("helm")
     if helm:
-        files, how = render_with_cli(helm), "helm CLI"
+        files, how = render_with_cli(helm, values), "helm CLI"
     else:
         try:
-            files, how = render_with_sdk(), "helm_python"
+            files, how = render_with_sdk(values), "helm_python"
         except ImportError:
             sys.exit("render.py needs the `helm` CLI on PATH or `pip install helm-python-sdk`.")
     manifests = {

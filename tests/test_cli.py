@@ -166,3 +166,61 @@ def test_serve_refuses_an_unwritable_metrics_directory(env: str, tmp_path: Path,
     assert main(["serve", "--port", "1"]) == 2
     err = capsys.readouterr().err
     assert "PROMETHEUS_MULTIPROC_DIR" in err and "not a writable directory" in err and "Traceback" not in err
+
+
+def _dead_redis(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
+
+
+def test_config_writers_refuse_when_the_state_store_is_down_and_write_nothing(
+        env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Running servers learn of configuration changes through the state store: a command that could not
+    announce its change must not make it (README: any error, nothing written, exit 2)."""
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "acme.yaml").write_text("tenants:\n  - slug: acme\n    name: Acme Corp\n")
+    assert main(["config", "apply", str(config)]) == 0
+    (config / "acme.yaml").write_text("tenants:\n  - slug: acme\n    name: Acme Renamed\n")
+    capsys.readouterr()
+    _dead_redis(monkeypatch)
+    assert main(["config", "apply", str(config)]) == 2
+    assert "nothing was written" in capsys.readouterr().err
+    assert main(["keys", "rotate", "--tenant", "acme"]) == 2
+    assert main(["config", "apply", "--dry-run", str(config)]) == 0  # a dry run writes nothing: allowed
+    assert "~ tenant acme: name" in capsys.readouterr().out
+    monkeypatch.delenv("REDIS_URL")
+    from broker.app import build_services
+    from broker.settings import load_settings
+
+    svc = build_services(load_settings())
+    try:
+        tenant = svc.config.tenant_by_slug("acme")
+        assert tenant is not None and tenant.name == "Acme Corp"
+        assert len(svc.config.signing_keys(tenant.id)) == 1
+    finally:
+        svc.extras["engine"].dispose()
+
+
+@pytest.mark.parametrize("url", ["sqlite:////nonexistent-dir/x/broker.db",
+                                 "postgresql://postgres@127.0.0.1:1/broker"])
+@pytest.mark.parametrize("command", [["db", "upgrade"], ["admin", "create-key"]])
+def test_an_unusable_database_is_a_sentence_not_a_traceback(
+        env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], url: str,
+        command: list[str]) -> None:
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert main(command) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("broker: The database (DATABASE_URL) cannot be used: ") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("threads", ["0", "-1", "x", "1000"])
+def test_serve_refuses_a_bad_thread_count(env: str, capsys: pytest.CaptureFixture[str], threads: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--threads", threads, "--port", "1"])
+    assert exited.value.code == 2
+    assert "--threads: must be a whole number from 1 to 256" in capsys.readouterr().err

@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from broker.cli import build_parser
-from broker.settings import load_settings
+from broker.settings import ConfigError, Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -187,6 +187,43 @@ def test_autoscaler_and_disruption_budget_target_the_deployment() -> None:
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
+def test_prometheus_annotation_names_the_container_port() -> None:
+    template = only("Deployment")["spec"]["template"]
+    (c,) = template["spec"]["containers"]
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == str(c["ports"][0]["containerPort"])
+
+
+def test_proxy_hops_default_trusts_no_proxy() -> None:
+    """The chart creates no Ingress: trusting a proxy that is not there would let clients forge their address."""
+    assert "Ingress" not in {d["kind"] for d in documents()}
+    (c,) = pod_spec(only("Deployment"))["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["BROKER_PROXY_HOPS"] == "0"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert values["proxyHops"] == 0
+
+
+def test_proxy_hops_is_documented() -> None:
+    values_text = (CHART / "values.yaml").read_text()
+    assert "BROKER_PROXY_HOPS" in values_text and "proxyHops:" in values_text
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    assert "proxyHops" in notes and "BROKER_PROXY_HOPS" in notes
+    readme = (DEPLOY / "README.md").read_text()
+    assert "proxyHops" in readme and "BROKER_PROXY_HOPS" in readme
+
+
+def test_readme_names_every_manifest_that_carries_the_public_url() -> None:
+    readme = " ".join((DEPLOY / "README.md").read_text().split())
+    without_helm = readme[readme.index("Without Helm:"):]
+    without_helm = without_helm[:without_helm.index("```")]
+    carriers = sorted(p.name for p in MANIFESTS.glob("*.yaml") if "BROKER_PUBLIC_URL" in p.read_text())
+    assert len(carriers) >= 3
+    for name in carriers:
+        assert f"manifests/{name}" in without_helm, f"deploy/README.md does not say to edit {name}"
+
+
 # --- with Helm --------------------------------------------------------------------------------------------
 
 
@@ -222,3 +259,107 @@ def test_helm_template_equals_plain_manifests() -> None:
         assert list(yaml.safe_load_all(text)) == list(yaml.safe_load_all(on_disk[path])), (
             f"{path.name} differs from the chart ({how}): run python deploy/render.py"
         )
+
+
+needs_helm = pytest.mark.skipif(HELM is None and not HAS_SDK, reason=NO_HELM)
+
+
+def render_with(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chart rendered with `values` over its defaults, as documents."""
+    manifests, _ = _render_module().render(values)
+    return [d for text in manifests.values() for d in yaml.safe_load_all(text) if d]
+
+
+def render_error(values: dict[str, Any]) -> str:
+    """The message of the chart's refusal to render `values` (fails the test if it renders)."""
+    try:
+        _render_module().render(values)
+    except subprocess.CalledProcessError as exc:  # helm CLI
+        return str(exc.stderr)
+    except Exception as exc:  # helm_python.HelmError  # noqa: BLE001
+        return str(exc)
+    pytest.fail(f"the chart rendered {values}")
+
+
+def kind_of(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (found,) = [d for d in docs if d["kind"] == kind]
+    return found
+
+
+def settings_of(obj: dict[str, Any]) -> Settings:
+    """load_settings() over a pod's environment, the Secret's keys filled with plausible values."""
+    (c,) = pod_spec(obj)["containers"]
+    secrets = {"BROKER_SECRET_KEY": "k" * 48, "DATABASE_URL": "postgresql://broker:pw@db:5432/broker",
+               "REDIS_URL": "redis://redis:6379/0"}
+    env = {e["name"]: e["value"] if "value" in e else secrets.get(e["name"], "") for e in c["env"]}
+    return load_settings(env)
+
+
+@needs_helm
+@pytest.mark.parametrize("port", [8000, 9000])
+def test_prometheus_port_follows_server_port(port: int) -> None:
+    template = kind_of(render_with({"server": {"port": port}}), "Deployment")["spec"]["template"]
+    (c,) = template["spec"]["containers"]
+    assert c["ports"][0]["containerPort"] == port
+    assert template["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+
+
+@needs_helm
+def test_prometheus_port_given_explicitly_wins() -> None:
+    docs = render_with({"server": {"port": 9000}, "podAnnotations": {"prometheus.io/port": "9100"}})
+    annotations = kind_of(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations == {"prometheus.io/scrape": "true", "prometheus.io/path": "/metrics",
+                           "prometheus.io/port": "9100"}
+
+
+@needs_helm
+def test_prometheus_port_only_with_the_scrape_annotation() -> None:
+    docs = render_with({"podAnnotations": {"prometheus.io/scrape": None, "prometheus.io/path": None}})
+    assert not kind_of(docs, "Deployment")["spec"]["template"]["metadata"].get("annotations")
+
+
+# Every spelling the chart is asked about, sorted by what the broker makes of it in production.
+DEV_IDP_OFF: list[Any] = ["false", "False", "FALSE", "0", "no", "No", "off", "OFF", "", False, 0]
+DEV_IDP_REFUSED: list[Any] = ["true", "True", "1", "yes", "on", True, 1, " false", "false ", "nope", "f", "n"]
+
+
+@needs_helm
+@pytest.mark.parametrize("value", DEV_IDP_OFF, ids=repr)
+def test_dev_idp_false_is_accepted(value: Any) -> None:
+    docs = render_with({"settings": {"BROKER_DEV_IDP": value}})
+    for kind in ("Deployment", "Job", "CronJob"):
+        settings = settings_of(kind_of(docs, kind))  # the broker starts with it ...
+        assert settings.is_production and settings.dev_idp is False  # ... without the development IdP
+
+
+@needs_helm
+@pytest.mark.parametrize("value", DEV_IDP_REFUSED, ids=repr)
+def test_dev_idp_anything_but_false_is_refused(value: Any) -> None:
+    assert "BROKER_DEV_IDP" in render_error({"settings": {"BROKER_DEV_IDP": value}})
+    # ... as the broker itself would refuse it (it enables the IdP or is no boolean at all)
+    env = {"BROKER_ENV": "production", "BROKER_PUBLIC_URL": "https://sso.example.com",
+           "BROKER_SECRET_KEY": "k" * 48, "BROKER_DEV_IDP": str(value)}
+    with pytest.raises(ConfigError):
+        load_settings(env)
+
+
+@needs_helm
+@pytest.mark.parametrize("hops", [0, 1, 2, "1"], ids=repr)
+def test_proxy_hops_value_sets_broker_proxy_hops(hops: int | str) -> None:
+    docs = render_with({"proxyHops": hops})
+    deployment = kind_of(docs, "Deployment")
+    (c,) = pod_spec(deployment)["containers"]
+    assert [e["value"] for e in c["env"] if e["name"] == "BROKER_PROXY_HOPS"] == [str(hops)]
+    assert settings_of(deployment).proxy_hops == int(hops)
+
+
+@needs_helm
+@pytest.mark.parametrize("hops", [-1, 1.5, "one", True], ids=repr)
+def test_proxy_hops_must_be_a_whole_number(hops: Any) -> None:
+    assert "proxyHops" in render_error({"proxyHops": hops})
+
+
+@needs_helm
+def test_proxy_hops_is_not_also_a_setting() -> None:
+    """One source for BROKER_PROXY_HOPS: a second env entry of the same name would silently win or lose."""
+    assert "proxyHops" in render_error({"settings": {"BROKER_PROXY_HOPS": "1"}})

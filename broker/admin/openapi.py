@@ -48,7 +48,7 @@ ETAG_HEADER = {"ETag": {"description": "The resource's version, for If-Match", "
 def _conditional(op: dict[str, Any], *, tagged: bool = True) -> dict[str, Any]:
     """A write that honours If-Match (412 when stale) and, when `tagged`, answers with the new ETag."""
     op.setdefault("parameters", []).append(IF_MATCH)
-    op["responses"].update(_errors(412))
+    op["responses"].update(_errors(400, 412))  # 400: an If-Match header that names nothing
     for status, resp in op["responses"].items():
         if tagged and status.startswith("2") and status != "204":
             resp["headers"] = ETAG_HEADER
@@ -181,6 +181,8 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
     }
     paths["/tenants/{t}/keys/rotate"]["post"]["requestBody"]["required"] = False  # an empty body is RS256
+    for path in ("/tenants/{t}/admin-keys", "/admin-keys"):  # the label is optional, so is the body
+        paths[path]["post"]["requestBody"]["required"] = False
     return {
         "openapi": "3.1.0",
         "info": {"title": "Federation broker admin API", "version": "1"},

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from broker.claims.pipeline import MAX_SUBJECT_SOURCE_CHARS
 from broker.errors import ValidationFailed
 from broker.model import SLUG_RE
 
@@ -53,7 +54,7 @@ class AdminKeyCreate(Strict):
 class MappingBody(Strict):
     preset: str | None = None
     rules: list[dict[str, Any]] = Field(default_factory=list, max_length=200)
-    subject_source: str | None = Field(default=None, max_length=500)
+    subject_source: str | None = Field(default=None, max_length=MAX_SUBJECT_SOURCE_CHARS)
 
 
 class ConnectionBody(Strict):
@@ -95,9 +96,11 @@ def _check_redirect_uri(uri: str) -> str:
     if parts.username is not None or parts.password is not None:
         raise ValueError(f"{uri!r} must not carry credentials (user:password@)")
     try:
-        parts.port  # noqa: B018 - raises ValueError for a port outside 0-65535 or not a number
+        port = parts.port  # raises ValueError for a port outside 0-65535 or not a number
     except ValueError:
-        raise ValueError(f"{uri!r} has an invalid port") from None
+        port = 0
+    if port == 0 and parts.netloc.rpartition("]")[2].count(":") == 1:  # ":0", or a port that did not parse
+        raise ValueError(f"{uri!r} has an invalid port")
     if parts.fragment or "#" in uri:
         raise ValueError(f"{uri!r} must not contain a fragment (RFC 6749 §3.1.2)")
     if parts.scheme in ("http", "https") and not parts.hostname:

@@ -9,6 +9,7 @@ confirm the other tenant exists).
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
@@ -808,7 +809,7 @@ class AdminService:
         if not 1 <= limit <= 500:
             raise ValidationFailed("limit must be between 1 and 500.", details={"field": "limit"})
         cursor = args.get("cursor")
-        if cursor is not None and not cursor.isdigit():
+        if cursor is not None and not re.fullmatch(r"[0-9]{1,18}", cursor):  # ASCII digits, within a BIGINT
             raise ValidationFailed("cursor is not valid.", details={"field": "cursor"})
         page = self.store.audit_page(tenant.id, type=type_, outcome=outcome, limit=limit, cursor=cursor)
         return {"events": [event_json(e) for e in page.events], "next_cursor": page.next_cursor}

@@ -157,6 +157,11 @@ class Issuer:
         if redirect_uri not in app.redirect_uris:
             raise fail("invalid_request", "The redirect_uri is not registered for this client.")
 
+        # A state too long to carry is not echoed back either (a redirect whose Location would be that long
+        # breaks clients and proxies): like the two checks above, an error page.
+        if state is not None and len(state) > MAX_PARAM:
+            raise fail("invalid_request", "The state parameter is too long.")
+
         # From here on the error goes back to the app.
         def refuse(code: str, message: str) -> AuthorizeError:
             return fail(code, message, redirect_uri)

@@ -151,6 +151,11 @@ class CachedConfigStore:
             self._owed_scopes = None if scopes is None or owed is None else owed | scopes
             raise
 
+    @property
+    def announcement_owed(self) -> bool:
+        """A write committed but could not yet be announced to the other replicas (see _announce)."""
+        return self._owed
+
     def _cached(self, key: tuple[Any, ...], scope: str | Callable[[Any], str], load: Callable[[], T]) -> T:
         """`scope`: the entry's scope, or a function of the loaded value that gives it."""
         if self._in_atomic.get():

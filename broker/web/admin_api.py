@@ -59,10 +59,14 @@ def _json() -> Any:
         raise ValidationFailed("The request body is not valid JSON.", code="invalid_json") from None
 
 
-def _optional_json() -> Any:
+def _optional_json() -> dict[str, Any] | None:
+    """An optional JSON object body: None when there is no body; anything but an object is refused."""
     if not request.content_length and not request.get_data(cache=True):
         return None
-    return _json()
+    body = _json()
+    if not isinstance(body, dict):
+        raise ValidationFailed("The request body must be a JSON object.")
+    return body
 
 
 def _created(body: dict[str, Any]) -> Response:

@@ -263,6 +263,10 @@ BROKEN: dict[str, tuple[str, str]] = {
         "tenants:\n  - slug: zed\n    name: Zed\n    name: Zed again\n",
         "zz-broken.yaml: line 4, column 5: invalid YAML: duplicate key 'name'",
     ),
+    "alias_bomb": (  # 9**7 values once expanded: refused before anything walks them
+        "".join(f"l{i}: &l{i} [" + ", ".join([f"*l{i - 1}" if i else "x"] * 9) + "]\n" for i in range(8)),
+        "zz-broken.yaml: invalid YAML: more than 1,000,000 values once its aliases are expanded",
+    ),
     "not_a_mapping": ("- a\n- b\n", "zz-broken.yaml: must be a mapping with a `tenants` list"),
     "unknown_top_field": ("tenant: []\n", "zz-broken.yaml: tenant: unknown field"),
     "unknown_tenant_field": (

@@ -68,6 +68,14 @@ def test_redirect_uri_must_match_exactly_and_is_never_used_otherwise(
     assert err.redirect_uri is None
 
 
+def test_a_state_too_long_to_echo_gets_an_error_page(env: Env) -> None:
+    """A refusal that went back to the app would carry the state: a Location of megabytes breaks clients and
+    proxies. So an over-long state is refused like an unknown client: no redirect."""
+    err = refused(env, state="x" * 5000)
+    assert err.code == "invalid_request" and err.redirect_uri is None
+    assert "x" * 100 not in err.message
+
+
 def test_registered_redirect_uri_with_query_matches(env: Env) -> None:
     assert env.authorize(redirect_uri="https://app.example/cb2?x=1&y=a%20b").redirect_uri.endswith("a%20b")
 
@@ -88,7 +96,7 @@ def test_registered_redirect_uri_with_query_matches(env: Env) -> None:
         ({"response_mode": "fragment"}, "invalid_request"),
         ({"request": "eyJ..."}, "request_not_supported"),
         ({"request_uri": "https://x"}, "request_uri_not_supported"),
-        ({"state": "x" * 5000}, "invalid_request"),
+        ({"nonce": "x" * 5000}, "invalid_request"),
     ],
 )
 def test_errors_after_the_redirect_uri_is_known_go_back_to_the_app(

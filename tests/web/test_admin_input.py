@@ -12,7 +12,7 @@ from tests.conftest import AdminClient
 @pytest.mark.parametrize("uri", [
     "https://a.example/c b", "https://a.example/cb\n", "https://a.example/\tcb", "https://a.example/cb\x7f",
     "https://user:pass@a.example/cb", "https://user@a.example/cb",
-    "https://a.example:99999/cb", "https://a.example:port/cb",
+    "https://a.example:99999/cb", "https://a.example:port/cb", "https://a.example:0/cb", "https://[::1]:0/cb",
 ])
 def test_malformed_redirect_uris_are_refused(admin: AdminClient, uri: str) -> None:
     admin.tenant("acme")
@@ -47,3 +47,53 @@ def test_openapi_documents_the_optional_key_rotation_body(client: FlaskClient) -
     assert body["required"] is False
     assert body["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/KeyRotate"}
     assert doc["components"]["schemas"]["KeyRotate"]["properties"]["alg"]["enum"] == ["RS256", "ES256"]
+
+
+@pytest.mark.parametrize("cursor", ["99999999999999999999", "9223372036854775808", "\u00b2", "\u0661", "-1", "1.0"])
+def test_an_audit_cursor_that_is_not_a_plain_number_is_400(admin: AdminClient, cursor: str) -> None:
+    admin.tenant("acme")
+    r = admin.call("GET", "/tenants/acme/audit", query_string={"cursor": cursor})
+    assert r.status_code == 400, r.get_json()
+    assert r.get_json()["details"] == {"field": "cursor"}
+
+
+@pytest.mark.parametrize("body", ["null", "[]", "0", "false", '"x"', "-1.05e16"])
+def test_key_rotation_with_a_body_that_is_not_an_object_rotates_nothing(admin: AdminClient, client: FlaskClient,
+                                                                       body: str) -> None:
+    admin.tenant("acme")
+    before = client.get("/t/acme/jwks").get_json()["keys"]
+    r = client.post("/admin/v1/tenants/acme/keys/rotate", data=body,
+                    headers={**admin.headers, "Content-Type": "application/json"})
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_request", r.get_json()
+    assert client.get("/t/acme/jwks").get_json()["keys"] == before
+    empty = client.post("/admin/v1/tenants/acme/keys/rotate", headers=admin.headers)  # no body: RS256
+    assert empty.status_code == 200 and len(client.get("/t/acme/jwks").get_json()["keys"]) == len(before) + 1
+
+
+def test_admin_key_bodies_are_optional_objects(admin: AdminClient, client: FlaskClient) -> None:
+    admin.tenant("acme")
+    for path in ("/admin/v1/tenants/acme/admin-keys", "/admin/v1/admin-keys"):
+        assert client.post(path, headers=admin.headers).status_code == 201  # no body: no label
+        refused = client.post(path, data="null", headers={**admin.headers, "Content-Type": "application/json"})
+        assert refused.status_code == 400, refused.get_json()
+    doc = client.get("/admin/v1/openapi.json").get_json()
+    assert doc["paths"]["/admin-keys"]["post"]["requestBody"]["required"] is False
+    assert doc["paths"]["/tenants/{t}/admin-keys"]["post"]["requestBody"]["required"] is False
+
+
+def test_a_405_names_the_allowed_methods(admin: AdminClient, client: FlaskClient) -> None:
+    r = client.put("/admin/v1/tenants", headers=admin.headers)
+    assert r.status_code == 405 and r.get_json()["error"] == "method_not_allowed"
+    assert {m.strip() for m in r.headers["Allow"].split(",")} >= {"GET", "POST"}
+    r = client.delete("/t/acme/token")
+    assert r.status_code == 405 and "POST" in r.headers["Allow"]
+
+
+def test_openapi_limits_match_the_server(admin: AdminClient, client: FlaskClient) -> None:
+    from broker.claims.pipeline import MAX_SUBJECT_SOURCE_CHARS
+
+    doc = client.get("/admin/v1/openapi.json").get_json()
+    limit = doc["components"]["schemas"]["MappingBody"]["properties"]["subject_source"]
+    assert MAX_SUBJECT_SOURCE_CHARS in (limit.get("maxLength"), *(x.get("maxLength") for x in limit.get("anyOf", [])))
+    for path, method in (("/tenants/{t}", "delete"), ("/tenants/{t}/apps/{client_id}", "delete")):
+        assert "400" in doc["paths"][path][method]["responses"]  # an empty If-Match

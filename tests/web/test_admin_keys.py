@@ -167,3 +167,14 @@ def test_two_concurrent_revocations_leave_one_global_key(database_url: str) -> N
             assert len(store.admin_keys(None)) == 1
     finally:
         svc.extras["engine"].dispose()
+
+
+def test_admin_events_name_the_key_that_acted(admin: AdminClient) -> None:
+    """The key's id (never its value) is in every admin event, so `who did what` can be answered."""
+    created = admin.call("POST", "/admin-keys", {"label": "ops"}).get_json()
+    ops = AdminClient(admin.client, created["key"])
+    assert ops.call("POST", "/tenants", {"slug": "acme", "name": "Acme"}).status_code == 201
+    events = admin.call("GET", "/tenants/acme/audit?type=admin").get_json()["events"]
+    assert events[0]["details"]["action"] == "tenant.create"
+    assert events[0]["details"]["admin_key_id"] == created["id"]
+    assert created["key"] not in str(events)

@@ -68,7 +68,13 @@ app.kubernetes.io/part-of: federation-broker
 {{- fail "publicUrl must start with https:// (BROKER_ENV=production refuses http:// public URLs)" -}}
 {{- end -}}
 {{- if hasKey .Values.settings "BROKER_DEV_IDP" -}}
-{{- fail "BROKER_DEV_IDP cannot be set: the development IdP is refused in production" -}}
+{{- /* The false spellings of broker/settings.py _bool (lower-cased, not trimmed; empty means the default, off). */ -}}
+{{- if not (has (lower (toString (index .Values.settings "BROKER_DEV_IDP"))) (list "false" "0" "no" "off" "")) -}}
+{{- fail "settings.BROKER_DEV_IDP can only be false (false, 0, no or off): the development IdP is refused in production" -}}
+{{- end -}}
+{{- end -}}
+{{- if hasKey .Values.settings "BROKER_PROXY_HOPS" -}}
+{{- fail "set proxyHops, not settings.BROKER_PROXY_HOPS (the chart sets BROKER_PROXY_HOPS from proxyHops)" -}}
 {{- end -}}
 - name: BROKER_ENV
   value: production
@@ -101,4 +107,25 @@ app.kubernetes.io/part-of: federation-broker
 - name: {{ $name }}
   value: {{ $value | toString | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* BROKER_PROXY_HOPS for the server: proxyHops, a whole number >= 0 (the broker reads it as such). */}}
+{{- define "broker.proxyHops" -}}
+{{- $hops := .Values.proxyHops | default 0 -}}
+{{- if or (ne (toString ($hops | int)) (toString $hops)) (lt ($hops | int) 0) -}}
+{{- fail (printf "proxyHops must be a whole number of reverse proxies, 0 or more, got %v" $hops) -}}
+{{- end -}}
+{{- $hops | int -}}
+{{- end -}}
+
+{{/* Pod annotations: podAnnotations, plus prometheus.io/port = server.port when scraping is annotated and the
+     port is not given explicitly (so that Prometheus follows --set server.port=...). */}}
+{{- define "broker.podAnnotations" -}}
+{{- $annotations := deepCopy (default (dict) .Values.podAnnotations) -}}
+{{- if and (hasKey $annotations "prometheus.io/scrape") (not (hasKey $annotations "prometheus.io/port")) -}}
+{{- $_ := set $annotations "prometheus.io/port" (toString .Values.server.port) -}}
+{{- end -}}
+{{- with $annotations -}}
+{{- toYaml . -}}
+{{- end -}}
 {{- end -}}
