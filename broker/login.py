@@ -270,6 +270,10 @@ class LoginService:
             if txn is not None:
                 request = txn.request
                 purpose = txn.purpose
+            if callback.repeated:  # which copy is meant? (the one a proxy or WAF inspected?) neither
+                raise LoginError("The sign-in response repeats a parameter that may appear only once.",
+                                 code="saml_response_malformed" if connection.protocol == "saml"
+                                 else "oidc_invalid_response", detail=f"repeated: {', '.join(callback.repeated)}")
             unsolicited: AuthorizationRequest | None = None
             if txn is None and connection.settings.get("allow_idp_initiated"):
                 # Before the response is verified: a connection whose IdP-initiated app is missing refuses
@@ -348,7 +352,7 @@ class LoginService:
             self._failed(tenant, connection, request, err)
         else:
             self.auditor.emit("login", "failure", tenant=tenant.slug, app=request.client_id if request else None,
-                              reason=err.code, details={"message": err.message})
+                              reason=err.code, details={"message": err.message, **err.details})
 
     # -- broker sessions (single sign-on across apps of one tenant) ----------------------------------
 

@@ -57,6 +57,7 @@ class CallbackInput:
     method: str
     params: Mapping[str, str]
     url: str
+    repeated: tuple[str, ...] = ()  # single-valued parameters that came more than once: the answer is refused
 
 
 class Connector(Protocol):

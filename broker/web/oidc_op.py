@@ -18,7 +18,8 @@ from broker.claims.subject import pairwise_sub
 from broker.errors import BrokerError, LoginError, NotFound, OAuthError
 from broker.issuer.server import AuthorizeError, HttpRequest, HttpResponse
 from broker.login import LoginFailed, Restarted, email_domain, public_sid
-from broker.model import AuthorizationRequest, Profile, Tenant
+from broker.model import AuthorizationRequest, Connection, Profile, Tenant
+from broker.upstream.base import CallbackInput
 from broker.web.context import services
 from broker.web.cookies import SESSION_COOKIE, browser_binding, clear_session_cookie, set_session_cookie
 from broker.web.errors import html_error, html_page, oauth_error, redirect_to
@@ -387,6 +388,31 @@ def for_app(tenant: Tenant, request: AuthorizationRequest, profile: Profile) -> 
     if app is not None and app.subject_type == "pairwise":
         return replace(profile, sub=pairwise_sub(profile.sub, app.client_id))
     return profile
+
+
+def callback_input(tenant: Tenant, connection: Connection, params: MultiDict[str, str], *, handle: str,
+                   single: tuple[str, ...], code: str) -> CallbackInput | Response:
+    """Shared by the SAML ACS and the OIDC callback. A single-valued parameter sent twice (which copy is meant?
+    the one a proxy or WAF inspected?) is never read: when it is the transaction handle (RelayState, state),
+    the answer cannot be tied to a login and gets an error page (audited; no transaction touched); any other
+    is named in `repeated`, and the login it belongs to fails as any refused answer does."""
+    if len(params.getlist(handle)) > 1:
+        err = LoginError("The sign-in response repeats a parameter that may appear only once.", code=code,
+                         detail=f"repeated: {handle}")
+        services().extras["login"].record_begin_failure(tenant, connection, None, err)
+        return html_error(err)
+    repeated = tuple(sorted({name for name in single if len(params.getlist(name)) > 1}))
+    return CallbackInput(method=request.method, params={k: v for k, v in params.items()}, url=request.url,
+                         repeated=repeated)
+
+
+def unknown_connection(tenant: Tenant, slug: str, protocol: str) -> NotFound:
+    """A sign-in answer for a connection this tenant does not have (or not of this protocol): 404, audited
+    as a refused login of the tenant (SPEC: every rejected login)."""
+    err = NotFound(f"No such {protocol.upper() if protocol == 'saml' else 'OIDC'} connection.",
+                   code="connection_not_found", details={"connection": slug[:100]})
+    services().extras["login"].record_begin_failure(tenant, None, None, err)
+    return err
 
 
 def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:

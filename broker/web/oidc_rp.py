@@ -7,12 +7,10 @@ import time
 from flask import Blueprint, Response, request
 
 from broker import logs
-from broker.errors import NotFound
 from broker.login import LoginFailed
-from broker.upstream.base import CallbackInput
 from broker.web.context import services
 from broker.web.cookies import binding_of
-from broker.web.oidc_op import finish_login, load_tenant
+from broker.web.oidc_op import callback_input, finish_login, load_tenant, unknown_connection
 
 bp = Blueprint("oidc_rp", __name__, url_prefix="/t/<tenant>/connections/<conn>/oidc")
 
@@ -24,10 +22,12 @@ def callback(tenant: str, conn: str) -> Response:
     t = load_tenant(tenant)
     c = svc.config.connection(t.id, conn)
     if c is None or c.protocol != "oidc":
-        raise NotFound("No such OIDC connection.", code="connection_not_found")
+        raise unknown_connection(t, conn, "oidc")
     logs.connection.set(c.slug)
-    params = {k: v for k, v in request.args.items()}
-    cb = CallbackInput(method="GET", params=params, url=request.url)
+    cb = callback_input(t, c, request.args, handle="state",
+                        single=("code", "iss", "error", "error_description", "error_uri"), code="oidc_invalid_response")
+    if isinstance(cb, Response):
+        return cb
     try:
         result = svc.extras["login"].finish(t, c, cb, browser_binding=binding_of(request.cookies))
     except LoginFailed as failed:

@@ -10,11 +10,10 @@ from broker import logs
 from broker.errors import NotFound, PayloadTooLarge
 from broker.login import LoginFailed
 from broker.model import Connection, Tenant
-from broker.upstream.base import CallbackInput
 from broker.upstream.saml import SamlConnector
 from broker.web.context import services
 from broker.web.cookies import binding_of
-from broker.web.oidc_op import finish_login, load_tenant
+from broker.web.oidc_op import callback_input, finish_login, load_tenant, unknown_connection
 
 bp = Blueprint("saml_sp", __name__, url_prefix="/t/<tenant>/connections/<conn>/saml")
 
@@ -52,9 +51,14 @@ def acs(tenant: str, conn: str) -> Response:
     if len(raw) > limit:
         raise _too_large(tenant, conn, limit, f"body of {len(raw)} bytes")
     t = load_tenant(tenant)
-    c = _connection(t, conn)
-    params = {k: v for k, v in request.form.items()}
-    callback = CallbackInput(method="POST", params=params, url=request.url)
+    c = svc.config.connection(t.id, conn)
+    if c is None or c.protocol != "saml":
+        raise unknown_connection(t, conn, "saml")
+    logs.connection.set(c.slug)
+    callback = callback_input(t, c, request.form, handle="RelayState", single=("SAMLResponse",),
+                              code="saml_response_malformed")
+    if isinstance(callback, Response):
+        return callback
     try:
         result = svc.extras["login"].finish(t, c, callback, browser_binding=binding_of(request.cookies))
     except LoginFailed as failed:

@@ -116,3 +116,22 @@ def test_prompt_select_account_and_login_go_upstream(env: tuple[BrokerServer, Oi
         r = requests.get(_authorize_url(broker, app, "sa", prompt=prompt), allow_redirects=False, timeout=10)
         assert r.status_code == 302, r.text[:300]
         assert query_of(r.headers["Location"]).get("prompt") == upstream, (prompt, r.headers["Location"])
+
+
+def test_a_callback_that_repeats_a_parameter_is_not_read(env: tuple[BrokerServer, OidcOp],
+                                                         app: dict[str, Any]) -> None:
+    """Parameter pollution at the redirect URI (RFC 6749 §3.1: parameters MUST NOT repeat): a repeated state
+    cannot be tied to a login (error page; the login is left alone); a repeated code fails the login."""
+    broker, op = env
+    browser = requests.Session()
+    callback = op.login(browser, _authorize_url(broker, app, "rp1"))
+    polluted = browser.get(f"{callback}&state=other", allow_redirects=False, timeout=20)
+    assert polluted.status_code == 400 and "Location" not in polluted.headers
+    events = broker.api("GET", "/tenants/acme/audit?type=login&outcome=failure").json()["events"]
+    assert events[0]["reason"] == "oidc_invalid_response"
+    twice = browser.get(f"{callback}&code=injected", allow_redirects=False, timeout=20)
+    assert twice.status_code == 302
+    q = query_of(twice.headers["Location"])
+    assert q["error"] == "access_denied" and q["state"] == "rp1" and "code" not in q
+    events = broker.api("GET", "/tenants/acme/audit?type=login&outcome=failure").json()["events"]
+    assert events[0]["reason"] == "oidc_invalid_response" and "code" in events[0]["details"]["detail"]

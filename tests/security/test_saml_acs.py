@@ -215,3 +215,39 @@ def test_a_transaction_stored_in_the_earlier_field_order_still_completes(sec: Se
     r = sec.post("acme", "okta", response, p.relay_state)
     assert r.status_code == 302 and "code" in query_of(r.headers["Location"]), r.data[:300]
     assert state.get(TXN_PREFIX + p.relay_state) is None
+
+
+# --- a single-valued parameter sent twice is never read (parameter pollution) -----------------------------
+
+
+def _post_pairs(sec: Setup, pairs: list[tuple[str, str]], conn: str = "okta") -> object:
+    from werkzeug.datastructures import MultiDict
+
+    return sec.client.post(f"/t/acme/connections/{conn}/saml/acs", data=MultiDict(pairs))
+
+
+def test_a_repeated_saml_response_fails_the_login_it_belongs_to(sec: Setup) -> None:
+    p = sec.begin()
+    good = to_post_binding(_response(sec, p))
+    r = _post_pairs(sec, [("SAMLResponse", good), ("SAMLResponse", "junk"), ("RelayState", p.relay_state)])
+    _refused(sec, r, "saml_response_malformed")  # the transaction is known: back to the app, access_denied
+    assert "SAMLResponse" in sec.failures()[0]["details"]["detail"]
+    again = sec.post("acme", "okta", good, p.relay_state)  # the refused answer ended that login
+    assert again.status_code != 302 or "code" not in query_of(again.headers["Location"])
+
+
+def test_a_repeated_relay_state_is_an_error_page_and_leaves_the_login_alone(sec: Setup) -> None:
+    p = sec.begin()
+    good = to_post_binding(_response(sec, p))
+    r = _post_pairs(sec, [("SAMLResponse", good), ("RelayState", p.relay_state), ("RelayState", "other")])
+    _refused(sec, r, "saml_response_malformed", redirected=False)
+    ok = sec.post("acme", "okta", good, p.relay_state)  # nothing was consumed: the real answer still lands
+    assert ok.status_code == 302 and "code" in query_of(ok.headers["Location"])
+
+
+@pytest.mark.parametrize("conn", ["nope", "x" * 300])
+def test_an_answer_for_an_unknown_connection_is_404_and_audited(sec: Setup, conn: str) -> None:
+    r = _post_pairs(sec, [("SAMLResponse", "x"), ("RelayState", "y")], conn=conn)
+    assert r.status_code == 404  # type: ignore[attr-defined]
+    event = sec.failures()[0]
+    assert event["reason"] == "connection_not_found" and event["details"]["connection"] == conn[:100]
