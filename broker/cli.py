@@ -62,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             self.cfg.set("max_requests", 0)
             self.cfg.set("accesslog", None)
             self.cfg.set("errorlog", "-")
+            self.cfg.set("logger_class", "broker.serving.JsonLogger")  # gunicorn's own lines as JSON too
             self.cfg.set("loglevel", "warning")
             self.cfg.set("preload_app", False)  # each worker opens its own DB pool and Redis client
             if os.path.isdir("/dev/shm"):  # noqa: S108 - the heartbeat file: tmpfs, not a disk write per request
@@ -270,6 +271,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             self.cfg.set("keepalive", 5)
             self.cfg.set("accesslog", None)
             self.cfg.set("errorlog", "-")
+            self.cfg.set("logger_class", "broker.serving.JsonLogger")  # gunicorn's own lines as JSON too
             self.cfg.set("loglevel", "warning")
             self.cfg.set("preload_app", False)
             self.cfg.set("when_ready", when_ready)

@@ -18,11 +18,23 @@ import tempfile
 import time
 from typing import Any
 
+from gunicorn.glogging import Logger as _GunicornLogger
 from gunicorn.workers.gthread import ThreadWorker as _GunicornThreadWorker
 
 from broker.errors import ConfigError
+from broker.logs import JsonFormatter
 
 HEARTBEAT_EVERY = 1.0  # seconds; far below the arbiter's timeout
+
+
+class JsonLogger(_GunicornLogger):  # type: ignore[misc]
+    """gunicorn's own messages (a port already taken, a worker timeout, a worker that failed to boot) as JSON
+    lines like every other line on stderr."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for handler in self.error_log.handlers:
+            handler.setFormatter(JsonFormatter())
 
 
 class ThreadWorker(_GunicornThreadWorker):  # type: ignore[misc]

@@ -122,3 +122,19 @@ def test_cli_writes_reach_a_running_server_without_redis_at_once(tmp_path: Path)
         assert _broker(tmp_path, "keys", "rotate", "--tenant", "acme", **db).returncode == 0
         rotated = requests.get(f"{server.url}/t/acme/jwks", timeout=10).json()["keys"]
         assert len(rotated) == len(jwks) + 1, "the rotated key is published at once"
+
+
+def test_every_stderr_line_of_serve_is_json_even_gunicorns_own(tmp_path: Path) -> None:
+    """A port already taken is reported by gunicorn itself: that line is JSON too (one JSON object per line)."""
+    import json
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = _broker(tmp_path, "serve", "--host", "127.0.0.1", "--port", str(port), timeout=60)
+    assert out.returncode != 0
+    lines = [json.loads(line) for line in out.stderr.splitlines() if line.strip()]
+    gunicorn = [x for x in lines if x["logger"] == "gunicorn.error"]
+    assert gunicorn and any("Address already in use" in x["event"] for x in gunicorn), out.stderr[-2000:]
