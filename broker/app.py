@@ -148,7 +148,7 @@ def _register_hooks(app: Flask, svc: Services) -> None:
     @app.before_request
     def _start() -> None:
         rid = request.headers.get("X-Request-Id", "")
-        if not (0 < len(rid) <= 64 and rid.replace("-", "").isalnum()):
+        if not (0 < len(rid) <= 64 and rid.isascii() and rid.replace("-", "").isalnum()):
             rid = secrets.token_hex(8)
         g.request_id = rid
         g.started = time.perf_counter()

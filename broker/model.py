@@ -16,7 +16,7 @@ Protocol = Literal["saml", "oidc"]
 AuditType = Literal["login", "admin", "token"]
 Outcome = Literal["success", "failure"]
 
-SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 JSON = dict[str, Any]
 

@@ -33,8 +33,11 @@ def _slug(value: str, what: str) -> str:
     return value
 
 
+SLUG_JSON_PATTERN = SLUG_RE.pattern.replace("\\Z", "$")  # the same rule in JSON Schema's (ECMA-262) syntax
+
+
 class TenantCreate(Strict):
-    slug: str
+    slug: str = Field(json_schema_extra={"pattern": SLUG_JSON_PATTERN})
     name: str = Field(min_length=1, max_length=200)
 
     @field_validator("slug")
@@ -58,7 +61,7 @@ class MappingBody(Strict):
 
 
 class ConnectionBody(Strict):
-    slug: str
+    slug: str = Field(json_schema_extra={"pattern": SLUG_JSON_PATTERN})
     protocol: Literal["saml", "oidc"]
     domains: list[str] = Field(default_factory=list, max_length=500)
     restrict_to_domains: bool = False

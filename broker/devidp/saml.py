@@ -45,7 +45,7 @@ BEARER = "urn:oasis:names:tc:SAML:2.0:cm:bearer"
 
 MAX_REQUEST_BYTES = 64 * 1024
 ASSERTION_LIFETIME = 300  # seconds
-_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}$")
+_ID = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,199}\Z")
 
 
 def entity_id(public_url: str) -> str:

@@ -16,7 +16,7 @@ from broker.errors import ValidationFailed
 GROUPS: tuple[str, ...] = ("Everyone", "Engineering", "Admins")
 DEFAULT_EMAIL = "ada@example.com"
 DEFAULT_NAME = "Ada Lovelace"
-_EMAIL = re.compile(r"^[^@\s<>\"]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,63}$")
+_EMAIL = re.compile(r"^[^@\s<>\"]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,63}\Z")
 
 
 @dataclass(frozen=True, slots=True)

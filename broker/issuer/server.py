@@ -50,7 +50,7 @@ CLAIMS_SUPPORTED = (
     "tenant", "connection", "idp",
 )
 # RFC 7636 §4.2: BASE64URL(SHA256(verifier)) is exactly 43 characters.
-S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
 MAX_PARAM = 2048
 
 

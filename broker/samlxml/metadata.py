@@ -443,7 +443,7 @@ def parse_duration(value: str) -> int | None:
 def parse_xs_datetime(value: str) -> datetime | None:
     """An xs:dateTime (any fractional precision, Z or an offset; none means UTC) as an aware datetime."""
     v = value.strip()
-    m = re.match(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})?$", v)
+    m = re.match(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})?\Z", v)
     if m is None:
         return None
     base, frac, tz = m.groups()

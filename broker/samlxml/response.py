@@ -136,7 +136,7 @@ class VerifiedAssertion:
 
 # --- HTTP-POST binding ----------------------------------------------------------------------------
 
-_B64_RE = re.compile(rb"^[A-Za-z0-9+/]*={0,2}$")
+_B64_RE = re.compile(rb"^[A-Za-z0-9+/]*={0,2}\Z")
 
 
 def decode_post_binding(saml_response: str, *, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:

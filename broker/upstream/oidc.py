@@ -82,9 +82,9 @@ _RESERVED_AUTH_PARAMS: Final = frozenset(
         "client_secret",
     }
 )
-_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 §3.3
-_ERROR_CODE = re.compile(r"^[\x20-\x21\x23-\x5b\x5d-\x7e]{1,80}$")  # RFC 6749 §4.1.2.1 charset
-_TENANT_ID = re.compile(r"^[0-9A-Za-z-]{1,64}$")
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+\Z")  # RFC 6749 §3.3
+_ERROR_CODE = re.compile(r"^[\x20-\x21\x23-\x5b\x5d-\x7e]{1,80}\Z")  # RFC 6749 §4.1.2.1 charset
+_TENANT_ID = re.compile(r"^[0-9A-Za-z-]{1,64}\Z")
 _JWKS_REFETCH_WINDOW: Final = 10.0
 _MAX_TOKEN_BYTES: Final = 64 * 1024
 _CLIENT_ASSERTION_TTL: Final = 60

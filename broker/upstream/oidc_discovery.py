@@ -61,7 +61,7 @@ _ENTRA_HOSTS = frozenset(
         "login.partner.microsoftonline.cn",
     }
 )
-_ENTRA_MULTI_TENANT = re.compile(r"^https://(?P<host>[a-z0-9.-]+)/(?:common|organizations)/v2\.0/?$")
+_ENTRA_MULTI_TENANT = re.compile(r"^https://(?P<host>[a-z0-9.-]+)/(?:common|organizations)/v2\.0/?\Z")
 _ENTRA_TEMPLATE = "https://{host}/{{tenantid}}/v2.0"
 _GOOGLE_ISSUER = "https://accounts.google.com"
 _GOOGLE_ALIASES = frozenset({_GOOGLE_ISSUER, "accounts.google.com"})

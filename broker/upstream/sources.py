@@ -310,7 +310,7 @@ def _read(response: requests.Response, *, timeout: float, max_bytes: int) -> Fet
     deadline = time.monotonic() + timeout
     with response:
         declared = response.headers.get("Content-Length")
-        if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        if declared is not None and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
             raise FetchError("The upstream document is too large.", detail=f"Content-Length {declared}")
         chunks: list[bytes] = []
         size = 0

@@ -41,8 +41,8 @@ SCOPE = "openid profile email groups"
 TXN_PREFIX = "demo:txn:"
 RESULT_PREFIX = "demo:result:"
 TTL = 600
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_HANDLE = re.compile(r"^[A-Za-z0-9_-]{20,64}$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+_HANDLE = re.compile(r"^[A-Za-z0-9_-]{20,64}\Z")
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>

@@ -68,6 +68,13 @@ def test_redirect_uri_must_match_exactly_and_is_never_used_otherwise(
     assert err.redirect_uri is None
 
 
+def test_a_code_challenge_with_a_line_break_is_refused(env: Env) -> None:
+    challenge = "a" * 43
+    err = refused(env, code_challenge=challenge + "\n", code_challenge_method="S256")
+    assert err.code == "invalid_request"
+    assert env.authorize(code_challenge=challenge, code_challenge_method="S256").code_challenge == challenge
+
+
 def test_a_state_too_long_to_echo_gets_an_error_page(env: Env) -> None:
     """A refusal that went back to the app would carry the state: a Location of megabytes breaks clients and
     proxies. So an over-long state is refused like an unknown client: no redirect."""

@@ -252,6 +252,14 @@ def test_get_refuses_a_declared_oversized_body(fetcher: RequestsFetcher) -> None
 
 
 @responses.activate
+def test_a_content_length_of_other_digits_is_not_a_crash(fetcher: RequestsFetcher) -> None:
+    """Header bytes are latin-1 characters: 0xB2 is "²", which str.isdigit() accepts and int() refuses. Such
+    a Content-Length is ignored; the body is read (and measured) as it comes."""
+    responses.get(URL, body=b"<ok/>", headers={"Content-Length": "\u00b2"}, auto_calculate_content_length=False)
+    assert fetcher.get(URL, timeout=3.0, max_bytes=100).body == b"<ok/>"
+
+
+@responses.activate
 def test_get_follows_http_redirects(fetcher: RequestsFetcher) -> None:
     responses.get(URL, status=302, headers={"Location": "/moved"})
     responses.get(

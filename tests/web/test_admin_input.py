@@ -97,3 +97,24 @@ def test_openapi_limits_match_the_server(admin: AdminClient, client: FlaskClient
     assert MAX_SUBJECT_SOURCE_CHARS in (limit.get("maxLength"), *(x.get("maxLength") for x in limit.get("anyOf", [])))
     for path, method in (("/tenants/{t}", "delete"), ("/tenants/{t}/apps/{client_id}", "delete")):
         assert "400" in doc["paths"][path][method]["responses"]  # an empty If-Match
+
+
+@pytest.mark.parametrize("slug", ["acme\n", "acme\r\n", "\nacme"])
+def test_a_slug_with_a_line_break_is_refused(admin: AdminClient, slug: str) -> None:
+    """`^...$` in Python matches before a final newline: slugs are checked to the end of the string, or
+    `acme\\n` would be a second tenant that looks like `acme` (and an issuer URL with a line break)."""
+    r = admin.call("POST", "/tenants", {"slug": slug, "name": "Lookalike"})
+    assert r.status_code == 400, r.get_json()
+    admin.tenant("acme")
+    r = admin.call("POST", "/tenants/acme/connections", {"slug": slug.replace("acme", "okta"), "protocol": "saml"})
+    assert r.status_code == 400, r.get_json()
+    assert [t["slug"] for t in admin.call("GET", "/tenants").get_json()["tenants"]] == ["acme"]
+
+
+def test_openapi_states_the_slug_rule(client: FlaskClient) -> None:
+    import re
+
+    doc = client.get("/admin/v1/openapi.json").get_json()
+    for schema in ("TenantCreate", "ConnectionBody"):
+        pattern = doc["components"]["schemas"][schema]["properties"]["slug"]["pattern"]
+        assert re.fullmatch(pattern.rstrip("$"), "acme-1") and not re.fullmatch(pattern.rstrip("$"), "Acme")

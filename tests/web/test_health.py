@@ -16,6 +16,13 @@ def test_healthz(client: FlaskClient) -> None:
     assert r.headers["X-Request-Id"]
 
 
+def test_request_ids_are_echoed_only_when_plain_ascii(client: FlaskClient) -> None:
+    assert client.get("/healthz", headers={"X-Request-Id": "abc-123"}).headers["X-Request-Id"] == "abc-123"
+    for odd in ("caf\u00e9", "\u00b2\u00b3", "a b", "x" * 65):
+        echoed = client.get("/healthz", headers={"X-Request-Id": odd}).headers["X-Request-Id"]
+        assert echoed != odd and echoed.isascii() and echoed.isalnum()
+
+
 def test_readyz_ok(client: FlaskClient) -> None:
     r = client.get("/readyz")
     assert r.status_code == 200
