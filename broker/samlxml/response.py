@@ -233,7 +233,7 @@ def verify_response(xml: bytes, exp: ResponseExpectations) -> VerifiedAssertion:
     subject = _child(trusted, _A + "Subject", required=True)
     assert subject is not None
     confirmation_end, scd_in_response_to = _check_subject_confirmation(subject, exp)
-    in_response_to = _check_in_response_to(root.get("InResponseTo"), scd_in_response_to, exp)
+    in_response_to = _check_in_response_to(root.get("InResponseTo"), scd_in_response_to, signed_response, exp)
 
     name_id, name_id_format = _read_name_id(subject)
     attributes, friendly, attr_warnings = _read_attributes(trusted)
@@ -566,18 +566,27 @@ def _check_bearer(sc: etree._Element, exp: ResponseExpectations) -> tuple[float,
 
 
 def _check_in_response_to(
-    response_irt: str | None, scd_irt: str | None, exp: ResponseExpectations
+    response_irt: str | None, scd_irt: str | None, signed_response: bool, exp: ResponseExpectations
 ) -> str | None:
-    """profiles 4.1.4.3: a solicited Response answers this browser's pending request, and only it."""
+    """profiles 4.1.4.3: a solicited Response answers this browser's pending request, and only it.
+
+    Any InResponseTo that is present must be the pending request's; but only a signed one can make the
+    answer solicited: the SubjectConfirmationData's (inside the signed assertion), or the Response's when the
+    Response itself is signed. Otherwise anyone holding an IdP-initiated assertion could add their own
+    request's ID to an unsigned Response around it and pass it off as solicited where unsolicited answers
+    are refused."""
     present = [v for v in (response_irt, scd_irt) if v is not None]
     if exp.in_response_to is None:
         if present:
             raise _fail("saml_in_response_to_mismatch", f"InResponseTo {present[0]!r} but no pending request")
     elif any(v != exp.in_response_to for v in present):
         raise _fail("saml_in_response_to_mismatch", f"InResponseTo {present!r} != {exp.in_response_to!r}")
-    if not present:
+    vouched = scd_irt is not None or (response_irt is not None and signed_response)
+    if not vouched:
         if not exp.allow_unsolicited:
-            raise _fail("saml_unsolicited", "Response without InResponseTo (IdP-initiated)")
+            detail = ("InResponseTo only on the unsigned Response" if present
+                      else "Response without InResponseTo (IdP-initiated)")
+            raise _fail("saml_unsolicited", detail)
         return None
     return exp.in_response_to
 

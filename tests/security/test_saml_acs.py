@@ -251,3 +251,22 @@ def test_an_answer_for_an_unknown_connection_is_404_and_audited(sec: Setup, conn
     assert r.status_code == 404  # type: ignore[attr-defined]
     event = sec.failures()[0]
     assert event["reason"] == "connection_not_found" and event["details"]["connection"] == conn[:100]
+
+
+def test_an_unsigned_in_response_to_does_not_make_an_unsolicited_assertion_solicited(sec: Setup) -> None:
+    """An IdP-initiated assertion (signed, no InResponseTo in its SubjectConfirmationData) wrapped in an
+    unsigned Response that names the attacker's own pending request: the only link to the request is
+    unsigned, so the answer is unsolicited, and refused where IdP-initiated sign-in is off."""
+    p = sec.begin()
+    forged = _response(sec, p, sign_response=False, subject_in_response_to=None)
+    r = sec.post("acme", "okta", forged, p.relay_state)
+    _refused(sec, r, "saml_unsolicited")
+    assert "unsigned" in sec.failures()[0]["details"]["detail"]
+
+
+def test_a_signed_response_may_carry_the_in_response_to_alone(sec: Setup) -> None:
+    """Some IdPs put InResponseTo on the Response only; when that Response is signed, it is vouched for."""
+    p = sec.begin()
+    ok = sec.post("acme", "okta", _response(sec, p, sign_response=True, subject_in_response_to=None),
+                  p.relay_state)
+    assert ok.status_code == 302 and "code" in query_of(ok.headers["Location"])
