@@ -331,8 +331,10 @@ class LoginService:
         if app is None or not redirect_uri or redirect_uri not in app.redirect_uris:
             raise LoginError("IdP-initiated sign-in is not configured for an app on this connection.",
                              code="saml_idp_initiated_not_configured")
+        # no request to say which claims the app wants: the standard ones it may have, groups included
+        scope = tuple(s for s in ("openid", "profile", "email", "groups") if s == "openid" or s in app.allowed_scopes)
         return AuthorizationRequest(
-            client_id=app.client_id, redirect_uri=str(redirect_uri), scope=("openid", "profile", "email"),
+            client_id=app.client_id, redirect_uri=str(redirect_uri), scope=scope,
             state=None, nonce=None, code_challenge=None, code_challenge_method=None,
         )
 

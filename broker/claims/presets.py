@@ -132,7 +132,8 @@ SUBJECT_SOURCES: dict[str, tuple[str, ...]] = {
     "okta": ("nameid",),
     "azure-ad": (ENTRA_OBJECT_ID,),
     "adfs": (ADFS_UPN, "nameid"),
-    "generic-saml": ("nameid", OID_EPPN, OID_MAIL),
+    # the urn:oid names, then their friendly names (matched as Name or FriendlyName), as the claims are read
+    "generic-saml": ("nameid", OID_EPPN, "eduPersonPrincipalName", OID_MAIL, "mail"),
     "ping": ("nameid",),
     "google": ("nameid",),
     "generic-oidc": ("nameid",),

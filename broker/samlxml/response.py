@@ -559,7 +559,7 @@ def _check_bearer(sc: etree._Element, exp: ResponseExpectations) -> tuple[float,
         )
     end = _check_window(data.get("NotBefore"), data.get("NotOnOrAfter"), exp, "SubjectConfirmationData")
     assert end is not None
-    irt = data.get("InResponseTo")
+    irt = data.get("InResponseTo") or None  # InResponseTo="" (some IdPs' IdP-initiated answers): none
     if irt is not None and irt != exp.in_response_to:
         raise _fail("saml_in_response_to_mismatch", f"SubjectConfirmationData InResponseTo {irt!r}")
     return end, irt
@@ -575,6 +575,7 @@ def _check_in_response_to(
     Response itself is signed. Otherwise anyone holding an IdP-initiated assertion could add their own
     request's ID to an unsigned Response around it and pass it off as solicited where unsolicited answers
     are refused."""
+    response_irt = response_irt or None  # an empty InResponseTo names no request
     present = [v for v in (response_irt, scd_irt) if v is not None]
     if exp.in_response_to is None:
         if present:
@@ -647,7 +648,7 @@ def _attribute_value(el: etree._Element) -> str | None:
 
 def _read_authn_statement(assertion: etree._Element) -> tuple[str | None, str | None, float | None]:
     statements = [c for c in _elements(assertion) if c.tag == _A + "AuthnStatement"]
-    if not statements:
+    if not statements:  # profiles 4.1.4.2 wants one, but Keycloak's answers may carry none: no acr, no auth_time
         return None, None, None
     statement = statements[0]
     instant = statement.get("AuthnInstant")

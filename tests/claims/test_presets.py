@@ -229,6 +229,26 @@ def test_generic_saml_shibboleth_transient_nameid_uses_eppn() -> None:
     assert run([], other_login, preset="generic-saml").sub == p.sub
 
 
+@pytest.mark.parametrize("name, friendly", [
+    ("urn:mace:dir:attribute-def:eduPersonPrincipalName", "eduPersonPrincipalName"),  # legacy names + friendly
+    ("eduPersonPrincipalName", None),  # the friendly name as Name
+    ("urn:mace:dir:attribute-def:mail", "mail"),
+])
+def test_generic_saml_subject_is_also_found_by_friendly_name(name: str, friendly: str | None) -> None:
+    """SPEC: attributes are matched by Name, then FriendlyName, and generic-saml reads the urn:oid names and
+    their friendly names: the stable subject too, when the NameID is transient."""
+    def login(transient_id: str) -> UpstreamIdentity:
+        return identity({name: ["Dave@Uni.example"]}, friendly_names={friendly: name} if friendly else {},
+                        subject=transient_id, subject_format=TRANSIENT)
+
+    first = run([], login("_3f1a9c"), preset="generic-saml")
+    assert first.sub and run([], login("_77aa01"), preset="generic-saml").sub == first.sub
+    same_person = identity({"urn:oid:1.3.6.1.4.1.5923.1.1.1.6" if "Principal" in name
+                            else "urn:oid:0.9.2342.19200300.100.1.3": ["dave@uni.example"]},
+                           subject="_x", subject_format=TRANSIENT)
+    assert run([], same_person, preset="generic-saml").sub == first.sub  # lowercased alike, one user
+
+
 def test_transient_nameid_without_subject_attribute_is_refused() -> None:
     ident = identity({"email": ["a@b.example"]}, subject="_transient123", subject_format=TRANSIENT)
     for preset in ("okta", "google", "ping"):

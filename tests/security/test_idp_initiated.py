@@ -106,6 +106,24 @@ def test_unsolicited_login_goes_to_the_configured_app_with_a_code_that_redeems(s
     assert events[0]["app"] == sec.apps["acme"]["client_id"] and events[0]["connection"] == "okta"
 
 
+def test_an_idp_initiated_login_carries_the_claims_the_app_may_have_groups_included(sec: Setup) -> None:
+    assert _enable(sec).status_code == 200
+    q = query_of(sec.post("acme", "okta", _unsolicited(sec), None).headers["Location"])
+    body = _redeem(sec, q["code"]).get_json()
+    assert set(body["scope"].split()) == {"openid", "profile", "email", "groups"}
+    info = sec.client.get("/t/acme/userinfo", headers={"Authorization": f"Bearer {body['access_token']}"})
+    assert info.get_json()["groups"] == ["Admins"]
+
+
+def test_an_empty_in_response_to_is_an_idp_initiated_answer(sec: Setup) -> None:
+    """Some IdPs (samlify-based ones) send InResponseTo="" on unsolicited answers: it names no request."""
+    empty = _unsolicited(sec, in_response_to="", subject_in_response_to="")
+    _refused_page(sec, sec.post("acme", "okta", empty, None), "saml_unsolicited")
+    assert _enable(sec).status_code == 200
+    r = sec.post("acme", "okta", _unsolicited(sec, in_response_to="", subject_in_response_to=""), None)
+    assert r.status_code == 302 and "code" in query_of(r.headers["Location"]), r.data[:300]
+
+
 def test_relay_state_is_never_a_redirect_target(sec: Setup) -> None:
     assert _enable(sec).status_code == 200
     resp = sec.post("acme", "okta", _unsolicited(sec), "https://evil.test/steal")
