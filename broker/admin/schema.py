@@ -6,6 +6,7 @@ the connector and claims code themselves (opening is validating), in admin/servi
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -36,9 +37,25 @@ def _slug(value: str, what: str) -> str:
 SLUG_JSON_PATTERN = SLUG_RE.pattern.replace("\\Z", "$")  # the same rule in JSON Schema's (ECMA-262) syntax
 
 
+BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _display_name(value: str) -> str:
+    """A name shown to admins: no control characters, and no bidi embedding/override/isolate characters,
+    which make `invoice\u202egnp.exe` display as `invoiceexe.png`."""
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F or ch in BIDI_CONTROLS for ch in value):
+        raise ValueError("must not contain control or text-direction override characters")
+    return value
+
+
 class TenantCreate(Strict):
     slug: str = Field(json_schema_extra={"pattern": SLUG_JSON_PATTERN})
     name: str = Field(min_length=1, max_length=200)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        return _display_name(v)
 
     @field_validator("slug")
     @classmethod
@@ -48,6 +65,11 @@ class TenantCreate(Strict):
 
 class TenantPatch(Strict):
     name: str | None = Field(default=None, min_length=1, max_length=200)  # a merge patch: absent = unchanged
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str | None) -> str | None:
+        return None if v is None else _display_name(v)
 
 
 class AdminKeyCreate(Strict):
@@ -91,8 +113,9 @@ class ConnectionBody(Strict):
 def _check_redirect_uri(uri: str) -> str:
     if len(uri) > 2000:
         raise ValueError("redirect URIs are limited to 2000 characters")
-    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F for ch in uri):
-        raise ValueError(f"{uri!r} contains whitespace or control characters (percent-encode them)")
+    if any(ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or unicodedata.category(ch) == "Cf" for ch in uri):
+        # Cf: bidi overrides and zero-width characters, which make one URI display as another
+        raise ValueError(f"{uri!r} contains whitespace, control or invisible characters (percent-encode them)")
     parts = urlsplit(uri)
     if not parts.scheme or parts.scheme in ("javascript", "data", "file", "vbscript"):
         raise ValueError(f"{uri!r} is not an absolute redirect URI")
@@ -115,6 +138,11 @@ def _check_redirect_uri(uri: str) -> str:
 
 class AppBody(Strict):
     name: str = Field(min_length=1, max_length=200)
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        return _display_name(v)
     redirect_uris: list[str] = Field(min_length=1, max_length=50)
     post_logout_redirect_uris: list[str] = Field(default_factory=list, max_length=50)
     public: bool = False

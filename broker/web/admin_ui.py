@@ -17,7 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import unquote, urlencode, urlsplit
 
 from flask import Blueprint, Response, g, render_template, request
 from werkzeug.datastructures import FileStorage
@@ -234,9 +234,14 @@ def _admin_json(value: Any) -> str:
 
 
 def _safe_next(value: str | None) -> str:
-    if value and value.startswith("/admin/ui/") and "//" not in value and "\\" not in value:
-        return value
-    return "/admin/ui/"
+    """Where to go after signing in: a path of the admin pages only. Dot-segments (also percent-encoded) are
+    refused, since the browser resolves `/admin/ui/../../x` to `/x` after this check."""
+    if not value or not value.startswith("/admin/ui/") or "//" in value or "\\" in value:
+        return "/admin/ui/"
+    path = unquote(urlsplit(value).path)
+    if any(segment in (".", "..") for segment in path.split("/")) or "\\" in path or not value.isascii():
+        return "/admin/ui/"
+    return value
 
 
 def _sign_in_page(svc: Services, status: int = 200, error: str | None = None) -> Response:
@@ -539,6 +544,8 @@ def _json_field(name: str, label: str, kind: type) -> Any:
         value = json.loads(raw)
     except ValueError as exc:
         raise ValidationFailed(f"{label} is not valid JSON (line {getattr(exc, 'lineno', '?')}).") from None
+    except RecursionError:
+        raise ValidationFailed(f"{label} is nested too deeply.") from None
     if not isinstance(value, kind):
         raise ValidationFailed(f"{label} must be a JSON {'list' if kind is list else 'object'}.")
     return value

@@ -13,6 +13,7 @@ from tests.conftest import AdminClient
     "https://a.example/c b", "https://a.example/cb\n", "https://a.example/\tcb", "https://a.example/cb\x7f",
     "https://user:pass@a.example/cb", "https://user@a.example/cb",
     "https://a.example:99999/cb", "https://a.example:port/cb", "https://a.example:0/cb", "https://[::1]:0/cb",
+    "https://\u202eelpmaxe.a/cb", "https://a\u200b.example/cb", "https://xn--\u2066.example/", "https://a.example/\ufeffcb",
 ])
 def test_malformed_redirect_uris_are_refused(admin: AdminClient, uri: str) -> None:
     admin.tenant("acme")
@@ -118,3 +119,16 @@ def test_openapi_states_the_slug_rule(client: FlaskClient) -> None:
     for schema in ("TenantCreate", "ConnectionBody"):
         pattern = doc["components"]["schemas"][schema]["properties"]["slug"]["pattern"]
         assert re.fullmatch(pattern.rstrip("$"), "acme-1") and not re.fullmatch(pattern.rstrip("$"), "Acme")
+
+
+@pytest.mark.parametrize("name", ["invoice\u202egnp.exe", "a\u2066b", "line\nbreak", "tab\tname"])
+def test_names_with_direction_overrides_or_control_characters_are_refused(admin: AdminClient, name: str) -> None:
+    """A name shown to admins must display as what it is (`invoice\u202egnp.exe` shows as `invoiceexe.png`)."""
+    assert admin.call("POST", "/tenants", {"slug": "acme", "name": name}).status_code == 400
+    admin.tenant("acme")
+    assert admin.call("PATCH", "/tenants/acme", {"name": name}).status_code == 400
+    r = admin.call("POST", "/tenants/acme/apps", {"name": name, "redirect_uris": ["https://a.example/cb"]})
+    assert r.status_code == 400
+    ok = admin.call("POST", "/tenants/acme/apps", {"name": "Портал \u05e9\u05dc\u05d5\u05dd \U0001f469\u200d\U0001f4bb",
+                                                    "redirect_uris": ["https://a.example/cb"]})
+    assert ok.status_code == 201, ok.get_json()  # other scripts, right-to-left text and emoji are names

@@ -128,6 +128,29 @@ def test_sign_in_redirects_back_only_inside_admin_ui(client: FlaskClient, admin:
     assert r.headers["Location"].endswith("/admin/ui/")
 
 
+@pytest.mark.parametrize("next_url", [
+    "/admin/ui/../../t/evil/authorize?client_id=x", "/admin/ui/%2e%2e/%2e%2e/demo", "/admin/ui/./../../demo",
+    "/admin/ui/%2E%2E/x", "/admin/ui/..%2f..%2fdemo", "/admin/ui/..", "/admin/ui/%5c..%5cx",
+])
+def test_sign_in_never_redirects_out_through_dot_segments(client: FlaskClient, admin: AdminClient,
+                                                          next_url: str) -> None:
+    """The browser resolves `/admin/ui/../../x` to `/x` after any prefix check: such a `next` is refused."""
+    admin.tenant("acme")
+    page = client.get(f"{UI}/sign-in", query_string={"next": next_url}).get_data(as_text=True)
+    assert 'value="/admin/ui/"' in page
+    token = csrf_of(client)
+    r = client.post(f"{UI}/sign-in", data={"csrf": token, "admin_key": BOOTSTRAP_KEY, "next": next_url})
+    assert r.status_code == 303 and r.headers["Location"] == "/admin/ui/"
+
+
+def test_sign_in_keeps_a_next_inside_admin_ui(client: FlaskClient, admin: AdminClient) -> None:
+    admin.tenant("acme")
+    token = csrf_of(client)
+    r = client.post(f"{UI}/sign-in", data={"csrf": token, "admin_key": BOOTSTRAP_KEY,
+                                            "next": "/admin/ui/tenants/acme/audit?type=login"})
+    assert r.headers["Location"] == "/admin/ui/tenants/acme/audit?type=login"
+
+
 # -- CSRF ------------------------------------------------------------------------------------------------------
 
 
@@ -375,6 +398,8 @@ def test_mapping_save(client: FlaskClient, admin: AdminClient, ui: str) -> None:
     ({"action": "dry_run", "rules": "[]", "sample": "[1]"}, "must be a JSON object"),
     ({"action": "dry_run", "rules": "[]", "sample": '{"email": 5}'}, "Invalid field attributes"),
     ({"action": "delete-everything", "rules": "[]"}, "Unknown action"),
+    ({"action": "save", "rules": "[" * 5000 + "]" * 5000}, "nested too deeply"),
+    ({"action": "dry_run", "rules": "[]", "sample": '{"a": ' + "[" * 5000 + "]" * 5000 + "}"}, "nested too deeply"),
 ])
 def test_bad_mapping_input_is_a_message_and_writes_nothing(client: FlaskClient, admin: AdminClient, ui: str,
                                                           form: dict[str, str], message: str) -> None:
