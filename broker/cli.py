@@ -101,12 +101,6 @@ def _services(settings: Settings, *, writes: bool = False) -> Any:
     return svc
 
 
-def _not_announced(svc: Any) -> str:
-    return ("The change was written, but running servers could not be told of it (the state store stopped "
-            "answering): each one picks it up on its own within 10 minutes.") if getattr(
-        svc.config, "announcement_owed", False) else ""
-
-
 def cmd_admin_create_key(args: argparse.Namespace) -> int:
     settings = _settings()
     svc = _services(settings)
@@ -189,9 +183,10 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
     try:
         result = apply_config(svc.admin, args.dir, dry_run=args.dry_run, prune=args.prune)
     except BrokerError as exc:
-        written = _not_announced(svc)
-        if written:  # the rare race: the store went away between the check and the write's announcement
-            raise ConfigError(f"{written} ({exc.message})") from None
+        if getattr(svc.config, "announcement_owed", False):  # the store went away between check and announcement
+            raise ConfigError("The change was written, but running servers could not be told of it (the state "
+                              "store stopped answering): each one picks it up on its own within 10 minutes. "
+                              f"({exc.message})") from None
         raise
     finally:
         svc.extras["engine"].dispose()

@@ -224,3 +224,27 @@ def test_serve_refuses_a_bad_thread_count(env: str, capsys: pytest.CaptureFixtur
         main(["serve", "--threads", threads, "--port", "1"])
     assert exited.value.code == 2
     assert "--threads: must be a whole number from 1 to 256" in capsys.readouterr().err
+
+
+def test_config_apply_says_so_when_its_change_was_written_but_not_announced(
+        env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The state store answered the check, then failed to carry the announcement: the write has committed,
+    so the command must not say it failed as if nothing happened."""
+    from broker.errors import StateStoreError
+    from broker.store.generation import DatabaseGeneration
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "acme.yaml").write_text("tenants:\n  - slug: acme\n    name: Acme Corp\n")
+
+    def unannounced(self: object, scopes: object = None) -> None:
+        raise StateStoreError("The state store is unavailable.")
+
+    announce = DatabaseGeneration.bump
+    monkeypatch.setattr(DatabaseGeneration, "bump", unannounced)
+    assert main(["config", "apply", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "The change was written, but running servers could not be told of it" in err
+    monkeypatch.setattr(DatabaseGeneration, "bump", announce)
+    assert main(["config", "apply", "--dry-run", str(config)]) == 0
+    assert "no changes" in capsys.readouterr().out
