@@ -178,8 +178,10 @@ class LoginService:
         """SPEC: `connection=` first, else the login_hint's email domain, else None (ask for the email)."""
         if connection:
             found = self.config.connection(tenant.id, connection)
-            if found is None or not found.enabled:
+            if found is None:
                 raise NotFound(f"This tenant has no connection {connection!r}.", code="unknown_connection")
+            if not found.enabled:
+                raise NotFound(f"The connection {connection!r} is disabled.", code="connection_disabled")
             return found
         domain = email_domain(login_hint)
         if domain is None:
@@ -270,6 +272,8 @@ class LoginService:
             if txn is not None:
                 request = txn.request
                 purpose = txn.purpose
+            if not connection.enabled:  # disabled while this login was at the IdP: it ends here, refused
+                raise LoginError("This sign-in connection has been disabled.", code="connection_disabled")
             if callback.repeated:  # which copy is meant? (the one a proxy or WAF inspected?) neither
                 raise LoginError("The sign-in response repeats a parameter that may appear only once.",
                                  code="saml_response_malformed" if connection.protocol == "saml"

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from broker.admin.openapi import openapi_document
 from broker.admin.service import etag
-from broker.errors import Forbidden, PayloadTooLarge, Unauthorized, ValidationFailed
+from broker.errors import Forbidden, PayloadTooLarge, StateStoreError, Unauthorized, ValidationFailed
 from broker.model import AdminKey
 from broker.web.context import services
 from broker.web.errors import admin_error
@@ -17,6 +17,14 @@ from broker.web.errors import admin_error
 bp = Blueprint("admin_api", __name__, url_prefix="/admin/v1")
 
 METADATA_TYPES = ("application/samlmetadata+xml", "application/xml", "text/xml")
+
+
+@bp.before_request
+def _announceable() -> None:
+    """A configuration write is announced to every replica through the state store: when that cannot answer,
+    the write is not made (503, nothing written) rather than committed and left unannounced."""
+    if request.method in ("POST", "PUT", "PATCH", "DELETE") and not services().state.ping():
+        raise StateStoreError("The state store is unavailable; nothing was changed. Try again shortly.")
 
 
 def _key() -> AdminKey:

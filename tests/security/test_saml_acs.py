@@ -270,3 +270,34 @@ def test_a_signed_response_may_carry_the_in_response_to_alone(sec: Setup) -> Non
     ok = sec.post("acme", "okta", _response(sec, p, sign_response=True, subject_in_response_to=None),
                   p.relay_state)
     assert ok.status_code == 302 and "code" in query_of(ok.headers["Location"])
+
+
+def test_a_login_at_the_idp_when_its_connection_is_disabled_is_refused(sec: Setup) -> None:
+    """Disabling a connection stops its logins from the next request on, including one already at the IdP:
+    no code, no broker session (which would sign the browser in again once the connection is re-enabled)."""
+    p = sec.begin()
+    response = _response(sec, p)
+    assert sec.admin("PATCH", "/tenants/acme/connections/okta", {"enabled": False}).status_code == 200
+    r = sec.post("acme", "okta", response, p.relay_state)
+    _refused(sec, r, "connection_disabled")
+    assert not any(c.startswith("broker_session=") for c in r.headers.getlist("Set-Cookie"))  # type: ignore[attr-defined]
+    assert sec.admin("PATCH", "/tenants/acme/connections/okta", {"enabled": True}).status_code == 200
+    app = sec.apps["acme"]
+    from urllib.parse import urlencode
+
+    silent = sec.client.get("/t/acme/authorize?" + urlencode({
+        "response_type": "code", "client_id": app["client_id"], "redirect_uri": REDIRECT_URI, "scope": "openid",
+        "state": "s", "prompt": "none", "connection": "okta"}))
+    assert query_of(silent.headers["Location"])["error"] == "login_required"
+
+
+def test_authorize_names_a_disabled_connection_as_such(sec: Setup) -> None:
+    assert sec.admin("PATCH", "/tenants/acme/connections/okta", {"enabled": False}).status_code == 200
+    app = sec.apps["acme"]
+    from urllib.parse import urlencode
+
+    r = sec.client.get("/t/acme/authorize?" + urlencode({
+        "response_type": "code", "client_id": app["client_id"], "redirect_uri": REDIRECT_URI, "scope": "openid",
+        "state": "s", "connection": "okta"}))
+    assert r.status_code == 302 and "disabled" in query_of(r.headers["Location"])["error_description"]
+    assert sec.failures()[0]["reason"] == "connection_disabled"

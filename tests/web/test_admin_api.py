@@ -460,3 +460,20 @@ def test_private_key_jwt_key_is_sealed_and_never_shown(admin: AdminClient, clien
     with svc.extras["engine"].connect() as conn:
         raw = conn.execute(text("SELECT settings, sealed_secrets FROM connections")).one()
     assert "PRIVATE KEY" not in str(raw.settings) and "PRIVATE KEY" not in raw.sealed_secrets
+
+
+def test_admin_writes_are_not_made_while_the_state_store_is_down(client: FlaskClient, admin: AdminClient) -> None:
+    """Writes are announced to the other replicas through the state store: with it down, a write answers 503
+    and is not made (before, a tenant was created behind a 503 and a retry got 409)."""
+    from broker.store.state_redis import RedisStateStore
+
+    svc = client.application.extensions["broker"]
+    up = svc.state
+    svc.state = RedisStateStore.from_url("redis://127.0.0.1:1/0", socket_timeout=0.5)
+    try:
+        r = admin.call("POST", "/tenants", {"slug": "outage", "name": "Outage"})
+        assert r.status_code == 503 and r.get_json()["error"] == "state_store_unavailable"
+        assert admin.call("GET", "/tenants/outage").status_code == 404
+    finally:
+        svc.state = up
+    assert admin.call("POST", "/tenants", {"slug": "outage", "name": "Outage"}).status_code == 201
