@@ -13,7 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from broker import logs
 from broker.admin.service import AdminService, Urls
 from broker.audit import Auditor
-from broker.errors import BrokerError, ConfigError, ServiceUnavailable
+from broker.errors import BrokerError, ConfigError, ServiceUnavailable, StateStoreError
 from broker.issuer.server import Issuer
 from broker.login import LoginService
 from broker.metrics import Metrics
@@ -116,6 +116,10 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     settings = settings or load_settings()
     logs.configure(settings.log_level)
     svc = build_services(settings, **overrides)
+    try:  # the state store's memory (the replay cache's) begins no later than the first server's start
+        svc.state.kept_since(svc.clock.now())
+    except StateStoreError:
+        log.warning("state_store_unavailable_at_start")
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = max(settings.max_saml_bytes, settings.max_json_bytes,
                                            settings.max_metadata_bytes) * 2

@@ -77,6 +77,12 @@ class StateStore(Protocol):
         """Store only if no live value exists; True if this call stored it (exactly one concurrent winner)."""
         ...
 
+    def kept_since(self, now: float) -> float:
+        """Since when this store has kept what is written to it: the `now` of the first call, kept in the store
+        itself, so a store that lost its data (a Redis restarted without persistence) starts over at the time
+        it is next asked. What was consumed before then (assertion IDs in the replay cache) is unknown."""
+        ...
+
     def incr(self, key: str, ttl: float) -> int:
         """Increment a counter and return the new value; the window (ttl) starts with the first increment."""
         ...

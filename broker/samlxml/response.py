@@ -127,6 +127,7 @@ class VerifiedAssertion:
     session_index: str | None
     authn_context_class_ref: str | None
     authn_instant: float | None
+    issue_instant: float  # the Assertion's IssueInstant (core 2.3.3: required)
     not_on_or_after: float  # earliest NotOnOrAfter (Conditions / SubjectConfirmationData): replay-cache TTL
     signed_response: bool
     signed_assertion: bool
@@ -242,6 +243,7 @@ def verify_response(xml: bytes, exp: ResponseExpectations) -> VerifiedAssertion:
     assertion_id = trusted.get("ID")
     if not assertion_id:
         raise _fail("saml_response_malformed", "Assertion without ID")
+    issue_instant = parse_instant(trusted.get("IssueInstant") or "")  # required: a bad one is malformed
     ends = [t for t in (conditions_end, confirmation_end) if t is not None]
     return VerifiedAssertion(
         response_id=response_id,
@@ -255,6 +257,7 @@ def verify_response(xml: bytes, exp: ResponseExpectations) -> VerifiedAssertion:
         session_index=session_index,
         authn_context_class_ref=class_ref,
         authn_instant=authn_instant,
+        issue_instant=issue_instant,
         not_on_or_after=min(ends),
         signed_response=signed_response,
         signed_assertion=assertion_verified is not None,

@@ -89,6 +89,7 @@ class MemoryStateStore:
         self._entries: dict[str, tuple[bytes, float]] = {}
         self._next_sweep = clock() + self._sweep_interval
         self._batches = PutBatches(self._put_all)
+        self._kept_since: float | None = None
 
     # --- StateStore ---------------------------------------------------------------------------
 
@@ -137,6 +138,12 @@ class MemoryStateStore:
                 return False
             self._entries[key] = (bytes(value), now + ttl)
             return True
+
+    def kept_since(self, now: float) -> float:
+        with self._lock:
+            if self._kept_since is None:
+                self._kept_since = now
+            return self._kept_since
 
     def incr(self, key: str, ttl: float) -> int:
         ttl = check_ttl(ttl)

@@ -25,6 +25,8 @@ from broker.store.state import Put, PutBatches, check_ttl
 __all__ = ["RedisStateStore"]
 
 _UNAVAILABLE = "The state store is unavailable."
+# no TTL: it lives as long as the store keeps its data (see StateStore.kept_since)
+KEPT_SINCE_KEY = "store:kept-since"
 
 # INCR, and start the window only with the first increment (or repair a counter that lost its TTL).
 _INCR_WINDOW = """
@@ -151,6 +153,20 @@ class RedisStateStore:
         except RedisError as exc:
             self._fail("add_if_absent", exc)
         return bool(stored)
+
+    def kept_since(self, now: float) -> float:
+        key = self._key(KEPT_SINCE_KEY)
+        try:
+            raw = self._client.get(key)
+            if raw is None:  # a new store, or one that lost its data: it keeps from now on (first writer wins)
+                self._client.set(key, repr(now), nx=True)
+                raw = self._client.get(key)
+        except RedisError as exc:
+            self._fail("kept_since", exc)
+        try:
+            return float(raw) if isinstance(raw, bytes | str) else now
+        except ValueError:
+            return now
 
     def incr(self, key: str, ttl: float) -> int:
         px = _ttl_ms(ttl)

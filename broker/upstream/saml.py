@@ -356,6 +356,16 @@ class SamlConnector:
         except SamlError as e:
             raise LoginError(e.message, code=e.code, detail=e.detail) from e
 
+        if txn is None and verified.issue_instant < self._state.kept_since(now):
+            # Unsolicited: only the replay cache stands between a copied assertion and a second login, and the
+            # cache holds nothing from before it began (a Redis that restarted without its data): an assertion
+            # issued before then may have been used already. (A solicited one is bound to its transaction,
+            # which went with the same data.)
+            raise LoginError(
+                "This sign-in response is older than the broker's record of used responses. Please sign in again.",
+                code="saml_replay_unverifiable",
+                detail=f"assertion {verified.assertion_id} issued before the replay cache began",
+            )
         # Replay cache (shared across replicas): an assertion ID is consumed once while it could be valid.
         ttl = max(1.0, verified.not_on_or_after + skew - now)
         key = f"saml-replay:{self.connection.id}:{verified.assertion_id}"

@@ -147,6 +147,14 @@ def test_take_if_prefixed_has_exactly_one_winner(state_store: StateStore) -> Non
     assert all(value in (None, b"mine:1") for value, _ in outcomes)
 
 
+# --- kept_since --------------------------------------------------------------------------------
+
+
+def test_kept_since_is_the_first_callers_time_and_stays(state_store: StateStore) -> None:
+    assert state_store.kept_since(1_000.0) == 1_000.0
+    assert state_store.kept_since(2_000.0) == 1_000.0  # later callers (other replicas) read the same start
+
+
 # --- add_if_absent -----------------------------------------------------------------------------
 
 

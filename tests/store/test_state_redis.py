@@ -261,3 +261,15 @@ def test_ttl_is_checked_before_any_network_call() -> None:
     with pytest.raises(ValueError):
         store.put("k", b"v", 0)
     store.client.close()
+
+
+@pytest.mark.redis
+def test_a_store_that_lost_its_data_starts_its_memory_again(store: Any, raw: Any, redis_prefix: str) -> None:
+    """A Redis restarted without persistence: its start marker went with the data, so the next caller's
+    time is the new start (and what was consumed before it, unknown)."""
+    assert store.kept_since(1_000.0) == 1_000.0
+    assert store.add_if_absent("saml-replay:c:a1", b"1", 60)
+    for key in raw.scan_iter(match=redis_prefix + "*"):  # the data is gone
+        raw.delete(key)
+    assert store.kept_since(5_000.0) == 5_000.0
+    assert store.add_if_absent("saml-replay:c:a1", b"1", 60)  # the record of its use went too

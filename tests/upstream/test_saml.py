@@ -613,6 +613,25 @@ def test_unsolicited_is_accepted_when_allowed(
     assert exc.value.code == "saml_replay"
 
 
+def test_an_unsolicited_assertion_older_than_the_replay_cache_is_refused(
+    sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock
+) -> None:
+    """The state store lost its data (a Redis restarted without persistence) at NOW + 30: an unsolicited
+    assertion issued before then may have been used already, and nothing records it, so it is refused. A
+    solicited one is bound to its transaction, which the store keeps only since then too: unaffected."""
+    state.kept_since(NOW + 30)
+    clock.advance(40)
+    c = connector(sp, idp_metadata(idp), state, clock, allow_idp_initiated=True, idp_initiated_app="client-1")
+    with pytest.raises(LoginError) as exc:
+        c.complete(post(_response(c, idp, None), relay_state=None), None)
+    assert exc.value.code == "saml_replay_unverifiable"
+    fresh = _response(c, idp, None, issue_instant=NOW + 35, assertion_id="_after-the-loss")
+    assert c.complete(post(fresh, relay_state=None), None).subject == "alice@example.com"
+    request_id, txn = _login(c)
+    solicited = _response(c, idp, request_id, assertion_id="_solicited-before")  # issued at NOW
+    assert c.complete(post(solicited), txn).subject == "alice@example.com"
+
+
 def test_solicited_response_without_transaction_is_refused_even_when_unsolicited_allowed(
     sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock
 ) -> None:
