@@ -516,10 +516,12 @@ class AdminService:
                               status=409)
 
     def _saved(self, key: AdminKey | None, tenant: Tenant, saved: Connection, understood: Any,
-               action: str) -> dict[str, Any]:
-        """After a create or replace: keep fetched metadata, audit, and answer with what was understood."""
-        self._keep_fetched(saved, understood)
-        self._admin_event(key, action, tenant.slug, connection=saved.slug)
+               action: str | None) -> dict[str, Any]:
+        """After a create or replace: keep fetched metadata, audit, and answer with what was understood.
+        `action` None: nothing was written (a patch that changes nothing), so nothing is kept or audited."""
+        if action is not None:
+            self._keep_fetched(saved, understood)
+            self._admin_event(key, action, tenant.slug, connection=saved.slug)
         out = self.connection_json(tenant, saved)
         meta = understood.meta if isinstance(understood, Understood) else understood
         if meta is not None:
@@ -586,7 +588,11 @@ class AdminService:
         tenant = self.tenant_for(key, slug)
 
         def write(existing: Connection) -> dict[str, Any]:
-            merged = merge_patch(self._connection_spec(existing), body)
+            spec = self._connection_spec(existing)
+            merged = merge_patch(spec, body)
+            if merged == spec:  # changes nothing (secrets are not in `spec`: naming one is a change)
+                _, understood = self._draft(schema.parse(schema.ConnectionBody, merged), existing)
+                return self._saved(key, tenant, existing, understood, None)
             return self.replace_connection(key, tenant, existing, merged, expected_version=existing.version)
 
         return self._read_modify_write(if_match, "connection", lambda: self.connection_for(key, slug, conn)[1],
@@ -755,6 +761,8 @@ class AdminService:
             for generated in ("id", "created_at", "client_id", "version"):
                 current.pop(generated)
             merged = merge_patch(current, body)
+            if merged == current:  # changes nothing: no write, no new version, no audit event
+                return self.app_json(existing)
             return self.replace_app(key, tenant, existing, merged, expected_version=existing.version)
 
         return self._read_modify_write(if_match, "app", lambda: self.app_for(key, slug, client_id)[1], write)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
@@ -91,6 +92,9 @@ def _tagged(body: dict[str, Any]) -> Response:
     return resp
 
 
+ENTITY_TAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"')  # RFC 9110 §8.8.3
+
+
 def _if_match() -> list[str] | None:
     """The entity tags of an If-Match header (RFC 9110 §13.1.1), "*" included; None without the header.
     A weak tag (W/"...") never matches: If-Match compares strongly."""
@@ -100,6 +104,9 @@ def _if_match() -> list[str] | None:
     tags = [tag.strip() for tag in raw.split(",") if tag.strip()]
     if not tags:
         raise ValidationFailed("The If-Match header is empty.", code="invalid_request")
+    if tags != ["*"] and not all(ENTITY_TAG.fullmatch(tag) for tag in tags):  # "*" alone, or entity-tags
+        raise ValidationFailed('If-Match takes "*" alone or a list of entity tags ("..." or W/"...").',
+                               code="invalid_request")
     return tags
 
 

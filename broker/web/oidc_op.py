@@ -360,6 +360,10 @@ def logout(tenant: str) -> Response:
     svc = services()
     t = load_tenant(tenant)
     params = _request_params()
+    repeated = [name for name in (*LOGOUT_FORWARDED, "confirm") if len(params.getlist(name)) > 1]
+    if repeated:  # which one is meant? (RFC 6749 §3.1, as at the other endpoints)
+        return _no_store(html_error(BrokerError(_repeated_message(repeated), code="invalid_request"),
+                                    title="Sign-out failed"))
     try:
         ending = svc.extras["issuer"].end_session(t, {k: v for k, v in params.items()})
     except AuthorizeError as err:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
+
 from tests.samlxml.idp_fixtures import build_response
 from tests.security.conftest import REDIRECT_URI, Setup
 from tests.support.saml_idp import query_of
@@ -185,3 +187,15 @@ def test_without_a_session_there_is_nothing_to_ask(sec: Setup) -> None:
 def test_logout_errors_say_sign_out(sec: Setup) -> None:
     r = sec.client.get(f"/t/acme/logout?{urlencode({'post_logout_redirect_uri': 'https://evil.test/'})}")
     assert r.status_code == 400 and "Sign-out failed" in r.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("name", ["post_logout_redirect_uri", "client_id", "state", "id_token_hint"])
+def test_logout_refuses_a_repeated_parameter(sec: Setup, name: str) -> None:
+    client_id = _allow_bye(sec)
+    _sign_in(sec)
+    params = [("client_id", client_id), ("post_logout_redirect_uri", BYE), ("state", "a")]
+    params.append((name, "https://evil.test/x" if name == "post_logout_redirect_uri" else "other"))
+    r = sec.client.get(f"/t/acme/logout?{urlencode(params)}")
+    assert r.status_code == 400 and "Sign-out failed" in r.get_data(as_text=True)
+    assert "Location" not in r.headers
+    assert _signed_in(sec)

@@ -186,3 +186,36 @@ def test_concurrent_patches_of_different_fields_all_land_or_say_so(app: Flask, a
     }
     assert {name for name, ok in checks.items() if ok} == landed, (results, final)
     assert final["version"] == 1 + len(landed)
+
+
+@pytest.mark.parametrize("path, same", [
+    ("/tenants/acme/connections/okta", {"domains": ["acme.com"]}),
+    ("/tenants/acme/apps/portal", {"name": "Portal"}),
+    ("/tenants/acme", {"name": "Acme Corp"}),
+])
+def test_a_patch_that_changes_nothing_writes_nothing(admin: AdminClient, client: FlaskClient, path: str,
+                                                    same: dict[str, Any]) -> None:
+    """No new version (every other admin's ETag stays good), no audit event for a change that did not happen."""
+    _setup(admin)
+    before = _call(client, "GET", path)
+    events = len(admin.call("GET", "/tenants/acme/audit?type=admin").get_json()["events"])
+    for body in ({}, same):
+        r = _call(client, "PATCH", path, body, **{"If-Match": before.headers["ETag"]})
+        assert r.status_code == 200, r.get_json()
+        assert r.headers["ETag"] == before.headers["ETag"]
+        assert {k: v for k, v in r.get_json().items() if k not in ("warnings", "metadata")} == \
+            {k: v for k, v in before.get_json().items() if k not in ("warnings", "metadata", "last_login_at")}
+    assert len(admin.call("GET", "/tenants/acme/audit?type=admin").get_json()["events"]) == events
+    assert _call(client, "PATCH", path, {"name": "Changed"} if "name" in same else {"domains": ["acme.org"]},
+                 **{"If-Match": before.headers["ETag"]}).status_code == 200  # the tag was still good
+
+
+@pytest.mark.parametrize("value", ['"zz", *', "*, *", "garbage", '"ok", garbage', "W/x", '"unterminated'])
+def test_an_if_match_that_is_not_star_or_entity_tags_is_400(admin: AdminClient, client: FlaskClient,
+                                                            value: str) -> None:
+    """RFC 9110 §13.1.1: `*` alone, or a list of entity-tags. `"stale", *` must not quietly mean "any"."""
+    _setup(admin)
+    tag = _call(client, "GET", "/tenants/acme").headers["ETag"]
+    r = _call(client, "PATCH", "/tenants/acme", {"name": "X"}, **{"If-Match": value.replace("ok", tag.strip('"'))})
+    assert r.status_code == 400 and r.get_json()["error"] == "invalid_request", r.get_json()
+    assert _call(client, "GET", "/tenants/acme").get_json()["name"] == "Acme Corp"
