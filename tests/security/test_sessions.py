@@ -189,12 +189,15 @@ def test_logout_errors_say_sign_out(sec: Setup) -> None:
     assert r.status_code == 400 and "Sign-out failed" in r.get_data(as_text=True)
 
 
-@pytest.mark.parametrize("name", ["post_logout_redirect_uri", "client_id", "state", "id_token_hint"])
+@pytest.mark.parametrize("name", ["post_logout_redirect_uri", "client_id", "state", "confirm"])
 def test_logout_refuses_a_repeated_parameter(sec: Setup, name: str) -> None:
     client_id = _allow_bye(sec)
     _sign_in(sec)
     params = [("client_id", client_id), ("post_logout_redirect_uri", BYE), ("state", "a")]
-    params.append((name, "https://evil.test/x" if name == "post_logout_redirect_uri" else "other"))
+    if name == "confirm":
+        params += [("confirm", "x"), ("confirm", "y")]
+    else:
+        params.append((name, "https://evil.test/x" if name == "post_logout_redirect_uri" else "other"))
     r = sec.client.get(f"/t/acme/logout?{urlencode(params)}")
     assert r.status_code == 400 and "Sign-out failed" in r.get_data(as_text=True)
     assert "Location" not in r.headers
