@@ -8,6 +8,7 @@ Nothing per login is kept on `self`: the AuthnRequest ID travels in LoginTransac
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from broker.trusted_keys import load_trusted_rsa_key
 from broker.upstream.base import AutoPost, BeginRequest, BeginResult, CallbackInput, Redirect
 
 NAMEID_UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
+NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+# a login_hint sent on as a Subject: a plain address (no spaces, controls or markup), RFC 5321's length cap
+_EMAIL_HINT = re.compile(r"[^\s@<>\"\x00-\x1f\x7f]{1,64}@[^\s@<>\"\x00-\x1f\x7f]{1,189}\Z")
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 MAX_CLOCK_SKEW = 900
 
@@ -73,6 +77,9 @@ class SamlSettings:
     name_id_format: str = NAMEID_UNSPECIFIED
     allow_sha1: bool = False
     allow_legacy_encryption: bool = False
+    # put the app's email login_hint in the AuthnRequest's <Subject> (SAML core §3.4.1): off by default, as
+    # an IdP must then answer for that subject only, and some refuse requests that carry one
+    send_login_hint: bool = False
 
 
 _STR_FIELDS = (
@@ -81,7 +88,7 @@ _STR_FIELDS = (
 )
 _BOOL_FIELDS = (
     "allow_idp_initiated", "want_assertions_signed", "sign_authn_requests", "allow_sha1",
-    "allow_legacy_encryption",
+    "allow_legacy_encryption", "send_login_hint",
 )
 _INT_FIELDS = ("clock_skew_seconds",)
 _KNOWN = frozenset((*_STR_FIELDS, *_BOOL_FIELDS, *_INT_FIELDS))
@@ -199,6 +206,13 @@ class SamlConnector:
 
     # --- begin ------------------------------------------------------------------------------
 
+    def _hint_subject(self, login_hint: str | None) -> saml.Subject | None:
+        """The app's login_hint as the requested subject, when the connection asks for it and the hint is a
+        plain email address (anything else is only a hint, and is left out rather than refused)."""
+        if not self.settings.send_login_hint or not login_hint or not _EMAIL_HINT.match(login_hint):
+            return None
+        return saml.Subject(name_id=saml.NameID(format=NAMEID_EMAIL, text=login_hint))
+
     def begin(self, request: BeginRequest) -> BeginResult:
         """Build an AuthnRequest (SAML core §3.4.1) and send it with the configured binding."""
         endpoint = self._sso_endpoint()
@@ -213,6 +227,7 @@ class SamlConnector:
             issuer=saml.Issuer(text=self.sp_entity_id, format=saml.NAMEID_FORMAT_ENTITY),
             name_id_policy=samlp.NameIDPolicy(format=self.settings.name_id_format, allow_create="true"),
             force_authn="true" if request.force_authn else None,
+            subject=self._hint_subject(request.login_hint),
         )
         xml: bytes = authn.to_string(nspair=_NSPAIRS)
         # Sign when configured, and whenever the IdP's metadata says it wants signed requests.

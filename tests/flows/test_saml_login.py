@@ -156,3 +156,24 @@ def test_response_from_another_browser_is_refused(broker: BrokerServer, idp: Sam
     assert "login_browser_mismatch" in answer.text
     events = broker.api("GET", "/tenants/acme/audit?type=login&outcome=failure").json()["events"]
     assert events[0]["reason"] == "login_browser_mismatch"
+
+
+def test_login_hint_reaches_the_idp_as_subject_when_the_connection_asks(
+        broker: BrokerServer, idp: SamlIdp, setup: dict[str, Any]) -> None:
+    app = setup["app"]
+    url = (f"{setup['issuer']}/authorize?response_type=code&client_id={app['client_id']}"
+           f"&redirect_uri={REDIRECT_URI}&scope=openid&state=s3&login_hint=alice%40acme.test")
+    first = browser_login(requests.Session(), url)
+    assert first.status_code == 302 and "code=" in first.headers["Location"]
+    assert idp.requests_seen[-1].subject is None  # off by default
+    r = broker.api("PATCH", "/tenants/acme/connections/okta", {"saml": {"send_login_hint": True}})
+    assert r.status_code == 200, r.text
+    try:
+        second = browser_login(requests.Session(), url)
+        assert second.status_code == 302 and "code=" in second.headers["Location"]
+        subject = idp.requests_seen[-1].subject  # as pysaml2 parsed it on the IdP's side
+        assert subject is not None and subject.name_id.text == "alice@acme.test"
+        assert subject.name_id.format == "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+    finally:
+        r = broker.api("PATCH", "/tenants/acme/connections/okta", {"saml": {"send_login_hint": None}})
+        assert r.status_code == 200, r.text

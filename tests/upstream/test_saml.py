@@ -157,6 +157,7 @@ def test_settings_defaults() -> None:
     s = parse_saml_settings({})
     assert s == SamlSettings(metadata_xml=None, metadata_url=None, sp_entity_id=None)
     assert s.want_assertions_signed and not s.allow_idp_initiated and not s.sign_authn_requests
+    assert not s.send_login_hint
     assert s.authn_request_binding == "redirect" and s.clock_skew_seconds == 120
     assert s.name_id_format == "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
     assert parse_saml_settings({"clock_skew_seconds": None, "metadata_url": None}) == s
@@ -177,11 +178,13 @@ def test_settings_full() -> None:
             "name_id_format": "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress",
             "allow_sha1": True,
             "allow_legacy_encryption": True,
+            "send_login_hint": True,
         }
     )
     assert s.metadata_url == "https://idp.example/metadata"
     assert s.allow_idp_initiated and s.idp_initiated_app == "client-1"
     assert s.authn_request_binding == "post" and s.clock_skew_seconds == 30 and s.allow_sha1
+    assert s.send_login_hint
 
 
 @pytest.mark.parametrize(
@@ -189,6 +192,7 @@ def test_settings_full() -> None:
     [
         ({"metadata_uri": "https://x"}, "saml.metadata_uri"),
         ({"allow_sha1": "true"}, "saml.allow_sha1"),
+        ({"send_login_hint": "yes"}, "saml.send_login_hint"),
         ({"want_assertions_signed": 1}, "saml.want_assertions_signed"),
         ({"clock_skew_seconds": "120"}, "saml.clock_skew_seconds"),
         ({"clock_skew_seconds": True}, "saml.clock_skew_seconds"),
@@ -326,6 +330,51 @@ def test_begin_fresh_ids_force_authn_and_name_id_format(
     req = inflate(_query(first.step.url)["SAMLRequest"])
     assert req.get("ForceAuthn") == "true"
     assert req.find(f"{{{SAMLP}}}NameIDPolicy").get("Format") == email  # type: ignore[union-attr]
+
+
+def test_begin_leaves_the_login_hint_out_by_default(
+    sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock
+) -> None:
+    c = connector(sp, idp_metadata(idp), state, clock)
+    result = c.begin(BeginRequest(txn_id="t1", login_hint="jane@example.com"))
+    assert isinstance(result.step, Redirect)
+    assert inflate(_query(result.step.url)["SAMLRequest"]).find(f"{{{SAML}}}Subject") is None
+
+
+@pytest.mark.parametrize("binding", ["redirect", "post"])
+def test_begin_sends_the_login_hint_as_subject_when_asked(
+    sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock, binding: str
+) -> None:
+    c = connector(sp, idp_metadata(idp), state, clock, send_login_hint=True, authn_request_binding=binding,
+                  sign_authn_requests=binding == "post")
+    result = c.begin(BeginRequest(txn_id="t1", login_hint="jane.doe+x@example.com"))
+    if isinstance(result.step, Redirect):
+        req = inflate(_query(result.step.url)["SAMLRequest"])
+    else:
+        assert isinstance(result.step, AutoPost)
+        req = etree.fromstring(base64.b64decode(result.step.fields["SAMLRequest"]))
+    name_id = req.find(f"{{{SAML}}}Subject/{{{SAML}}}NameID")
+    assert name_id is not None and name_id.text == "jane.doe+x@example.com"
+    assert name_id.get("Format") == "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
+    # schema order (SAML core §3.4.1 via RequestAbstractType): Issuer, Signature, Subject, NameIDPolicy
+    names = [etree.QName(child).localname for child in req]
+    assert names.index("Subject") == names.index("NameIDPolicy") - 1 and names.index("Issuer") < names.index("Subject")
+    # an IdP built on pysaml2 reads the requested subject back
+    parsed = saml2_samlp.authn_request_from_string(etree.tostring(req).decode())
+    assert parsed.subject.name_id.text == "jane.doe+x@example.com"
+
+
+@pytest.mark.parametrize(
+    "hint", [None, "", "jane", "jane@", "@example.com", "a b@example.com", "jane@exa\x01mple.com",
+             "<x>@example.com", "j@a@example.com", "x" * 65 + "@example.com"],
+)
+def test_begin_sends_only_a_plain_address_as_subject(
+    sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock, hint: str | None
+) -> None:
+    c = connector(sp, idp_metadata(idp), state, clock, send_login_hint=True)
+    result = c.begin(BeginRequest(txn_id="t1", login_hint=hint))
+    assert isinstance(result.step, Redirect)
+    assert inflate(_query(result.step.url)["SAMLRequest"]).find(f"{{{SAML}}}Subject") is None
 
 
 def _verify_redirect_signature(url: str, cert_pem: str) -> None:
