@@ -76,9 +76,34 @@ class Metrics:
         if self.multiprocess_dir is None:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
-        MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        files = MultiProcessCollector(None, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        registry.register(_WithDeclared(files, self._declared()))
         registry.register(self.idp_certificates)
         return generate_latest(registry)
+
+    def _declared(self) -> list[Counter | Histogram]:
+        return [self.logins_started, self.logins_succeeded, self.logins_failed, self.tokens_issued,
+                self.step_seconds, self.http_requests, self.metadata_refresh]
+
+
+class _WithDeclared(Collector):
+    """The workers' files, plus every family this app declares that no worker has written yet (its HELP and
+    TYPE, no samples), as a single process's registry would list it: a scrape shows the same families from
+    the first one on, and `absent()`-style alerts and dashboards do not depend on a first failure."""
+
+    def __init__(self, files: Collector, declared: Iterable[Counter | Histogram]) -> None:
+        self._files = files
+        self._declared = declared
+
+    def collect(self) -> Iterator[Metric]:
+        seen: set[str] = set()
+        for family in self._files.collect():
+            seen.add(family.name)
+            yield family
+        for metric in self._declared:
+            for family in metric.describe():
+                if family.name not in seen:
+                    yield family
 
 
 CertificateSource = Callable[[], Iterable[tuple[str, str, Mapping[str, float]]]]

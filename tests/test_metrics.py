@@ -9,8 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 
-from broker.metrics import CertificateExpiry, Metrics, multiprocess_dir
+from broker.metrics import CertificateExpiry, Metrics, _WithDeclared, multiprocess_dir
 
 DAY = 86400.0
 
@@ -59,3 +61,36 @@ def test_multiprocess_mode_only_when_prometheus_client_runs_in_it(tmp_path: Path
     metrics = Metrics()
     metrics.logins_started.labels(tenant="acme", connection="okta").inc()
     assert b'broker_logins_started_total{connection="okta",tenant="acme"} 1.0' in metrics.render()
+
+
+DECLARED = ("broker_logins_started", "broker_logins_succeeded", "broker_logins_failed", "broker_tokens_issued",
+            "broker_http_requests", "broker_metadata_refresh")
+
+
+def test_multiprocess_scrapes_list_every_family_before_its_first_sample(tmp_path: Path) -> None:
+    # no worker has written anything yet: the families are still listed (HELP and TYPE, no samples), as a
+    # single process's registry lists them
+    metrics = Metrics()
+    metrics.multiprocess_dir = str(tmp_path)
+    text = metrics.render().decode()
+    for name in DECLARED:
+        assert text.count(f"# TYPE {name}_total counter\n") == 1, name
+    assert "# TYPE broker_step_seconds histogram\n" in text
+    assert "# TYPE broker_idp_certificate_days_left gauge\n" in text
+    assert "_total{" not in text and "_bucket{" not in text, "no samples invented"
+
+
+def test_a_family_with_samples_is_listed_once(tmp_path: Path) -> None:
+    class Files:
+        def collect(self) -> list[Metric]:
+            family = CounterMetricFamily("broker_logins_failed", "Upstream logins refused, by reason code",
+                                         labels=["tenant", "connection", "reason"])
+            family.add_metric(["acme", "okta", "saml_replay"], 2.0)
+            return [family]
+
+    registry = CollectorRegistry()
+    registry.register(_WithDeclared(Files(), Metrics()._declared()))
+    text = generate_latest(registry).decode()
+    assert text.count("# TYPE broker_logins_failed_total counter\n") == 1
+    assert 'broker_logins_failed_total{connection="okta",reason="saml_replay",tenant="acme"} 2.0' in text
+    assert text.count("# TYPE broker_logins_started_total counter\n") == 1

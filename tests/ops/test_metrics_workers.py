@@ -60,6 +60,10 @@ def test_every_scrape_counts_every_workers_requests(tmp_path: Path, ops_pg_url: 
         ours = {"tenant": tenant.slug, "connection": "okta"}
         for _ in range(4):  # before any login: no worker has opened the connection yet
             text = _scrape(server.url)
+            for family in ("broker_logins_started", "broker_logins_failed", "broker_tokens_issued",
+                           "broker_metadata_refresh"):  # listed before any worker counted one
+                assert f"# TYPE {family}_total counter\n" in text, family
+            assert "# TYPE broker_step_seconds histogram\n" in text
             days = _value(text, "broker_idp_certificate_days_left", **ours, fingerprint=_fingerprint(text, ours))
             assert days is not None and days > 300, days
         for i in range(4):
