@@ -109,7 +109,14 @@ def parse_idp_metadata(
     warnings: list[str] = []
     sso = _endpoints(idp, "SingleSignOnService", warnings)
     slo = _endpoints(idp, "SingleLogoutService", warnings)
-    signing, encryption = _certificates(idp, warnings)
+    signing, encryption, unreadable = _certificates(idp, warnings)
+    if not signing and unreadable:
+        were = "certificate was" if len(unreadable) == 1 else "certificates were"
+        raise _invalid(
+            f"The IDPSSODescriptor of {eid!r} has no usable signing certificate: {len(unreadable)} signing "
+            f"{were} present but unreadable ({'; '.join(unreadable)}); responses from this IdP could not be "
+            "verified."
+        )
     if not signing:
         raise _invalid(
             f"The IDPSSODescriptor of {eid!r} has no signing certificate (KeyDescriptor with an "
@@ -321,53 +328,125 @@ def _is_web_url(location: str) -> bool:
 # --- certificates -----------------------------------------------------------------------------
 
 
+class _Unreadable(Exception):
+    """An X509Certificate that cannot be used; `reason` says why, for the admin."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _certificates(
     idp: etree._Element, warnings: list[str]
-) -> tuple[tuple[IdpCertificate, ...], tuple[IdpCertificate, ...]]:
-    signing: dict[str, IdpCertificate] = {}
-    encryption: dict[str, IdpCertificate] = {}
+) -> tuple[tuple[IdpCertificate, ...], tuple[IdpCertificate, ...], tuple[str, ...]]:
+    """(signing certificates, encryption certificates, what was wrong with each unreadable signing one).
+
+    Every X509Certificate that cannot be read is ignored with a certificate_unreadable warning naming it by
+    its place among the signing (use="signing" or no use) or encryption (use="encryption") certificates."""
+    found: list[tuple[str, str]] = []  # (use, base64 text) in document order
     for kd in idp.iterchildren(f"{_MD}KeyDescriptor"):
         use = (kd.get("use") or "").strip()
         if use not in ("", "signing", "encryption"):
             warnings.append(f"key_use_unknown: a KeyDescriptor with use={use!r} was ignored.")
             continue
-        for el in kd.iterfind(f"{_DS}KeyInfo/{_DS}X509Data/{_DS}X509Certificate"):
-            cert = _load_certificate(_text(el) or "", warnings)
-            if cert is None:
-                continue
-            if use in ("", "signing"):  # no `use` means both (saml-metadata §2.4.1.1)
-                signing.setdefault(cert.sha256_fingerprint, cert)
-            if use in ("", "encryption"):
-                encryption.setdefault(cert.sha256_fingerprint, cert)
-    return tuple(signing.values()), tuple(encryption.values())
+        found.extend(
+            (use, _text(el) or "") for el in kd.iterfind(f"{_DS}KeyInfo/{_DS}X509Data/{_DS}X509Certificate")
+        )
+    n_signing = sum(1 for use, _ in found if use != "encryption")
+    n_encryption = len(found) - n_signing
+    signing: dict[str, IdpCertificate] = {}
+    encryption: dict[str, IdpCertificate] = {}
+    unreadable: list[str] = []
+    i_signing = i_encryption = 0
+    for use, b64 in found:
+        if use == "encryption":
+            i_encryption += 1
+            label = f"encryption certificate {i_encryption} of {n_encryption}"
+        else:
+            i_signing += 1
+            label = f"signing certificate {i_signing} of {n_signing}"
+            if not use:
+                label += " (a KeyDescriptor without use, so also for encryption)"
+        try:
+            cert = _load_certificate(b64, warnings)
+        except _Unreadable as e:
+            warnings.append(
+                f"certificate_unreadable: {label} in the IDPSSODescriptor could not be read and was ignored: "
+                f"{e.reason}"
+            )
+            if use != "encryption":
+                unreadable.append(f"{label}: {e.reason}")
+            continue
+        if use in ("", "signing"):  # no `use` means both (saml-metadata §2.4.1.1)
+            signing.setdefault(cert.sha256_fingerprint, cert)
+        if use in ("", "encryption"):
+            encryption.setdefault(cert.sha256_fingerprint, cert)
+    return tuple(signing.values()), tuple(encryption.values()), tuple(unreadable)
 
 
-def _load_certificate(b64: str, warnings: list[str]) -> IdpCertificate | None:
+_BASE64_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+
+
+def _decode_base64(b64: str) -> bytes:
+    """The DER bytes of an X509Certificate's text, or _Unreadable saying what is wrong with the base64."""
+    text = "".join(b64.split())
+    if not text:
+        raise _Unreadable("the X509Certificate element is empty")
+    if "-----BEGIN" in text:
+        raise _Unreadable(
+            "not valid base64: it holds PEM text with '-----BEGIN ...-----' lines; an X509Certificate holds only "
+            "the base64 between them"
+        )
+    bad = next((c for c in text if c not in _BASE64_CHARS), None)
+    if bad is not None:
+        raise _Unreadable(f"not valid base64 (it contains the character {bad!r})")
     try:
-        der = base64.b64decode("".join(b64.split()), validate=True)
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise _Unreadable(f"not valid base64 ({str(e).lower()})") from None
+
+
+def _load_certificate(b64: str, warnings: list[str]) -> IdpCertificate:
+    """The certificate of an X509Certificate's text; raises _Unreadable when it cannot be used."""
+    der = _decode_base64(b64)
+    if der.lstrip().startswith(b"-----BEGIN"):
+        raise _Unreadable(
+            "not an X.509 certificate: the base64 decodes to PEM text, not to the DER certificate (encoded twice?)"
+        )
+    try:
         # cryptography warns (deprecation) about non-RFC 5280 certificates, e.g. a negative serial number,
         # which some IdPs still publish: report that to the admin instead of raising it as a Python warning.
         with pywarnings.catch_warnings(record=True) as caught:
             pywarnings.simplefilter("always", CryptographyDeprecationWarning)
             cert = x509.load_der_x509_certificate(der)
-    except (binascii.Error, ValueError) as e:
-        warnings.append(f"certificate_unreadable: an X509Certificate could not be read and was ignored ({e})")
-        return None
+    except ValueError:
+        raise _Unreadable(
+            f"not an X.509 certificate (its {len(der)} bytes, once base64-decoded, are not a DER-encoded "
+            "certificate)"
+        ) from None
+    try:
+        subject = cert.subject.rfc4514_string()
+        issuer = cert.issuer.rfc4514_string()
+        not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+        pem = cert.public_bytes(Encoding.PEM).decode("ascii")
+        fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
+    except ValueError as e:  # fields cryptography parses only when asked for them
+        raise _Unreadable(f"not a well-formed X.509 certificate ({e})") from None
     for w in caught:
         if issubclass(w.category, CryptographyDeprecationWarning):
-            warnings.append(f"certificate_nonconforming: {cert.subject.rfc4514_string()}: {w.message}")
+            warnings.append(f"certificate_nonconforming: {subject}: {w.message}")
     try:
         algo = cert.signature_hash_algorithm
         sig_hash = algo.name if algo is not None else "none"
     except UnsupportedAlgorithm:
         sig_hash = cert.signature_algorithm_oid.dotted_string
     return IdpCertificate(
-        pem=cert.public_bytes(Encoding.PEM).decode("ascii"),
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        not_before=cert.not_valid_before_utc,
-        not_after=cert.not_valid_after_utc,
-        sha256_fingerprint=cert.fingerprint(hashes.SHA256()).hex(":").upper(),
+        pem=pem,
+        subject=subject,
+        issuer=issuer,
+        not_before=not_before,
+        not_after=not_after,
+        sha256_fingerprint=fingerprint,
         signature_hash=sig_hash,
     )
 
