@@ -42,15 +42,20 @@ def _op(summary: str, ok: int, ok_desc: str, *, body: str | None = None, errors:
 
 IF_MATCH = {"name": "If-Match", "in": "header", "required": False, "schema": {"type": "string"},
             "description": "Apply only if the resource is still at this ETag (from a GET or an earlier write)"}
-ETAG_HEADER = {"ETag": {"description": "The resource's version, for If-Match", "schema": {"type": "string"}}}
+ETAG_HEADER = {"ETag": {"description": "The resource's version, for If-Match and If-None-Match",
+                        "schema": {"type": "string"}}}
+IF_NONE_MATCH = {"name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": "304 (no body) if the resource is still at one of these ETags (weak comparison; "
+                                "\"*\": any version). The ETag follows the configuration only, not last_login_at "
+                                "or a certificate's days left"}
 
 
-def _conditional(op: dict[str, Any], *, tagged: bool = True) -> dict[str, Any]:
-    """A write that honours If-Match (412 when stale) and, when `tagged`, answers with the new ETag."""
+def _conditional(op: dict[str, Any]) -> dict[str, Any]:
+    """A write that honours If-Match (412 when stale) and answers with the new ETag (except a 204)."""
     op.setdefault("parameters", []).append(IF_MATCH)
     op["responses"].update(_errors(400, 412))  # 400: an If-Match header that names nothing
     for status, resp in op["responses"].items():
-        if tagged and status.startswith("2") and status != "204":
+        if status.startswith("2") and status != "204":
             resp["headers"] = ETAG_HEADER
     return op
 
@@ -60,6 +65,15 @@ def _tagged(op: dict[str, Any]) -> dict[str, Any]:
     for status, resp in op["responses"].items():
         if status.startswith("2"):
             resp["headers"] = ETAG_HEADER
+    return op
+
+
+def _cacheable(op: dict[str, Any]) -> dict[str, Any]:
+    """A read of a tagged resource that honours If-None-Match: 304 with the ETag and no body when unchanged."""
+    op.setdefault("parameters", []).append(IF_NONE_MATCH)
+    op["responses"]["304"] = {"description": "Not modified: If-None-Match names the current ETag (no body)",
+                              "headers": ETAG_HEADER}
+    op["responses"].update(_errors(400))  # 400: an If-None-Match header that names nothing
     return op
 
 
@@ -100,9 +114,9 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
         "/tenants/{t}": {
             "parameters": [t],
-            "get": _tagged(_op("Get a tenant", 200, "The tenant")),
+            "get": _cacheable(_tagged(_op("Get a tenant", 200, "The tenant"))),
             "patch": _conditional(_op("Rename a tenant", 200, "The tenant", body="TenantPatch",
-                                      errors=(400, 401, 404, 409, 413, 415)), tagged=False),
+                                      errors=(400, 401, 404, 409, 413, 415))),
             "delete": _conditional(_op("Delete a tenant and everything in it", 204, "Deleted",
                                        errors=(401, 403, 404))),
         },
@@ -134,7 +148,7 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
         "/tenants/{t}/connections/{c}": {
             "parameters": [t, c],
-            "get": _tagged(_op("Get a connection", 200, "The connection")),
+            "get": _cacheable(_tagged(_op("Get a connection", 200, "The connection"))),
             "patch": _conditional(_op("Update a connection (merge patch)", 200, "The connection",
                                       body="ConnectionPatch", errors=(400, 401, 404, 409, 413, 415))),
             "delete": _conditional(_op("Delete a connection", 204, "Deleted")),
@@ -144,7 +158,7 @@ def openapi_document(public_url: str) -> dict[str, Any]:
             "put": _conditional(_op("Upload IdP metadata XML; returns what was understood", 200,
                                     "entityID, SSO URLs and bindings, certificates with expiry, warnings",
                                     body="metadata", body_type="application/samlmetadata+xml",
-                                    errors=(400, 401, 404, 409, 413, 415)), tagged=False),
+                                    errors=(400, 401, 404, 409, 413, 415))),
         },
         "/tenants/{t}/connections/{c}/mapping/test": {
             "parameters": [t, c],
@@ -160,9 +174,9 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
         "/tenants/{t}/apps/{client_id}": {
             "parameters": [t, client],
-            "get": _tagged(_op("Get an app", 200, "The app")),
+            "get": _cacheable(_tagged(_op("Get an app", 200, "The app"))),
             "patch": _conditional(_op("Update an app (merge patch)", 200, "The app", body="AppPatch",
-                                      errors=(400, 401, 404, 409, 413, 415)), tagged=False),
+                                      errors=(400, 401, 404, 409, 413, 415))),
             "delete": _conditional(_op("Delete an app", 204, "Deleted")),
         },
         "/tenants/{t}/keys/rotate": {
@@ -181,6 +195,9 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
     }
     paths["/tenants/{t}/keys/rotate"]["post"]["requestBody"]["required"] = False  # an empty body is RS256
+    paths["/tenants/{t}/connections/{c}/metadata"]["put"]["responses"]["200"]["headers"] = {  # not the XML's tag
+        "ETag": {"description": "The connection's new version, for If-Match on its next write",
+                 "schema": {"type": "string"}}}
     for path in ("/tenants/{t}/admin-keys", "/admin-keys"):  # the label is optional, so is the body
         paths[path]["post"]["requestBody"]["required"] = False
     return {

@@ -50,6 +50,15 @@ def check_precondition(if_match: Sequence[str] | None, resource_id: str, version
                           details={"etag": etag(resource_id, version)})
 
 
+def none_match_hit(if_none_match: Sequence[str] | None, resource_id: str, version: int) -> bool:
+    """RFC 9110 §13.1.2: If-None-Match names the current version ("*": any), so a GET can answer 304.
+    It compares weakly (§8.8.3.2): W/"x" names "x" too, since only a cache's copy is at stake, not a write."""
+    if if_none_match is None:
+        return False
+    current = etag(resource_id, version)
+    return "*" in if_none_match or any(tag.removeprefix("W/") == current for tag in if_none_match)
+
+
 READ_ONLY_SETTINGS = frozenset({  # shown by GET, ignored when sent back (a GET-then-PUT round trip)
     "client_secret_set", "private_key_jwt_set", "private_key_jwt_public_jwk"})
 
@@ -604,17 +613,19 @@ class AdminService:
         self.store.delete_connection(c.id)
         self._admin_event(key, "connection.delete", tenant.slug, connection=c.slug)
 
-    def put_metadata(self, key: AdminKey, slug: str, conn: str, xml: bytes,
-                     entity_id: str | None = None, if_match: Sequence[str] | None = None) -> dict[str, Any]:
+    def put_metadata(self, key: AdminKey, slug: str, conn: str, xml: bytes, entity_id: str | None = None,
+                     if_match: Sequence[str] | None = None) -> tuple[dict[str, Any], str]:
         """Replace a SAML connection's IdP metadata. `entity_id` picks the IdP of a document that describes
-        several (kept as saml.idp_entity_id); without it the connection's idp_entity_id, if any, applies."""
+        several (kept as saml.idp_entity_id); without it the connection's idp_entity_id, if any, applies.
+        Returns what was understood and the connection's new ETag: the version this write made, which a
+        later read could not name for sure (another write may already have followed)."""
         tenant = self.tenant_for(key, slug)
         return self._read_modify_write(
             if_match, "connection", lambda: self.connection_for(key, slug, conn)[1],
             lambda c: self._put_metadata(key, tenant, c, xml, entity_id))
 
     def _put_metadata(self, key: AdminKey, tenant: Tenant, c: Connection, xml: bytes,
-                      entity_id: str | None) -> dict[str, Any]:
+                      entity_id: str | None) -> tuple[dict[str, Any], str]:
         if c.protocol != "saml":
             raise ValidationFailed("IdP metadata applies to SAML connections only.", code="invalid_request")
         entity_id = entity_id or c.settings.get("idp_entity_id")
@@ -634,7 +645,7 @@ class AdminService:
         warning = _subject_warning(saved, meta)
         if warning:
             out["warnings"].append(warning)
-        return out
+        return out, etag(saved.id, saved.version)
 
     def mapping_test(self, key: AdminKey, slug: str, conn: str, body: Any) -> dict[str, Any]:
         tenant, c = self.connection_for(key, slug, conn)

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from broker.admin.openapi import openapi_document
-from broker.admin.service import etag
+from broker.admin.service import etag, none_match_hit
 from broker.errors import Forbidden, PayloadTooLarge, StateStoreError, Unauthorized, ValidationFailed
 from broker.model import AdminKey
 from broker.web.context import services
@@ -95,19 +95,36 @@ def _tagged(body: dict[str, Any]) -> Response:
 ENTITY_TAG = re.compile(r'(?:W/)?"[\x21\x23-\x7e\x80-\xff]*"')  # RFC 9110 §8.8.3
 
 
-def _if_match() -> list[str] | None:
-    """The entity tags of an If-Match header (RFC 9110 §13.1.1), "*" included; None without the header.
-    A weak tag (W/"...") never matches: If-Match compares strongly."""
-    raw = request.headers.get("If-Match")
+def _entity_tags(header: str) -> list[str] | None:
+    """The entity tags of an If-Match or If-None-Match header, "*" included; None without the header.
+    Anything but "*" alone or a list of entity-tags (RFC 9110 §13.1.1, §13.1.2) is 400, not ignored."""
+    raw = request.headers.get(header)
     if raw is None:
         return None
     tags = [tag.strip() for tag in raw.split(",") if tag.strip()]
     if not tags:
-        raise ValidationFailed("The If-Match header is empty.", code="invalid_request")
+        raise ValidationFailed(f"The {header} header is empty.", code="invalid_request")
     if tags != ["*"] and not all(ENTITY_TAG.fullmatch(tag) for tag in tags):  # "*" alone, or entity-tags
-        raise ValidationFailed('If-Match takes "*" alone or a list of entity tags ("..." or W/"...").',
+        raise ValidationFailed(f'{header} takes "*" alone or a list of entity tags ("..." or W/"...").',
                                code="invalid_request")
     return tags
+
+
+def _if_match() -> list[str] | None:
+    """If-Match (RFC 9110 §13.1.1). A weak tag (W/"...") never matches: If-Match compares strongly."""
+    return _entity_tags("If-Match")
+
+
+def _read(body: dict[str, Any]) -> Response:
+    """A GET of a tenant, connection or app, conditional on If-None-Match (RFC 9110 §13.1.2): when the header
+    names the current ETag, 304 with that ETag and no body, so a client polling for changes does not fetch
+    what it has. Evaluated after the lookup: another tenant's resource stays 404 whatever the header says."""
+    if not none_match_hit(_entity_tags("If-None-Match"), body["id"], body["version"]):
+        return _tagged(body)
+    resp = Response(status=304)
+    resp.headers["ETag"] = etag(body["id"], body["version"])
+    resp.headers.pop("Content-Type", None)  # no representation follows (RFC 9110 §15.4.5)
+    return resp
 
 
 def _no_content() -> Response:
@@ -135,7 +152,7 @@ def list_tenants() -> Response:
 
 @bp.get("/tenants/<t>")
 def get_tenant(t: str) -> Response:
-    return _tagged(services().admin.get_tenant(_key(), t))
+    return _read(services().admin.get_tenant(_key(), t))
 
 
 @bp.patch("/tenants/<t>")
@@ -208,7 +225,7 @@ def list_connections(t: str) -> Response:
 
 @bp.get("/tenants/<t>/connections/<c>")
 def get_connection(t: str, c: str) -> Response:
-    return _tagged(services().admin.get_connection(_key(), t, c))
+    return _read(services().admin.get_connection(_key(), t, c))
 
 
 @bp.patch("/tenants/<t>/connections/<c>")
@@ -238,7 +255,10 @@ def put_metadata(t: str, c: str) -> Response:
     if not raw.strip():
         raise ValidationFailed("The request body is empty; send the IdP metadata XML.", code="metadata_invalid")
     entity_id = request.args.get("entity_id") or request.args.get("entityID") or None
-    return jsonify(svc.admin.put_metadata(key, t, c, raw, entity_id, _if_match()))
+    understood, tag = svc.admin.put_metadata(key, t, c, raw, entity_id, _if_match())
+    resp = jsonify(understood)
+    resp.headers["ETag"] = tag  # the connection's new version, for If-Match on its next write
+    return resp
 
 
 @bp.post("/tenants/<t>/connections/<c>/mapping/test")
@@ -270,7 +290,7 @@ def list_apps(t: str) -> Response:
 def get_app(t: str, client_id: str) -> Response:
     admin = services().admin
     _, app = admin.app_for(_key(), t, client_id)
-    return _tagged(admin.app_json(app))
+    return _read(admin.app_json(app))
 
 
 @bp.patch("/tenants/<t>/apps/<client_id>")

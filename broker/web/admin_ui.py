@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import math
 import re
 import secrets
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from broker.claims.presets import PRESET_NAMES
 from broker.errors import BrokerError, NotFound, StateStoreError, ValidationFailed
 from broker.model import AdminKey, Connection, Tenant
 from broker.samlxml.metadata import to_json
+from broker.upstream.base import Redirect
 from broker.web.context import Services, services
 from broker.web.cookies import browser_binding
 from broker.web.errors import redirect_to
@@ -37,6 +39,7 @@ COOKIE = "broker_admin_ui"
 SESSION_PREFIX = "admin-ui:"
 DRAFT_PREFIX = "admin-ui-draft:"
 SIGNIN_COUNTER = "admin-ui-signin:"
+SIGNIN_WINDOW_END = "admin-ui-signin-end:"  # when an address's current counting window ends (for Retry-After)
 ANON_TTL = 15 * 60  # a sign-in form's session
 IDLE_TTL = 60 * 60  # signed in: sliding idle timeout...
 MAX_AGE = 12 * 3600  # ...and an absolute one
@@ -178,7 +181,7 @@ def _headers(resp: Response) -> Response:
         nonce = _nonce()
         resp.headers["Content-Security-Policy"] = (
             f"default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; img-src 'self' data:; "
-            "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'"
+            "connect-src 'self'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
         )
     return resp
 
@@ -254,6 +257,25 @@ def _sign_in_page(svc: Services, status: int = 200, error: str | None = None) ->
     return resp
 
 
+def _sign_in_wait(svc: Services, address: str) -> int:
+    """Count a sign-in attempt from `address`: 0 while it is within SIGNIN_LIMIT, else the seconds until its
+    window ends and it may try again (at least 1). The window is fixed and starts with its first attempt
+    (StateStore.incr), which the store cannot be asked about, so that first attempt notes when it ends; a
+    missing note (its writer died in between) means the whole window, the longest the wait can be."""
+    now = svc.clock.now()
+    count = svc.state.incr(SIGNIN_COUNTER + address, ttl=SIGNIN_WINDOW)
+    if count == 1:
+        svc.state.put(SIGNIN_WINDOW_END + address, repr(now + SIGNIN_WINDOW).encode(), ttl=SIGNIN_WINDOW)
+    if count <= SIGNIN_LIMIT:
+        return 0
+    raw = svc.state.get(SIGNIN_WINDOW_END + address)
+    try:
+        end = float(raw) if raw is not None else now + SIGNIN_WINDOW
+    except ValueError:
+        end = now + SIGNIN_WINDOW
+    return max(1, min(SIGNIN_WINDOW, math.ceil(end - now)))
+
+
 @bp.get("/sign-in")
 def sign_in_form() -> Response:
     return _sign_in_page(services())
@@ -265,9 +287,11 @@ def sign_in() -> Response:
     sess = _load(svc)
     if sess is None or not _csrf_ok(sess):
         return _sign_in_page(svc, 403, "The sign-in form expired. Please enter the key again.")
-    address = request.remote_addr or "unknown"
-    if svc.state.incr(SIGNIN_COUNTER + address, ttl=SIGNIN_WINDOW) > SIGNIN_LIMIT:
-        return _sign_in_page(svc, 429, "Too many sign-in attempts from this address. Wait a few minutes.")
+    wait = _sign_in_wait(svc, request.remote_addr or "unknown")
+    if wait:
+        resp = _sign_in_page(svc, 429, "Too many sign-in attempts from this address. Wait a few minutes.")
+        resp.headers["Retry-After"] = str(wait)  # RFC 6585 §4, RFC 9110 §10.2.3
+        return resp
     value = request.form.get("admin_key", "").strip()
     if not value:
         return _sign_in_page(svc, 400, "Enter an admin key.")
@@ -623,7 +647,13 @@ def start_test(t: str, c: str) -> Response:
         return _connection_page(ctx, tenant, c, 400 if err.status < 500 else 503, test_error=err.message)
     ctx.session.tests = ([started.txn_id] + ctx.session.tests)[:MAX_TESTS]
     _save(ctx.svc, ctx.session)
-    resp = render_step(started.step)
+    # The admin pages' CSP has form-action 'self', which browsers also apply to the redirects that follow a
+    # form's submission: a 302 to the IdP would be blocked. A page on our origin hands the browser over to it
+    # with a new navigation instead (the HTTP-POST binding's form page carries its own CSP).
+    if isinstance(started.step, Redirect):
+        resp = _page("to_idp.html", target=started.step.url)
+    else:
+        resp = render_step(started.step)
     set_binding_cookie(resp)
     return resp
 

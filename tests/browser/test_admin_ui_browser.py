@@ -9,6 +9,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -166,3 +167,29 @@ def test_tenant_key_sees_only_its_tenant(page: Any, broker: BrokerServer) -> Non
     response = page.goto(f"{broker.url}/admin/ui/tenants/globex/connections")
     assert response is not None and response.status == 404
     expect(page.locator("h1")).to_have_text("Not found")
+
+
+def test_connection_test_reaches_an_idp_on_another_origin(page: Any, broker: BrokerServer) -> None:
+    """The admin pages' CSP has form-action 'self', which Chromium also applies to the redirects after a form's
+    submission: "Test this connection" must still take the browser to an IdP on another origin (here an
+    independent pysaml2-based IdP on its own port) and back to the result."""
+    from playwright.sync_api import expect
+
+    from tests.support.saml_idp import running_saml_idp
+
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "form-action" in m.text else None)
+    with running_saml_idp() as idp:
+        assert urlsplit(idp.sso_url).netloc != urlsplit(broker.url).netloc
+        r = broker.api("POST", "/tenants/acme/connections", {
+            "slug": "far-idp", "protocol": "saml", "domains": ["far.test"], "mapping": {"preset": "okta"},
+            "saml": {"metadata_xml": idp.metadata_xml()}})
+        assert r.status_code == 201, r.text
+        sign_in(page, broker)
+        page.wait_for_url(re.compile(r".*/admin/ui/tenants/acme/connections$"))
+        page.goto(f"{broker.url}/admin/ui/tenants/acme/connections/far-idp")
+        page.click("#test-connection")
+        page.wait_for_url(re.compile(r".*/admin/ui/tenants/acme/connections/far-idp/test/[^/?]+$"))
+        expect(page.locator("#raw-claims")).to_contain_text(idp.entity_id)
+        assert len(idp.requests_seen) == 1
+    assert blocked == [], blocked

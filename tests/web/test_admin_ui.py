@@ -113,6 +113,8 @@ def test_session_cookie_is_strict_httponly_and_never_the_key(client: FlaskClient
     assert page.status_code == 200 and "Connections" in text(page)
     assert "no-store" in page.headers["Cache-Control"]
     assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    # an injected form could not post anywhere else (defence in depth: nothing is known to inject one)
+    assert "form-action 'self'" in page.headers["Content-Security-Policy"]
 
 
 def test_sign_out_ends_the_session(client: FlaskClient, ui: str) -> None:
@@ -431,8 +433,14 @@ def test_connection_test_runs_a_real_login_and_shows_raw_and_mapped_claims(clien
                                                                            ui: str) -> None:
     create_saml(client, ui)
     r = client.post(f"{UI}/tenants/acme/connections/okta/test", data={"csrf": ui})
-    assert r.status_code == 302
-    location = r.headers["Location"]
+    # not a 302: the page's CSP (form-action 'self') would stop a browser from following it to the IdP's origin;
+    # a page of ours hands over with a new navigation
+    assert r.status_code == 200, text(r)
+    assert "form-action 'self'" in r.headers["Content-Security-Policy"]
+    m = re.search(r'<meta http-equiv="refresh" content="0;url=([^"]+)">', text(r))
+    assert m is not None
+    location = html.unescape(m.group(1))
+    assert f'<a href="{m.group(1)}">' in text(r)
     assert location.startswith("http://idp.ui.test/sso?") and "SAMLRequest=" in location
     fake = idp()
     fake.user = User(name_id="carol@acme.test", attributes={

@@ -1,0 +1,209 @@
+"""Conditional reads of the admin API (If-None-Match → 304), the ETag of a metadata upload, and the
+Retry-After of the admin pages' sign-in limit.
+
+A client polling a tenant, connection or app sends back the ETag it has: while the configuration is the same
+it gets 304 with that ETag and no body (RFC 9110 §13.1.2, weak comparison), and a tenant-scoped key still
+gets 404 for anything outside its tenant, whatever the header. On SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from broker.ports import FrozenClock
+from broker.store.state import MemoryStateStore
+from tests.conftest import BOOTSTRAP_KEY, AdminClient, close_app, make_env
+from tests.samlxml.idp_fixtures import make_idp
+from tests.support.saml_idp import SamlIdp
+
+CONN = {"slug": "okta", "protocol": "saml", "domains": ["acme.com"], "mapping": {"preset": "okta"}}
+APP = {"name": "Portal", "client_id": "portal", "redirect_uris": ["https://portal.example/cb"]}
+READS = [
+    ("/tenants/acme", {"name": "Acme Inc"}),
+    ("/tenants/acme/connections/okta", {"domains": ["acme.org"]}),
+    ("/tenants/acme/apps/portal", {"name": "Portal 2"}),
+]
+XML_HEADERS = {"Content-Type": "application/samlmetadata+xml"}
+
+
+def _call(client: FlaskClient, method: str, path: str, body: Any = None, key: str = BOOTSTRAP_KEY,
+          **headers: str) -> Any:
+    return client.open(f"/admin/v1{path}", method=method, json=body,
+                       headers={"Authorization": f"Bearer {key}", **headers})
+
+
+def _setup(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    assert admin.call("POST", "/tenants/acme/connections", CONN).status_code == 201
+    assert admin.call("POST", "/tenants/acme/apps", APP).status_code == 201
+
+
+def _metadata(entity_id: str = "https://idp.acme.test") -> str:
+    return SamlIdp(idp=make_idp(entity_id), url=entity_id).metadata_xml()
+
+
+def _not_modified(r: Any, tag: str) -> None:
+    assert r.status_code == 304, (r.status_code, r.get_data(as_text=True))
+    assert r.headers["ETag"] == tag
+    assert r.get_data() == b""
+    assert "Content-Type" not in r.headers
+
+
+# -- If-None-Match ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path, patch", READS)
+def test_a_get_naming_the_current_etag_is_304(admin: AdminClient, client: FlaskClient, path: str,
+                                              patch: dict[str, Any]) -> None:
+    _setup(admin)
+    first = _call(client, "GET", path)
+    tag = first.headers["ETag"]
+    _not_modified(_call(client, "GET", path, **{"If-None-Match": tag}), tag)
+    _not_modified(_call(client, "GET", path, **{"If-None-Match": "W/" + tag}), tag)  # weak comparison
+    _not_modified(_call(client, "GET", path, **{"If-None-Match": f'"elsewhere.1", {tag}'}), tag)
+    _not_modified(_call(client, "GET", path, **{"If-None-Match": "*"}), tag)  # the resource exists
+
+    other = _call(client, "GET", path, **{"If-None-Match": '"elsewhere.1"'})
+    assert other.status_code == 200 and other.headers["ETag"] == tag
+    assert other.get_json()["version"] == first.get_json()["version"]
+
+
+@pytest.mark.parametrize("path, patch", READS)
+def test_a_get_naming_a_stale_etag_gets_the_new_version(admin: AdminClient, client: FlaskClient, path: str,
+                                                        patch: dict[str, Any]) -> None:
+    _setup(admin)
+    tag = _call(client, "GET", path).headers["ETag"]
+    changed = _call(client, "PATCH", path, patch)
+    assert changed.status_code == 200, changed.get_json()
+    r = _call(client, "GET", path, **{"If-None-Match": tag})
+    assert r.status_code == 200
+    assert r.headers["ETag"] == changed.headers["ETag"] != tag
+    assert r.get_json()["version"] == changed.get_json()["version"]
+    _not_modified(_call(client, "GET", path, **{"If-None-Match": r.headers["ETag"]}), r.headers["ETag"])
+
+
+@pytest.mark.parametrize("value", ['"zz", *', "*, *", "garbage", '"ok", garbage', "W/x", '"unterminated', " , "])
+def test_an_if_none_match_that_is_not_star_or_entity_tags_is_400(admin: AdminClient, client: FlaskClient,
+                                                                 value: str) -> None:
+    """As for If-Match: a client that meant to revalidate hears that its header named nothing."""
+    _setup(admin)
+    tag = _call(client, "GET", "/tenants/acme").headers["ETag"]
+    r = _call(client, "GET", "/tenants/acme", **{"If-None-Match": value.replace("ok", tag.strip('"'))})
+    assert r.status_code == 400, r.get_data(as_text=True)
+    body = r.get_json()
+    assert body["error"] == "invalid_request" and "If-None-Match" in body["message"] and "details" in body
+
+
+@pytest.mark.parametrize("path", [path for path, _ in READS])
+def test_a_scoped_key_gets_404_for_another_tenant_whatever_if_none_match(admin: AdminClient, client: FlaskClient,
+                                                                         path: str) -> None:
+    _setup(admin)
+    admin.tenant("other", "Other Corp")
+    scoped = admin.call("POST", "/tenants/other/admin-keys", {"label": "other"}).get_json()["key"]
+    tag = _call(client, "GET", path).headers["ETag"]
+    for value in (tag, "W/" + tag, "*", "garbage"):
+        r = _call(client, "GET", path, key=scoped, **{"If-None-Match": value})
+        assert r.status_code == 404, (value, r.status_code)
+        assert "ETag" not in r.headers and r.get_json()["error"]
+
+
+def test_the_etag_follows_the_configuration_so_a_login_stamp_stays_304(admin: AdminClient,
+                                                                       client: FlaskClient) -> None:
+    """README: the ETag covers the configuration only; state the API reports (last_login_at) is not part."""
+    _setup(admin)
+    path = "/tenants/acme/connections/okta"
+    first = _call(client, "GET", path)
+    tag = first.headers["ETag"]
+    assert first.get_json()["last_login_at"] is None
+    writer = client.application.extensions["broker"].extras["last_logins"]
+    writer.touch(first.get_json()["id"], 1_800_000_000.0)
+    assert writer.flush()
+    assert _call(client, "GET", path).get_json()["last_login_at"] is not None
+    _not_modified(_call(client, "GET", path, **{"If-None-Match": tag}), tag)
+
+
+# -- the metadata upload's ETag ---------------------------------------------------------------------------------
+
+
+def test_a_metadata_upload_answers_with_the_connections_new_etag(admin: AdminClient, client: FlaskClient) -> None:
+    _setup(admin)
+    path = "/tenants/acme/connections/okta"
+    before = _call(client, "GET", path).headers["ETag"]
+    put = client.put(f"/admin/v1{path}/metadata", data=_metadata(),
+                     headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}", **XML_HEADERS, "If-Match": before})
+    assert put.status_code == 200, put.get_json()
+    assert put.get_json()["entity_id"] == "https://idp.acme.test"
+    tag = put.headers["ETag"]
+    assert tag != before and tag == _call(client, "GET", path).headers["ETag"]
+    _not_modified(_call(client, "GET", path, **{"If-None-Match": tag}), tag)
+    # the tag names the version the upload made: good for If-Match on the next write, the old one is not
+    assert _call(client, "PATCH", path, {"domains": ["x.test"]}, **{"If-Match": before}).status_code == 412
+    assert _call(client, "PATCH", path, {"domains": ["acme.org"]}, **{"If-Match": tag}).status_code == 200
+
+
+def test_a_refused_metadata_upload_carries_no_etag(admin: AdminClient, client: FlaskClient) -> None:
+    _setup(admin)
+    path = "/tenants/acme/connections/okta"
+    r = client.put(f"/admin/v1{path}/metadata", data="<not-metadata/>",
+                   headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}", **XML_HEADERS})
+    assert r.status_code == 400 and "ETag" not in r.headers
+
+
+# -- OpenAPI ---------------------------------------------------------------------------------------------------
+
+
+def test_openapi_documents_if_none_match_304_and_the_metadata_etag(client: FlaskClient) -> None:
+    doc = client.get("/admin/v1/openapi.json").get_json()
+    for path in ("/tenants/{t}", "/tenants/{t}/connections/{c}", "/tenants/{t}/apps/{client_id}"):
+        op = doc["paths"][path]["get"]
+        assert any(p["name"] == "If-None-Match" and p["in"] == "header" for p in op["parameters"]), path
+        assert "ETag" in op["responses"]["304"]["headers"] and "content" not in op["responses"]["304"], path
+        assert "400" in op["responses"] and "ETag" in op["responses"]["200"]["headers"], path
+        assert "ETag" in doc["paths"][path]["patch"]["responses"]["200"]["headers"], path  # PATCH answers one
+    put = doc["paths"]["/tenants/{t}/connections/{c}/metadata"]["put"]
+    assert "ETag" in put["responses"]["200"]["headers"]
+    for path in ("/tenants", "/tenants/{t}/connections", "/tenants/{t}/apps"):  # lists carry no ETag
+        assert "parameters" not in doc["paths"][path]["get"], path
+
+
+# -- the admin pages' sign-in limit: Retry-After ---------------------------------------------------------------
+
+
+CSRF_RE = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def test_the_sign_in_limit_says_when_to_retry(sqlite_url: str) -> None:
+    """429 carries Retry-After: the seconds left of the address's fixed window (which began with its first
+    attempt), at least 1; once the window is over, sign-in works again."""
+    from broker.app import create_app
+    from broker.settings import load_settings
+    from broker.web.admin_ui import SIGNIN_LIMIT, SIGNIN_WINDOW
+
+    clock = FrozenClock(1_800_000_000.0)
+    app = create_app(load_settings(make_env(sqlite_url)), clock=clock, state=MemoryStateStore(clock=clock.now))
+    try:
+        client = app.test_client()
+        page = client.get("/admin/ui/sign-in")
+        match = CSRF_RE.search(page.get_data(as_text=True))
+        assert match
+        form = {"csrf": match.group(1), "admin_key": "not-a-key", "next": "/admin/ui/"}
+
+        assert client.post("/admin/ui/sign-in", data=form).status_code == 401  # the window starts here
+        clock.advance(100)
+        for _ in range(SIGNIN_LIMIT - 1):
+            r = client.post("/admin/ui/sign-in", data=form)
+            assert r.status_code == 401 and "Retry-After" not in r.headers
+        limited = client.post("/admin/ui/sign-in", data=form)
+        assert limited.status_code == 429
+        assert limited.headers["Retry-After"] == str(SIGNIN_WINDOW - 100)
+        clock.advance(SIGNIN_WINDOW - 100 - 0.5)
+        assert client.post("/admin/ui/sign-in", data=form).headers["Retry-After"] == "1"  # never 0
+        clock.advance(0.5)
+        ok = client.post("/admin/ui/sign-in", data={**form, "admin_key": BOOTSTRAP_KEY})
+        assert ok.status_code == 303, ok.status_code
+    finally:
+        close_app(app)
