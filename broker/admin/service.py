@@ -588,7 +588,26 @@ class AdminService:
         self._check_domains(tenant, existing.slug, draft.domains)
         self._check_idp_initiated(tenant, draft)
         updated = self.store.replace_connection(existing.id, draft, expected_version)
-        return self._saved(key, tenant, updated, understood, "connection.update")
+        out = self._saved(key, tenant, updated, understood, "connection.update")
+        if updated.slug != existing.slug:
+            out.setdefault("warnings", []).append(self._renamed_warning(tenant, existing, updated))
+        return out
+
+    def _renamed_warning(self, tenant: Tenant, old: Connection, new: Connection) -> str:
+        """A new slug moves the URLs the upstream knows this connection by: say which, old and new, since
+        logins fail at the IdP or OP until its configuration is updated (and logins in flight are lost)."""
+        if new.protocol == "saml":
+            moved = [f"ACS URL {self.urls.acs(tenant.slug, old.slug)} -> {self.urls.acs(tenant.slug, new.slug)}"]
+            if not new.settings.get("sp_entity_id"):
+                moved.append(f"SP entityID {self.urls.sp_metadata(tenant.slug, old.slug)} -> "
+                             f"{self.urls.sp_metadata(tenant.slug, new.slug)}")
+            where = "the IdP's configuration for this SP"
+        else:
+            moved = [f"redirect URI {self.urls.oidc_callback(tenant.slug, old.slug)} -> "
+                     f"{self.urls.oidc_callback(tenant.slug, new.slug)}"]
+            where = "the client's redirect URIs at the OP"
+        return (f"connection_urls_changed: renaming {old.slug!r} to {new.slug!r} changed its "
+                f"{' and its '.join(moved)}; logins fail until {where} is updated.")
 
     def patch_connection(self, key: AdminKey, slug: str, conn: str, body: Any,
                          if_match: Sequence[str] | None = None) -> dict[str, Any]:

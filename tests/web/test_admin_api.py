@@ -317,6 +317,34 @@ def test_oidc_connection_crud_and_secret_redacted(admin: AdminClient, client: Fl
     assert admin.call("GET", "/tenants/acme/connections/okta-oidc").status_code == 404
 
 
+def test_renaming_a_connection_warns_which_urls_moved(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    base = "http://broker.test/t/acme/connections"
+    assert admin.call("POST", "/tenants/acme/connections", {
+        "slug": "okta", "protocol": "saml", "domains": ["acme.net"]}).status_code == 201
+    r = admin.call("PATCH", "/tenants/acme/connections/okta", {"slug": "okta-prod"})
+    assert r.status_code == 200, r.get_json()
+    body = r.get_json()
+    assert body["sp"]["acs_url"] == f"{base}/okta-prod/saml/acs"
+    moved = [w for w in body["warnings"] if w.startswith("connection_urls_changed: ")]
+    assert len(moved) == 1
+    assert f"ACS URL {base}/okta/saml/acs -> {base}/okta-prod/saml/acs" in moved[0]
+    assert f"SP entityID {base}/okta/saml/metadata -> {base}/okta-prod/saml/metadata" in moved[0]
+    # a fixed SP entityID does not move; other changes warn of nothing
+    r = admin.call("PATCH", "/tenants/acme/connections/okta-prod", {"saml": {"sp_entity_id": "urn:acme:sp"}})
+    assert not [w for w in r.get_json()["warnings"] if w.startswith("connection_urls_changed")]
+    r = admin.call("PATCH", "/tenants/acme/connections/okta-prod", {"slug": "okta"})
+    (moved_again,) = [w for w in r.get_json()["warnings"] if w.startswith("connection_urls_changed: ")]
+    assert "ACS URL" in moved_again and "entityID" not in moved_again
+    # OIDC: the redirect URI registered at the OP
+    assert admin.call("POST", "/tenants/acme/connections", OIDC_CONN).status_code == 201
+    r = admin.call("PATCH", "/tenants/acme/connections/okta-oidc", {"slug": "okta-oidc-2"})
+    assert r.status_code == 200
+    (oidc_moved,) = r.get_json()["warnings"]
+    assert f"redirect URI {base}/okta-oidc/oidc/callback -> {base}/okta-oidc-2/oidc/callback" in oidc_moved
+    assert "at the OP" in oidc_moved
+
+
 def test_saml_connection_without_metadata(admin: AdminClient) -> None:
     admin.tenant("acme")
     r = admin.call("POST", "/tenants/acme/connections", {"slug": "okta", "protocol": "saml", "domains": ["acme.com"],
