@@ -271,6 +271,27 @@ def _safe_text(value: str | None, limit: int = 200) -> str | None:
     return cleaned or None
 
 
+_CLAIM_POINTERS = frozenset({"_claim_names", "_claim_sources"})
+
+
+def _elsewhere_warning(claims: Mapping[str, Any]) -> tuple[str, ...]:
+    """A warning naming the claims the OP sent as aggregated or distributed claims (OIDC Core §5.6.2), which
+    the broker does not fetch. Entra ID does this with `groups` when a user is in more groups than fit in a
+    token (the groups overage): the profile's groups would silently be empty."""
+    names = claims.get("_claim_names")
+    if not isinstance(names, Mapping):
+        return ()
+    missing = sorted(str(k) for k in names if isinstance(k, str) and claims.get(k) is None)[:20]
+    if not missing:
+        return ()
+    message = (f"claims_not_fetched: the identity provider sent {', '.join(missing)} as aggregated or "
+               "distributed claims, which are not fetched, so they are missing from the profile")
+    if "groups" in missing:
+        message += (" (Entra ID does this when a user is in more groups than fit in a token: limit the groups "
+                    "in the app registration's token configuration, e.g. to groups assigned to the application)")
+    return (message + ".",)
+
+
 def _claim_strings(value: Any) -> tuple[str, ...]:
     """A claim as the multi-valued strings UpstreamIdentity carries."""
     if value is None:
@@ -759,7 +780,9 @@ class OidcConnector:
     def _identity(
         self, subject: str, merged: Mapping[str, Any], id_claims: Mapping[str, Any]
     ) -> UpstreamIdentity:
-        attributes = {name: _claim_strings(value) for name, value in merged.items()}
+        # _claim_names/_claim_sources (OIDC Core §5.6.2) point at claims held elsewhere, perhaps with a bearer
+        # token for them: not attributes; the claims they name are missing, and the login says so.
+        attributes = {name: _claim_strings(value) for name, value in merged.items() if name not in _CLAIM_POINTERS}
         amr = id_claims.get("amr")
         acr = id_claims.get("acr")
         return UpstreamIdentity(
@@ -771,6 +794,7 @@ class OidcConnector:
             authn_context=acr if isinstance(acr, str) else None,
             amr=tuple(a for a in amr if isinstance(a, str)) if isinstance(amr, list) else (),
             authn_instant=_number(id_claims, "auth_time"),
+            warnings=_elsewhere_warning(merged),
         )
 
 

@@ -526,6 +526,38 @@ def test_userinfo_is_merged(op: responses.RequestsMock, make: Any, op_key: RSAKe
     assert identity.attributes["name"] == ("From ID token",)  # the signed ID token wins
 
 
+def test_distributed_claims_are_named_in_a_warning_and_not_kept(
+    op: responses.RequestsMock, make: Any, op_key: RSAKey
+) -> None:
+    # Entra ID's groups overage: no `groups`, a pointer to where they are (with, from some OPs, a token)
+    serve_discovery(op)
+    serve_jwks(op, op_key)
+    connector = make(userinfo=False)
+    txn, _ = begin(connector)
+    serve_token(op, sign(op_key, claims_for(
+        txn, _claim_names={"groups": "src1", "email": "src2"},
+        _claim_sources={"src1": {"endpoint": "https://graph.example/getMemberObjects", "access_token": "tok-1"},
+                        "src2": {"JWT": "e30.e30."}},
+        email="alice@example.com")))
+    identity = connector.complete(answer(txn), txn)
+    assert "_claim_names" not in identity.attributes and "_claim_sources" not in identity.attributes
+    assert "tok-1" not in repr(identity)
+    (warning,) = identity.warnings
+    assert warning.startswith("claims_not_fetched: ") and "groups" in warning and "Entra ID" in warning
+    assert "email" not in warning.split("(")[0], "a claim that is present is not missing"
+    assert identity.attributes["email"] == ("alice@example.com",)
+
+
+def test_no_warning_without_distributed_claims(op: responses.RequestsMock, make: Any, op_key: RSAKey) -> None:
+    serve_discovery(op)
+    serve_jwks(op, op_key)
+    connector = make(userinfo=False)
+    txn, _ = begin(connector)
+    serve_token(op, sign(op_key, claims_for(txn, _claim_names="not an object", groups=["g1"])))
+    identity = connector.complete(answer(txn), txn)
+    assert identity.warnings == () and identity.attributes["groups"] == ("g1",)
+
+
 def test_userinfo_about_another_user_is_refused(
     op: responses.RequestsMock, make: Any, op_key: RSAKey
 ) -> None:
