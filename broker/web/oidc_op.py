@@ -9,6 +9,7 @@ import html
 import time
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.datastructures import MultiDict
@@ -338,6 +339,26 @@ button{{font-size:1rem;padding:.5rem 1.2rem}}</style></head>
 <form method="post" action="{action}">{fields}<button type="submit">Sign out</button></form></body></html>"""
 
 
+def _origin(url: str) -> str | None:
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        return None
+    return f"{parts.scheme.lower()}://{parts.netloc.lower()}"
+
+
+def _fetch_site(public_url: str) -> str:
+    """Where the request comes from, as Sec-Fetch-Site says it. A browser too old to send it (before 2020-23)
+    still sends Origin or Referer when they could tell another site: those stand in ("cross-site" when their
+    origin is not ours); with neither, "none" (typed, bookmarked, or not a browser)."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site.strip().lower()
+    source = request.headers.get("Origin") or request.headers.get("Referer")
+    if not source:
+        return "none"
+    return "same-origin" if _origin(source) == _origin(public_url) else "cross-site"
+
+
 def _logout_confirmation(session_id: str) -> str:
     return hashlib.sha256(b"broker-logout\x00" + session_id.encode()).hexdigest()
 
@@ -371,7 +392,7 @@ def logout(tenant: str) -> Response:
     login = svc.extras["login"]
     session_id = request.cookies.get(SESSION_COOKIE)
     live = login.session(t, session_id) if session_id else None
-    fetch_site = request.headers.get("Sec-Fetch-Site", "none").lower()
+    fetch_site = _fetch_site(svc.settings.public_url)
     foreign_hint = ending.hint_sid is not None or params.get("id_token_hint") is not None
     if (live is not None and session_id is not None and ending.hint_sid != public_sid(session_id)
             and (foreign_hint or fetch_site not in ("same-origin", "none"))):

@@ -159,6 +159,24 @@ def test_a_cross_site_logout_without_hint_asks_first(sec: Setup) -> None:
     assert not _signed_in(sec)
 
 
+@pytest.mark.parametrize(("headers", "asks"), [
+    ({"Referer": "https://evil.test/page"}, True),  # an older browser, from another site
+    ({"Origin": "null"}, True),
+    ({"Origin": "https://app.acme.test"}, True),
+    ({"Referer": "http://broker.test/t/acme/somewhere"}, False),  # from our own pages
+    ({"Referer": "HTTP://BROKER.TEST/x"}, False),
+    ({}, False),  # typed, bookmarked, or not a browser
+    ({"Sec-Fetch-Site": "same-origin", "Referer": "https://evil.test/"}, False),  # the browser's word counts
+    ({"Sec-Fetch-Site": "cross-site", "Referer": "http://broker.test/"}, True),
+])
+def test_without_sec_fetch_site_the_referer_or_origin_says_where_a_logout_comes_from(
+        sec: Setup, headers: dict[str, str], asks: bool) -> None:
+    _sign_in(sec)
+    r = sec.client.get("/t/acme/logout", headers=headers)
+    assert ("<form" in r.get_data(as_text=True)) is asks
+    assert _signed_in(sec) is asks
+
+
 def test_a_hint_of_the_current_session_signs_out_at_once_even_cross_site(sec: Setup) -> None:
     _allow_bye(sec)
     hint = _id_token(sec, _sign_in(sec))
