@@ -176,6 +176,11 @@ def _register_hooks(app: Flask, svc: Services) -> None:
         end = getattr(svc.config, "end_request", None)
         if end is not None:
             end()
+        # the worker thread lives on: what it logs next outside a request (gunicorn refusing a malformed
+        # request, say) must not carry this request's id, tenant and connection
+        logs.request_id.set(None)
+        logs.tenant.set(None)
+        logs.connection.set(None)
 
     @app.errorhandler(BrokerError)
     def _broker_error(err: BrokerError) -> Response:

@@ -86,6 +86,20 @@ class Urls:
         return f"{self.tenant(tenant)}/connections/{conn}/oidc/callback"
 
 
+def metadata_text(raw: bytes) -> str:
+    """Uploaded IdP metadata as the text it is kept as: UTF-8 (a BOM is dropped). Any other encoding (UTF-16,
+    Latin-1 with accents, UTF-16 without a BOM, which decodes with NULs) is refused before it is parsed."""
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise ValidationFailed(
+            "The metadata is not UTF-8 text (UTF-16 and other encodings are not accepted); save the XML file as "
+            "UTF-8 and upload it again.", code="metadata_invalid", details={"field": "saml.metadata_xml"})
+    return text
+
+
 def iso(dt: datetime | None) -> str | None:
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z") if dt else None
 
@@ -362,7 +376,8 @@ class AdminService:
         settings_raw = body.saml if protocol == "saml" else body.oidc
         other = body.oidc if protocol == "saml" else body.saml
         if other is not None:
-            raise ValidationFailed(f"A {protocol} connection takes only `{protocol}` settings.",
+            article = "An OIDC" if protocol == "oidc" else "A SAML"
+            raise ValidationFailed(f"{article} connection takes only `{protocol}` settings.",
                                    details={"field": "oidc" if protocol == "saml" else "saml"})
         raw = {k: v for k, v in (settings_raw or {}).items() if k not in READ_ONLY_SETTINGS}
         understood: Any = None
@@ -589,25 +604,32 @@ class AdminService:
         self._check_idp_initiated(tenant, draft)
         updated = self.store.replace_connection(existing.id, draft, expected_version)
         out = self._saved(key, tenant, updated, understood, "connection.update")
-        if updated.slug != existing.slug:
-            out.setdefault("warnings", []).append(self._renamed_warning(tenant, existing, updated))
+        moved = self._moved_urls_warning(tenant, existing, updated)
+        if moved:
+            out.setdefault("warnings", []).append(moved)
         return out
 
-    def _renamed_warning(self, tenant: Tenant, old: Connection, new: Connection) -> str:
-        """A new slug moves the URLs the upstream knows this connection by: say which, old and new, since
-        logins fail at the IdP or OP until its configuration is updated (and logins in flight are lost)."""
-        if new.protocol == "saml":
-            moved = [f"ACS URL {self.urls.acs(tenant.slug, old.slug)} -> {self.urls.acs(tenant.slug, new.slug)}"]
-            if not new.settings.get("sp_entity_id"):
-                moved.append(f"SP entityID {self.urls.sp_metadata(tenant.slug, old.slug)} -> "
-                             f"{self.urls.sp_metadata(tenant.slug, new.slug)}")
-            where = "the IdP's configuration for this SP"
-        else:
-            moved = [f"redirect URI {self.urls.oidc_callback(tenant.slug, old.slug)} -> "
-                     f"{self.urls.oidc_callback(tenant.slug, new.slug)}"]
-            where = "the client's redirect URIs at the OP"
-        return (f"connection_urls_changed: renaming {old.slug!r} to {new.slug!r} changed its "
-                f"{' and its '.join(moved)}; logins fail until {where} is updated.")
+    def _sp_urls(self, tenant: Tenant, c: Connection) -> list[tuple[str, str]]:
+        """The URLs the upstream knows this connection by, as (what, URL)."""
+        if c.protocol != "saml":
+            return [("redirect URI", self.urls.oidc_callback(tenant.slug, c.slug))]
+        entity_id = str(c.settings.get("sp_entity_id") or self.urls.sp_metadata(tenant.slug, c.slug))
+        return [("ACS URL", self.urls.acs(tenant.slug, c.slug)), ("SP entityID", entity_id)]
+
+    def _moved_urls_warning(self, tenant: Tenant, old: Connection, new: Connection) -> str | None:
+        """A new slug (or SP entityID) moves URLs the upstream knows this connection by: say which, old and new,
+        since logins fail at the IdP or OP until its configuration is updated (and logins in flight are lost)."""
+        moved = [f"{what} {before} -> {after}"
+                 for (what, before), (_, after) in zip(self._sp_urls(tenant, old), self._sp_urls(tenant, new),
+                                                       strict=True)
+                 if before != after]
+        if not moved:
+            return None
+        where = ("the IdP's configuration for this SP is" if new.protocol == "saml"
+                 else "the client's redirect URIs at the OP are")
+        change = f"renaming {old.slug!r} to {new.slug!r}" if old.slug != new.slug else "this change"
+        return (f"connection_urls_changed: {change} changed its {' and its '.join(moved)}; "
+                f"logins fail until {where} updated.")
 
     def patch_connection(self, key: AdminKey, slug: str, conn: str, body: Any,
                          if_match: Sequence[str] | None = None) -> dict[str, Any]:
@@ -648,18 +670,24 @@ class AdminService:
         if c.protocol != "saml":
             raise ValidationFailed("IdP metadata applies to SAML connections only.", code="invalid_request")
         entity_id = entity_id or c.settings.get("idp_entity_id")
+        text = metadata_text(xml)
         meta = self._parse_metadata(xml, entity_id)
         spec = self._connection_spec(c)
         saml = dict(spec.get("saml") or {})
         saml.pop("metadata_url", None)
-        saml["metadata_xml"] = xml.decode("utf-8-sig")
+        saml["metadata_xml"] = text
         if entity_id:
             saml["idp_entity_id"] = entity_id
+        unchanged = spec.get("saml") == saml  # the same document again: like a PATCH that changes nothing
         spec["saml"] = saml
-        data = schema.parse(schema.ConnectionBody, spec)
-        draft, _ = self._draft(data, c)
-        saved = self.store.replace_connection(c.id, draft, c.version)
-        self._admin_event(key, "connection.metadata", tenant.slug, connection=c.slug, entity_id=meta.entity_id)
+        if unchanged:
+            saved = c
+        else:
+            data = schema.parse(schema.ConnectionBody, spec)
+            draft, _ = self._draft(data, c)
+            saved = self.store.replace_connection(c.id, draft, c.version)
+            self._admin_event(key, "connection.metadata", tenant.slug, connection=c.slug,
+                              entity_id=meta.entity_id)
         out = to_json(meta)
         warning = _subject_warning(saved, meta)
         if warning:

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from lxml import etree
@@ -114,8 +115,8 @@ def parse_idp_metadata(
         were = "certificate was" if len(unreadable) == 1 else "certificates were"
         raise _invalid(
             f"The IDPSSODescriptor of {eid!r} has no usable signing certificate: {len(unreadable)} signing "
-            f"{were} present but unreadable ({'; '.join(unreadable)}); responses from this IdP could not be "
-            "verified."
+            f"{were} present but unreadable or unusable ({'; '.join(unreadable)}); responses from this IdP could "
+            "not be verified."
         )
     if not signing:
         raise _invalid(
@@ -331,9 +332,19 @@ def _is_web_url(location: str) -> bool:
 class _Unreadable(Exception):
     """An X509Certificate that cannot be used; `reason` says why, for the admin."""
 
+    code = "certificate_unreadable"
+    verb = "could not be read and was ignored"
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class _Unusable(_Unreadable):
+    """A well-formed certificate whose key no accepted signature algorithm uses (dsig.py: RSA and ECDSA)."""
+
+    code = "certificate_unusable"
+    verb = "was ignored"
 
 
 def _certificates(
@@ -370,10 +381,7 @@ def _certificates(
         try:
             cert = _load_certificate(b64, warnings)
         except _Unreadable as e:
-            warnings.append(
-                f"certificate_unreadable: {label} in the IDPSSODescriptor could not be read and was ignored: "
-                f"{e.reason}"
-            )
+            warnings.append(f"{e.code}: {label} in the IDPSSODescriptor {e.verb}: {e.reason}")
             if use != "encryption":
                 unreadable.append(f"{label}: {e.reason}")
             continue
@@ -432,6 +440,16 @@ def _load_certificate(b64: str, warnings: list[str]) -> IdpCertificate:
         fingerprint = cert.fingerprint(hashes.SHA256()).hex(":").upper()
     except ValueError as e:  # fields cryptography parses only when asked for them
         raise _Unreadable(f"not a well-formed X.509 certificate ({e})") from None
+    try:
+        key = cert.public_key()
+    except (ValueError, UnsupportedAlgorithm):
+        raise _Unusable("its public key is of a kind that cannot be read; only RSA and EC keys are accepted") from None
+    if not isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        kind = type(key).__name__.removeprefix("_").replace("PublicKey", "") or "unknown"
+        raise _Unusable(f"its public key is {kind}; only RSA and EC keys are accepted (RSA-SHA256 or ECDSA)")
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < 2048:
+        warnings.append(f"certificate_weak_key: {subject}: an RSA key of {key.key_size} bits (2048 or more is "
+                        "the minimum advised, NIST SP 800-131A); ask the IdP to roll over to a larger key.")
     for w in caught:
         if issubclass(w.category, CryptographyDeprecationWarning):
             warnings.append(f"certificate_nonconforming: {subject}: {w.message}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import re
 import secrets
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -210,6 +211,8 @@ class SamlConnector:
         """The app's login_hint as the requested subject, when the connection asks for it and the hint is a
         plain email address (anything else is only a hint, and is left out rather than refused)."""
         if not self.settings.send_login_hint or not login_hint or not _EMAIL_HINT.match(login_hint):
+            return None
+        if any(unicodedata.category(ch) == "Cf" for ch in login_hint):  # bidi overrides, zero-width characters
             return None
         return saml.Subject(name_id=saml.NameID(format=NAMEID_EMAIL, text=login_hint))
 

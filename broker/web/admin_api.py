@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from broker.admin.openapi import openapi_document
-from broker.admin.service import etag, none_match_hit
+from broker.admin.service import check_precondition, etag, none_match_hit
 from broker.errors import Forbidden, PayloadTooLarge, StateStoreError, Unauthorized, ValidationFailed
 from broker.model import AdminKey
 from broker.web.context import services
@@ -118,7 +118,9 @@ def _if_match() -> list[str] | None:
 def _read(body: dict[str, Any]) -> Response:
     """A GET of a tenant, connection or app, conditional on If-None-Match (RFC 9110 §13.1.2): when the header
     names the current ETag, 304 with that ETag and no body, so a client polling for changes does not fetch
-    what it has. Evaluated after the lookup: another tenant's resource stays 404 whatever the header says."""
+    what it has. Evaluated after the lookup: another tenant's resource stays 404 whatever the header says;
+    and after If-Match, when sent (§13.2.2): a version other than the one named is 412, as for a write."""
+    check_precondition(_if_match(), body["id"], body["version"], "resource")
     if not none_match_hit(_entity_tags("If-None-Match"), body["id"], body["version"]):
         return _tagged(body)
     resp = Response(status=304)

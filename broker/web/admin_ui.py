@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 from flask import Blueprint, Response, g, render_template, request
 from werkzeug.datastructures import FileStorage
 
+from broker.admin.service import metadata_text
 from broker.claims.presets import PRESET_NAMES
 from broker.errors import BrokerError, NotFound, StateStoreError, ValidationFailed
 from broker.model import AdminKey, Connection, Tenant
@@ -436,12 +437,7 @@ def _understand(svc: Services, source: str, value: str | bytes) -> tuple[dict[st
         settings: dict[str, Any] = {"metadata_url": value}
     else:
         raw = value.encode() if isinstance(value, str) else value
-        try:
-            text = raw.decode("utf-8-sig")
-        except UnicodeDecodeError:
-            raise ValidationFailed("The metadata is not UTF-8 text; upload the XML file the IdP gave you.",
-                                   code="metadata_invalid") from None
-        settings = {"metadata_xml": text}
+        settings = {"metadata_xml": metadata_text(raw)}
         meta, _ = svc.admin.preview_metadata(xml=raw)
     return settings, to_json(meta, now=datetime.fromtimestamp(svc.clock.now(), UTC))
 

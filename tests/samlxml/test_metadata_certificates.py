@@ -214,7 +214,7 @@ def test_one_unreadable_signing_certificate_beside_a_good_encryption_one_is_refu
     keys = key_descriptor(random_bytes_base64()) + key_descriptor(cert_b64("enc"), use="encryption")
     with pytest.raises(SamlError) as exc:
         parse(keys)
-    assert "1 signing certificate was present but unreadable (signing certificate 1 of 1: not an X.509" in (
+    assert "1 signing certificate was present but unreadable or unusable (signing certificate 1 of 1: not an X.509" in (
         exc.value.message
     )
 
@@ -276,3 +276,49 @@ def test_metadata_upload_reports_the_unreadable_certificate(admin: AdminClient) 
     assert err["error"] == "metadata_invalid"
     assert "1 signing certificate was present but unreadable" in err["message"]
     assert "not valid base64" in err["message"]
+
+
+# --- certificates whose key no accepted signature algorithm uses ----------------------------------------------
+
+
+def cert_with_key_b64(kind: str) -> str:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ed25519
+
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if kind == "dsa":
+        public: Any = dsa.generate_private_key(key_size=2048).public_key()
+    elif kind == "ed25519":
+        public = ed25519.Ed25519PrivateKey.generate().public_key()
+    else:
+        public = rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{kind} idp")])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(public)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - timedelta(days=1)).not_valid_after(NOW + timedelta(days=365))
+        .sign(signer, hashes.SHA256())  # signed by another key: only the subject key matters here
+    )
+    return base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
+
+
+@pytest.mark.parametrize(("kind", "named"), [("dsa", "DSA"), ("ed25519", "Ed25519")])
+def test_a_signing_certificate_with_a_key_no_signature_here_uses_is_named_and_ignored(kind: str, named: str) -> None:
+    good = cert_b64("beside-odd-key")
+    meta = parse(key_descriptor(cert_with_key_b64(kind), "signing") + key_descriptor(good, "signing"))
+    assert [c.sha256_fingerprint for c in meta.signing_certificates] == [fingerprint(good)]
+    (warning,) = [w for w in meta.warnings if w.startswith("certificate_unusable:")]
+    assert warning.startswith("certificate_unusable: signing certificate 1 of 2 in the IDPSSODescriptor was ignored: ")
+    assert f"its public key is {named}; only RSA and EC keys are accepted" in warning
+    # alone, it leaves nothing to verify responses with: refused, saying why
+    with pytest.raises(SamlError) as exc:
+        parse(key_descriptor(cert_with_key_b64(kind), "signing"))
+    assert "no usable signing certificate" in exc.value.message and named in exc.value.message
+
+
+def test_a_small_rsa_key_is_used_with_a_warning() -> None:
+    meta = parse(key_descriptor(cert_with_key_b64("rsa1024"), "signing"))
+    assert len(meta.signing_certificates) == 1
+    (warning,) = [w for w in meta.warnings if w.startswith("certificate_weak_key:")]
+    assert "1024 bits" in warning and "CN=rsa1024 idp" in warning
+    assert not [w for w in parse(key_descriptor(cert_b64("big"), "signing")).warnings
+                if w.startswith("certificate_weak_key")]

@@ -366,7 +366,8 @@ def test_begin_sends_the_login_hint_as_subject_when_asked(
 
 @pytest.mark.parametrize(
     "hint", [None, "", "jane", "jane@", "@example.com", "a b@example.com", "jane@exa\x01mple.com",
-             "<x>@example.com", "j@a@example.com", "x" * 65 + "@example.com"],
+             "<x>@example.com", "j@a@example.com", "x" * 65 + "@example.com", "a\u202e@example.com",
+             "a\ufeff@example.com", "a@exa\u200bmple.com"],
 )
 def test_begin_sends_only_a_plain_address_as_subject(
     sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock, hint: str | None

@@ -330,19 +330,27 @@ def test_renaming_a_connection_warns_which_urls_moved(admin: AdminClient) -> Non
     assert len(moved) == 1
     assert f"ACS URL {base}/okta/saml/acs -> {base}/okta-prod/saml/acs" in moved[0]
     assert f"SP entityID {base}/okta/saml/metadata -> {base}/okta-prod/saml/metadata" in moved[0]
-    # a fixed SP entityID does not move; other changes warn of nothing
+    # setting an SP entityID moves it too; a fixed one then stays put through a rename
     r = admin.call("PATCH", "/tenants/acme/connections/okta-prod", {"saml": {"sp_entity_id": "urn:acme:sp"}})
+    (set_id,) = [w for w in r.get_json()["warnings"] if w.startswith("connection_urls_changed")]
+    assert f"this change changed its SP entityID {base}/okta-prod/saml/metadata -> urn:acme:sp" in set_id
+    assert "ACS URL" not in set_id
+    r = admin.call("PATCH", "/tenants/acme/connections/okta-prod", {"domains": ["acme.org"]})
     assert not [w for w in r.get_json()["warnings"] if w.startswith("connection_urls_changed")]
     r = admin.call("PATCH", "/tenants/acme/connections/okta-prod", {"slug": "okta"})
     (moved_again,) = [w for w in r.get_json()["warnings"] if w.startswith("connection_urls_changed: ")]
     assert "ACS URL" in moved_again and "entityID" not in moved_again
+    # rename and unset the fixed entityID at once: the old one named is the one the IdP had
+    r = admin.call("PATCH", "/tenants/acme/connections/okta", {"slug": "okta-2", "saml": {"sp_entity_id": None}})
+    (both,) = [w for w in r.get_json()["warnings"] if w.startswith("connection_urls_changed: ")]
+    assert f"SP entityID urn:acme:sp -> {base}/okta-2/saml/metadata" in both and "is updated" in both
     # OIDC: the redirect URI registered at the OP
     assert admin.call("POST", "/tenants/acme/connections", OIDC_CONN).status_code == 201
     r = admin.call("PATCH", "/tenants/acme/connections/okta-oidc", {"slug": "okta-oidc-2"})
     assert r.status_code == 200
     (oidc_moved,) = r.get_json()["warnings"]
     assert f"redirect URI {base}/okta-oidc/oidc/callback -> {base}/okta-oidc-2/oidc/callback" in oidc_moved
-    assert "at the OP" in oidc_moved
+    assert "at the OP are updated" in oidc_moved
 
 
 def test_saml_connection_without_metadata(admin: AdminClient) -> None:

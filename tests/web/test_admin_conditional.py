@@ -153,6 +153,57 @@ def test_a_refused_metadata_upload_carries_no_etag(admin: AdminClient, client: F
     assert r.status_code == 400 and "ETag" not in r.headers
 
 
+@pytest.mark.parametrize("encode", [
+    lambda xml: xml.replace('encoding="UTF-8"', 'encoding="UTF-16"').encode("utf-16"),  # with a BOM
+    lambda xml: xml.replace('encoding="UTF-8"', 'encoding="UTF-16LE"').encode("utf-16-le"),  # none: NULs
+    lambda xml: xml.replace('encoding="UTF-8"', 'encoding="ISO-8859-1"').replace(
+        "</md:EntityDescriptor>", "<!-- Café --></md:EntityDescriptor>").encode("latin-1"),
+], ids=["utf-16", "utf-16le-no-bom", "latin-1"])
+def test_metadata_that_is_not_utf8_is_refused_clearly_and_writes_nothing(
+        admin: AdminClient, client: FlaskClient, encode: Any) -> None:
+    _setup(admin)
+    path = "/tenants/acme/connections/okta"
+    before = _call(client, "GET", path).headers["ETag"]
+    xml = _metadata()
+    if not xml.startswith("<?xml"):
+        xml = '<?xml version="1.0" encoding="UTF-8"?>' + xml
+    r = client.put(f"/admin/v1{path}/metadata", data=encode(xml),
+                   headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}", **XML_HEADERS})
+    assert r.status_code == 400, r.get_data(as_text=True)
+    assert r.get_json()["error"] == "metadata_invalid" and "UTF-8" in r.get_json()["message"]
+    assert _call(client, "GET", path).headers["ETag"] == before
+    # the same document as UTF-8 (with or without a BOM) is taken
+    r = client.put(f"/admin/v1{path}/metadata", data=b"\xef\xbb\xbf" + xml.encode(),
+                   headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}", **XML_HEADERS})
+    assert r.status_code == 200, r.get_json()
+
+
+def test_uploading_the_same_metadata_again_writes_nothing(admin: AdminClient, client: FlaskClient) -> None:
+    _setup(admin)
+    path = "/tenants/acme/connections/okta"
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_KEY}", **XML_HEADERS}
+    first = client.put(f"/admin/v1{path}/metadata", data=_metadata(), headers=headers)
+    assert first.status_code == 200
+    events = len(_call(client, "GET", "/tenants/acme/audit?type=admin").get_json()["events"])
+    again = client.put(f"/admin/v1{path}/metadata", data=_metadata(), headers=headers)
+    assert again.status_code == 200 and again.get_json()["entity_id"] == "https://idp.acme.test"
+    assert again.headers["ETag"] == first.headers["ETag"] == _call(client, "GET", path).headers["ETag"]
+    assert len(_call(client, "GET", "/tenants/acme/audit?type=admin").get_json()["events"]) == events
+    # another document is a change
+    other = client.put(f"/admin/v1{path}/metadata", data=_metadata("https://idp2.acme.test"), headers=headers)
+    assert other.status_code == 200 and other.headers["ETag"] != first.headers["ETag"]
+
+
+@pytest.mark.parametrize("path", [p for p, _ in READS])
+def test_a_get_with_a_stale_if_match_is_412_before_if_none_match(
+        admin: AdminClient, client: FlaskClient, path: str) -> None:
+    _setup(admin)
+    tag = _call(client, "GET", path).headers["ETag"]
+    r = _call(client, "GET", path, **{"If-Match": '"nope.0"', "If-None-Match": tag})
+    assert r.status_code == 412 and r.get_json()["error"] == "precondition_failed"
+    assert _call(client, "GET", path, **{"If-Match": tag}).status_code == 200
+
+
 # -- OpenAPI ---------------------------------------------------------------------------------------------------
 
 

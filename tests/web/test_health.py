@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from flask.testing import FlaskClient
 
+from broker import logs
 from broker.store.config_repo import SqlConfigStore
 from broker.store.database import make_engine
 from broker.store.sealing import Sealer
 from broker.store.state_redis import RedisStateStore
+from tests.conftest import AdminClient
 
 
 def test_healthz(client: FlaskClient) -> None:
@@ -21,6 +23,14 @@ def test_request_ids_are_echoed_only_when_plain_ascii(client: FlaskClient) -> No
     for odd in ("caf\u00e9", "\u00b2\u00b3", "a b", "x" * 65):
         echoed = client.get("/healthz", headers={"X-Request-Id": odd}).headers["X-Request-Id"]
         assert echoed != odd and echoed.isascii() and echoed.isalnum()
+
+
+def test_a_request_leaves_no_log_context_behind(client: FlaskClient, admin: AdminClient) -> None:
+    # a worker thread logs between requests too (gunicorn refusing a malformed one): not under the last id
+    admin.tenant("acme")
+    r = client.get("/t/acme/.well-known/openid-configuration", headers={"X-Request-Id": "req-1"})
+    assert r.status_code == 200 and r.headers["X-Request-Id"] == "req-1"
+    assert (logs.request_id.get(), logs.tenant.get(), logs.connection.get()) == (None, None, None)
 
 
 def test_readyz_ok(client: FlaskClient) -> None:
