@@ -69,11 +69,12 @@ def _tagged(op: dict[str, Any]) -> dict[str, Any]:
 
 
 def _cacheable(op: dict[str, Any]) -> dict[str, Any]:
-    """A read of a tagged resource that honours If-None-Match: 304 with the ETag and no body when unchanged."""
-    op.setdefault("parameters", []).append(IF_NONE_MATCH)
+    """A read of a tagged resource that honours If-None-Match (304 with the ETag and no body when unchanged)
+    and If-Match (412 when the resource is no longer at the ETag named, checked first)."""
+    op.setdefault("parameters", []).extend([IF_NONE_MATCH, IF_MATCH])
     op["responses"]["304"] = {"description": "Not modified: If-None-Match names the current ETag (no body)",
                               "headers": ETAG_HEADER}
-    op["responses"].update(_errors(400))  # 400: an If-None-Match header that names nothing
+    op["responses"].update(_errors(400, 412))  # 400: a conditional header that names nothing
     return op
 
 

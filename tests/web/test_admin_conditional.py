@@ -214,6 +214,7 @@ def test_openapi_documents_if_none_match_304_and_the_metadata_etag(client: Flask
         assert any(p["name"] == "If-None-Match" and p["in"] == "header" for p in op["parameters"]), path
         assert "ETag" in op["responses"]["304"]["headers"] and "content" not in op["responses"]["304"], path
         assert "400" in op["responses"] and "ETag" in op["responses"]["200"]["headers"], path
+        assert any(p["name"] == "If-Match" for p in op["parameters"]) and "412" in op["responses"], path
         assert "ETag" in doc["paths"][path]["patch"]["responses"]["200"]["headers"], path  # PATCH answers one
     put = doc["paths"]["/tenants/{t}/connections/{c}/metadata"]["put"]
     assert "ETag" in put["responses"]["200"]["headers"]
