@@ -26,7 +26,7 @@ from broker.samlxml.metadata import (
 from tests.conftest import AdminClient
 
 from .idp_fixtures import make_idp
-from .test_metadata import doc, entity, key_descriptor
+from .test_metadata import doc, entity, key_descriptor, make_cert
 
 NOW = datetime.now(UTC)  # make_idp's certificates are valid from yesterday for ten years
 
@@ -43,19 +43,7 @@ def fingerprint(b64: str) -> str:
 
 
 def expired_cert_b64(cn: str = "expired") -> str:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - timedelta(days=400))
-        .not_valid_after(NOW - timedelta(days=2))
-        .sign(key, hashes.SHA256())
-    )
-    return base64.b64encode(cert.public_bytes(Encoding.DER)).decode()
+    return make_cert(cn, not_before=NOW - timedelta(days=400), not_after=NOW - timedelta(days=2))
 
 
 def bad_base64() -> str:

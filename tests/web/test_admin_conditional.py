@@ -19,9 +19,8 @@ from broker.store.state import MemoryStateStore
 from tests.conftest import BOOTSTRAP_KEY, AdminClient, close_app, make_env
 from tests.samlxml.idp_fixtures import make_idp
 from tests.support.saml_idp import SamlIdp
+from tests.web.test_admin_concurrency import _setup
 
-CONN = {"slug": "okta", "protocol": "saml", "domains": ["acme.com"], "mapping": {"preset": "okta"}}
-APP = {"name": "Portal", "client_id": "portal", "redirect_uris": ["https://portal.example/cb"]}
 READS = [
     ("/tenants/acme", {"name": "Acme Inc"}),
     ("/tenants/acme/connections/okta", {"domains": ["acme.org"]}),
@@ -34,12 +33,6 @@ def _call(client: FlaskClient, method: str, path: str, body: Any = None, key: st
           **headers: str) -> Any:
     return client.open(f"/admin/v1{path}", method=method, json=body,
                        headers={"Authorization": f"Bearer {key}", **headers})
-
-
-def _setup(admin: AdminClient) -> None:
-    admin.tenant("acme")
-    assert admin.call("POST", "/tenants/acme/connections", CONN).status_code == 201
-    assert admin.call("POST", "/tenants/acme/apps", APP).status_code == 201
 
 
 def _metadata(entity_id: str = "https://idp.acme.test") -> str:
