@@ -364,6 +364,9 @@ def load_file(path: Path, env: Mapping[str, str]) -> list[TenantSpec]:
         return []
     if not isinstance(data, dict):
         raise top.error("must be a mapping with a `tenants` list")
+    unstorable = schema.unstorable_text(data)
+    if unstorable is not None:
+        raise top.error(f"{unstorable} holds a NUL character or an unpaired surrogate, which cannot be stored")
     data = _substitute_env(top, data, env)
     try:
         parsed = schema.parse(ConfigFile, data)

@@ -6,6 +6,7 @@ the connector and claims code themselves (opening is validating), in admin/servi
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -183,6 +184,30 @@ class ConnectionTest(Strict):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable_text(data: Any) -> str | None:
+    """The path of the first string (key or value) in a JSON or YAML document holding a NUL character or a lone
+    UTF-16 surrogate, else None. JSON's \\u escapes can carry both; neither can be stored (PostgreSQL text,
+    UTF-8), signed into a token or shown on a page, so they are refused on the way in. Iterative: any depth."""
+    stack: list[tuple[str, Any]] = [("(body)", data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            if _UNSTORABLE.search(value):
+                return path
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                name = f"{path}.{key}" if path != "(body)" else str(key)
+                if isinstance(key, str) and _UNSTORABLE.search(key):
+                    return path
+                stack.append((name, item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{n}]", item) for n, item in enumerate(value))
+    return None
 
 
 def parse(model: type[M], data: Any) -> M:

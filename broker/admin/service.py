@@ -868,10 +868,10 @@ class AdminService:
         outcome = args.get("outcome")
         if outcome is not None and outcome not in ("success", "failure"):
             raise ValidationFailed("outcome must be success or failure.", details={"field": "outcome"})
-        try:
-            limit = int(args.get("limit", "50"))
-        except ValueError:
-            raise ValidationFailed("limit must be a whole number.", details={"field": "limit"}) from None
+        raw_limit = str(args.get("limit", "50"))
+        if not (raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 6):  # int() takes "١٢", " 5_0"
+            raise ValidationFailed("limit must be a whole number.", details={"field": "limit"})
+        limit = int(raw_limit)
         if not 1 <= limit <= 500:
             raise ValidationFailed("limit must be between 1 and 500.", details={"field": "limit"})
         cursor = args.get("cursor")

@@ -8,6 +8,7 @@ batch (e.g. `config apply`) commit or roll back as one.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -82,6 +83,34 @@ def _ts(dt: datetime | None) -> float | None:
 
 def _from_ts(t: float | None) -> datetime | None:
     return datetime.fromtimestamp(t, UTC) if t is not None else None
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def _unstorable(value: str) -> bool:
+    """A key no row can have: PostgreSQL text holds no NUL, UTF-8 no lone surrogate. Looked up as it is, it
+    would fail in the driver (a 500 for a typo'd URL); it names nothing, so it is simply not found."""
+    return "\x00" in value or (not value.isascii() and _SURROGATES.search(value) is not None)
+
+
+def _column(value: str | None, size: int) -> str | None:
+    """What a refused request named (a 101-character client_id, a NUL) still fits its audit column: an event
+    that failed to insert would be in the log only."""
+    if value is None:
+        return None
+    return _SURROGATES.sub("\ufffd", value.replace("\x00", "\ufffd"))[:size]
+
+
+def _storable(value: Any) -> Any:
+    """`value` (JSON) with NULs and lone surrogates replaced (U+FFFD) in every string, key or value."""
+    if isinstance(value, str):
+        return _column(value, len(value))
+    if isinstance(value, dict):
+        return {_storable(k): _storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_storable(v) for v in value]
+    return value
 
 
 class SqlConfigStore:
@@ -274,11 +303,15 @@ class SqlConfigStore:
             return [self._tenant(r) for r in s.scalars(select(TenantRow).order_by(TenantRow.slug))]
 
     def tenant_by_slug(self, slug: str) -> Tenant | None:
+        if _unstorable(slug):
+            return None
         with self._read() as s:
             row = s.scalars(select(TenantRow).where(TenantRow.slug == slug)).one_or_none()
             return self._tenant(row) if row else None
 
     def tenant_by_id(self, tenant_id: str) -> Tenant | None:
+        if _unstorable(tenant_id):
+            return None
         with self._read() as s:
             row = s.get(TenantRow, tenant_id)
             return self._tenant(row) if row else None
@@ -356,6 +389,8 @@ class SqlConfigStore:
                              created_at=_utc(r.created_at) or _now(), label=r.label) for r, slug in rows]
 
     def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> None:
+        if _unstorable(key_id):
+            raise NotFound("No such admin key.", code="admin_key_not_found")
         with self._session(serialized=True) as s:
             row = s.get(AdminKeyRow, key_id)
             if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
@@ -375,6 +410,8 @@ class SqlConfigStore:
     # -- connections -----------------------------------------------------------------------------
 
     def connection(self, tenant_id: str, slug: str) -> Connection | None:
+        if _unstorable(slug):
+            return None
         with self._read() as s:
             found = s.execute(
                 select(ConnectionRow, TenantRow.slug)
@@ -547,6 +584,8 @@ class SqlConfigStore:
     # -- apps ------------------------------------------------------------------------------------
 
     def app(self, tenant_id: str, client_id: str) -> App | None:
+        if _unstorable(client_id):
+            return None
         with self._read() as s:
             row = s.scalars(
                 select(AppRow).where(AppRow.tenant_id == tenant_id, AppRow.client_id == client_id)
@@ -700,9 +739,9 @@ class SqlConfigStore:
         else:
             tid = None
         row = {
-            "id": event.id, "time": event.time, "tenant_id": tid, "tenant": event.tenant, "type": event.type,
-            "connection": event.connection, "app": event.app, "outcome": event.outcome, "reason": event.reason,
-            "details": dict(event.details),
+            "id": event.id, "time": event.time, "tenant_id": tid, "tenant": _column(event.tenant, 63),
+            "type": event.type, "connection": _column(event.connection, 63), "app": _column(event.app, 100),
+            "outcome": event.outcome, "reason": _column(event.reason, 100), "details": _storable(dict(event.details)),
         }
         current = self._current.get()
         if current is not None:

@@ -272,6 +272,7 @@ def _safe_text(value: str | None, limit: int = 200) -> str | None:
 
 
 _CLAIM_POINTERS = frozenset({"_claim_names", "_claim_sources"})
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _elsewhere_warning(claims: Mapping[str, Any]) -> tuple[str, ...]:
@@ -305,8 +306,11 @@ def _claim_strings(value: Any) -> tuple[str, ...]:
     if isinstance(value, float):
         return (str(int(value)) if value.is_integer() else repr(value),)
     if isinstance(value, str):
-        return (value,)
-    return (json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False),)
+        # a NUL or a lone surrogate (JSON \\u escapes allow both) could be neither stored, nor signed into a
+        # token (UTF-8): such a value is left out, as a claim the OP did not send
+        return () if _UNSTORABLE.search(value) else (value,)
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return () if _UNSTORABLE.search(text) else (text,)
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
@@ -782,7 +786,11 @@ class OidcConnector:
     ) -> UpstreamIdentity:
         # _claim_names/_claim_sources (OIDC Core §5.6.2) point at claims held elsewhere, perhaps with a bearer
         # token for them: not attributes; the claims they name are missing, and the login says so.
-        attributes = {name: _claim_strings(value) for name, value in merged.items() if name not in _CLAIM_POINTERS}
+        if _UNSTORABLE.search(subject):
+            raise LoginError("The identity provider's answer could not be used.", code="oidc_invalid_response",
+                             detail="the sub claim holds a NUL character or a lone surrogate")
+        attributes = {name: _claim_strings(value) for name, value in merged.items()
+                      if name not in _CLAIM_POINTERS and not _UNSTORABLE.search(name)}
         amr = id_claims.get("amr")
         acr = id_claims.get("acr")
         return UpstreamIdentity(
@@ -791,8 +799,9 @@ class OidcConnector:
             subject=subject,
             subject_format=None,
             attributes={k: v for k, v in attributes.items() if v},
-            authn_context=acr if isinstance(acr, str) else None,
-            amr=tuple(a for a in amr if isinstance(a, str)) if isinstance(amr, list) else (),
+            authn_context=acr if isinstance(acr, str) and not _UNSTORABLE.search(acr) else None,
+            amr=tuple(a for a in amr if isinstance(a, str) and not _UNSTORABLE.search(a))
+            if isinstance(amr, list) else (),
             authn_instant=_number(id_claims, "auth_time"),
             warnings=_elsewhere_warning(merged),
         )

@@ -31,7 +31,7 @@ from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from broker.errors import BrokerError, LoginError
 from broker.ports import Clock, Fetcher
-from broker.upstream.sources import is_loopback_host
+from broker.upstream.sources import host_name_problem, is_loopback_host
 
 __all__ = [
     "MAX_DOCUMENT_BYTES",
@@ -97,6 +97,9 @@ def check_endpoint_url(url: object) -> str | None:
         return "not a URL"
     if parts.fragment or not parts.hostname:
         return "not an absolute URL without fragment"
+    problem = host_name_problem(parts.hostname)
+    if problem is not None:
+        return problem
     if parts.scheme == "https":
         return None
     if parts.scheme == "http" and is_loopback_host(parts.hostname):

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import xmlsec
 from cryptography.hazmat.primitives import hashes
@@ -36,6 +36,7 @@ from broker.samlxml.metadata import Endpoint, IdpMetadata
 from broker.samlxml.response import ResponseExpectations, VerifiedAssertion, decode_post_binding, verify_response
 from broker.trusted_keys import load_trusted_rsa_key
 from broker.upstream.base import AutoPost, BeginRequest, BeginResult, CallbackInput, Redirect
+from broker.upstream.sources import host_name_problem
 
 NAMEID_UNSPECIFIED = "urn:oasis:names:tc:SAML:1.1:nameid-format:unspecified"
 NAMEID_EMAIL = "urn:oasis:names:tc:SAML:1.1:nameid-format:emailAddress"
@@ -95,6 +96,16 @@ _INT_FIELDS = ("clock_skew_seconds",)
 _KNOWN = frozenset((*_STR_FIELDS, *_BOOL_FIELDS, *_INT_FIELDS))
 
 
+def _split(url: str) -> SplitResult | None:
+    """urlsplit, or None for what it refuses (a bogus or unbalanced IPv6 bracket raises ValueError)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return None
+    return parts
+
+
 def _bad(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(message, details={"field": f"saml.{field}"})
 
@@ -122,12 +133,14 @@ def parse_saml_settings(raw: Mapping[str, Any]) -> SamlSettings:
         if key in values and values[key] == "":
             raise _bad(key, f"saml.{key} must not be empty (omit it or use null instead).")
     if "metadata_url" in values:
-        parts = urlsplit(values["metadata_url"])
-        if parts.scheme not in ("https", "http") or not parts.netloc:
+        parts = _split(values["metadata_url"])
+        if parts is None or parts.scheme not in ("https", "http") or not parts.hostname:
             raise _bad("metadata_url", "saml.metadata_url must be an http(s) URL.")
+        if host_name_problem(parts.hostname):
+            raise _bad("metadata_url", "saml.metadata_url must name a valid host (no empty or over-long label).")
     if "idp_initiated_redirect_uri" in values:
-        parts = urlsplit(values["idp_initiated_redirect_uri"])
-        if not parts.scheme or not parts.netloc:
+        parts = _split(values["idp_initiated_redirect_uri"])
+        if parts is None or not parts.scheme or not parts.netloc:
             raise _bad(
                 "idp_initiated_redirect_uri", "saml.idp_initiated_redirect_uri must be an absolute URL."
             )

@@ -18,7 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import NewConnectionError
+from urllib3.exceptions import LocationParseError, NewConnectionError
 
 from broker.errors import ServiceUnavailable, ValidationFailed
 from broker.ports import Fetcher, FetchResult, MetadataState
@@ -278,9 +278,35 @@ class RequestsFetcher:
             )
         except requests.RequestException as e:
             raise FetchError(
-                f"The upstream server at {urlsplit(url).netloc} could not be reached.",
+                f"The upstream server at {_netloc(url)} could not be reached.",
                 detail=f"{type(e).__name__}: {e}",
             ) from e
+        except (LocationParseError, ValueError) as e:  # a host urllib3 cannot use: an empty or over-long label
+            raise FetchError(f"The URL of the upstream server ({_netloc(url)}) is not valid.",
+                             detail=f"{type(e).__name__}: {e}") from e
+
+
+def _netloc(url: str) -> str:
+    try:
+        return urlsplit(url).netloc[:200]
+    except ValueError:
+        return "(an invalid URL)"
+
+
+def host_name_problem(host: str) -> str | None:
+    """Why `host` cannot be a DNS name to connect to (an empty label, as in `a..b`, or one over 63 characters,
+    RFC 1035 §2.3.4), or None. IP literals and non-ASCII (IDNA) names are left to the HTTP client."""
+    if not host.isascii() or host.startswith("["):
+        return None
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if any(not label or len(label) > 63 for label in labels) or len(host) > 253:
+        return "not a valid host name"
+    return None
 
 
 def is_loopback_host(host: str | None) -> bool:
@@ -298,10 +324,14 @@ def _check_url(url: str) -> None:
     """Every hop, redirects included: https, or plain http only to a loopback host. Metadata and discovery
     documents are trust anchors (signing certificates, JWKS); over plain http anyone on the path could
     replace them."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise FetchError("The URL is not valid.", detail="urlsplit refused it (an IPv6 bracket)") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise FetchError("Only http(s) URLs can be fetched.", detail=f"refused URL scheme {parts.scheme!r}")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+    if parts.scheme == "http" and not is_loopback_host(host):
         raise FetchError("Plain http is refused: use https (http only to a loopback host).",
                          detail=f"refused plain http to {parts.hostname!r}")
 

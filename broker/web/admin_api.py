@@ -9,6 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from broker.admin.openapi import openapi_document
+from broker.admin.schema import unstorable_text
 from broker.admin.service import check_precondition, etag, none_match_hit
 from broker.errors import Forbidden, PayloadTooLarge, StateStoreError, Unauthorized, ValidationFailed
 from broker.model import AdminKey
@@ -63,9 +64,15 @@ def _json() -> Any:
     if not raw.strip():
         raise ValidationFailed("The request body is empty; send a JSON object.", code="invalid_json")
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValidationFailed("The request body is not valid JSON.", code="invalid_json") from None
+    where = unstorable_text(body)
+    if where is not None:
+        raise ValidationFailed(f"Invalid field {where}: it holds a NUL character or an unpaired surrogate "
+                               "(\\u0000, \\ud800-\\udfff), which cannot be stored.", code="invalid_request",
+                               details={"field": where})
+    return body
 
 
 def _optional_json() -> dict[str, Any] | None:

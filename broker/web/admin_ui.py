@@ -187,6 +187,15 @@ def _headers(resp: Response) -> Response:
     return resp
 
 
+@bp.before_request
+def _refuse_nul() -> None:
+    """A form value with a NUL character (%00) cannot be stored (PostgreSQL text) and is never meant: refused
+    before any view reads it, with the form's usual error page, and nothing written."""
+    if request.method == "POST" and any("\x00" in value for value in request.form.values()):
+        raise ValidationFailed("A field of this form holds a NUL character (%00), which cannot be stored. "
+                               "Nothing was changed.", code="invalid_request")
+
+
 @bp.errorhandler(SignInRequired)
 def _to_sign_in(_: SignInRequired) -> Response:
     if request.method == "GET":

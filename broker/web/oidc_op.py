@@ -340,7 +340,10 @@ button{{font-size:1rem;padding:.5rem 1.2rem}}</style></head>
 
 
 def _origin(url: str) -> str | None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced or bogus IPv6 bracket
+        return None
     if not parts.scheme or not parts.netloc:
         return None
     return f"{parts.scheme.lower()}://{parts.netloc.lower()}"

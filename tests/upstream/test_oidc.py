@@ -189,6 +189,18 @@ def forge(header: Mapping[str, Any], claims: Mapping[str, Any], signature: bytes
     return f"{signing_input}.{b64(signature)}"
 
 
+def sign_escaped(key: RSAKey, claims: Mapping[str, Any]) -> str:
+    """RS256 over JSON with \\u escapes (json.dumps' default): a token an OP may send with lone surrogates,
+    which joserfc's encoder (UTF-8) cannot produce."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    header = {"alg": "RS256", "kid": key.kid, "typ": "JWT"}
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(dict(claims)).encode())}"
+    signature = key.private_key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{b64(signature)}"
+
+
 # --- the connector and one login --------------------------------------------------------------
 
 
@@ -546,6 +558,30 @@ def test_distributed_claims_are_named_in_a_warning_and_not_kept(
     assert warning.startswith("claims_not_fetched: ") and "groups" in warning and "Entra ID" in warning
     assert "email" not in warning.split("(")[0], "a claim that is present is not missing"
     assert identity.attributes["email"] == ("alice@example.com",)
+
+
+def test_claims_that_could_not_be_stored_or_signed_are_left_out(
+    op: responses.RequestsMock, make: Any, op_key: RSAKey
+) -> None:
+    serve_discovery(op)
+    serve_jwks(op, op_key)
+    connector = make(userinfo=False)
+    txn, _ = begin(connector)
+    serve_token(op, sign_escaped(op_key, claims_for(txn, name="bad\ud800", nickname="nul\x00", acr="\udfff",
+                                            amr=["pwd", "\ud800"], groups=["ok", "\ud800x"], **{"k\ud800": "v"})))
+    identity = connector.complete(answer(txn), txn)
+    assert "name" not in identity.attributes and "nickname" not in identity.attributes
+    assert identity.attributes["groups"] == ("ok",) and not any("\ud800" in k for k in identity.attributes)
+    assert identity.authn_context is None and identity.amr == ("pwd",)
+
+
+def test_a_subject_that_could_not_be_stored_is_refused(op: responses.RequestsMock, make: Any, op_key: RSAKey) -> None:
+    serve_discovery(op)
+    serve_jwks(op, op_key)
+    connector = make(userinfo=False)
+    txn, _ = begin(connector)
+    serve_token(op, sign_escaped(op_key, claims_for(txn, sub="user\ud800")))
+    assert rejected(connector, answer(txn), txn).code == "oidc_invalid_response"
 
 
 def test_no_warning_without_distributed_claims(op: responses.RequestsMock, make: Any, op_key: RSAKey) -> None:
