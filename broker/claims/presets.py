@@ -121,7 +121,8 @@ PRESETS: dict[str, tuple[JSON, ...]] = {
         {"op": "copy", "from": "family_name", "to": "family_name"},
         {"op": "copy", "from": "preferred_username", "to": "preferred_username"},
         {"op": "copy", "from": "groups", "to": "groups"},
-        {"op": "copy", "from": "roles", "to": "roles"},
+        # not `roles`: what an app may do is the broker's to say (a connection's rules map it, from groups or
+        # from the OP's own roles claim); an OP must not grant itself "admin" by sending it
     ),
 }
 PRESET_NAMES: tuple[str, ...] = tuple(PRESETS)

@@ -379,6 +379,7 @@ def test_generic_oidc() -> None:
             "family_name": ["Doe"],
             "preferred_username": ["j.doe"],
             "groups": ["staff"],
+            "roles": ["admin"],
         },
         subject="248289761001",
         subject_format=None,
@@ -395,6 +396,9 @@ def test_generic_oidc() -> None:
     )
     assert p.extra == {"preferred_username": "j.doe"}
     assert p.amr == ("pwd", "mfa")
+    assert p.roles == (), "an upstream cannot grant roles by sending them; a rule must map them"
+    mapped = run([{"op": "copy", "from": "roles", "to": "roles"}], ident, preset="generic-oidc")
+    assert mapped.roles == ("admin",)
     verified = identity(
         {"email": ["a@b.example"], "email_verified": ["true"]},
         subject="1",
