@@ -588,7 +588,7 @@ class OidcConnector:
             )
         try:
             obj = jws.extract_compact(token.encode("ascii"))
-        except (JoseError, ValueError, UnicodeError) as exc:
+        except (JoseError, ValueError, UnicodeError, RecursionError) as exc:
             raise self._bad_signature(f"unparseable: {type(exc).__name__}") from exc
         header = obj.headers()
         alg = header.get("alg")
@@ -610,7 +610,7 @@ class OidcConnector:
             raise self._bad_signature(f"signature does not verify with the OP's key(s) for kid {kid!r}")
         try:
             claims = json.loads(obj.payload)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, RecursionError) as exc:
             raise self._bad_signature("payload is not JSON") from exc
         if not isinstance(claims, dict):
             raise self._bad_signature("payload is not a JSON object")
@@ -810,6 +810,6 @@ class OidcConnector:
 def _json_object(body: bytes) -> dict[str, Any] | None:
     try:
         value = json.loads(body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

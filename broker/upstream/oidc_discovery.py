@@ -151,7 +151,7 @@ def _load_json_object(body: bytes) -> Mapping[str, Any] | None:
     try:
         # utf-8-sig: some OPs (Entra ID tenant endpoints) prefix the document with a UTF-8 BOM.
         doc = json.loads(body.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         return None
     return doc if isinstance(doc, dict) else None
 
@@ -255,11 +255,38 @@ def parse_jwks(body: bytes, source: str) -> Jwks:
         if any(p in raw for p in ("d", "p", "q", "k")):
             skipped.append(f"{label}: contains private material")
             continue
+        if isinstance(raw.get("kid"), str) and sum(1 for k in keys if k.kid == raw["kid"]) >= MAX_KEYS_PER_KID:
+            # every key of a token's kid is tried: a set with hundreds under one kid costs seconds per login
+            skipped.append(f"{label}: more than {MAX_KEYS_PER_KID} keys with this kid")
+            continue
         try:
-            keys.append(key_cls.import_key(dict(raw)))
-        except (JoseError, ValueError, TypeError) as exc:
+            key = key_cls.import_key(dict(raw))
+        except (JoseError, ValueError, TypeError, KeyError) as exc:  # KeyError: a curve joserfc does not know
             skipped.append(f"{label}: {type(exc).__name__}")
+            continue
+        problem = _rsa_key_problem(key)
+        if problem:
+            skipped.append(f"{label}: {problem}")
+            continue
+        keys.append(key)
     return Jwks(keys=tuple(keys), skipped=tuple(skipped))
+
+
+MAX_KEYS_PER_KID = 4
+MAX_RSA_BITS = 8192
+
+
+def _rsa_key_problem(key: Key) -> str | None:
+    """Why an RSA key is not one an OP would sign with, else None: a modulus over 8192 bits, or a public exponent
+    that is even, below 3 or over 32 bits (verifying with a 3000-bit exponent costs as much as signing)."""
+    if not isinstance(key, RSAKey):
+        return None
+    numbers = key.public_key.public_numbers()
+    if numbers.n.bit_length() > MAX_RSA_BITS:
+        return f"RSA modulus of {numbers.n.bit_length()} bits"
+    if numbers.e < 3 or numbers.e % 2 == 0 or numbers.e.bit_length() > 32:
+        return "RSA public exponent out of range"
+    return None
 
 
 @dataclass(slots=True)

@@ -8,7 +8,11 @@ it decides what to keep and when to try again, and the caller stores the returne
 from __future__ import annotations
 
 import ipaddress
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -197,13 +201,97 @@ def _check_peer(conn: HTTPConnection) -> None:
         raise NewConnectionError(conn, f"refused: {peer} is not a public address (egress policy)")
 
 
-class _PublicHTTPConnection(HTTPConnection):
+# --- a whole-exchange deadline ---------------------------------------------------------------------------
+#
+# requests' timeout bounds each socket read, not the exchange: an upstream that sends its status line, headers
+# or body one byte a second never trips it, and would hold a worker thread for as long as it likes. Every
+# connection the fetcher uses registers its socket with the calling thread's deadline; when the deadline
+# passes, a timer shuts those sockets down, the blocked read returns, and the fetch fails as "too slow".
+
+_deadlines = threading.local()
+
+
+class _Deadline:
+    def __init__(self, seconds: float) -> None:
+        self._lock = threading.Lock()
+        self._sockets: list[socket.socket] = []
+        self.expired = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def watch(self, sock: socket.socket | None) -> None:
+        if sock is None:
+            return
+        with self._lock:
+            if self.expired:
+                _shutdown(sock)
+            else:
+                self._sockets.append(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shutdown(sock)
+
+    def __enter__(self) -> _Deadline:
+        _deadlines.current = self
+        self._timer.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._timer.cancel()
+        _deadlines.current = None
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _watch(conn: HTTPConnection) -> None:
+    deadline: _Deadline | None = getattr(_deadlines, "current", None)
+    if deadline is not None:
+        deadline.watch(conn.sock)
+
+
+class _WatchedHTTPConnection(HTTPConnection):
+    def getresponse(self) -> Any:  # the request is sent: the socket exists; its answer may be slow
+        _watch(self)
+        return super().getresponse()
+
+
+class _WatchedHTTPSConnection(HTTPSConnection):
+    def getresponse(self) -> Any:
+        _watch(self)
+        return super().getresponse()
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class WatchedAdapter(HTTPAdapter):
+    """Connections whose sockets the calling thread's deadline can shut down."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+
+
+class _PublicHTTPConnection(_WatchedHTTPConnection):
     def connect(self) -> None:
         super().connect()
         _check_peer(self)
 
 
-class _PublicHTTPSConnection(HTTPSConnection):
+class _PublicHTTPSConnection(_WatchedHTTPSConnection):
     def connect(self) -> None:
         super().connect()
         _check_peer(self)
@@ -239,24 +327,27 @@ class RequestsFetcher:
         allow_private: bool = True,
     ) -> None:
         self._session = session or requests.Session()
+        adapter: HTTPAdapter | None = None if session is not None else WatchedAdapter()
         if not allow_private:
             self._session.trust_env = False  # an environment proxy would hide the real peer
             adapter = PublicOnlyAdapter()
+        if adapter is not None:
             self._session.mount("http://", adapter)
             self._session.mount("https://", adapter)
         self._user_agent = user_agent
         self._max_redirects = max_redirects
 
     def get(self, url: str, *, timeout: float, max_bytes: int) -> FetchResult:
-        for _ in range(self._max_redirects + 1):
-            _check_url(url)
-            response = self._send("GET", url, timeout=timeout, headers={})
-            if response.is_redirect:
-                location = response.headers.get("Location", "")
-                response.close()
-                url = urljoin(url, location)
-                continue
-            return _read(response, timeout=timeout, max_bytes=max_bytes)
+        with _bounded(timeout):
+            for _ in range(self._max_redirects + 1):
+                _check_url(url)
+                response = self._send("GET", url, timeout=timeout, headers={})
+                if response.is_redirect:
+                    location = response.headers.get("Location", "")
+                    response.close()
+                    url = urljoin(url, location)
+                    continue
+                return _read(response, timeout=timeout, max_bytes=max_bytes)
         raise FetchError("Too many redirects.", detail=f"more than {self._max_redirects} redirects")
 
     def post_form(
@@ -264,8 +355,9 @@ class RequestsFetcher:
         headers: dict[str, str] | None = None,
     ) -> FetchResult:
         _check_url(url)
-        response = self._send("POST", url, timeout=timeout, headers=dict(headers or {}), data=data)
-        return _read(response, timeout=timeout, max_bytes=max_bytes)
+        with _bounded(timeout):
+            response = self._send("POST", url, timeout=timeout, headers=dict(headers or {}), data=data)
+            return _read(response, timeout=timeout, max_bytes=max_bytes)
 
     def _send(
         self, method: str, url: str, *, timeout: float, headers: dict[str, str],
@@ -284,6 +376,22 @@ class RequestsFetcher:
         except (LocationParseError, ValueError) as e:  # a host urllib3 cannot use: an empty or over-long label
             raise FetchError(f"The URL of the upstream server ({_netloc(url)}) is not valid.",
                              detail=f"{type(e).__name__}: {e}") from e
+
+
+@contextmanager
+def _bounded(timeout: float) -> Iterator[None]:
+    """The whole exchange (redirects, status line, headers, body) within `timeout` plus a second's grace: past
+    it, the sockets are shut down and whatever was blocked fails as "too slow"."""
+    with _Deadline(timeout + 1.0) as deadline:
+        try:
+            yield
+        except (FetchError, requests.RequestException, OSError) as e:
+            if deadline.expired:
+                raise FetchError("The upstream server was too slow.",
+                                 detail=f"no complete answer in {timeout}s") from e
+            raise
+        if deadline.expired:  # a shut-down socket can also read as a clean end: the body may be cut short
+            raise FetchError("The upstream server was too slow.", detail=f"no complete answer in {timeout}s")
 
 
 def _netloc(url: str) -> str:

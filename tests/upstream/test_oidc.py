@@ -1097,3 +1097,51 @@ def test_vendor_jwks_parse(path: Path) -> None:
     assert all(k.kid for k in jwks.keys)
     if path.name == "keycloak-jwks.json":
         assert any("use='enc'" in s for s in jwks.skipped)
+
+
+# --- a hostile or broken OP's JWKS and documents -----------------------------------------------------------
+
+
+def test_jwks_keys_that_cannot_be_used_are_skipped_not_fatal(op_key: RSAKey) -> None:
+    good = op_key.as_dict(private=False)
+    odd_curve = {"kty": "EC", "crv": "P-192", "kid": "zz", "x": "AAAA", "y": "AAAA"}
+    odd_okp = {"kty": "OKP", "crv": "Foo", "kid": "zy", "x": "AAAA"}
+    n = 2**3072 - 1  # odd, and larger than the exponent: cryptography takes it; verifying would cost seconds
+    huge_e = {"kty": "RSA", "kid": "ze", "n": b64(n.to_bytes(384, "big")), "e": b64((2**3000 + 1).to_bytes(376, "big"))}
+    huge_n = {"kty": "RSA", "kid": "zn", "n": b64((2**9000 - 1).to_bytes(1125, "big")), "e": "AQAB"}
+    jwks = parse_jwks(json.dumps({"keys": [odd_curve, odd_okp, huge_e, huge_n, good]}).encode(), "test")
+    assert [k.kid for k in jwks.keys] == [op_key.kid]
+    assert len(jwks.skipped) == 4
+    assert any("exponent out of range" in s for s in jwks.skipped)
+    assert any("modulus of 9000 bits" in s for s in jwks.skipped)
+
+
+def test_at_most_a_few_keys_per_kid_are_kept(op_key: RSAKey) -> None:
+    same = [dict(op_key.as_dict(private=False)) for _ in range(50)]
+    jwks = parse_jwks(json.dumps({"keys": same}).encode(), "test")
+    assert len(jwks.by_kid(op_key.kid)) == 4 and len(jwks.skipped) == 46
+
+
+def test_deeply_nested_json_from_the_op_is_a_clean_refusal(op: responses.RequestsMock, make: Any,
+                                                           op_key: RSAKey) -> None:
+    nested = b"[" * 100_000 + b"]" * 100_000
+    op.get(f"{ISSUER}/.well-known/openid-configuration", body=nested)
+    with pytest.raises(LoginError) as exc:
+        begin(make())
+    assert exc.value.code == "oidc_discovery_invalid"
+    op.reset()
+    # in a signed ID token's payload
+    serve_discovery(op)
+    serve_jwks(op, op_key)
+    connector = make()
+    txn, _ = begin(connector)
+    claims = "{" + '"a":' + "[" * 20_000 + "]" * 20_000 + "}"
+    header = b64(json.dumps({"alg": "RS256", "kid": op_key.kid}).encode())
+    signing_input = f"{header}.{b64(claims.encode())}"
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    signature = op_key.private_key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    token = f"{signing_input}.{b64(signature)}"
+    serve_token(op, token)
+    assert rejected(connector, answer(txn), txn).code == "oidc_signature_invalid"

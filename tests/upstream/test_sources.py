@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import requests
@@ -376,3 +378,88 @@ def test_fetch_metadata_bytes_failures(
     assert exc.value.code == "metadata_unavailable"
     assert exc.value.details == {"field": "saml.metadata_url"}
     assert reason in exc.value.message and URL in exc.value.message
+
+
+# --- the whole exchange is bounded, not each read -----------------------------------------------------------
+
+
+class _Drip:
+    """A loopback HTTP server that answers one byte at a time, `gap` seconds apart: each read gets a byte well
+    within any per-read timeout, so only a deadline on the whole exchange stops it."""
+
+    def __init__(self, phase: str, gap: float = 0.2) -> None:
+        import socket
+        import threading
+
+        self.phase, self.gap = phase, gap
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(8)
+        self.url = f"http://127.0.0.1:{self.server.getsockname()[1]}/doc"
+        self.stop = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        body = b'{"issuer": "https://op.test"}' * 40
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        try:
+            conn.recv(65536)
+            if self.phase == "headers":
+                for i in range(len(head)):
+                    if self.stop.is_set():
+                        return
+                    conn.sendall(head[i:i + 1])
+                    time.sleep(self.gap)
+            else:
+                conn.sendall(head)
+            for i in range(len(body)):
+                if self.stop.is_set():
+                    return
+                conn.sendall(body[i:i + 1])
+                time.sleep(self.gap)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+
+
+@pytest.mark.parametrize("phase", ["headers", "body"])
+@pytest.mark.parametrize("method", ["get", "post_form"])
+def test_an_upstream_that_drips_its_answer_is_cut_off_at_the_timeout(phase: str, method: str) -> None:
+    drip = _Drip(phase)
+    try:
+        fetcher = RequestsFetcher()
+        started = time.monotonic()
+        with pytest.raises(FetchError) as exc:
+            if method == "get":
+                fetcher.get(drip.url, timeout=1.0, max_bytes=1 << 20)
+            else:
+                fetcher.post_form(drip.url, {"a": "b"}, timeout=1.0, max_bytes=1 << 20)
+        elapsed = time.monotonic() - started
+        assert "too slow" in exc.value.message
+        assert elapsed < 4.0, f"held for {elapsed:.1f}s: the per-read timeout never tripped, nor the deadline"
+    finally:
+        drip.close()
+
+
+def test_a_quick_answer_is_not_cut_short_by_the_deadline() -> None:
+    drip = _Drip("body", gap=0.0)
+    try:
+        result = RequestsFetcher().get(drip.url, timeout=5.0, max_bytes=1 << 20)
+        assert result.status == 200 and result.body == b'{"issuer": "https://op.test"}' * 40
+    finally:
+        drip.close()
