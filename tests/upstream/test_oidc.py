@@ -538,14 +538,19 @@ def test_userinfo_is_merged(op: responses.RequestsMock, make: Any, op_key: RSAKe
     assert identity.attributes["name"] == ("From ID token",)  # the signed ID token wins
 
 
-def test_distributed_claims_are_named_in_a_warning_and_not_kept(
-    op: responses.RequestsMock, make: Any, op_key: RSAKey
-) -> None:
-    # Entra ID's groups overage: no `groups`, a pointer to where they are (with, from some OPs, a token)
+def _without_userinfo(op: responses.RequestsMock, make: Any, op_key: RSAKey) -> tuple[OidcConnector, LoginTransaction]:
     serve_discovery(op)
     serve_jwks(op, op_key)
     connector = make(userinfo=False)
     txn, _ = begin(connector)
+    return connector, txn
+
+
+def test_distributed_claims_are_named_in_a_warning_and_not_kept(
+    op: responses.RequestsMock, make: Any, op_key: RSAKey
+) -> None:
+    # Entra ID's groups overage: no `groups`, a pointer to where they are (with, from some OPs, a token)
+    connector, txn = _without_userinfo(op, make, op_key)
     serve_token(op, sign(op_key, claims_for(
         txn, _claim_names={"groups": "src1", "email": "src2"},
         _claim_sources={"src1": {"endpoint": "https://graph.example/getMemberObjects", "access_token": "tok-1"},
@@ -563,10 +568,7 @@ def test_distributed_claims_are_named_in_a_warning_and_not_kept(
 def test_claims_that_could_not_be_stored_or_signed_are_left_out(
     op: responses.RequestsMock, make: Any, op_key: RSAKey
 ) -> None:
-    serve_discovery(op)
-    serve_jwks(op, op_key)
-    connector = make(userinfo=False)
-    txn, _ = begin(connector)
+    connector, txn = _without_userinfo(op, make, op_key)
     serve_token(op, sign_escaped(op_key, claims_for(txn, name="bad\ud800", nickname="nul\x00", acr="\udfff",
                                             amr=["pwd", "\ud800"], groups=["ok", "\ud800x"], **{"k\ud800": "v"})))
     identity = connector.complete(answer(txn), txn)
@@ -576,19 +578,13 @@ def test_claims_that_could_not_be_stored_or_signed_are_left_out(
 
 
 def test_a_subject_that_could_not_be_stored_is_refused(op: responses.RequestsMock, make: Any, op_key: RSAKey) -> None:
-    serve_discovery(op)
-    serve_jwks(op, op_key)
-    connector = make(userinfo=False)
-    txn, _ = begin(connector)
+    connector, txn = _without_userinfo(op, make, op_key)
     serve_token(op, sign_escaped(op_key, claims_for(txn, sub="user\ud800")))
     assert rejected(connector, answer(txn), txn).code == "oidc_invalid_response"
 
 
 def test_no_warning_without_distributed_claims(op: responses.RequestsMock, make: Any, op_key: RSAKey) -> None:
-    serve_discovery(op)
-    serve_jwks(op, op_key)
-    connector = make(userinfo=False)
-    txn, _ = begin(connector)
+    connector, txn = _without_userinfo(op, make, op_key)
     serve_token(op, sign(op_key, claims_for(txn, _claim_names="not an object", groups=["g1"])))
     identity = connector.complete(answer(txn), txn)
     assert identity.warnings == () and identity.attributes["groups"] == ("g1",)
@@ -607,10 +603,7 @@ def test_userinfo_about_another_user_is_refused(
 
 
 def test_userinfo_off(op: responses.RequestsMock, make: Any, op_key: RSAKey) -> None:
-    serve_discovery(op)
-    serve_jwks(op, op_key)
-    connector = make(userinfo=False)
-    txn, _ = begin(connector)
+    connector, txn = _without_userinfo(op, make, op_key)
     serve_token(op, sign(op_key, claims_for(txn)))
     connector.complete(answer(txn), txn)
     assert not [c for c in op.calls if c.request.url == USERINFO]
