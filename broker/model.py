@@ -17,6 +17,13 @@ AuditType = Literal["login", "admin", "token"]
 Outcome = Literal["success", "failure"]
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+# NUL (PostgreSQL text cannot hold it) and lone UTF-16 surrogates (UTF-8 cannot encode them; JSON's \u escapes
+# can carry both): text with either can be neither stored nor signed into a token.
+UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable(value: str) -> bool:
+    return UNSTORABLE_CHARS.search(value) is not None
 
 JSON = dict[str, Any]
 

@@ -6,7 +6,6 @@ the connector and claims code themselves (opening is validating), in admin/servi
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -15,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from broker.claims.pipeline import MAX_SUBJECT_SOURCE_CHARS
 from broker.errors import ValidationFailed
-from broker.model import SLUG_RE
+from broker.model import SLUG_RE, unstorable
 
 DEFAULT_SCOPES = ("openid", "profile", "email", "groups", "offline_access")
 KNOWN_SCOPES = frozenset(DEFAULT_SCOPES)
@@ -186,9 +185,6 @@ class ConnectionTest(Strict):
 M = TypeVar("M", bound=BaseModel)
 
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
 def unstorable_text(data: Any) -> str | None:
     """The path of the first string (key or value) in a JSON or YAML document holding a NUL character or a lone
     UTF-16 surrogate, else None. JSON's \\u escapes can carry both; neither can be stored (PostgreSQL text,
@@ -197,12 +193,12 @@ def unstorable_text(data: Any) -> str | None:
     while stack:
         path, value = stack.pop()
         if isinstance(value, str):
-            if _UNSTORABLE.search(value):
+            if unstorable(value):
                 return path
         elif isinstance(value, dict):
             for key, item in value.items():
                 name = f"{path}.{key}" if path != "(body)" else str(key)
-                if isinstance(key, str) and _UNSTORABLE.search(key):
+                if isinstance(key, str) and unstorable(key):
                     return path
                 stack.append((name, item))
         elif isinstance(value, list):

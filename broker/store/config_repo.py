@@ -8,7 +8,6 @@ batch (e.g. `config apply`) commit or roll back as one.
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -25,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from broker.errors import Conflict, NotFound, ServiceUnavailable, VersionConflict
 from broker.model import (
+    UNSTORABLE_CHARS,
     AdminKey,
     App,
     AuditEvent,
@@ -33,6 +33,7 @@ from broker.model import (
     SigningKey,
     SpCredentials,
     Tenant,
+    unstorable,
 )
 from broker.ports import AppDraft, AuditPage, ConnectionDraft, MetadataState, NewSigningKey
 from broker.store.sealing import Sealer
@@ -85,21 +86,12 @@ def _from_ts(t: float | None) -> datetime | None:
     return datetime.fromtimestamp(t, UTC) if t is not None else None
 
 
-_SURROGATES = re.compile("[\ud800-\udfff]")
-
-
-def _unstorable(value: str) -> bool:
-    """A key no row can have: PostgreSQL text holds no NUL, UTF-8 no lone surrogate. Looked up as it is, it
-    would fail in the driver (a 500 for a typo'd URL); it names nothing, so it is simply not found."""
-    return "\x00" in value or (not value.isascii() and _SURROGATES.search(value) is not None)
-
-
 def _column(value: str | None, size: int) -> str | None:
     """What a refused request named (a 101-character client_id, a NUL) still fits its audit column: an event
     that failed to insert would be in the log only."""
     if value is None:
         return None
-    return _SURROGATES.sub("\ufffd", value.replace("\x00", "\ufffd"))[:size]
+    return UNSTORABLE_CHARS.sub("\ufffd", value)[:size]
 
 
 def _storable(value: Any) -> Any:
@@ -303,14 +295,16 @@ class SqlConfigStore:
             return [self._tenant(r) for r in s.scalars(select(TenantRow).order_by(TenantRow.slug))]
 
     def tenant_by_slug(self, slug: str) -> Tenant | None:
-        if _unstorable(slug):
+        # Here and in the other lookups by a key from a request: a key with a NUL or a lone surrogate names no
+        # row, and looked up as it is the driver would raise (PostgreSQL): simply not found.
+        if unstorable(slug):
             return None
         with self._read() as s:
             row = s.scalars(select(TenantRow).where(TenantRow.slug == slug)).one_or_none()
             return self._tenant(row) if row else None
 
     def tenant_by_id(self, tenant_id: str) -> Tenant | None:
-        if _unstorable(tenant_id):
+        if unstorable(tenant_id):
             return None
         with self._read() as s:
             row = s.get(TenantRow, tenant_id)
@@ -389,7 +383,7 @@ class SqlConfigStore:
                              created_at=_utc(r.created_at) or _now(), label=r.label) for r, slug in rows]
 
     def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> None:
-        if _unstorable(key_id):
+        if unstorable(key_id):
             raise NotFound("No such admin key.", code="admin_key_not_found")
         with self._session(serialized=True) as s:
             row = s.get(AdminKeyRow, key_id)
@@ -410,7 +404,7 @@ class SqlConfigStore:
     # -- connections -----------------------------------------------------------------------------
 
     def connection(self, tenant_id: str, slug: str) -> Connection | None:
-        if _unstorable(slug):
+        if unstorable(slug):
             return None
         with self._read() as s:
             found = s.execute(
@@ -584,7 +578,7 @@ class SqlConfigStore:
     # -- apps ------------------------------------------------------------------------------------
 
     def app(self, tenant_id: str, client_id: str) -> App | None:
-        if _unstorable(client_id):
+        if unstorable(client_id):
             return None
         with self._read() as s:
             row = s.scalars(

@@ -36,7 +36,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from broker.errors import LoginError, ValidationFailed
-from broker.model import Connection, LoginTransaction, UpstreamIdentity
+from broker.model import Connection, LoginTransaction, UpstreamIdentity, unstorable
 from broker.ports import Clock, Fetcher, StateStore
 from broker.upstream.base import BeginRequest, BeginResult, CallbackInput, Redirect
 from broker.upstream.oidc_discovery import (
@@ -272,7 +272,6 @@ def _safe_text(value: str | None, limit: int = 200) -> str | None:
 
 
 _CLAIM_POINTERS = frozenset({"_claim_names", "_claim_sources"})
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _elsewhere_warning(claims: Mapping[str, Any]) -> tuple[str, ...]:
@@ -308,9 +307,9 @@ def _claim_strings(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         # a NUL or a lone surrogate (JSON \\u escapes allow both) could be neither stored, nor signed into a
         # token (UTF-8): such a value is left out, as a claim the OP did not send
-        return () if _UNSTORABLE.search(value) else (value,)
+        return () if unstorable(value) else (value,)
     text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return () if _UNSTORABLE.search(text) else (text,)
+    return () if unstorable(text) else (text,)
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
@@ -786,11 +785,11 @@ class OidcConnector:
     ) -> UpstreamIdentity:
         # _claim_names/_claim_sources (OIDC Core §5.6.2) point at claims held elsewhere, perhaps with a bearer
         # token for them: not attributes; the claims they name are missing, and the login says so.
-        if _UNSTORABLE.search(subject):
+        if unstorable(subject):
             raise LoginError("The identity provider's answer could not be used.", code="oidc_invalid_response",
                              detail="the sub claim holds a NUL character or a lone surrogate")
         attributes = {name: _claim_strings(value) for name, value in merged.items()
-                      if name not in _CLAIM_POINTERS and not _UNSTORABLE.search(name)}
+                      if name not in _CLAIM_POINTERS and not unstorable(name)}
         amr = id_claims.get("amr")
         acr = id_claims.get("acr")
         return UpstreamIdentity(
@@ -799,8 +798,8 @@ class OidcConnector:
             subject=subject,
             subject_format=None,
             attributes={k: v for k, v in attributes.items() if v},
-            authn_context=acr if isinstance(acr, str) and not _UNSTORABLE.search(acr) else None,
-            amr=tuple(a for a in amr if isinstance(a, str) and not _UNSTORABLE.search(a))
+            authn_context=acr if isinstance(acr, str) and not unstorable(acr) else None,
+            amr=tuple(a for a in amr if isinstance(a, str) and not unstorable(a))
             if isinstance(amr, list) else (),
             authn_instant=_number(id_claims, "auth_time"),
             warnings=_elsewhere_warning(merged),
