@@ -29,6 +29,7 @@ from broker.model import (
     Profile,
     Tenant,
     UpstreamIdentity,
+    normalize_domain,
     profile_from_json,
     profile_to_json,
 )
@@ -184,6 +185,7 @@ class LoginService:
                 raise NotFound(f"The connection {connection!r} is disabled.", code="connection_disabled")
             return found
         domain = email_domain(login_hint)
+        domain = normalize_domain(domain) if domain is not None else None  # as the connection's domains are
         if domain is None:
             return None
         for c in self.config.connections(tenant.id):

@@ -25,6 +25,21 @@ UNSTORABLE_CHARS = re.compile("[\x00\ud800-\udfff]")
 def unstorable(value: str) -> bool:
     return UNSTORABLE_CHARS.search(value) is not None
 
+
+def normalize_domain(value: str) -> str | None:
+    """A domain name in the one form home-realm discovery compares: lowercase, no trailing dot, IDNA-mapped
+    (nameprep: full-width letters become ASCII, invisible characters go) and internationalized labels as
+    Unicode, so `ＡＣＭＥ.com`, `acme.com.` and `acme.com` are one domain, as are `xn--bcher-kva.de` and
+    `bücher.de`. None when it is no domain name at all (an empty label, a label over 63 characters)."""
+    domain = value.strip().lower().rstrip(".")
+    if not domain:
+        return None
+    try:
+        domain = domain.encode("idna").decode("idna").lower()
+    except UnicodeError:
+        return None
+    return domain or None
+
 JSON = dict[str, Any]
 
 

@@ -199,6 +199,10 @@ def openapi_document(public_url: str) -> dict[str, Any]:
     paths["/tenants/{t}/connections/{c}/metadata"]["put"]["responses"]["200"]["headers"] = {  # not the XML's tag
         "ETag": {"description": "The connection's new version, for If-Match on its next write",
                  "schema": {"type": "string"}}}
+    paths["/tenants/{t}/connections/{c}/metadata"]["put"]["parameters"].append({
+        "name": "If-None-Match", "in": "header", "required": False, "schema": {"type": "string"},
+        "description": "\"*\": write only if the connection has no IdP metadata yet (a first upload); entity "
+                       "tags: write only if the connection is at none of them. 412 otherwise, nothing written"})
     for path in ("/tenants/{t}/admin-keys", "/admin-keys"):  # the label is optional, so is the body
         paths[path]["post"]["requestBody"]["required"] = False
     return {

@@ -6,6 +6,7 @@ the connector and claims code themselves (opening is validating), in admin/servi
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from broker.claims.pipeline import MAX_SUBJECT_SOURCE_CHARS
 from broker.errors import ValidationFailed
-from broker.model import SLUG_RE, unstorable
+from broker.model import SLUG_RE, normalize_domain, unstorable
 
 DEFAULT_SCOPES = ("openid", "profile", "email", "groups", "offline_access")
 KNOWN_SCOPES = frozenset(DEFAULT_SCOPES)
@@ -102,7 +103,7 @@ class ConnectionBody(Strict):
     def _check_domains(cls, v: list[str]) -> list[str]:
         out: list[str] = []
         for d in v:
-            d2 = d.strip().lower()
+            d2 = normalize_domain(d) if len(d) <= DOMAIN_MAX else None
             if not d2 or len(d2) > DOMAIN_MAX or "@" in d2 or "/" in d2 or " " in d2 or "." not in d2:
                 raise ValueError(f"{d!r} is not a domain name (e.g. example.com)")
             if d2 not in out:
@@ -183,6 +184,32 @@ class ConnectionTest(Strict):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names the same member twice."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def loads_admin_json(raw: str | bytes) -> Any:
+    """Parse an admin's JSON document, refusing an object that names a member twice (DuplicateKey).
+    RFC 8259 §4 leaves the meaning of duplicates to each parser; Python keeps the last, others the first,
+    so a duplicated `redirect_uris` or `allow_sha1` could mean one thing to a reviewer's tool and another
+    here. YAML config files refuse duplicates the same way. Raises ValueError (DuplicateKey included),
+    UnicodeDecodeError or RecursionError like json.loads."""
+    return json.loads(raw, object_pairs_hook=_unique_members)
 
 
 def unstorable_text(data: Any) -> str | None:

@@ -655,15 +655,30 @@ class AdminService:
         self._admin_event(key, "connection.delete", tenant.slug, connection=c.slug)
 
     def put_metadata(self, key: AdminKey, slug: str, conn: str, xml: bytes, entity_id: str | None = None,
-                     if_match: Sequence[str] | None = None) -> tuple[dict[str, Any], str]:
+                     if_match: Sequence[str] | None = None,
+                     if_none_match: Sequence[str] | None = None) -> tuple[dict[str, Any], str]:
         """Replace a SAML connection's IdP metadata. `entity_id` picks the IdP of a document that describes
         several (kept as saml.idp_entity_id); without it the connection's idp_entity_id, if any, applies.
         Returns what was understood and the connection's new ETag: the version this write made, which a
-        later read could not name for sure (another write may already have followed)."""
+        later read could not name for sure (another write may already have followed).
+        If-None-Match (RFC 9110 §13.1.2): "*" writes only if the connection has no metadata yet (neither a
+        document nor a metadata_url), so two first uploads cannot overwrite each other; entity tags write
+        only if the connection is not at one of those versions. Either way the loser gets 412."""
         tenant = self.tenant_for(key, slug)
-        return self._read_modify_write(
-            if_match, "connection", lambda: self.connection_for(key, slug, conn)[1],
-            lambda c: self._put_metadata(key, tenant, c, xml, entity_id))
+
+        def write(c: Connection) -> tuple[dict[str, Any], str]:
+            if if_none_match is not None:
+                saml = c.settings if c.protocol == "saml" else {}
+                present = bool(saml.get("metadata_xml") or saml.get("metadata_url"))
+                current = etag(c.id, c.version)
+                if ("*" in if_none_match and present) or current in (t.removeprefix("W/") for t in if_none_match):
+                    what = "already has IdP metadata" if "*" in if_none_match else "is at a version named"
+                    raise Conflict(f"This connection {what} in If-None-Match; nothing was written.",
+                                   code="precondition_failed", status=412, details={"etag": current})
+            return self._put_metadata(key, tenant, c, xml, entity_id)
+
+        return self._read_modify_write(if_match, "connection", lambda: self.connection_for(key, slug, conn)[1],
+                                       write)
 
     def _put_metadata(self, key: AdminKey, tenant: Tenant, c: Connection, xml: bytes,
                       entity_id: str | None) -> tuple[dict[str, Any], str]:

@@ -540,6 +540,7 @@ class OidcConnector:
                 s.issuer,
                 f"POST {metadata.token_endpoint}: {type(exc).__name__}: {exc}",
                 status=503,
+                cause=exc,
             ) from exc
         body = _json_object(result.body)
         if result.status != 200:
@@ -581,10 +582,15 @@ class OidcConnector:
         self, metadata: ProviderMetadata, token: str
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """OIDC Core §3.1.3.7 items 6-8, with joserfc: allowed alg, JWKS key by kid, valid signature."""
-        if len(token) > _MAX_TOKEN_BYTES or token.count(".") != 2:
-            raise self._bad_signature(
-                "not a JWS compact serialization (encrypted ID tokens are not supported)"
-            )
+        if len(token) > _MAX_TOKEN_BYTES:
+            raise LoginError("The identity provider's ID token is too large to be used (over 64 KB).",
+                             code="oidc_invalid_response", detail=f"ID token of {len(token)} characters")
+        if token.count(".") == 4:  # JWE compact serialization (RFC 7516 §7.1)
+            raise LoginError("The identity provider sent an encrypted ID token, which this connection cannot "
+                             "read; turn off ID token encryption for this client at the identity provider.",
+                             code="oidc_invalid_response", detail="ID token is a JWE")
+        if token.count(".") != 2:
+            raise self._bad_signature("not a JWS compact serialization")
         try:
             obj = jws.extract_compact(token.encode("ascii"))
         except (JoseError, ValueError, UnicodeError, RecursionError) as exc:
@@ -747,7 +753,8 @@ class OidcConnector:
             )
         except FETCH_ERRORS as exc:
             raise provider_unavailable(
-                "userinfo", self.settings.issuer, f"POST {endpoint}: {type(exc).__name__}: {exc}", status=503
+                "userinfo", self.settings.issuer, f"POST {endpoint}: {type(exc).__name__}: {exc}", status=503,
+                cause=exc,
             ) from exc
         body = _json_object(result.body)
         if result.status != 200 or body is None:

@@ -67,14 +67,20 @@ _GOOGLE_ISSUER = "https://accounts.google.com"
 _GOOGLE_ALIASES = frozenset({_GOOGLE_ISSUER, "accounts.google.com"})
 
 
-def provider_unavailable(what: str, issuer: str, detail: str, *, status: int) -> LoginError:
-    """The one error for an OP that cannot be reached or answers garbage (502 bad answer, 503 unreachable)."""
-    return LoginError(
-        f"The identity provider could not be reached ({what}). Try again in a moment.",
-        code="oidc_provider_unavailable",
-        detail=f"{issuer}: {detail}",
-        status=status,
-    )
+def provider_unavailable(what: str, issuer: str, detail: str, *, status: int,
+                         cause: BaseException | None = None) -> LoginError:
+    """The one error for an OP that cannot be reached or answers garbage (502 bad answer, 503 unreachable).
+    The sentence says which: a 502 arrived but was not usable (an HTTP error, not JSON, not the document
+    expected); a 503 is a failed exchange, named by the fetcher's own safe sentence when there is one (too
+    slow, too large, a refused redirect), so "could not be reached" is said only when that is what happened."""
+    if status == 502:
+        message = (f"The identity provider answered, but its answer could not be used ({what}). "
+                   "Try again later; if this goes on, ask the administrator to check the connection.")
+    elif isinstance(cause, BrokerError) and cause.message:
+        message = f"The exchange with the identity provider ({what}) failed: {cause.message} Try again in a moment."
+    else:
+        message = f"The identity provider could not be reached ({what}). Try again in a moment."
+    return LoginError(message, code="oidc_provider_unavailable", detail=f"{issuer}: {detail}", status=status)
 
 
 def _discovery_invalid(issuer: str, detail: str) -> LoginError:
@@ -374,7 +380,7 @@ def _fetch(fetcher: Fetcher, url: str, what: str, issuer: str, timeout: float) -
         result = fetcher.get(url, timeout=timeout, max_bytes=MAX_DOCUMENT_BYTES)
     except FETCH_ERRORS as exc:
         raise provider_unavailable(
-            what, issuer, f"GET {url}: {type(exc).__name__}: {exc}", status=503
+            what, issuer, f"GET {url}: {type(exc).__name__}: {exc}", status=503, cause=exc
         ) from exc
     if result.status != 200:
         raise provider_unavailable(what, issuer, f"GET {url}: HTTP {result.status}", status=502)

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from broker.admin.openapi import openapi_document
-from broker.admin.schema import unstorable_text
+from broker.admin.schema import DuplicateKey, loads_admin_json, unstorable_text
 from broker.admin.service import check_precondition, etag, none_match_hit
 from broker.errors import Forbidden, PayloadTooLarge, StateStoreError, Unauthorized, ValidationFailed
 from broker.model import AdminKey
@@ -64,7 +64,11 @@ def _json() -> Any:
     if not raw.strip():
         raise ValidationFailed("The request body is empty; send a JSON object.", code="invalid_json")
     try:
-        body = json.loads(raw)
+        body = loads_admin_json(raw)
+    except DuplicateKey as dup:
+        member = dup.key[:200]
+        raise ValidationFailed(f"The request body names the member {json.dumps(member)} more than once in one "
+                               "object; send it once.", code="invalid_json", details={"member": member}) from None
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValidationFailed("The request body is not valid JSON.", code="invalid_json") from None
     where = unstorable_text(body)
@@ -264,7 +268,8 @@ def put_metadata(t: str, c: str) -> Response:
     if not raw.strip():
         raise ValidationFailed("The request body is empty; send the IdP metadata XML.", code="metadata_invalid")
     entity_id = request.args.get("entity_id") or request.args.get("entityID") or None
-    understood, tag = svc.admin.put_metadata(key, t, c, raw, entity_id, _if_match())
+    understood, tag = svc.admin.put_metadata(key, t, c, raw, entity_id, _if_match(),
+                                            _entity_tags("If-None-Match"))
     resp = jsonify(understood)
     resp.headers["ETag"] = tag  # the connection's new version, for If-Match on its next write
     return resp

@@ -23,6 +23,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 from flask import Blueprint, Response, g, render_template, request
 from werkzeug.datastructures import FileStorage
 
+from broker.admin.schema import DuplicateKey, loads_admin_json
 from broker.admin.service import metadata_text
 from broker.claims.presets import PRESET_NAMES
 from broker.errors import BrokerError, NotFound, StateStoreError, ValidationFailed
@@ -570,7 +571,9 @@ def _json_field(name: str, label: str, kind: type) -> Any:
     if not raw:
         return kind()
     try:
-        value = json.loads(raw)
+        value = loads_admin_json(raw)
+    except DuplicateKey as dup:
+        raise ValidationFailed(f"{label} names {json.dumps(dup.key[:200])} more than once in one object.") from None
     except ValueError as exc:
         raise ValidationFailed(f"{label} is not valid JSON (line {getattr(exc, 'lineno', '?')}).") from None
     except RecursionError:

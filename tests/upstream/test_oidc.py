@@ -948,6 +948,7 @@ def test_discovery_http_error(op: responses.RequestsMock, make: Any) -> None:
     with pytest.raises(LoginError) as caught:
         make().begin(BeginRequest(txn_id="t"))
     assert (caught.value.code, caught.value.status) == ("oidc_provider_unavailable", 502)
+    assert "could not be used" in caught.value.message and "reached" not in caught.value.message
 
 
 def test_discovery_keeps_the_last_good_copy(
@@ -1008,6 +1009,26 @@ def test_token_endpoint_timeout(op: responses.RequestsMock, ready: Any) -> None:
     op.post(TOKEN, body=requests.Timeout("read timed out"))
     error = rejected(connector, answer(txn), txn)
     assert (error.code, error.status) == ("oidc_provider_unavailable", 503)
+
+
+def test_a_token_answer_too_large_is_said_so_not_unreachable(op: responses.RequestsMock, ready: Any) -> None:
+    connector, txn = ready
+    op.post(TOKEN, body=b"{" + b" " * (2 * 1024 * 1024) + b"}", content_type="application/json")
+    error = rejected(connector, answer(txn), txn)
+    assert (error.code, error.status) == ("oidc_provider_unavailable", 503)
+    assert "too large" in error.message and "could not be reached" not in error.message
+
+
+@pytest.mark.parametrize(("id_token", "words"), [
+    ("e30." + "A" * (64 * 1024) + ".sig", "too large"),
+    ("eyJhbGciOiJSU0EtT0FFUCJ9.k.iv.ct.tag", "encrypted ID token"),
+])
+def test_unusable_id_tokens_say_why(op: responses.RequestsMock, ready: Any, id_token: str, words: str) -> None:
+    connector, txn = ready
+    op.post(TOKEN, json={"access_token": "a", "token_type": "Bearer", "id_token": id_token})
+    error = rejected(connector, answer(txn), txn)
+    assert error.code == "oidc_invalid_response" and words in error.message
+    assert "signature" not in error.message
 
 
 def test_token_endpoint_refuses_the_code(op: responses.RequestsMock, ready: Any) -> None:

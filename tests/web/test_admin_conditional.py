@@ -9,15 +9,19 @@ gets 404 for anything outside its tenant, whatever the header. On SQLite and Pos
 from __future__ import annotations
 
 import re
+import threading
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
+from werkzeug.serving import make_server
+from werkzeug.wrappers import Response as WsgiResponse
 
 from broker.ports import FrozenClock
 from broker.store.state import MemoryStateStore
 from tests.conftest import BOOTSTRAP_KEY, AdminClient, close_app, make_env
 from tests.samlxml.idp_fixtures import make_idp
+from tests.support.broker_server import free_port
 from tests.support.saml_idp import SamlIdp
 from tests.web.test_admin_concurrency import _setup
 
@@ -187,6 +191,52 @@ def test_uploading_the_same_metadata_again_writes_nothing(admin: AdminClient, cl
     assert other.status_code == 200 and other.headers["ETag"] != first.headers["ETag"]
 
 
+def test_if_none_match_star_uploads_metadata_only_once(admin: AdminClient, client: FlaskClient) -> None:
+    """Two admins doing a first upload with If-None-Match: * cannot overwrite each other (RFC 9110 §13.1.2)."""
+    _setup(admin)
+    path = "/tenants/acme/connections/okta"
+    headers = {"Authorization": f"Bearer {BOOTSTRAP_KEY}", **XML_HEADERS, "If-None-Match": "*"}
+    first = client.put(f"/admin/v1{path}/metadata", data=_metadata(), headers=headers)
+    assert first.status_code == 200, first.get_json()
+    events = len(_call(client, "GET", "/tenants/acme/audit?type=admin").get_json()["events"])
+    second = client.put(f"/admin/v1{path}/metadata", data=_metadata("https://idp2.acme.test"), headers=headers)
+    assert second.status_code == 412 and second.get_json()["error"] == "precondition_failed"
+    assert second.get_json()["details"] == {"etag": first.headers["ETag"]}
+    conn = _call(client, "GET", path)
+    assert conn.headers["ETag"] == first.headers["ETag"]
+    assert len(_call(client, "GET", "/tenants/acme/audit?type=admin").get_json()["events"]) == events
+    # an entity tag: write unless the connection is at that version
+    named = {**headers, "If-None-Match": first.headers["ETag"]}
+    assert client.put(f"/admin/v1{path}/metadata", data=_metadata("https://idp2.acme.test"),
+                      headers=named).status_code == 412
+    other = client.put(f"/admin/v1{path}/metadata", data=_metadata("https://idp2.acme.test"),
+                       headers={**named, "If-None-Match": '"someone-else.1"'})
+    assert other.status_code == 200 and other.get_json()["entity_id"] == "https://idp2.acme.test"
+
+
+def test_if_none_match_star_refuses_a_connection_fed_by_a_metadata_url(admin: AdminClient,
+                                                                      client: FlaskClient) -> None:
+    _setup(admin)
+    path = "/tenants/acme/connections/okta"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metadata"
+    document = _metadata()
+    server = make_server("127.0.0.1", port, lambda env, start: WsgiResponse(
+        document, mimetype="application/samlmetadata+xml")(env, start), threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        r = _call(client, "PATCH", path, {"saml": {"metadata_url": url}})
+        assert r.status_code == 200, r.get_json()
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+    r = client.put(f"/admin/v1{path}/metadata", data=_metadata(),
+                   headers={"Authorization": f"Bearer {BOOTSTRAP_KEY}", **XML_HEADERS, "If-None-Match": "*"})
+    assert r.status_code == 412
+    assert _call(client, "GET", path).get_json()["saml"]["metadata_url"] == url
+
+
 @pytest.mark.parametrize("path", [p for p, _ in READS])
 def test_a_get_with_a_stale_if_match_is_412_before_if_none_match(
         admin: AdminClient, client: FlaskClient, path: str) -> None:
@@ -211,6 +261,7 @@ def test_openapi_documents_if_none_match_304_and_the_metadata_etag(client: Flask
         assert "ETag" in doc["paths"][path]["patch"]["responses"]["200"]["headers"], path  # PATCH answers one
     put = doc["paths"]["/tenants/{t}/connections/{c}/metadata"]["put"]
     assert "ETag" in put["responses"]["200"]["headers"]
+    assert {p["name"] for p in put["parameters"]} >= {"If-Match", "If-None-Match"} and "412" in put["responses"]
     for path in ("/tenants", "/tenants/{t}/connections", "/tenants/{t}/apps"):  # lists carry no ETag
         assert "parameters" not in doc["paths"][path]["get"], path
 

@@ -7,6 +7,8 @@ import pytest
 from flask.testing import FlaskClient
 
 from tests.conftest import AdminClient
+from tests.samlxml.idp_fixtures import make_idp
+from tests.support.saml_idp import SamlIdp
 
 
 @pytest.mark.parametrize("uri", [
@@ -132,3 +134,58 @@ def test_names_with_direction_overrides_or_control_characters_are_refused(admin:
     ok = admin.call("POST", "/tenants/acme/apps", {"name": "Портал \u05e9\u05dc\u05d5\u05dd \U0001f469\u200d\U0001f4bb",
                                                     "redirect_uris": ["https://a.example/cb"]})
     assert ok.status_code == 201, ok.get_json()  # other scripts, right-to-left text and emoji are names
+
+
+@pytest.mark.parametrize("raw", [
+    b'{"name": "P", "redirect_uris": ["https://a.example/ok"], "redirect_uris": ["https://evil.example/cb"]}',
+    b'{"name": "P", "redirect_uris": ["https://a.example/ok"], "public": true, "public": false}',
+])
+def test_a_json_body_naming_a_member_twice_is_refused(admin: AdminClient, client: FlaskClient, raw: bytes) -> None:
+    """Parsers disagree on duplicate members (first wins, last wins): the admin API takes neither guess."""
+    admin.tenant("acme")
+    r = client.post("/admin/v1/tenants/acme/apps", data=raw, content_type="application/json",
+                    headers=admin.headers)
+    assert r.status_code == 400, r.get_json()
+    body = r.get_json()
+    assert body["error"] == "invalid_json" and "more than once" in body["message"]
+    assert body["details"]["member"] in ("redirect_uris", "public")
+    assert admin.call("GET", "/tenants/acme/apps").get_json()["apps"] == []
+
+
+def test_a_nested_duplicate_member_is_refused_and_changes_nothing(admin: AdminClient, client: FlaskClient) -> None:
+    admin.tenant("acme")
+    before = admin.call("GET", "/tenants/acme").get_json()
+    raw = b'{"name": "Acme", "settings": {"x": 1, "x": 2}}'
+    r = client.patch("/admin/v1/tenants/acme", data=raw, content_type="application/json", headers=admin.headers)
+    assert r.status_code == 400 and r.get_json()["details"] == {"member": "x"}
+    assert admin.call("GET", "/tenants/acme").get_json() == before
+
+
+def test_domains_are_kept_in_one_form_and_login_hints_are_compared_in_it(admin: AdminClient,
+                                                                         client: FlaskClient) -> None:
+    """Full-width letters, punycode, capitals and a trailing dot name the same domain (IDNA mapping), both
+    when an admin saves it and when a login hint is routed to a connection."""
+    admin.tenant("acme")
+    metadata = SamlIdp(idp=make_idp("https://idp.acme.test"), url="https://idp.acme.test").metadata_xml()
+    r = admin.call("POST", "/tenants/acme/connections", {
+        "slug": "okta", "protocol": "saml", "domains": ["ＡＣＭＥ.test", "xn--bcher-kva.test", "Mixed.Test."],
+        "saml": {"metadata_xml": metadata}})
+    assert r.status_code == 201, r.get_json()
+    assert r.get_json()["domains"] == ["acme.test", "bücher.test", "mixed.test"]
+    app = admin.call("POST", "/tenants/acme/apps", {"name": "P", "redirect_uris": ["https://a.example/cb"]})
+    query = {"response_type": "code", "client_id": app.get_json()["client_id"], "scope": "openid",
+             "redirect_uri": "https://a.example/cb", "state": "s"}
+    for hint in ("bob@acme.test", "bob@ａｃｍｅ.test", "bob@xn--bcher-kva.test", "bob@BÜCHER.test", "bob@mixed.test."):
+        r = client.get("/t/acme/authorize", query_string={**query, "login_hint": hint})
+        assert r.status_code == 302 and r.headers["Location"].startswith("https://idp.acme.test/sso?SAMLRequest="), hint
+    for hint in ("bob@acme.test.evil", "bob@acme", "bob@"):
+        r = client.get("/t/acme/authorize", query_string={**query, "login_hint": hint})
+        assert r.status_code == 200 and 'name="login_hint"' in r.get_data(as_text=True), hint
+
+
+@pytest.mark.parametrize("domain", ["a..test", "x" * 64 + ".test", ".", "acme"])
+def test_a_domain_that_is_no_domain_name_is_refused(admin: AdminClient, domain: str) -> None:
+    admin.tenant("acme")
+    r = admin.call("POST", "/tenants/acme/connections", {"slug": "okta", "protocol": "saml", "domains": [domain]})
+    assert r.status_code == 400, r.get_json()
+    assert admin.call("GET", "/tenants/acme/connections").get_json()["connections"] == []

@@ -400,6 +400,7 @@ def test_mapping_save(client: FlaskClient, admin: AdminClient, ui: str) -> None:
     ({"action": "dry_run", "rules": "[]", "sample": "[1]"}, "must be a JSON object"),
     ({"action": "dry_run", "rules": "[]", "sample": '{"email": 5}'}, "Invalid field attributes"),
     ({"action": "delete-everything", "rules": "[]"}, "Unknown action"),
+    ({"action": "save", "rules": '[{"op": "copy", "from": "a", "to": "email", "to": "roles"}]'}, "more than once"),
     ({"action": "save", "rules": "[" * 5000 + "]" * 5000}, "nested too deeply"),
     ({"action": "dry_run", "rules": "[]", "sample": '{"a": ' + "[" * 5000 + "]" * 5000 + "}"}, "nested too deeply"),
 ])
