@@ -293,6 +293,7 @@ class LoginService:
                             connection=connection.slug, connection_id=connection.id)
             if connection.restrict_to_domains:
                 domain = email_domain(profile.email)
+                domain = normalize_domain(domain) if domain is not None else None  # as stored: xn-- or not
                 if domain is None or domain not in connection.domains:
                     raise LoginError("Your email address is not in a domain this connection accepts.",
                                      code="login_domain_not_allowed", detail=f"domain={domain}")

@@ -153,6 +153,23 @@ def test_restrict_to_domains_refuses_other_email_domains(sec: Setup) -> None:
     _refused(sec, r, "login_domain_not_allowed")
 
 
+@pytest.mark.parametrize(("email", "accepted"), [
+    ("alice@xn--bcher-kva.test", True), ("alice@BÜCHER.test", True), ("alice@acme.test.", True),
+    ("alice@evilacme.test", False), ("alice@acme.test.evil.test", False), ("alice@b\u00fccher.test@evil.test", False),
+])
+def test_restrict_to_domains_compares_domains_in_their_stored_form(sec: Setup, email: str, accepted: bool) -> None:
+    r = sec.admin("PATCH", "/tenants/acme/connections/okta",
+                  {"restrict_to_domains": True, "domains": ["acme.test", "xn--bcher-kva.test"]})
+    assert r.status_code == 200 and r.get_json()["domains"] == ["acme.test", "bücher.test"]
+    p = sec.begin()
+    r = sec.post("acme", "okta", _response(sec, p, attributes={**ATTRS, "email": [email]}, name_id=email),
+                 p.relay_state)
+    if accepted:
+        assert r.status_code == 302 and "code" in query_of(r.headers["Location"]), r.data[:300]
+    else:
+        _refused(sec, r, "login_domain_not_allowed")
+
+
 def test_each_tenant_trusts_its_own_idp_key(sec: Setup) -> None:
     p = sec.begin("globex")
     r = sec.post("globex", "okta", _response(sec, p, idp=sec.idp_b, signature_algorithm="ecdsa-sha256"),
