@@ -298,16 +298,21 @@ class LoginService:
                     raise LoginError("Your email address is not in a domain this connection accepts.",
                                      code="login_domain_not_allowed", detail=f"domain={domain}")
             now = self.clock.now()
-            if txn is not None and request is not None and purpose == "login" \
-                    and _too_old(identity.authn_instant, request.max_age, now, connection):
-                if txn.upstream.get(FORCED_KEY) != "1":
-                    # OIDC Core §3.1.2.1: past max_age the OP must re-authenticate. The IdP reused an older
-                    # sign-in: ask it once more, this time forcing a fresh one (SAML ForceAuthn, OIDC prompt=login).
-                    started = self.begin(tenant, connection, request, browser_binding=txn.browser_binding,
-                                         reauth=True)
-                    log.info("login_reauth_for_max_age", extra={"max_age": request.max_age})
-                    return Restarted(step=started.step, txn_id=started.txn_id)
-                identity = replace(identity, warnings=(*identity.warnings, "max_age_not_honored"))
+            if txn is not None and request is not None and purpose == "login" and request.max_age is not None:
+                # OIDC Core §3.1.2.1: past max_age the OP must re-authenticate. An upstream that reused an older
+                # sign-in, or did not say when the user signed in (no auth_time, no AuthnStatement), is asked
+                # once more, this time forcing a fresh sign-in (SAML ForceAuthn, OIDC prompt=login).
+                unknown = identity.authn_instant is None
+                if unknown or _too_old(identity.authn_instant, request.max_age, now, connection):
+                    if txn.upstream.get(FORCED_KEY) != "1":
+                        started = self.begin(tenant, connection, request, browser_binding=txn.browser_binding,
+                                             reauth=True)
+                        log.info("login_reauth_for_max_age", extra={"max_age": request.max_age,
+                                                                     "authn_instant_missing": unknown})
+                        return Restarted(step=started.step, txn_id=started.txn_id)
+                    # asked to force a fresh sign-in: an unknown instant is taken as now, and the audit says so
+                    warning = "max_age_unverified" if unknown else "max_age_not_honored"
+                    identity = replace(identity, warnings=(*identity.warnings, warning))
         except StateStoreError:
             raise
         except BrokerError as err:

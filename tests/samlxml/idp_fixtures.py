@@ -179,6 +179,7 @@ def build_response(
     subject_in_response_to: str | None | object = _DEFAULT,
     confirmation_method: str = "urn:oasis:names:tc:SAML:2.0:cm:bearer",
     authn_instant: float | None = None,
+    authn_statement: bool = True,
 ) -> bytes:
     """A SAML 2.0 Response as bytes, signed/encrypted as asked.
 
@@ -186,7 +187,8 @@ def build_response(
     now + `subject_not_on_or_after_offset` (default: same as Conditions), Destination = Recipient = acs_url
     (``style="ping"``: no Destination), `sign_response` True for okta/generic, False for entra/ping.
     `destination=None` omits Destination. `signer` signs with another key (its cert in KeyInfo), for attacks.
-    `authn_instant` (default: a second before now) is when the IdP says the user signed in.
+    `authn_instant` (default: a second before now) is when the IdP says the user signed in;
+    `authn_statement=False` leaves the AuthnStatement out (as Keycloak may).
     `signature_algorithm`: rsa-sha256/384/512, ecdsa-sha256 (EC IdP), rsa-sha1 (signed with xmlsec, since
     signxml refuses SHA-1). `data_encryption`: aes128/192/256-gcm|-cbc, tripledes-cbc; `key_transport`:
     rsa-oaep-mgf1p, rsa-1_5. `detached_encrypted_key`: Okta layout (EncryptedKey next to EncryptedData,
@@ -256,14 +258,15 @@ def build_response(
     etree.SubElement(
         etree.SubElement(cond, _q(SAML, "AudienceRestriction")), _q(SAML, "Audience")
     ).text = audience
-    authn = etree.SubElement(a, _q(SAML, "AuthnStatement"))
-    authn.set("AuthnInstant", instant(now - 1 if authn_instant is None else authn_instant))
-    if session_index:
-        authn.set("SessionIndex", session_index)
-    ctx = etree.SubElement(authn, _q(SAML, "AuthnContext"))
-    etree.SubElement(
-        ctx, _q(SAML, "AuthnContextClassRef")
-    ).text = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
+    if authn_statement:
+        authn = etree.SubElement(a, _q(SAML, "AuthnStatement"))
+        authn.set("AuthnInstant", instant(now - 1 if authn_instant is None else authn_instant))
+        if session_index:
+            authn.set("SessionIndex", session_index)
+        ctx = etree.SubElement(authn, _q(SAML, "AuthnContext"))
+        etree.SubElement(
+            ctx, _q(SAML, "AuthnContextClassRef")
+        ).text = "urn:oasis:names:tc:SAML:2.0:ac:classes:PasswordProtectedTransport"
     if attributes:
         stmt = etree.SubElement(a, _q(SAML, "AttributeStatement"))
         for name, values in attributes.items():

@@ -15,9 +15,11 @@ from tests.support.saml_idp import query_of
 ATTRS = {"email": ["alice@acme.test"], "firstName": ["Alice"], "lastName": ["L"], "groups": ["Admins"]}
 
 
-def _response(sec: Setup, p: Pending, authn_instant: float) -> bytes:
+def _response(sec: Setup, p: Pending, authn_instant: float | None) -> bytes:
+    """A Response whose AuthnStatement says the user signed in at `authn_instant` (None: no AuthnStatement)."""
     return build_response(sec.idp_a, acs_url=p.acs_url, audience=p.audience, in_response_to=p.request_id,
-                          name_id="alice@acme.test", attributes=ATTRS, authn_instant=authn_instant)
+                          name_id="alice@acme.test", attributes=ATTRS, authn_instant=authn_instant,
+                          authn_statement=authn_instant is not None)
 
 
 def _id_token_claims(sec: Setup, location: str) -> dict[str, object]:
@@ -97,3 +99,27 @@ def test_a_login_that_already_forced_authn_is_not_asked_again(sec: Setup) -> Non
     assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT_URI), r.data[:300]
     events = sec.admin("GET", "/tenants/acme/audit?type=login&outcome=success").get_json()["events"]
     assert "max_age_not_honored" in events[0]["details"]["warnings"]
+
+
+def test_an_answer_that_does_not_say_when_the_user_signed_in_is_asked_again_under_max_age(sec: Setup) -> None:
+    """No AuthnStatement (no instant) cannot show a sign-in within max_age: the IdP is asked once more with
+    ForceAuthn; an answer without one after that is taken as the fresh sign-in it was asked for, audited."""
+    first = sec.begin(prompt=None, max_age=300)
+    r = sec.post("acme", "okta", _response(sec, first, None), first.relay_state)
+    assert r.status_code == 302 and "code=" not in r.headers["Location"], r.data[:300]
+    again = sec.pending(r.headers["Location"])
+    assert sec.authn_request(r.headers["Location"]).get("ForceAuthn") == "true"
+    before = time.time()
+    r = sec.post("acme", "okta", _response(sec, again, None), again.relay_state)
+    assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT_URI), r.data[:300]
+    assert int(_id_token_claims(sec, r.headers["Location"])["auth_time"]) >= int(before)  # type: ignore[call-overload]
+    events = sec.admin("GET", "/tenants/acme/audit?type=login&outcome=success").get_json()["events"]
+    assert events[0]["details"]["warnings"] == ["max_age_unverified"]
+
+
+def test_without_max_age_an_answer_without_authn_statement_is_accepted_at_once(sec: Setup) -> None:
+    p = sec.begin(prompt=None)
+    r = sec.post("acme", "okta", _response(sec, p, None), p.relay_state)
+    assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT_URI), r.data[:300]
+    events = sec.admin("GET", "/tenants/acme/audit?type=login&outcome=success").get_json()["events"]
+    assert "max_age_unverified" not in events[0]["details"].get("warnings", [])
