@@ -140,19 +140,30 @@ def cmd_metadata_refresh(args: argparse.Namespace) -> int:
     settings = _settings()
     svc = _services(settings)
     provider = svc.extras["registry"].metadata_provider
+    log = logs.get("broker.cli")
     failures = 0
     try:
         for tenant in svc.config.tenants():
             for conn in svc.config.connections(tenant.id):
                 if conn.protocol != "saml" or not conn.settings.get("metadata_url"):
                     continue
-                if args.force:
-                    from broker.upstream.sources import MetadataCacheEntry
+                try:
+                    if args.force:
+                        from broker.upstream.sources import MetadataCacheEntry
 
-                    previous = MetadataCacheEntry.from_state(svc.config.metadata_state(conn.id))
-                    provider.refresh(conn, str(conn.settings["metadata_url"]), previous, svc.clock.now())
-                else:
-                    provider(conn)
+                        previous = MetadataCacheEntry.from_state(svc.config.metadata_state(conn.id))
+                        provider.refresh(conn, str(conn.settings["metadata_url"]), previous, svc.clock.now())
+                    else:
+                        provider(conn)
+                except (BrokerError, OSError) as exc:  # this connection's refresh failed as such: reported below
+                    log.warning("metadata_refresh_failed", extra={"tenant": tenant.slug, "connection": conn.slug,
+                                                                 "error": repr(exc)[:300]})
+                except Exception:  # a bug on one connection's document must not stop every later refresh
+                    log.exception("metadata_refresh_crashed", extra={"tenant": tenant.slug,
+                                                                      "connection": conn.slug})
+                    failures += 1
+                    print(f"FAILED {tenant.slug}/{conn.slug}: internal error (see the log)")
+                    continue
                 state = svc.config.metadata_state(conn.id)
                 ok = state.xml is not None and not state.last_error
                 failures += 0 if ok else 1

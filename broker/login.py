@@ -298,6 +298,11 @@ class LoginService:
                     raise LoginError("Your email address is not in a domain this connection accepts.",
                                      code="login_domain_not_allowed", detail=f"domain={domain}")
             now = self.clock.now()
+            instant = identity.authn_instant
+            if instant is not None and not 0 <= instant <= now:
+                # No one signed in in the future (an upstream clock ahead of ours, or nonsense): that sign-in is
+                # now, not a later time that would pass every max_age check until it came. Before 1970: unknown.
+                identity = replace(identity, authn_instant=now if instant > now else None)
             if txn is not None and request is not None and purpose == "login" and request.max_age is not None:
                 # OIDC Core §3.1.2.1: past max_age the OP must re-authenticate. An upstream that reused an older
                 # sign-in, or did not say when the user signed in (no auth_time, no AuthnStatement), is asked
@@ -318,7 +323,7 @@ class LoginService:
         except BrokerError as err:
             self._failed(tenant, connection, request, err)
             raise LoginFailed(err, request) from None
-        auth_time = identity.authn_instant or now
+        auth_time = identity.authn_instant if identity.authn_instant is not None else now
         session_id = secrets.token_urlsafe(24)
         details: dict[str, Any] = {"sub": profile.sub, "idp": profile.idp}
         if identity.warnings:

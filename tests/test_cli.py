@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -154,6 +155,27 @@ def test_metadata_refresh_command(env: str, capsys: pytest.CaptureFixture[str]) 
         got = client.get("/admin/v1/tenants/acme/connections/okta", headers=h).get_json()
         assert got["metadata"]["entity_id"] == "https://idp.refresh.test/md"
         assert got["metadata"]["refresh"]["last_error"]
+        # a crash on one connection's refresh (a bug) is reported, and the next connection is still refreshed
+        state["ok"] = True
+        r = client.post("/admin/v1/tenants/acme/connections", headers=h, json={
+            "slug": "zeta", "protocol": "saml", "saml": {"metadata_url": f"http://127.0.0.1:{port}/md"}})
+        assert r.status_code == 201, r.get_json()
+        from broker.upstream.metadata_refresh import MetadataProvider
+
+        original = MetadataProvider.refresh
+
+        def crash_on_okta(self: MetadataProvider, connection: Any, *args: Any) -> Any:
+            if connection.slug == "okta":
+                raise OverflowError("a bug")
+            return original(self, connection, *args)
+
+        hits = state["hits"]
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(MetadataProvider, "refresh", crash_on_okta)
+            assert main(["metadata", "refresh", "--force"]) == 1
+        out = capsys.readouterr()
+        assert "FAILED acme/okta: internal error" in out.out and "ok     acme/zeta" in out.out
+        assert state["hits"] == hits + 1 and "metadata_refresh_crashed" in out.err
     finally:
         server.shutdown()
 

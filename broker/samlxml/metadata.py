@@ -525,22 +525,26 @@ def parse_duration(value: str) -> int | None:
     if m is None:
         return None
     y, mo, w, d, h, mi, s = m.groups()
-    total = (
-        int(y or 0) * 365 * 86400
-        + int(mo or 0) * 30 * 86400
-        + int(w or 0) * 7 * 86400
-        + int(d or 0) * 86400
-        + int(h or 0) * 3600
-        + int(mi or 0) * 60
-        + float(s or 0)
-    )
-    return int(total)
+    try:
+        total = (
+            int(y or 0) * 365 * 86400
+            + int(mo or 0) * 30 * 86400
+            + int(w or 0) * 7 * 86400
+            + int(d or 0) * 86400
+            + int(h or 0) * 3600
+            + int(mi or 0) * 60
+            + float(s or 0)
+        )
+        return int(total)
+    except (OverflowError, ValueError):  # hundreds of digits: beyond a float, no usable hint
+        return None
 
 
 def parse_xs_datetime(value: str) -> datetime | None:
     """An xs:dateTime (any fractional precision, Z or an offset; none means UTC) as an aware datetime."""
     v = value.strip()
-    m = re.match(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})?\Z", v)
+    m = re.match(r"^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2})(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})?\Z",
+                 v)
     if m is None:
         return None
     base, frac, tz = m.groups()
@@ -549,7 +553,10 @@ def parse_xs_datetime(value: str) -> datetime | None:
         t = datetime.fromisoformat(base + frac + ("+00:00" if tz in (None, "Z") else tz))
     except ValueError:
         return None
-    return t.astimezone(UTC)
+    try:
+        return t.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-01:00 is past datetime.max in UTC: the ends of time
+        return datetime.max.replace(tzinfo=UTC) if t.year == datetime.max.year else datetime.min.replace(tzinfo=UTC)
 
 
 # --- small helpers ----------------------------------------------------------------------------

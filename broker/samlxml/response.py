@@ -667,7 +667,7 @@ def _read_authn_statement(assertion: etree._Element) -> tuple[str | None, str | 
 # --- xs:dateTime ------------------------------------------------------------------------------------
 
 _INSTANT_RE = re.compile(
-    r"^\s*(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})?\s*$"
+    r"^\s*([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})?\s*\Z"
 )
 
 
@@ -677,13 +677,18 @@ def parse_instant(value: str) -> float:
     if not m:
         raise _fail("saml_response_malformed", f"bad timestamp {value[:40]!r}")
     year, month, day, hour, minute, second = (int(g) for g in m.groups()[:6])
-    if not (1 <= month <= 12 and 1 <= day <= 31 and hour <= 23 and minute <= 59 and second <= 60):
+    zone = m.group(8)
+    zone_hours, zone_minutes = (int(zone[1:3]), int(zone[4:6])) if zone and zone != "Z" else (0, 0)
+    # ASCII digits only (the pattern), a real calendar date (no 31 February, no year 0), a leap second
+    # (:60) tolerated as the next second, and a zone within xs:dateTime's ±14:00
+    if not (year >= 1 and 1 <= month <= 12 and 1 <= day <= calendar.monthrange(year, month)[1]
+            and hour <= 23 and minute <= 59 and second <= 60
+            and zone_minutes <= 59 and zone_hours * 60 + zone_minutes <= 14 * 60):
         raise _fail("saml_response_malformed", f"bad timestamp {value[:40]!r}")
     epoch = float(calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0)))
     if m.group(7):
         epoch += float("0" + m.group(7)[:10])
-    zone = m.group(8)
     if zone and zone != "Z":
         sign = 1 if zone[0] == "+" else -1
-        epoch -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+        epoch -= sign * (zone_hours * 3600 + zone_minutes * 60)
     return epoch

@@ -313,10 +313,16 @@ def _claim_strings(value: Any) -> tuple[str, ...]:
 
 
 def _number(claims: Mapping[str, Any], name: str) -> float | None:
+    """A NumericDate claim (RFC 7519 §2) as seconds, or None when absent or not a finite number (a JSON
+    integer too large for a float, like 1 followed by 400 zeros, included)."""
     value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _equal(a: str, b: str) -> bool:
@@ -704,11 +710,11 @@ class OidcConnector:
         now = self._clock.now()
         skew = self.settings.clock_skew_seconds
         exp, iat, nbf = _number(claims, "exp"), _number(claims, "iat"), _number(claims, "nbf")
-        if exp is None or iat is None:
+        if exp is None or iat is None or (nbf is None and claims.get("nbf") is not None):
             raise LoginError(
                 "The identity provider's ID token has no valid lifetime.",
                 code="oidc_invalid_token",
-                detail="exp or iat missing or not a number",
+                detail="exp or iat missing or not a number, or nbf not a number",
             )
         if now > exp + skew:
             raise LoginError(

@@ -222,7 +222,10 @@ def authorize(tenant: str) -> Response:
     # Single sign-on: an existing broker session answers without going upstream (unless prompt=login).
     session = login.session(t, request.cookies.get(SESSION_COOKIE))
     if session is not None and "login" not in req.prompt:
-        fresh = req.max_age is None or svc.clock.now() - session.auth_time <= req.max_age
+        # max_age=0 always asks the upstream again (OIDC Core §3.1.2.1: a sign-in of this very second is still
+        # not a re-authentication); a session stamped a moment ahead by another replica's clock counts as now
+        fresh = req.max_age is None or (
+            req.max_age > 0 and max(0.0, svc.clock.now() - session.auth_time) <= req.max_age)
         hinted = email_domain(req.login_hint)
         same_realm = hinted is None or hinted == email_domain(session.profile.email)
         wanted = params.get("connection")

@@ -379,6 +379,14 @@ def test_valid_until_in_the_past_is_a_warning_and_fractional_seconds_parse() -> 
     assert to_json(meta, now=NOW)["valid_until"] == "2024-05-31T23:59:59.123456Z"
 
 
+@pytest.mark.parametrize(("value", "year"), [("9999-12-31T23:59:59-01:00", 9999), ("0001-01-01T00:00:00+01:00", 1)])
+def test_a_valid_until_past_the_ends_of_time_is_read_as_them(value: str, year: int) -> None:
+    """Legal xs:dateTimes that leave Python's datetime range once in UTC (were a 500 on upload and refresh)."""
+    meta = parse_idp_metadata(doc(entity(attrs=f' validUntil="{value}"')), now=NOW)
+    assert meta.valid_until is not None and meta.valid_until.year == year
+    assert to_json(meta, now=NOW)["valid_until"].startswith(f"{year:04d}-")
+
+
 def test_unreadable_valid_until_is_refused() -> None:
     with pytest.raises(SamlError, match="validUntil"):
         parse_idp_metadata(doc(entity(attrs=' validUntil="tomorrow"')), now=NOW)
@@ -405,7 +413,8 @@ def test_cache_duration(value: str, seconds: int) -> None:
     assert meta.cache_duration_seconds == seconds
 
 
-@pytest.mark.parametrize("value", ["", "P", "PT", "6h", "-PT6H", "P1H", "PT1D", "P1.5D"])
+@pytest.mark.parametrize("value", ["", "P", "PT", "6h", "-PT6H", "P1H", "PT1D", "P1.5D",
+                                   "PT" + "9" * 400 + "S", "P" + "9" * 400 + "Y", "P" + "9" * 400 + "D"])
 def test_bad_cache_duration_is_ignored_with_a_warning(value: str) -> None:
     assert parse_duration(value) is None
     meta = parse_idp_metadata(doc(entity(attrs=f' cacheDuration="{value}"')), now=NOW)

@@ -192,6 +192,21 @@ def test_fractional_seconds_parse() -> None:
     with pytest.raises(SamlError) as err:
         parse_instant("yesterday")
     assert err.value.code == "saml_response_malformed"
+    assert parse_instant("2024-02-29T00:00:00-14:00") == 1709215200
+    assert parse_instant("9999-12-31T23:59:59-01:00") == 253402304399
+
+
+@pytest.mark.parametrize("value", [
+    "0000-01-01T00:00:00Z",  # no year 0 (was a 500: calendar.timegm)
+    "2026-02-31T00:00:00Z", "2025-02-29T00:00:00Z",  # no such day (was moved into March)
+    "2026-01-01T00:00:00+99:59", "2026-01-01T00:00:00+14:01", "2026-01-01T00:00:00+01:60",  # beyond ±14:00
+    "\u0662\u0660\u0662\u0666-01-01T00:00:00Z",  # Arabic-Indic digits
+    "2026-01-01T24:00:00Z", "2026-01-01T00:00:00z", "",
+])
+def test_impossible_timestamps_are_malformed_not_errors(value: str) -> None:
+    with pytest.raises(SamlError) as err:
+        parse_instant(value)
+    assert err.value.code == "saml_response_malformed"
 
 
 def test_an_assertion_that_is_not_saml_2_0_is_refused(idp: Idp, expect: Expect,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import time
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,10 +21,11 @@ def _authorize(sec: Setup, tenant: str = "acme", client_id: str | None = None, *
     return sec.client.get(f"/t/{tenant}/authorize?{urlencode(q)}")
 
 
-def _sign_in(sec: Setup) -> str:
+def _sign_in(sec: Setup, authn_instant: float | None = None) -> str:
     p = sec.begin()
     resp = build_response(sec.idp_a, acs_url=p.acs_url, audience=p.audience, in_response_to=p.request_id,
-                          name_id="alice@acme.test", attributes={"email": ["alice@acme.test"]})
+                          name_id="alice@acme.test", attributes={"email": ["alice@acme.test"]},
+                          authn_instant=authn_instant)
     r = sec.post("acme", "okta", resp, p.relay_state)
     assert r.status_code == 302
     cookie = r.headers.getlist("Set-Cookie")
@@ -57,6 +61,18 @@ def test_max_age_zero_forces_upstream(sec: Setup) -> None:
     _sign_in(sec)
     r = _authorize(sec, max_age="0")
     assert r.status_code == 302 and "SAMLRequest=" in r.headers["Location"]
+
+
+def test_a_sign_in_dated_in_the_future_is_taken_as_now_and_cannot_satisfy_max_age_zero(sec: Setup) -> None:
+    """An IdP clock an hour ahead (or a lying AuthnInstant) must not make the session look fresh for an hour."""
+    before = time.time()
+    code = _sign_in(sec, authn_instant=before + 3600)
+    claims = _id_token_claims(sec, code)
+    assert int(before) <= int(claims["auth_time"]) <= time.time()
+    r = _authorize(sec, max_age="0")
+    assert r.status_code == 302 and "SAMLRequest=" in r.headers["Location"]
+    r = _authorize(sec, max_age="60")  # taken as now: within a minute, single sign-on answers
+    assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT_URI)
 
 
 def test_session_of_tenant_a_is_not_used_by_tenant_b(sec: Setup) -> None:
@@ -220,3 +236,15 @@ def test_logout_refuses_a_repeated_parameter(sec: Setup, name: str) -> None:
     assert r.status_code == 400 and "Sign-out failed" in r.get_data(as_text=True)
     assert "Location" not in r.headers
     assert _signed_in(sec)
+
+
+def _id_token_claims(sec: Setup, code: str) -> dict[str, Any]:
+    app = sec.apps["acme"]
+    r = sec.client.post("/t/acme/token", data={"grant_type": "authorization_code", "code": code,
+                                               "redirect_uri": REDIRECT_URI},
+                        headers={"Authorization": "Basic " + base64.b64encode(
+                            f"{app['client_id']}:{app['client_secret']}".encode()).decode()})
+    assert r.status_code == 200, r.get_json()
+    payload = r.get_json()["id_token"].split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
