@@ -138,6 +138,7 @@ class BrokerSession:
     connection_slug: str
     profile: Profile
     auth_time: float
+    connection_id: str | None = None  # None: saved by an earlier version, which did not record it
 
 
 class LoginFailed(Exception):
@@ -380,6 +381,7 @@ class LoginService:
             "id": finished.session_id,
             "tenant_id": tenant.id,
             "connection_slug": finished.connection.slug,
+            "connection_id": finished.connection.id,
             "profile": profile_to_json(finished.profile),
             "auth_time": finished.auth_time,
         }
@@ -396,7 +398,8 @@ class LoginService:
         if data.get("tenant_id") != tenant.id:
             return None
         return BrokerSession(id=data["id"], tenant_id=data["tenant_id"], connection_slug=data["connection_slug"],
-                             profile=profile_from_json(data["profile"]), auth_time=float(data["auth_time"]))
+                             profile=profile_from_json(data["profile"]), auth_time=float(data["auth_time"]),
+                             connection_id=data.get("connection_id"))
 
     # -- connection tests and the demo: what the upstream really sent --------------------------------
 

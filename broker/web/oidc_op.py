@@ -230,7 +230,9 @@ def authorize(tenant: str) -> Response:
         same_realm = hinted is None or hinted == email_domain(session.profile.email)
         wanted = params.get("connection")
         origin = svc.config.connection(t.id, session.connection_slug)
-        usable = origin is not None and origin.enabled  # a deleted or disabled connection ends its sessions
+        # a deleted or disabled connection ends its sessions; one created again under the same slug is another
+        # connection (another IdP, perhaps) that never signed this user in
+        usable = origin is not None and origin.enabled and origin.id == session.connection_id
         if usable and fresh and same_realm and (not wanted or wanted == session.connection_slug):
             url = issuer.authorization_response(t, req, for_app(t, req, session.profile),
                                                 auth_time=session.auth_time,
@@ -406,7 +408,8 @@ def logout(tenant: str) -> Response:
             params.get("confirm", "").encode(), _logout_confirmation(session_id).encode())
         if not confirmed:
             return _no_store(_confirm_logout_page(t, params, session_id))
-    login.end_session(session_id)
+    if live is not None:  # another tenant's session (its cookie sent here by hand) is not this tenant's to end
+        login.end_session(session_id)
     target = ending.target
     resp = redirect_to(target) if target else html_page(200, "Signed out", "You have been signed out.")
     clear_session_cookie(resp, t.slug)

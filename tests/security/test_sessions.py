@@ -10,9 +10,9 @@ from urllib.parse import urlencode
 
 import pytest
 
-from tests.samlxml.idp_fixtures import build_response
+from tests.samlxml.idp_fixtures import build_response, make_idp
 from tests.security.conftest import REDIRECT_URI, Setup
-from tests.support.saml_idp import query_of
+from tests.support.saml_idp import SamlIdp, query_of
 
 
 def _authorize(sec: Setup, tenant: str = "acme", client_id: str | None = None, **params: str) -> Any:
@@ -116,6 +116,30 @@ def test_disabling_the_connection_ends_its_sessions(sec: Setup) -> None:
     assert sec.admin("PATCH", "/tenants/acme/connections/okta", {"enabled": False}).status_code == 200
     r = _authorize(sec, prompt="none")
     assert query_of(r.headers["Location"])["error"] == "login_required"
+
+
+def test_a_connection_deleted_and_created_again_does_not_inherit_the_old_ones_sessions(sec: Setup) -> None:
+    """Same slug, another IdP key: a new connection that never signed this user in (was: SSO from the old one)."""
+    _sign_in(sec)
+    assert sec.admin("DELETE", "/tenants/acme/connections/okta").status_code == 204
+    metadata = SamlIdp(idp=make_idp("https://idp.other.test/metadata"), url="https://idp.other.test").metadata_xml()
+    r = sec.admin("POST", "/tenants/acme/connections", {
+        "slug": "okta", "protocol": "saml", "domains": ["acme.test"], "saml": {"metadata_xml": metadata}})
+    assert r.status_code == 201, r.get_json()
+    r = _authorize(sec, prompt="none")
+    assert query_of(r.headers["Location"])["error"] == "login_required"
+    r = _authorize(sec)
+    assert r.status_code == 302 and r.headers["Location"].startswith("https://idp.other.test/")
+
+
+def test_logout_at_another_tenant_leaves_the_session_alone(sec: Setup) -> None:
+    _sign_in(sec)
+    cookie = sec.client.get_cookie("broker_session", path="/t/acme/")
+    assert cookie is not None
+    sec.client.set_cookie("broker_session", cookie.value, path="/t/globex/")
+    r = sec.client.get("/t/globex/logout", headers=CROSS_SITE)
+    assert r.status_code == 200
+    assert _signed_in(sec)
 
 
 # --- RP-Initiated Logout 1.0 §2: the End-User is asked unless the request is tied to their session ---------

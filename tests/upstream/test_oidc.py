@@ -819,6 +819,11 @@ def test_unknown_kid_refetch_window_reopens(
         ({"nonce": "another-nonce"}, "oidc_nonce_mismatch"),
         ({"nonce": None}, "oidc_nonce_mismatch"),
         ({"sub": None}, "oidc_invalid_token"),
+        ({"exp": 10**400}, "oidc_invalid_token"),  # a JSON integer beyond a float (was a 500)
+        ({"iat": -(10**400)}, "oidc_invalid_token"),
+        ({"nbf": 10**400}, "oidc_invalid_token"),
+        ({"nbf": str(int(NOW) + 3600)}, "oidc_invalid_token"),  # was ignored, unlike exp and iat
+        ({"nbf": True}, "oidc_invalid_token"),
     ],
 )
 def test_id_token_claims_are_checked(
