@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -55,6 +56,29 @@ def _too_old(authn_instant: float | None, max_age: int | None, now: float, conne
     skew = connection.settings.get("clock_skew_seconds")
     leeway = skew if isinstance(skew, int) and not isinstance(skew, bool) and skew >= 0 else 120
     return now - authn_instant > max_age + leeway
+
+
+_TXN_ID = re.compile(r"[A-Za-z0-9_-]{32}\.([0-9a-f]{1,12})\Z")
+
+
+def new_txn_id(expires_at: float) -> str:
+    """A login transaction's handle (the SAML RelayState, the OIDC state): 32 random characters and, after
+    a dot, when the transaction expires (hex seconds; 41 characters in all, within RelayState's 80 bytes).
+    The time is not a secret and not trusted: it only lets an answer that finds no transaction say that the
+    sign-in took too long rather than that it does not belong here (txn_id_expired)."""
+    return f"{secrets.token_urlsafe(24)}.{int(expires_at):x}"
+
+
+def txn_id_expired(txn_id: str, now: float) -> bool:
+    """True when `txn_id` has new_txn_id's form and its expiry time has passed."""
+    m = _TXN_ID.match(txn_id)
+    return m is not None and int(m.group(1), 16) < now
+
+
+def _login_expired(ttl: int) -> LoginError:
+    minutes = max(1, ttl // 60)
+    return LoginError(f"This sign-in took too long (more than {minutes} minute{'s' if minutes > 1 else ''}). "
+                      "Go back to the application and sign in again.", code="login_expired")
 
 
 def binding_digest(cookie_value: str) -> str:
@@ -200,7 +224,8 @@ class LoginService:
         self, tenant: Tenant, connection: Connection, request: AuthorizationRequest | None, *, browser_binding: str,
         purpose: str = "login", reauth: bool = False,
     ) -> Started:
-        txn_id = secrets.token_urlsafe(24)
+        now = self.clock.now()
+        txn_id = new_txn_id(now + self.login_ttl)
         force = reauth or bool(request and ("login" in request.prompt or request.max_age == 0))
         connector = self.registry.open(connection)
         result = connector.begin(
@@ -212,7 +237,6 @@ class LoginService:
                 select_account=bool(request and "select_account" in request.prompt),
             )
         )
-        now = self.clock.now()
         txn = LoginTransaction(
             id=txn_id,
             tenant_id=tenant.id,
@@ -245,6 +269,8 @@ class LoginService:
             key, txn_owner_prefix(tenant.id, connection.id, browser_binding or None)
         )
         if raw is None:
+            if txn_id_expired(txn_id, self.clock.now()):
+                raise _login_expired(self.login_ttl)
             return None
         txn = txn_from_json(raw)
         if not taken:
@@ -260,7 +286,7 @@ class LoginService:
             if self.state.take(key) is None:
                 return None
         if txn.expires_at < self.clock.now():
-            return None
+            raise _login_expired(self.login_ttl)
         return txn
 
     def finish(

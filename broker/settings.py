@@ -80,7 +80,7 @@ class Settings:
         return url
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1, maximum: int | None = None) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -90,6 +90,8 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
         raise ConfigError(f"{name} must be a whole number, got {raw!r}.") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}.")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name} must be at most {maximum}, got {value}.")
     return value
 
 
@@ -169,8 +171,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         bootstrap_admin_key=Secret(bootstrap) if bootstrap else None,
         max_saml_bytes=_int(env, "BROKER_MAX_SAML_BYTES", 512 * 1024),
         max_json_bytes=_int(env, "BROKER_MAX_JSON_BYTES", 1024 * 1024),
-        upstream_timeout=float(_int(env, "BROKER_UPSTREAM_TIMEOUT", 10)),
-        login_ttl=_int(env, "BROKER_LOGIN_TTL", 600, minimum=30),
+        # a connection's own oidc.timeout is at most 60 s, and this is every connection's default
+        upstream_timeout=float(_int(env, "BROKER_UPSTREAM_TIMEOUT", 10, maximum=60)),
+        login_ttl=_int(env, "BROKER_LOGIN_TTL", 600, minimum=30, maximum=86400),
         dev_idp=dev_idp,
         log_level=level,
         upstream_allow_private=allow_private,

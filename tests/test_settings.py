@@ -56,6 +56,11 @@ def test_short_secret_refused() -> None:
         ({"DATABASE_URL": "mysql://x"}, "DATABASE_URL"),
         ({"REDIS_URL": "http://x"}, "REDIS_URL"),
         ({"BROKER_MAX_SAML_BYTES": "lots"}, "BROKER_MAX_SAML_BYTES"),
+        # beyond what a connection accepts as its timeout (was: every OIDC login refused)
+        ({"BROKER_UPSTREAM_TIMEOUT": "61"}, "BROKER_UPSTREAM_TIMEOUT must be at most 60"),
+        # beyond what Redis takes as a TTL (was: every /authorize a 503)
+        ({"BROKER_LOGIN_TTL": "99999999999999999999999"}, "BROKER_LOGIN_TTL must be at most 86400"),
+        ({"BROKER_LOGIN_TTL": "29"}, "BROKER_LOGIN_TTL must be at least 30"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], match: str) -> None:
@@ -93,3 +98,8 @@ def test_proxy_hops_set_the_client_address_from_x_forwarded_for(tmp_path: object
     direct = create_app(load_settings({"DATABASE_URL": f"sqlite:///{tmp_path}/q.db"}))
     direct.add_url_rule("/_addr", "addr", addr)
     assert direct.test_client().get("/_addr", headers={"X-Forwarded-For": "203.0.113.7"}).data != b"203.0.113.7"
+
+
+def test_the_largest_timeouts_allowed_are_usable() -> None:
+    settings = load_settings({"BROKER_UPSTREAM_TIMEOUT": "60", "BROKER_LOGIN_TTL": "86400"})
+    assert settings.upstream_timeout == 60.0 and settings.login_ttl == 86400

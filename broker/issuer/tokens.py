@@ -36,6 +36,23 @@ RESERVED_CLAIMS = frozenset(
 )
 
 
+ISSUED_LEEWAY_SECONDS = 60
+"""How far in the future another replica's iat/nbf may be: its clock may run a little ahead of this one's."""
+
+
+class _OwnClaims(JWTClaimsRegistry):
+    """The claims of a token this broker signed: iat and nbf with ISSUED_LEEWAY_SECONDS, for replicas whose
+    clocks differ a little (a token fresh from one must not be "issued in the future" on the next); exp
+    exactly, with no leeway: a token ends when it says it does."""
+
+    def validate_exp(self, value: object) -> None:
+        leeway, self.leeway = self.leeway, 0
+        try:
+            super().validate_exp(value)
+        finally:
+            self.leeway = leeway
+
+
 class InvalidToken(Exception):
     """A presented token failed verification. `reason` is for audit and logs, never for the response."""
 
@@ -148,7 +165,7 @@ class TokenCodec:
         options: dict[str, Any] = {"iss": {"essential": True, "value": issuer}, "sub": {"essential": True}}
         if check_exp:
             options["exp"] = {"essential": True}
-        registry = JWTClaimsRegistry(now=int(now), leeway=0, **options)
+        registry = _OwnClaims(now=int(now), leeway=ISSUED_LEEWAY_SECONDS, **options)
         try:
             if not check_exp:
                 claims_checked = {k: v for k, v in claims.items() if k != "exp"}

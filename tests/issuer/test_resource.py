@@ -65,6 +65,20 @@ def test_expired_access_token(env: Env) -> None:
     assert not env.active(at)
 
 
+def test_a_replica_whose_clock_is_a_little_behind_accepts_a_fresh_token(env: Env) -> None:
+    """iat/nbf from another replica's clock may be up to a minute ahead of this one's; exp has no leeway."""
+    at = env.tokens()["access_token"]
+    exp = forged_claims(env, at)["exp"]
+    env.clock.advance(-30)  # this replica is 30 s behind the one that issued the token
+    assert env.userinfo(at).status == 200 and env.active(at)
+    env.clock.advance(-40)  # 70 s behind: "issued in the future" beyond any clock difference
+    assert env.userinfo(at).status == 401 and not env.active(at)
+    env.clock.t = exp - 1
+    assert env.userinfo(at).status == 200
+    env.clock.t = exp
+    assert env.userinfo(at).status == 401 and not env.active(at)
+
+
 # --- attacks -----------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ SPEC allows that), plus a helper that plays the browser up to the IdP and return
 from __future__ import annotations
 
 import base64
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,12 +35,23 @@ class Pending:
 
 
 @dataclass
+class OffsetClock:
+    """The real time, moved by `offset` seconds when a test needs the broker to be later than it is."""
+
+    offset: float = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+
+@dataclass
 class Setup:
     client: FlaskClient
     app: Flask
     idp_a: Idp
     idp_b: Idp
     apps: dict[str, dict[str, Any]]
+    clock: OffsetClock
 
     def admin(self, method: str, path: str, body: Any = None, **kw: Any) -> Any:
         return self.client.open(f"/admin/v1{path}", method=method, json=body,
@@ -92,11 +104,12 @@ def sec(sqlite_url: str) -> Iterator[Setup]:
     from broker.app import create_app
     from broker.settings import load_settings
 
-    app = create_app(load_settings(make_env(sqlite_url)))
+    clock = OffsetClock()
+    app = create_app(load_settings(make_env(sqlite_url)), clock=clock)
     client = app.test_client()
     idp_a = make_idp(SHARED_ENTITY_ID)
     idp_b = make_idp(SHARED_ENTITY_ID, key_type="ec")
-    setup = Setup(client=client, app=app, idp_a=idp_a, idp_b=idp_b, apps={})
+    setup = Setup(client=client, app=app, idp_a=idp_a, idp_b=idp_b, apps={}, clock=clock)
     for tenant, idp in (("acme", idp_a), ("globex", idp_b)):
         assert setup.admin("POST", "/tenants", {"slug": tenant, "name": tenant}).status_code == 201
         r = setup.admin("POST", f"/tenants/{tenant}/connections", {

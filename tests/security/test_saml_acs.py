@@ -170,6 +170,36 @@ def test_restrict_to_domains_compares_domains_in_their_stored_form(sec: Setup, e
         _refused(sec, r, "login_domain_not_allowed")
 
 
+@pytest.mark.parametrize("gone", [False, True], ids=["stored-but-past-its-time", "gone-from-the-store"])
+def test_an_answer_after_the_login_expired_says_so(sec: Setup, gone: bool) -> None:
+    """Not "does not belong to this sign-in" (which reads like an attack): the audit and the page say it
+    took too long, whether the store still holds the transaction or has already dropped it."""
+    from broker.login import TXN_PREFIX
+    from broker.web.context import services
+
+    p = sec.begin()
+    response = _response(sec, p)
+    if gone:
+        with sec.app.app_context():
+            services().state.delete(TXN_PREFIX + p.relay_state)
+    sec.clock.offset = 601  # BROKER_LOGIN_TTL is 600 s
+    r = sec.post("acme", "okta", response, p.relay_state)
+    assert r.status_code == 400 and "took too long" in r.get_data(as_text=True)
+    assert sec.failures()[0]["reason"] == "login_expired"
+
+
+def test_an_answer_without_a_transaction_before_its_time_is_still_a_mismatch(sec: Setup) -> None:
+    from broker.login import TXN_PREFIX
+    from broker.web.context import services
+
+    p = sec.begin()
+    with sec.app.app_context():
+        services().state.delete(TXN_PREFIX + p.relay_state)  # used already, or never issued
+    r = sec.post("acme", "okta", _response(sec, p), p.relay_state)
+    assert 400 <= r.status_code < 500
+    assert sec.failures()[0]["reason"] == "saml_in_response_to_mismatch"
+
+
 def test_each_tenant_trusts_its_own_idp_key(sec: Setup) -> None:
     p = sec.begin("globex")
     r = sec.post("globex", "okta", _response(sec, p, idp=sec.idp_b, signature_algorithm="ecdsa-sha256"),
