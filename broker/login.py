@@ -411,7 +411,13 @@ class LoginService:
             "profile": profile_to_json(finished.profile),
             "auth_time": finished.auth_time,
         }
-        self.state.put(SESSION_PREFIX + finished.session_id, json.dumps(payload).encode(), ttl=self.session_ttl)
+        ttl = self.session_ttl
+        ends = finished.identity.session_ends_at
+        if ends is not None:  # single sign-on lasts no longer than the upstream's own session (SAML 2.0 core §2.7.2)
+            ttl = min(ttl, int(ends - self.clock.now()))
+            if ttl <= 0:
+                return finished.session_id  # already over: this login answers its app, and no other
+        self.state.put(SESSION_PREFIX + finished.session_id, json.dumps(payload).encode(), ttl=ttl)
         return finished.session_id
 
     def session(self, tenant: Tenant, session_id: str | None) -> BrokerSession | None:

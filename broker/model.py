@@ -208,6 +208,7 @@ class UpstreamIdentity:
     authn_instant: float | None = None
     assertion_id: str | None = None
     warnings: tuple[str, ...] = ()
+    session_ends_at: float | None = None  # the upstream's own session ends then (SAML SessionNotOnOrAfter)
 
 
 @dataclass(frozen=True, slots=True)

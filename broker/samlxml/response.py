@@ -127,6 +127,7 @@ class VerifiedAssertion:
     session_index: str | None
     authn_context_class_ref: str | None
     authn_instant: float | None
+    session_not_on_or_after: float | None  # AuthnStatement SessionNotOnOrAfter: when the IdP's session ends
     issue_instant: float  # the Assertion's IssueInstant (core 2.3.3: required)
     not_on_or_after: float  # earliest NotOnOrAfter (Conditions / SubjectConfirmationData): replay-cache TTL
     signed_response: bool
@@ -239,7 +240,7 @@ def verify_response(xml: bytes, exp: ResponseExpectations) -> VerifiedAssertion:
     name_id, name_id_format = _read_name_id(subject)
     attributes, friendly, attr_warnings = _read_attributes(trusted)
     warnings.extend(attr_warnings)
-    session_index, class_ref, authn_instant = _read_authn_statement(trusted)
+    session_index, class_ref, authn_instant, session_end = _read_authn_statement(trusted)
     assertion_id = trusted.get("ID")
     if not assertion_id:
         raise _fail("saml_response_malformed", "Assertion without ID")
@@ -257,6 +258,7 @@ def verify_response(xml: bytes, exp: ResponseExpectations) -> VerifiedAssertion:
         session_index=session_index,
         authn_context_class_ref=class_ref,
         authn_instant=authn_instant,
+        session_not_on_or_after=session_end,
         issue_instant=issue_instant,
         not_on_or_after=min(ends),
         signed_response=signed_response,
@@ -649,10 +651,12 @@ def _attribute_value(el: etree._Element) -> str | None:
     return None
 
 
-def _read_authn_statement(assertion: etree._Element) -> tuple[str | None, str | None, float | None]:
+def _read_authn_statement(
+        assertion: etree._Element) -> tuple[str | None, str | None, float | None, float | None]:
+    """SessionIndex, AuthnContextClassRef, AuthnInstant and SessionNotOnOrAfter of the first AuthnStatement."""
     statements = [c for c in _elements(assertion) if c.tag == _A + "AuthnStatement"]
     if not statements:  # profiles 4.1.4.2 wants one, but Keycloak's answers may carry none: no acr, no auth_time
-        return None, None, None
+        return None, None, None, None
     statement = statements[0]
     instant = statement.get("AuthnInstant")
     class_ref: str | None = None
@@ -661,7 +665,9 @@ def _read_authn_statement(assertion: etree._Element) -> tuple[str | None, str | 
         ref = _child(context, _A + "AuthnContextClassRef")
         if ref is not None:
             class_ref = _text(ref)
-    return statement.get("SessionIndex"), class_ref, parse_instant(instant) if instant else None
+    session_end = statement.get("SessionNotOnOrAfter")
+    return (statement.get("SessionIndex"), class_ref, parse_instant(instant) if instant else None,
+            parse_instant(session_end) if session_end else None)
 
 
 # --- xs:dateTime ------------------------------------------------------------------------------------

@@ -422,6 +422,7 @@ def identity_from_assertion(verified: VerifiedAssertion, entity_id: str) -> Upst
         authn_context=verified.authn_context_class_ref,
         amr=(),
         authn_instant=verified.authn_instant,
+        session_ends_at=verified.session_not_on_or_after,
         assertion_id=verified.assertion_id,
         warnings=tuple("sha1" if w == "sha1_signature" else w for w in verified.warnings),
     )

@@ -180,6 +180,7 @@ def build_response(
     confirmation_method: str = "urn:oasis:names:tc:SAML:2.0:cm:bearer",
     authn_instant: float | None = None,
     authn_statement: bool = True,
+    session_not_on_or_after: float | None = None,
 ) -> bytes:
     """A SAML 2.0 Response as bytes, signed/encrypted as asked.
 
@@ -263,6 +264,8 @@ def build_response(
         authn.set("AuthnInstant", instant(now - 1 if authn_instant is None else authn_instant))
         if session_index:
             authn.set("SessionIndex", session_index)
+        if session_not_on_or_after is not None:
+            authn.set("SessionNotOnOrAfter", instant(session_not_on_or_after))
         ctx = etree.SubElement(authn, _q(SAML, "AuthnContext"))
         etree.SubElement(
             ctx, _q(SAML, "AuthnContextClassRef")

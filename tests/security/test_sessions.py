@@ -21,11 +21,11 @@ def _authorize(sec: Setup, tenant: str = "acme", client_id: str | None = None, *
     return sec.client.get(f"/t/{tenant}/authorize?{urlencode(q)}")
 
 
-def _sign_in(sec: Setup, authn_instant: float | None = None) -> str:
+def _sign_in(sec: Setup, authn_instant: float | None = None, session_not_on_or_after: float | None = None) -> str:
     p = sec.begin()
     resp = build_response(sec.idp_a, acs_url=p.acs_url, audience=p.audience, in_response_to=p.request_id,
                           name_id="alice@acme.test", attributes={"email": ["alice@acme.test"]},
-                          authn_instant=authn_instant)
+                          authn_instant=authn_instant, session_not_on_or_after=session_not_on_or_after)
     r = sec.post("acme", "okta", resp, p.relay_state)
     assert r.status_code == 302
     cookie = r.headers.getlist("Set-Cookie")
@@ -73,6 +73,20 @@ def test_a_sign_in_dated_in_the_future_is_taken_as_now_and_cannot_satisfy_max_ag
     assert r.status_code == 302 and "SAMLRequest=" in r.headers["Location"]
     r = _authorize(sec, max_age="60")  # taken as now: within a minute, single sign-on answers
     assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT_URI)
+
+
+def test_an_idp_session_already_over_gives_this_app_a_code_and_no_single_sign_on(sec: Setup) -> None:
+    """SessionNotOnOrAfter (SAML core §2.7.2): the broker's session lasts no longer than the IdP's."""
+    code = _sign_in(sec, session_not_on_or_after=time.time() - 10)
+    assert code
+    r = _authorize(sec, prompt="none")
+    assert query_of(r.headers["Location"])["error"] == "login_required"
+
+
+def test_an_idp_session_still_running_allows_single_sign_on(sec: Setup) -> None:
+    _sign_in(sec, session_not_on_or_after=time.time() + 3600)
+    r = _authorize(sec, prompt="none")
+    assert "code" in query_of(r.headers["Location"])
 
 
 def test_session_of_tenant_a_is_not_used_by_tenant_b(sec: Setup) -> None:
