@@ -60,6 +60,7 @@ class Settings:
     upstream_allow_private: bool = True
     previous_secret_keys: tuple[Secret, ...] = ()
     proxy_hops: int = 0
+    metrics_token: Secret | None = None  # set: /metrics wants "Authorization: Bearer <it>"
 
     @property
     def is_production(self) -> bool:
@@ -158,6 +159,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
 
     allow_private = _bool(env, "BROKER_UPSTREAM_ALLOW_PRIVATE", mode == "dev")
 
+    metrics_token = env.get("BROKER_METRICS_TOKEN") or None
+    if metrics_token is not None and len(metrics_token) < 16:
+        raise ConfigError("BROKER_METRICS_TOKEN must be at least 16 characters long.")
+
     level = (env.get("BROKER_LOG_LEVEL") or "INFO").upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError("BROKER_LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR.")
@@ -179,6 +184,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         upstream_allow_private=allow_private,
         previous_secret_keys=tuple(previous),
         proxy_hops=_int(env, "BROKER_PROXY_HOPS", 0, minimum=0),
+        metrics_token=Secret(metrics_token) if metrics_token else None,
     )
 
 

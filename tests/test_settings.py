@@ -61,6 +61,7 @@ def test_short_secret_refused() -> None:
         # beyond what Redis takes as a TTL (was: every /authorize a 503)
         ({"BROKER_LOGIN_TTL": "99999999999999999999999"}, "BROKER_LOGIN_TTL must be at most 86400"),
         ({"BROKER_LOGIN_TTL": "29"}, "BROKER_LOGIN_TTL must be at least 30"),
+        ({"BROKER_METRICS_TOKEN": "short"}, "BROKER_METRICS_TOKEN must be at least 16"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], match: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, jsonify
+import hmac
+
+from flask import Blueprint, Response, jsonify, request
 
 from broker.web.context import services
 
@@ -26,4 +28,15 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    return Response(services().metrics.render(), mimetype="text/plain; version=0.0.4")
+    """Prometheus exposition. The series name every tenant and connection with their activity, so an operator
+    whose public URL reaches this path sets BROKER_METRICS_TOKEN and gives it to the scraper."""
+    svc = services()
+    token = svc.settings.metrics_token
+    if token is not None:
+        scheme, _, sent = (request.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.reveal().encode()):
+            resp = Response("Send the metrics token: Authorization: Bearer <BROKER_METRICS_TOKEN>\n", status=401,
+                            mimetype="text/plain")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
+            return resp
+    return Response(svc.metrics.render(), mimetype="text/plain; version=0.0.4")

@@ -60,3 +60,24 @@ def test_metrics_exposed(client: FlaskClient) -> None:
     r = client.get("/metrics")
     assert r.status_code == 200
     assert b"broker_http_requests_total" in r.data
+
+
+def test_metrics_behind_a_token_when_one_is_set(sqlite_url: str) -> None:
+    """The series name every tenant and connection: an operator can keep them from the public URL."""
+    from broker.app import create_app
+    from broker.settings import load_settings
+    from tests.conftest import close_app, make_env
+
+    app = create_app(load_settings(make_env(sqlite_url, BROKER_METRICS_TOKEN="scrape-0123456789abcdef")))
+    try:
+        client = app.test_client()
+        for headers in ({}, {"Authorization": "Bearer wrong-0123456789abcdef"},
+                        {"Authorization": "Basic c2NyYXBlLTAxMjM0NTY3ODlhYmNkZWY="}):
+            r = client.get("/metrics", headers=headers)
+            assert r.status_code == 401 and b"broker_" not in r.data, headers
+            assert r.headers["WWW-Authenticate"] == 'Bearer realm="metrics"'
+        r = client.get("/metrics", headers={"Authorization": "bearer scrape-0123456789abcdef"})
+        assert r.status_code == 200 and b"broker_http_requests_total" in r.data
+        assert client.get("/healthz").status_code == 200 and client.get("/readyz").status_code == 200
+    finally:
+        close_app(app)
