@@ -692,6 +692,10 @@ def _safe_description(error: Any) -> str:
     if isinstance(error, UnsupportedGrantTypeError):
         return "The grant_type is not supported."
     description = getattr(error, "description", None)
+    if isinstance(description, str) and description.startswith("The client cannot authenticate with methods"):
+        # authlib's sentence lists every method the endpoint knows, whatever went wrong: say what can have
+        return ("Client authentication failed: the client is unknown, its secret is wrong, or it did not "
+                "authenticate the way it is registered to (its token_endpoint_auth_method).")
     if isinstance(description, str) and description:
         return description
     return {

@@ -82,6 +82,11 @@ class IdpMetadata:
         return None
 
 
+# Every signature of a Response is tried against each signing certificate: a metadata document with hundreds
+# would make any anonymous post cost seconds of CPU.
+MAX_SIGNING_CERTIFICATES = 10
+
+
 def _invalid(message: str, detail: str | None = None) -> SamlError:
     return SamlError("metadata_invalid", message, detail)
 
@@ -122,6 +127,12 @@ def parse_idp_metadata(
         raise _invalid(
             f"The IDPSSODescriptor of {eid!r} has no signing certificate (KeyDescriptor with an "
             "X509Certificate): responses from this IdP could not be verified."
+        )
+    if len(signing) > MAX_SIGNING_CERTIFICATES:
+        raise _invalid(
+            f"The IDPSSODescriptor of {eid!r} lists {len(signing)} different signing certificates; at most "
+            f"{MAX_SIGNING_CERTIFICATES} are accepted (a signature is tried against each one, on every sign-in). "
+            "An IdP rolling over its key lists two or three."
         )
     name_id_formats = tuple(
         dict.fromkeys(t for t in (_text(e) for e in idp.iterchildren(f"{_MD}NameIDFormat")) if t)

@@ -37,7 +37,11 @@ from lxml import etree
 
 from .dsig import DS_NS, VerifiedElement, find_duplicate_ids, verify_signed_element
 from .errors import SamlError
-from .parser import DEFAULT_MAX_BYTES, parse_xml
+from .parser import DEFAULT_MAX_BYTES, DEFAULT_MAX_DEPTH, check_shape, parse_xml
+
+# each element's in-scope namespaces, summed over a Response: a 5,000-value attribute statement with Okta's
+# per-value xs/xsi declarations stays well under it; canonicalization's cost grows with it
+MAX_NAMESPACE_NODES = 100_000
 
 SAMLP_NS = "urn:oasis:names:tc:SAML:2.0:protocol"
 SAML_NS = "urn:oasis:names:tc:SAML:2.0:assertion"
@@ -173,7 +177,7 @@ def decode_post_binding(saml_response: str, *, max_bytes: int = DEFAULT_MAX_BYTE
 def verify_response(xml: bytes, exp: ResponseExpectations) -> VerifiedAssertion:
     """Validate a SAML Response against `exp`; return the verified assertion's values or raise SamlError."""
     warnings: list[str] = []
-    root = parse_xml(xml)
+    root = parse_xml(xml, max_namespace_nodes=MAX_NAMESPACE_NODES)
     _check_no_processing_instructions(root)
     response_id = _check_response_root(root)
     _check_status(root)
@@ -396,6 +400,9 @@ def _decrypt_assertion(slot: etree._Element, exp: ResponseExpectations) -> etree
         raise _fail("saml_signature_wrapping", f"duplicate ID values after decryption: {sorted(set(dupes))}")
     if sum(1 for _ in root.iter(_A + "Assertion")) != 1:
         raise _fail("saml_signature_wrapping", "decrypted content carries extra assertions")
+    # the SP's encryption certificate is public: what was encrypted to it is as untrusted as the rest, and
+    # its signature is yet to be verified (canonicalized): the same shape limits as a parsed document
+    check_shape(root, DEFAULT_MAX_DEPTH, MAX_NAMESPACE_NODES)
     _check_no_processing_instructions(decrypted)
     return decrypted
 

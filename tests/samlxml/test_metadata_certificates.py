@@ -310,3 +310,17 @@ def test_a_small_rsa_key_is_used_with_a_warning() -> None:
     assert "1024 bits" in warning and "CN=rsa1024 idp" in warning
     assert not [w for w in parse(key_descriptor(cert_b64("big"), "signing")).warnings
                 if w.startswith("certificate_weak_key")]
+
+
+# --- too many to try ---------------------------------------------------------------------------
+
+
+def test_more_signing_certificates_than_can_be_tried_on_every_sign_in_are_refused() -> None:
+    """Each signature is tried against every signing certificate: hundreds would make any anonymous post to
+    the ACS cost seconds of CPU."""
+    certs = [make_cert(f"idp{i}.example.com") for i in range(11)]
+    with pytest.raises(SamlError) as exc:
+        parse("".join(key_descriptor(c) for c in certs))
+    assert exc.value.code == "metadata_invalid" and "lists 11 different signing certificates" in exc.value.message
+    meta = parse("".join(key_descriptor(c) for c in certs[:10]) + key_descriptor(certs[0]))  # the same one twice
+    assert len(meta.signing_certificates) == 10

@@ -200,6 +200,25 @@ def test_an_answer_without_a_transaction_before_its_time_is_still_a_mismatch(sec
     assert sec.failures()[0]["reason"] == "saml_in_response_to_mismatch"
 
 
+def test_an_anonymous_post_built_to_be_slow_to_canonicalize_is_refused_at_once(sec: Setup) -> None:
+    """700 namespaces in scope of 700 elements, under a forged signature asking for Inclusive C14N: 6 s of
+    CPU per post before the parser's limits, for anyone, with no cookie or RelayState."""
+    import base64 as b64
+
+    declarations = " ".join(f'xmlns:n{i}="urn:n{i}"' for i in range(700))
+    xml = ('<samlp:Response xmlns:samlp="urn:oasis:names:tc:SAML:2.0:protocol" '
+           'xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="_r1" Version="2.0" '
+           'IssueInstant="2026-01-01T00:00:00Z"><samlp:Status><samlp:StatusCode '
+           'Value="urn:oasis:names:tc:SAML:2.0:status:Success"/></samlp:Status>'
+           f'<saml:Assertion {declarations} ID="_a1" Version="2.0" IssueInstant="2026-01-01T00:00:00Z">'
+           f'<saml:Issuer>x</saml:Issuer><saml:Subject><x xmlns="urn:x">{"<v/>" * 700}</x></saml:Subject>'
+           '</saml:Assertion></samlp:Response>')
+    r = sec.client.post("/t/acme/connections/okta/saml/acs",
+                        data={"SAMLResponse": b64.b64encode(xml.encode()).decode()})
+    assert 400 <= r.status_code < 500
+    assert sec.failures()[0]["reason"] == "xml_too_large"  # refused by the parser, before any canonicalization
+
+
 def test_each_tenant_trusts_its_own_idp_key(sec: Setup) -> None:
     p = sec.begin("globex")
     r = sec.post("globex", "okta", _response(sec, p, idp=sec.idp_b, signature_algorithm="ecdsa-sha256"),
