@@ -260,6 +260,13 @@ def _parse(data: bytes, max_bytes: int) -> etree._Element:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     data = data.lstrip(b" \t\r\n")
+    try:  # kept and shown as UTF-8 text (the database, the admin API): another encoding would be mangled there
+        utf8 = data.decode("utf-8")
+    except UnicodeDecodeError:
+        utf8 = None
+    if utf8 is None or "\x00" in utf8:
+        raise _invalid("The metadata is not UTF-8 text (UTF-16 and other encodings are not accepted); it must be "
+                       "served or saved as UTF-8.", "not UTF-8")
     try:
         root = parse_xml(data, max_bytes=max_bytes)
     except SamlError as e:

@@ -7,6 +7,7 @@ its error) so logins go on. With no good copy ever fetched, the connection canno
 
 from __future__ import annotations
 
+import threading
 from typing import Protocol
 
 from broker import logs
@@ -33,6 +34,8 @@ class MetadataProvider:
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.metrics = metrics
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
 
     def __call__(self, connection: Connection) -> tuple[bytes | None, str]:
         url = str(connection.settings.get("metadata_url") or "")
@@ -42,10 +45,33 @@ class MetadataProvider:
         if entry is None and state.next_refresh_at is not None and now < state.next_refresh_at:
             return None, "none"  # never fetched successfully; the last attempt failed: wait for the retry time
         if entry is None or entry.due(now):
-            entry = self.refresh(connection, url, entry, now)
+            entry = self._refresh_once(connection, url, entry, now)
         if entry is None:
             return None, "none"
         return entry.xml, f"{entry.fetched_at:.0f}"
+
+    def _refresh_once(self, connection: Connection, url: str, entry: MetadataCacheEntry | None,
+                      now: float) -> MetadataCacheEntry | None:
+        """One refresh per connection at a time in this process. While it runs, the other logins of that
+        connection use the last good copy instead of each waiting on the same (perhaps slow) metadata host,
+        which would hold every worker thread for up to the timeout; with no good copy yet they wait for it."""
+        with self._locks_guard:
+            lock = self._locks.setdefault(connection.id, threading.Lock())
+        if entry is not None:
+            if not lock.acquire(blocking=False):
+                return entry
+        elif not lock.acquire(timeout=self.timeout + 5):
+            return None
+        try:  # read again: the thread this one waited for (or another replica) may have refreshed it
+            state = self.store.metadata_state(connection.id)
+            fresh = MetadataCacheEntry.from_state(state)
+            if fresh is None and state.next_refresh_at is not None and now < state.next_refresh_at:
+                return None  # that attempt failed, with no good copy: wait for the retry time
+            if fresh is not None and not fresh.due(now):
+                return fresh
+            return self.refresh(connection, url, fresh, now)
+        finally:
+            lock.release()
 
     def refresh(self, connection: Connection, url: str, previous: MetadataCacheEntry | None,
                 now: float) -> MetadataCacheEntry | None:

@@ -44,8 +44,9 @@ class MetadataServer:
 
     url: str
     document: str
-    mode: str = "ok"  # ok | 500 | garbage
+    mode: str = "ok"  # ok | 500 | garbage | slow (answers once `release` is set)
     hits: list[str] = field(default_factory=list)
+    release: threading.Event = field(default_factory=threading.Event)
 
     @property
     def metadata_url(self) -> str:
@@ -59,6 +60,10 @@ class MetadataServer:
             return Response("internal error", status=500)
         if self.mode == "garbage":
             return Response("<html><body>maintenance</body></html>", mimetype="text/html")
+        if self.mode == "slow":
+            self.release.wait(timeout=8)
+        if self.mode == "utf16":
+            return Response(self.document.encode("utf-16"), mimetype="application/samlmetadata+xml")
         return Response(self.document, mimetype="application/samlmetadata+xml")
 
 
@@ -79,11 +84,14 @@ class Env:
             "slug": slug, "protocol": "saml", "domains": [f"{slug}.acme.test"],
             "mapping": {"preset": "okta", "rules": []}, "saml": {"metadata_url": metadata_url}})
 
-    def authorize(self, conn: str, state: str = "st") -> Any:
+    def authorize_path(self, conn: str, state: str = "st") -> str:
         q = urlencode({"response_type": "code", "client_id": self.app_client["client_id"],
                        "redirect_uri": REDIRECT_URI, "scope": "openid email profile", "state": state,
                        "connection": conn, "prompt": "login"})  # prompt=login: always go upstream
-        return self.client.get(f"/t/acme/authorize?{q}")
+        return f"/t/acme/authorize?{q}"
+
+    def authorize(self, conn: str, state: str = "st") -> Any:
+        return self.client.get(self.authorize_path(conn, state))
 
     def login(self, conn: str) -> Any:
         """Browser: /authorize -> (IdP) -> ACS. Returns the ACS answer."""
@@ -178,6 +186,47 @@ def test_failed_refresh_keeps_the_last_good_copy_and_shows_the_error(env: Env, f
     _logged_in(env.login("idp"))
     meta = env.admin("GET", "/tenants/acme/connections/idp").get_json()["metadata"]
     assert meta["refresh"]["last_error"] is None and meta["refresh"]["fetched_at"] > good["refresh"]["fetched_at"]
+
+
+def test_while_a_slow_refresh_runs_other_logins_use_the_last_good_copy(env: Env) -> None:
+    """One refresh per connection at a time: the others do not each wait on the same slow metadata host
+    (which held every worker thread for up to the timeout, every time a refresh fell due)."""
+    assert env.create_connection("idp", env.server.metadata_url).status_code == 201
+    env.server.mode = "slow"
+    env.clock.advance(SIX_HOURS + 1)  # due
+    hits = len(env.server.hits)
+    first: list[Any] = []
+    refresher = threading.Thread(target=lambda: first.append(env.app.test_client().get(
+        env.authorize_path("idp"))))
+    refresher.start()
+    for _ in range(100):  # until the refresh has reached the metadata host
+        if len(env.server.hits) > hits:
+            break
+        time.sleep(0.05)
+    assert len(env.server.hits) == hits + 1
+    try:
+        for state in ("a", "b", "c"):  # answered from the last good copy while the refresh waits
+            r = env.authorize("idp", state=state)
+            assert r.status_code == 302 and r.headers["Location"].startswith(f"{env.server.url}/sso?")
+        assert len(env.server.hits) == hits + 1 and refresher.is_alive()
+    finally:
+        env.server.release.set()
+        refresher.join(timeout=15)
+    assert first and first[0].status_code == 302
+
+
+def test_metadata_served_as_utf16_is_refused_at_save_and_never_replaces_a_good_copy(env: Env) -> None:
+    """As for an upload: only UTF-8 is kept (UTF-16 was saved, mangled, and then no one could sign in)."""
+    env.server.mode = "utf16"
+    r = env.create_connection("idp", env.server.metadata_url)
+    assert r.status_code == 400 and "UTF-8" in r.get_json()["message"], r.get_json()
+    env.server.mode = "ok"
+    assert env.create_connection("idp", env.server.metadata_url).status_code == 201
+    env.server.mode = "utf16"
+    env.clock.advance(SIX_HOURS + 1)
+    _logged_in(env.login("idp"))  # the last good copy
+    meta = env.admin("GET", "/tenants/acme/connections/idp").get_json()["metadata"]
+    assert meta["entity_id"] == ENTITY_ID and "UTF-8" in meta["refresh"]["last_error"]
 
 
 def test_connection_whose_metadata_url_never_answered_cannot_log_anyone_in(env: Env) -> None:
