@@ -291,7 +291,7 @@ def _select_entity(root: etree._Element, entity_id: str | None) -> etree._Elemen
         for e in entities:
             if e.get("entityID") == entity_id:
                 return e
-        found = ", ".join(repr(e.get("entityID")) for e in entities) or "none"
+        found = _some_entity_ids(entities) or "none"
         raise _invalid(f"The metadata does not describe the entity {entity_id!r} (it describes: {found}).")
     if len(entities) == 1:
         return entities[0]
@@ -300,8 +300,14 @@ def _select_entity(root: etree._Element, entity_id: str | None) -> etree._Elemen
         return idps[0]
     if not idps:
         raise _invalid("The metadata describes no SAML 2.0 identity provider (no IDPSSODescriptor).")
-    names = ", ".join(repr(e.get("entityID")) for e in idps)
+    names = _some_entity_ids(idps)
     raise _invalid(f"The metadata describes several identity providers ({names}); name the entityID to use.")
+
+
+def _some_entity_ids(entities: list[etree._Element], shown: int = 10) -> str:
+    """The first entityIDs of a list, for a message: a federation aggregate holds thousands."""
+    names = ", ".join(repr(e.get("entityID"))[:300] for e in entities[:shown])
+    return names + (f" and {len(entities) - shown} more" if len(entities) > shown else "")
 
 
 def _idp_descriptor(entity: etree._Element) -> etree._Element | None:

@@ -219,8 +219,13 @@ def verify_response(xml: bytes, exp: ResponseExpectations) -> VerifiedAssertion:
             raise response_sig_error
         warnings.append("response_signature_invalid")
     covered_by_response = response_verified is not None and assertion_slot.getparent() is root
+    if exp.want_assertions_signed and assertion_verified is None and response_verified is None:
+        raise _fail("saml_signature_missing", "neither the Response nor the Assertion is signed")
     if exp.want_assertions_signed and assertion_verified is None:
-        raise _fail("saml_signature_missing", "the Assertion is not signed (want_assertions_signed)")
+        raise SamlError("saml_signature_missing",
+                        "The identity provider signed the response but not the assertion in it, which this "
+                        "connection requires (want_assertions_signed); the IdP must sign the assertion.",
+                        "the Assertion is not signed (want_assertions_signed)")
     if assertion_verified is None and not covered_by_response:
         if response_sig is None:
             raise _fail("saml_signature_missing", "neither the Response nor the Assertion is signed")

@@ -395,8 +395,9 @@ def _bounded(timeout: float) -> Iterator[None]:
 
 
 def _netloc(url: str) -> str:
+    """The host (and port) of a URL for a message: never the user:password@ a redirect may carry."""
     try:
-        return urlsplit(url).netloc[:200]
+        return urlsplit(url).netloc.rpartition("@")[2][:200]
     except ValueError:
         return "(an invalid URL)"
 

@@ -449,6 +449,18 @@ def test_aggregate_with_several_idps_needs_an_entity_id() -> None:
     assert meta.valid_until == datetime(2030, 1, 1, tzinfo=UTC)
 
 
+def test_an_aggregate_of_thousands_names_a_few_in_its_message() -> None:
+    """A federation aggregate without the entityID to use: the message names ten, not every one (554 KB)."""
+    raw = (f'<md:EntitiesDescriptor {NS}>' + "".join(entity(f"https://idp{i}.example/idp") for i in range(60))
+           + "</md:EntitiesDescriptor>").encode()
+    for entity_id in (None, "https://missing.example/idp"):
+        with pytest.raises(SamlError) as exc:
+            parse_idp_metadata(raw, entity_id=entity_id, now=NOW)
+        message = exc.value.message
+        assert "'https://idp9.example/idp'" in message and "https://idp10.example/idp" not in message
+        assert "and 50 more" in message and len(message) < 1000
+
+
 def test_nested_aggregate_with_one_idp_needs_no_entity_id() -> None:
     sp = (
         '<md:EntityDescriptor entityID="https://sp.example"><md:SPSSODescriptor '

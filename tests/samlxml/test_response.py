@@ -307,6 +307,18 @@ def test_unsigned_response_is_refused(idp: Idp, expect: Expect) -> None:
     xml = make(idp, sign_response=False, sign_assertion=False)
     assert refused(xml, expect()) == "saml_signature_missing"
     assert refused(xml, expect(want_assertions_signed=False)) == "saml_signature_missing"
+    with pytest.raises(SamlError) as err:
+        verify_response(xml, expect())
+    assert "not signed" in err.value.message and "assertion in it" not in err.value.message
+
+
+def test_a_signed_response_with_an_unsigned_assertion_says_which_is_missing(idp: Idp, expect: Expect) -> None:
+    xml = make(idp, sign_response=True, sign_assertion=False)
+    with pytest.raises(SamlError) as err:
+        verify_response(xml, expect())
+    assert err.value.code == "saml_signature_missing"
+    assert "signed the response but not the assertion" in err.value.message
+    assert verify_response(xml, expect(want_assertions_signed=False)).name_id
 
 
 def test_response_signed_by_another_key_is_refused(idp: Idp, attacker: Idp, expect: Expect) -> None:

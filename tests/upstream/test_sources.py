@@ -463,3 +463,13 @@ def test_a_quick_answer_is_not_cut_short_by_the_deadline() -> None:
         assert result.status == 200 and result.body == b'{"issuer": "https://op.test"}' * 40
     finally:
         drip.close()
+
+
+def test_a_fetch_error_never_repeats_the_credentials_of_a_url() -> None:
+    from tests.support.broker_server import free_port
+
+    port = free_port()  # nothing listens there
+    with pytest.raises(FetchError) as err:
+        RequestsFetcher().get(f"http://admin:s3cret@127.0.0.1:{port}/md", timeout=2.0, max_bytes=100)
+    assert f"127.0.0.1:{port}" in err.value.message and "s3cret" not in err.value.message
+    assert "admin" not in err.value.message
