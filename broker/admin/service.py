@@ -356,16 +356,18 @@ class AdminService:
             xml = self.fetch_metadata(url)
         if xml is None:
             raise ValidationFailed("Give the IdP metadata XML or its URL.", code="metadata_invalid")
-        return self._parse_metadata(xml), xml
+        return self._parse_metadata(xml, field="saml.metadata_url" if url is not None else "saml.metadata_xml"), xml
 
-    def _parse_metadata(self, xml: bytes, entity_id: str | None = None) -> IdpMetadata:
+    def _parse_metadata(self, xml: bytes, entity_id: str | None = None,
+                        field: str = "saml.metadata_xml") -> IdpMetadata:
+        """`field` names where the document came from, for the error: the XML given, or the URL fetched."""
         try:
             return parse_idp_metadata(xml, entity_id=entity_id, now=datetime.fromtimestamp(self.clock.now(), UTC),
                                       max_bytes=self.max_metadata_bytes)
         except SamlError as exc:
             code = exc.code if exc.code.startswith("metadata_") else "metadata_invalid"
             raise ValidationFailed(f"The IdP metadata was not accepted: {exc.message}", code=code,
-                                   details={"field": "saml.metadata_xml", "problem": exc.message}) from None
+                                   details={"field": field, "problem": exc.message}) from None
 
     def _draft(self, body: schema.ConnectionBody, existing: Connection | None) -> tuple[ConnectionDraft, Any]:
         """Validate a connection body fully (settings, metadata, mapping) and build the draft to store."""
@@ -443,12 +445,12 @@ class AdminService:
         if existing is not None and existing.settings.get("metadata_url") == url:
             stored = self.store.metadata_state(existing.id).xml
             if stored is not None:
-                return Understood(self._parse_metadata(stored, entity_id), None)
+                return Understood(self._parse_metadata(stored, entity_id, "saml.metadata_url"), None)
         if self.fetch_metadata is None:
             raise ValidationFailed("Fetching metadata URLs is not available here.",
                                    details={"field": "saml.metadata_url"})
         fetched = self.fetch_metadata(url)
-        return Understood(self._parse_metadata(fetched, entity_id), fetched)
+        return Understood(self._parse_metadata(fetched, entity_id, "saml.metadata_url"), fetched)
 
     def _keep_fetched(self, connection: Connection, understood: Any) -> None:
         if isinstance(understood, Understood) and understood.fetched is not None:

@@ -220,6 +220,7 @@ def test_metadata_served_as_utf16_is_refused_at_save_and_never_replaces_a_good_c
     env.server.mode = "utf16"
     r = env.create_connection("idp", env.server.metadata_url)
     assert r.status_code == 400 and "UTF-8" in r.get_json()["message"], r.get_json()
+    assert r.get_json()["details"]["field"] == "saml.metadata_url"  # what the admin sent, not metadata_xml
     env.server.mode = "ok"
     assert env.create_connection("idp", env.server.metadata_url).status_code == 201
     env.server.mode = "utf16"
