@@ -495,6 +495,9 @@ def _load_certificate(b64: str, warnings: list[str]) -> IdpCertificate:
 
 def _certificate_warnings(cert: IdpCertificate, now: datetime) -> list[str]:
     out: list[str] = []
+    if cert.not_before > now:  # still used (the key is what is trusted); an IdP that has not rolled over yet
+        out.append(f"certificate_not_yet_valid: {cert.subject} is valid from {_iso(cert.not_before)} only; "
+                   "the IdP may not sign with it before then")
     if cert.not_after <= now:
         out.append(f"certificate_expired: {cert.subject} expired {_iso(cert.not_after)}")
     elif cert.not_after - now <= timedelta(days=EXPIRY_WARNING_DAYS):

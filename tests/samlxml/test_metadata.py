@@ -301,6 +301,13 @@ def test_certificate_warnings() -> None:
     assert by_subject["CN=md5"]["signature_hash"] == "md5"
 
 
+def test_a_certificate_not_valid_yet_is_used_with_a_warning() -> None:
+    future = make_cert("next", not_before=NOW + timedelta(days=3), not_after=NOW + timedelta(days=400))
+    meta = parse_idp_metadata(doc(entity(keys=key_descriptor(future))), now=NOW)
+    assert [w.split(":", 1)[0] for w in meta.warnings] == ["certificate_not_yet_valid"]
+    assert "CN=next is valid from" in meta.warnings[0] and len(meta.signing_certificates) == 1
+
+
 def test_sha1_relabelled_certificate_is_flagged() -> None:
     meta = parse_idp_metadata(doc(entity(keys=key_descriptor(make_cert("old", weak_hash="sha1")))), now=NOW)
     assert meta.signing_certificates[0].signature_hash == "sha1"
