@@ -4,6 +4,7 @@ SPEC allows that), plus a helper that plays the browser up to the IdP and return
 from __future__ import annotations
 
 import base64
+import json
 import time
 import zlib
 from collections.abc import Iterator
@@ -89,10 +90,31 @@ class Setup:
             body["RelayState"] = relay_state
         return self.client.post(f"/t/{tenant}/connections/{conn}/saml/acs", data=body)
 
+    def tokens(self, code: str, tenant: str = "acme", client: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Redeem `code` with the tenant's app (or `client`): the token response."""
+        app = client or self.apps[tenant]
+        basic = base64.b64encode(f"{app['client_id']}:{app['client_secret']}".encode()).decode()
+        r = self.client.post(f"/t/{tenant}/token", data={"grant_type": "authorization_code", "code": code,
+                                                         "redirect_uri": REDIRECT_URI},
+                             headers={"Authorization": f"Basic {basic}"})
+        assert r.status_code == 200, r.get_json()
+        out: dict[str, Any] = r.get_json()
+        return out
+
+    def id_token_claims(self, code: str, tenant: str = "acme") -> dict[str, Any]:
+        """Redeem `code` and return the ID token's claims (not verified: a test reads them)."""
+        return decode_claims(self.tokens(code, tenant)["id_token"])
+
     def failures(self, tenant: str = "acme") -> list[dict[str, Any]]:
         r = self.admin("GET", f"/tenants/{tenant}/audit?type=login&outcome=failure")
         events: list[dict[str, Any]] = r.get_json()["events"]
         return events
+
+
+def decode_claims(jwt: str) -> dict[str, Any]:
+    payload = jwt.split(".")[1]
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
 
 
 def _metadata(idp: Idp) -> str:

@@ -4,8 +4,6 @@ authentication as fresh. Run through the real ACS endpoint."""
 
 from __future__ import annotations
 
-import base64
-import json
 import time
 
 from tests.samlxml.idp_fixtures import build_response
@@ -22,19 +20,6 @@ def _response(sec: Setup, p: Pending, authn_instant: float | None) -> bytes:
                           authn_statement=authn_instant is not None)
 
 
-def _id_token_claims(sec: Setup, location: str) -> dict[str, object]:
-    code = query_of(location)["code"]
-    app = sec.apps["acme"]
-    r = sec.client.post("/t/acme/token", data={"grant_type": "authorization_code", "code": code,
-                                               "redirect_uri": REDIRECT_URI},
-                        headers={"Authorization": "Basic " + base64.b64encode(
-                            f"{app['client_id']}:{app['client_secret']}".encode()).decode()})
-    assert r.status_code == 200, r.get_json()
-    payload = r.get_json()["id_token"].split(".")[1]
-    claims: dict[str, object] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return claims
-
-
 def test_an_old_idp_sign_in_past_max_age_is_asked_again_with_force_authn(sec: Setup) -> None:
     first = sec.begin(prompt=None, max_age=300)
     assert sec.authn_request(first.location).get("ForceAuthn") is None
@@ -49,7 +34,7 @@ def test_an_old_idp_sign_in_past_max_age_is_asked_again_with_force_authn(sec: Se
     fresh = time.time() - 2
     r = sec.post("acme", "okta", _response(sec, again, fresh), again.relay_state)
     assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT_URI), r.data[:300]
-    claims = _id_token_claims(sec, r.headers["Location"])
+    claims = sec.id_token_claims(query_of(r.headers["Location"])["code"])
     assert abs(int(claims["auth_time"]) - fresh) <= 1  # type: ignore[call-overload]
     # the first transaction is spent: its old response cannot finish the login later
     r = sec.post("acme", "okta", _response(sec, first, time.time() - 3600), first.relay_state)
@@ -64,7 +49,7 @@ def test_an_idp_that_ignores_force_authn_is_asked_only_once(sec: Setup) -> None:
     r = sec.post("acme", "okta", _response(sec, again, old), again.relay_state)
     # signed in, with the true (old) auth_time for the app to judge, and the audit says so
     assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT_URI), r.data[:300]
-    claims = _id_token_claims(sec, r.headers["Location"])
+    claims = sec.id_token_claims(query_of(r.headers["Location"])["code"])
     assert abs(int(claims["auth_time"]) - old) <= 1  # type: ignore[call-overload]
     events = sec.admin("GET", "/tenants/acme/audit?type=login&outcome=success").get_json()["events"]
     assert "max_age_not_honored" in events[0]["details"]["warnings"]
@@ -88,7 +73,7 @@ def test_without_max_age_an_old_sign_in_is_accepted(sec: Setup) -> None:
     old = time.time() - 86400
     r = sec.post("acme", "okta", _response(sec, p, old), p.relay_state)
     assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT_URI), r.data[:300]
-    assert abs(int(_id_token_claims(sec, r.headers["Location"])["auth_time"]) - old) <= 1  # type: ignore[call-overload]
+    assert abs(int(sec.id_token_claims(query_of(r.headers["Location"])["code"])["auth_time"]) - old) <= 1  # type: ignore[call-overload]
 
 
 def test_a_login_that_already_forced_authn_is_not_asked_again(sec: Setup) -> None:
@@ -112,7 +97,7 @@ def test_an_answer_that_does_not_say_when_the_user_signed_in_is_asked_again_unde
     before = time.time()
     r = sec.post("acme", "okta", _response(sec, again, None), again.relay_state)
     assert r.status_code == 302 and r.headers["Location"].startswith(REDIRECT_URI), r.data[:300]
-    assert int(_id_token_claims(sec, r.headers["Location"])["auth_time"]) >= int(before)  # type: ignore[call-overload]
+    assert int(sec.id_token_claims(query_of(r.headers["Location"])["code"])["auth_time"]) >= int(before)  # type: ignore[call-overload]
     events = sec.admin("GET", "/tenants/acme/audit?type=login&outcome=success").get_json()["events"]
     assert events[0]["details"]["warnings"] == ["max_age_unverified"]
 

@@ -11,7 +11,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.samlxml.idp_fixtures import build_response
-from tests.security.conftest import REDIRECT_URI, Setup
+from tests.security.conftest import REDIRECT_URI, Setup, decode_claims
 from tests.support.saml_idp import query_of
 
 
@@ -153,17 +153,9 @@ def test_access_token_of_tenant_a_is_refused_by_tenant_b(sec: Setup) -> None:
 
 
 def _id_token_sub(sec: Setup, tenant: str, code: str, client: dict[str, Any]) -> str:
-    import json
-
-    basic = base64.b64encode(f"{client['client_id']}:{client['client_secret']}".encode()).decode()
-    r = sec.client.post(f"/t/{tenant}/token", data={"grant_type": "authorization_code", "code": code,
-                                                    "redirect_uri": REDIRECT_URI},
-                        headers={"Authorization": f"Basic {basic}"})
-    assert r.status_code == 200, r.get_json()
-    payload = r.get_json()["id_token"].split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    sub: str = claims["sub"]
-    info = sec.client.get(f"/t/{tenant}/userinfo", headers={"Authorization": f"Bearer {r.get_json()['access_token']}"})
+    tokens = sec.tokens(code, tenant, client)
+    sub: str = decode_claims(tokens["id_token"])["sub"]
+    info = sec.client.get(f"/t/{tenant}/userinfo", headers={"Authorization": f"Bearer {tokens['access_token']}"})
     assert info.get_json()["sub"] == sub
     return sub
 

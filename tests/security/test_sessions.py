@@ -67,7 +67,7 @@ def test_a_sign_in_dated_in_the_future_is_taken_as_now_and_cannot_satisfy_max_ag
     """An IdP clock an hour ahead (or a lying AuthnInstant) must not make the session look fresh for an hour."""
     before = time.time()
     code = _sign_in(sec, authn_instant=before + 3600)
-    claims = _id_token_claims(sec, code)
+    claims = sec.id_token_claims(code)
     assert int(before) <= int(claims["auth_time"]) <= time.time()
     r = _authorize(sec, max_age="0")
     assert r.status_code == 302 and "SAMLRequest=" in r.headers["Location"]
@@ -108,8 +108,6 @@ def test_logout_ends_the_session(sec: Setup) -> None:
 
 def test_id_token_sid_is_not_the_session_cookie(sec: Setup) -> None:
     """An app holding an ID token must not learn the value that opens the user's broker session."""
-    import base64
-    import json
 
     code = _sign_in(sec)
     cookie = sec.client.get_cookie("broker_session", path="/t/acme/")
@@ -168,14 +166,7 @@ def _signed_in(sec: Setup) -> bool:
 
 
 def _id_token(sec: Setup, code: str) -> str:
-    import base64
-
-    app = sec.apps["acme"]
-    basic = base64.b64encode(f"{app['client_id']}:{app['client_secret']}".encode()).decode()
-    r = sec.client.post("/t/acme/token", data={"grant_type": "authorization_code", "code": code,
-                                               "redirect_uri": REDIRECT_URI},
-                        headers={"Authorization": f"Basic {basic}"})
-    token: str = r.get_json()["id_token"]
+    token: str = sec.tokens(code)["id_token"]
     return token
 
 
@@ -275,14 +266,3 @@ def test_logout_refuses_a_repeated_parameter(sec: Setup, name: str) -> None:
     assert "Location" not in r.headers
     assert _signed_in(sec)
 
-
-def _id_token_claims(sec: Setup, code: str) -> dict[str, Any]:
-    app = sec.apps["acme"]
-    r = sec.client.post("/t/acme/token", data={"grant_type": "authorization_code", "code": code,
-                                               "redirect_uri": REDIRECT_URI},
-                        headers={"Authorization": "Basic " + base64.b64encode(
-                            f"{app['client_id']}:{app['client_secret']}".encode()).decode()})
-    assert r.status_code == 200, r.get_json()
-    payload = r.get_json()["id_token"].split(".")[1]
-    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    return claims
