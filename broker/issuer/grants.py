@@ -80,6 +80,11 @@ class Outcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+# A revoked family's deny entry outlives its grant record and refresh tokens by this much more: those may be
+# written by a rotation that was already past its checks when the revocation happened.
+REVOCATION_MARGIN = 300
+
+
 def grant_ttl(app: App, scope: tuple[str, ...]) -> int:
     """How long anything a grant issued can live: the horizon for its denylist entries."""
     ttl = max(app.access_token_ttl, app.id_token_ttl)
@@ -185,6 +190,19 @@ class AccessToken:
 
     def is_revoked(self) -> bool:
         return False  # checked against the denylist when found
+
+
+@dataclass(frozen=True)
+class SpentRefreshToken:
+    """A refresh token already rotated away (its family still stands), presented for revocation: the client
+    signing out while another of its tabs refreshed. Revoking it ends the family, as presenting it at the
+    token endpoint would."""
+
+    gid: str
+    client_id: str
+
+    def check_client(self, client: Client) -> bool:
+        return client.client_id == self.client_id
 
 
 AnyToken = AccessToken | RefreshToken
@@ -347,13 +365,15 @@ class Revocation(RevocationEndpoint):  # type: ignore[misc]
     CLIENT_AUTH_METHODS = AUTH_METHODS
     server: TenantServer
 
-    def query_token(self, token_string: str, token_type_hint: str | None) -> AnyToken | None:
-        return self.server.find_token(token_string, token_type_hint)
+    def query_token(self, token_string: str,
+                    token_type_hint: str | None) -> AnyToken | SpentRefreshToken | None:
+        found = self.server.find_token(token_string, token_type_hint)
+        return found if found is not None else self.server.find_spent_refresh(token_string)
 
     def check_params(self, request: Request, client: Client) -> None:
         _check_token_param(request)
 
-    def revoke_token(self, token: AccessToken | RefreshToken, request: Request) -> None:
+    def revoke_token(self, token: AccessToken | RefreshToken | SpentRefreshToken, request: Request) -> None:
         self.server.revoke(token)
 
 
@@ -519,15 +539,21 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
 
     def _revoke_family(self, gid: str) -> None:
         app = None
-        grant = self.ctx.ledger.grant(gid)
+        ledger = self.ctx.ledger
+        if ledger.grant_revoked(gid):
+            # Already revoked (by a concurrent reuse, say): its deny entry lasts as long as the family could.
+            # Writing it again with a shorter time would let a token still in flight outlive it.
+            self.outcome.details["refresh_reuse"] = True
+            return
+        grant = ledger.grant(gid)
         if grant is not None and grant.tenant_id != self.ctx.tenant.id:
             return  # another tenant's refresh token, presented here: unknown here, and left alone
         if grant is not None:
             app = self.ctx.config.app(self.ctx.tenant.id, grant.client_id)
-        # No grant record: it was revoked or has expired, and so have its tokens; a short deny entry
+        # No grant record and no deny entry: it has expired, and so have its tokens; a short deny entry
         # only covers a redemption still in flight.
-        ttl = grant_ttl(app, ("offline_access",)) if app else 3600
-        self.ctx.ledger.revoke_grant(gid, ttl)
+        ttl = grant_ttl(app, ("offline_access",)) + REVOCATION_MARGIN if app else 3600
+        ledger.revoke_grant(gid, ttl)
         self.outcome.details["refresh_reuse"] = True
 
     # minting ------------------------------------------------------------------------------------
@@ -591,6 +617,10 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
 
         family_scope = refresh_scope if refresh_scope is not None else scope
         ttl = grant_ttl(app, family_scope)
+        if ctx.ledger.grant_revoked(grant.gid):
+            # revoked while this request was being answered (a concurrent reuse of the refresh token, or of
+            # the code): writing the grant again would bring the family back once its deny entry expired
+            raise InvalidGrantError(description="The grant has been revoked.")
         with ctx.ledger.batch():  # the grant and its refresh token: one write
             ctx.ledger.put_grant(grant, ttl)
             if offers_refresh(app, family_scope):
@@ -672,8 +702,23 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
             "sid": grant.sid,
         }
 
-    def revoke(self, token: AccessToken | RefreshToken) -> None:
+    def find_spent_refresh(self, value: str) -> SpentRefreshToken | None:
+        """A refresh token of this tenant that was rotated away while its family still stands."""
+        if value.count(".") == 2:
+            return None
+        gid = self.ctx.ledger.refresh_family(value)
+        grant = self.ctx.ledger.grant(gid) if gid is not None else None
+        if grant is None or grant.tenant_id != self.ctx.tenant.id:
+            return None
+        return SpentRefreshToken(gid=grant.gid, client_id=grant.client_id)
+
+    def revoke(self, token: AccessToken | RefreshToken | SpentRefreshToken) -> None:
         now = self.ctx.clock.now()
+        if isinstance(token, SpentRefreshToken):
+            self._revoke_family(token.gid)
+            self.outcome.details.pop("refresh_reuse", None)
+            self.outcome.details["revoked"] = "refresh_token_family"
+            return
         if isinstance(token, AccessToken):
             exp = token.claims.get("exp")
             ttl = max(float(exp) - now, 0) + 60 if isinstance(exp, int | float) else 24 * 3600

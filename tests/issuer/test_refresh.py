@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.issuer.conftest import Env
+from broker.issuer.records import Ledger
+from tests.issuer.conftest import SECRET, Env, basic
 
 
 def body(resp: Any) -> dict[str, Any]:
@@ -82,3 +83,65 @@ def test_no_refresh_when_the_app_does_not_allow_offline_access(env: Env) -> None
     code = env.code_for(env.authorize(client_id="nooffline", scope="openid email"))
     t = body(env.exchange(code, client="nooffline"))
     assert "refresh_token" not in t
+
+
+def _gid(access_token: str) -> str:
+    import base64
+    import json
+
+    payload = access_token.split(".")[1]
+    gid: str = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["gid"]
+    return gid
+
+
+def test_a_second_reuse_does_not_shorten_the_familys_revocation(env: Env) -> None:
+    """Two clients racing with the same spent token: the second used to write the deny entry again for an
+    hour, so a token minted by a concurrent rotation outlived it (the family came back after an hour)."""
+    t1 = env.tokens()
+    t2 = body(env.refresh(t1["refresh_token"]))
+    gid = _gid(t2["access_token"])
+    assert env.refresh(t1["refresh_token"]).status == 400  # the family is revoked for as long as it could live
+    assert env.refresh(t1["refresh_token"]).status == 400  # and a second reuse leaves that alone
+    env.clock.advance(2 * 3600)
+    assert Ledger(env.state).grant_revoked(gid)
+
+
+def test_a_rotation_that_loses_a_race_with_a_reuse_writes_no_grant(env: Env, monkeypatch: Any) -> None:
+    """The winner of take_refresh, past its checks, meets a reuse of the same token from another replica
+    before it writes the new family members: it must not write the grant back (it would outlive its deny)."""
+    from broker.issuer.tokens import TokenCodec
+
+    t1 = env.tokens()
+    t2 = body(env.refresh(t1["refresh_token"]))
+    sign = TokenCodec.sign
+    raced: list[Any] = []
+
+    def sign_then_race(self: TokenCodec, *args: Any, **kwargs: Any) -> str:
+        if not raced:  # another client presents the spent t1 while this rotation is being answered
+            raced.append(env.refresh(t1["refresh_token"]))
+        return sign(self, *args, **kwargs)
+
+    monkeypatch.setattr(TokenCodec, "sign", sign_then_race)
+    winner = env.refresh(t2["refresh_token"])
+    assert raced[0].status == 400
+    assert winner.status == 400 and body(winner)["error"] == "invalid_grant"
+    monkeypatch.setattr(TokenCodec, "sign", sign)
+    assert Ledger(env.state).grant(_gid(t2["access_token"])) is None
+    assert env.refresh(t2["refresh_token"]).status == 400
+
+
+def test_revoking_a_refresh_token_already_rotated_ends_its_family(env: Env) -> None:
+    """A client signing out with the refresh token it holds, while another tab has just rotated it."""
+    t1 = env.tokens()
+    t2 = body(env.refresh(t1["refresh_token"]))
+    assert env.post("revoke", {"token": t1["refresh_token"]}, basic("conf", SECRET)).status == 200
+    assert env.refresh(t2["refresh_token"]).status == 400
+    assert env.userinfo(t2["access_token"]).status == 401
+    assert any(e.details.get("revoked") == "refresh_token_family" for e in env.audit.events)
+
+
+def test_another_client_cannot_revoke_a_spent_refresh_token_family(env: Env) -> None:
+    t1 = env.tokens()
+    t2 = body(env.refresh(t1["refresh_token"]))
+    env.post("revoke", {"token": t1["refresh_token"]}, basic("poster", SECRET))
+    assert env.refresh(t2["refresh_token"]).status == 200
