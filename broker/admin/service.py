@@ -562,10 +562,12 @@ class AdminService:
     def create_connection(self, key: AdminKey | None, tenant: Tenant, body: Any) -> dict[str, Any]:
         data = schema.parse(schema.ConnectionBody, body)
         self._slug_free(tenant, data.slug)
-        draft, understood = self._draft(data, None)
-        self._check_domains(tenant, data.slug, draft.domains)
-        self._check_idp_initiated(tenant, draft)
-        created = self.store.create_connection(tenant.id, draft)
+        draft, understood = self._draft(data, None)  # may fetch metadata: before the transaction
+        with self.store.atomic():  # the domain check and the write that relies on it, alone in the tenant
+            self.store.lock_tenant(tenant.id)
+            self._check_domains(tenant, data.slug, draft.domains)
+            self._check_idp_initiated(tenant, draft)
+            created = self.store.create_connection(tenant.id, draft)
         return self._saved(key, tenant, created, understood, "connection.create")
 
     def get_connection(self, key: AdminKey, slug: str, conn: str) -> dict[str, Any]:
@@ -602,9 +604,11 @@ class AdminService:
         if data.slug != existing.slug:
             self._slug_free(tenant, data.slug)
         draft, understood = self._draft(data, existing)
-        self._check_domains(tenant, existing.slug, draft.domains)
-        self._check_idp_initiated(tenant, draft)
-        updated = self.store.replace_connection(existing.id, draft, expected_version)
+        with self.store.atomic():
+            self.store.lock_tenant(tenant.id)
+            self._check_domains(tenant, existing.slug, draft.domains)
+            self._check_idp_initiated(tenant, draft)
+            updated = self.store.replace_connection(existing.id, draft, expected_version)
         out = self._saved(key, tenant, updated, understood, "connection.update")
         moved = self._moved_urls_warning(tenant, existing, updated)
         if moved:

@@ -293,6 +293,9 @@ class CachedConfigStore:
         # Admin keys are never cached (every request reads its key): no generation bump needed.
         self.inner.delete_admin_key(key_id, tenant_id=tenant_id)
 
+    def lock_tenant(self, tenant_id: str) -> None:
+        self.inner.lock_tenant(tenant_id)
+
     def create_connection(self, tenant_id: str, draft: ConnectionDraft) -> Connection:
         return self._write(lambda: self.inner.create_connection(tenant_id, draft), _tenant(tenant_id))
 

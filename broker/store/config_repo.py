@@ -105,6 +105,18 @@ def _storable(value: Any) -> Any:
     return value
 
 
+@contextmanager
+def _exists_as(message: str, code: str) -> Iterator[None]:
+    """A create that lost a race with the same create: the unique index refuses it (a generic Conflict from
+    _session); say what exists, as the check before the insert would have."""
+    try:
+        yield
+    except Conflict as exc:
+        if exc.code != Conflict.default_code:
+            raise
+        raise Conflict(message, code=code, detail=exc.detail) from None
+
+
 class SqlConfigStore:
     def __init__(self, engine: Engine, sealer: Sealer, *,
                  certificate_expiry: Callable[[bytes, str | None], Mapping[str, float]] | None = None) -> None:
@@ -312,7 +324,7 @@ class SqlConfigStore:
 
     def create_tenant(self, slug: str, name: str, key: NewSigningKey) -> Tenant:
         now = _now()
-        with self._session() as s:
+        with _exists_as(f"A tenant with slug {slug!r} already exists.", "tenant_exists"), self._session() as s:
             if s.scalars(select(TenantRow.id).where(TenantRow.slug == slug)).first() is not None:
                 raise Conflict(f"A tenant with slug {slug!r} already exists.", code="tenant_exists")
             row = TenantRow(id=str(uuid.uuid4()), slug=slug, name=name, version=1, created_at=now, updated_at=now)
@@ -457,9 +469,17 @@ class SqlConfigStore:
             )
         row.enabled = draft.enabled
 
+    def lock_tenant(self, tenant_id: str) -> None:
+        """Inside atomic(): hold the tenant's row (PostgreSQL) or the database (SQLite) for writing until the
+        transaction ends, so that checks across the tenant's connections (a domain named once) and the write
+        that relies on them run alone. A write that changes nothing: it only takes the lock."""
+        with self._session() as s:
+            s.execute(update(TenantRow).where(TenantRow.id == tenant_id).values(version=TenantRow.version))
+
     def create_connection(self, tenant_id: str, draft: ConnectionDraft) -> Connection:
         now = _now()
-        with self._session() as s:
+        with _exists_as(f"A connection with slug {draft.slug!r} already exists.", "connection_exists"), \
+                self._session() as s:
             t = s.get(TenantRow, tenant_id)
             if t is None:
                 raise NotFound("No such tenant.")
@@ -608,7 +628,8 @@ class SqlConfigStore:
 
     def create_app(self, tenant_id: str, client_id: str, draft: AppDraft, secret_hash: str | None) -> App:
         now = _now()
-        with self._session() as s:
+        with _exists_as(f"This tenant already has an app with client_id {client_id!r}.", "app_exists"), \
+                self._session() as s:
             if s.get(TenantRow, tenant_id) is None:
                 raise NotFound("No such tenant.")
             exists = s.scalars(
@@ -667,11 +688,13 @@ class SqlConfigStore:
             return [self._key(r) for r in rows]
 
     def add_signing_key(self, tenant_id: str, key: NewSigningKey) -> SigningKey:
-        now = _now()
-        with self._session() as s:
-            t = s.get(TenantRow, tenant_id)
+        with self._session(serialized=True) as s:
+            # rotations of one tenant run one at a time (the row lock; SQLite: BEGIN IMMEDIATE): two at once
+            # would each retire only the keys they saw, leaving two active, and lose a version bump
+            t = s.get(TenantRow, tenant_id, with_for_update=True, populate_existing=True)
             if t is None:
                 raise NotFound("No such tenant.")
+            now = _now()
             s.execute(
                 update(SigningKeyRow)
                 .where(SigningKeyRow.tenant_id == tenant_id, SigningKeyRow.alg == key.alg,

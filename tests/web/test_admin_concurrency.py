@@ -117,24 +117,25 @@ def test_a_patch_that_raced_another_write_is_merged_again(app: Flask, admin: Adm
     """Deterministic interleaving: between this PATCH's read and its write, another writer changes a
     different field. Both changes must be there afterwards (before, the PATCH wrote back the old copy)."""
     _setup(admin)
-    store = app.extensions["broker"].admin.store
-    original = store.replace_connection
+    service = app.extensions["broker"].admin
+    original = service._draft
     raced: list[int] = []
 
-    def racing_replace(connection_id: str, draft: Any, expected_version: int | None = None) -> Any:
-        if not raced:  # another admin's PATCH of another field gets in first, and completes
+    def racing_draft(body: Any, existing: Any) -> Any:
+        # after this PATCH read the connection, before it writes (the write itself runs alone in the tenant)
+        if not raced and existing is not None:  # another admin's PATCH of another field gets in, and completes
             raced.append(0)
             other = _call(app.test_client(), "PATCH", "/tenants/acme/connections/okta",
                           {"restrict_to_domains": True})
             assert other.status_code == 200, other.get_json()
             raced[0] = other.get_json()["version"]
-        return original(connection_id, draft, expected_version)
+        return original(body, existing)
 
-    store.replace_connection = racing_replace  # type: ignore[method-assign]
+    service._draft = racing_draft
     try:
         r = _call(client, "PATCH", "/tenants/acme/connections/okta", {"domains": ["acme.org"]})
     finally:
-        del store.replace_connection
+        del service._draft
     assert r.status_code == 200, r.get_json()
     assert raced
     got = _call(client, "GET", "/tenants/acme/connections/okta").get_json()
@@ -186,6 +187,83 @@ def test_concurrent_patches_of_different_fields_all_land_or_say_so(app: Flask, a
     }
     assert {name for name, ok in checks.items() if ok} == landed, (results, final)
     assert final["version"] == 1 + len(landed)
+
+
+def test_connections_created_at_once_never_share_a_domain(app: Flask, admin: AdminClient) -> None:
+    """The domain check and the insert run alone in the tenant: of several connections created at the same
+    moment with one domain, one gets it and the others 400 domain_conflict (two could both land before)."""
+    admin.tenant("acme")
+    n = 6
+    barrier = threading.Barrier(n)
+    results: dict[int, int] = {}
+
+    def run(i: int) -> None:
+        own = app.test_client()
+        barrier.wait()
+        r = _call(own, "POST", "/tenants/acme/connections",
+                  {"slug": f"idp{i}", "protocol": "saml", "domains": ["shared.test"]})
+        results[i] = r.status_code
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results.values()) == [201] + [400] * (n - 1), results
+    conns = _call(app.test_client(), "GET", "/tenants/acme/connections").get_json()["connections"]
+    assert [c["domains"] for c in conns] == [["shared.test"]]
+
+
+@pytest.mark.parametrize("path, body, code", [
+    ("/tenants", {"slug": "globex", "name": "Globex"}, "tenant_exists"),
+    ("/tenants/acme/apps", {**APP, "client_id": "same"}, "app_exists"),
+    ("/tenants/acme/connections", {"slug": "same", "protocol": "saml"}, "connection_exists"),
+])
+def test_the_same_create_at_once_says_what_exists(app: Flask, admin: AdminClient, path: str, body: dict[str, Any],
+                                                  code: str) -> None:
+    """The losers of a race past the existence check meet the unique index: the same 409 as a late create."""
+    admin.tenant("acme")
+    n = 6
+    barrier = threading.Barrier(n)
+    results: list[tuple[int, Any]] = []
+
+    def run() -> None:
+        own = app.test_client()
+        barrier.wait()
+        r = _call(own, "POST", path, body)
+        results.append((r.status_code, r.get_json()))
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(status for status, _ in results) == [201] + [409] * (n - 1), results
+    assert {b["error"] for status, b in results if status == 409} == {code}
+
+
+def test_key_rotations_at_once_leave_one_active_key_and_count_every_one(app: Flask, admin: AdminClient) -> None:
+    tenant = admin.tenant("acme")
+    n = 5
+    barrier = threading.Barrier(n)
+    statuses: list[int] = []
+
+    def run() -> None:
+        own = app.test_client()
+        barrier.wait()
+        statuses.append(_call(own, "POST", "/tenants/acme/keys/rotate").status_code)
+
+    threads = [threading.Thread(target=run) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert statuses == [200] * n
+    store = app.extensions["broker"].admin.store
+    with store.atomic():  # past the configuration cache
+        keys = store.signing_keys(tenant["id"])
+    assert len(keys) == 1 + n and [k.alg for k in keys if k.active] == ["RS256"]
+    assert _call(app.test_client(), "GET", "/tenants/acme").get_json()["version"] == tenant["version"] + n
 
 
 @pytest.mark.parametrize("path, same", [
