@@ -92,10 +92,10 @@ def public_sid(session_id: str) -> str:
 
 
 def email_domain(value: str | None) -> str | None:
+    """The domain of an email address in the form connections' domains are kept in (normalize_domain)."""
     if not value or "@" not in value:
         return None
-    domain = value.rsplit("@", 1)[1].strip().lower().rstrip(".")
-    return domain or None
+    return normalize_domain(value.rsplit("@", 1)[1])
 
 
 def _owner_fields(tenant_id: str, connection_id: str, browser_binding: str | None) -> dict[str, Any]:
@@ -210,7 +210,6 @@ class LoginService:
                 raise NotFound(f"The connection {connection!r} is disabled.", code="connection_disabled")
             return found
         domain = email_domain(login_hint)
-        domain = normalize_domain(domain) if domain is not None else None  # as the connection's domains are
         if domain is None:
             return None
         for c in self.config.connections(tenant.id):
@@ -319,8 +318,7 @@ class LoginService:
             profile = apply(mapping, identity, tenant=tenant.slug, tenant_id=tenant.id,
                             connection=connection.slug, connection_id=connection.id)
             if connection.restrict_to_domains:
-                domain = email_domain(profile.email)
-                domain = normalize_domain(domain) if domain is not None else None  # as stored: xn-- or not
+                domain = email_domain(profile.email)  # as stored: xn-- or not
                 if domain is None or domain not in connection.domains:
                     raise LoginError("Your email address is not in a domain this connection accepts.",
                                      code="login_domain_not_allowed", detail=f"domain={domain}")
