@@ -25,6 +25,7 @@ from broker.model import AdminKey, App, Connection, MappingConfig, Profile, Tena
 from broker.ports import AppDraft, Clock, ConfigStore, ConnectionDraft, MetadataState, NewSigningKey
 from broker.samlxml.errors import SamlError
 from broker.samlxml.metadata import IdpMetadata, parse_idp_metadata, to_json
+from broker.samlxml.metadata import metadata_text as samlxml_metadata_text
 from broker.upstream.oidc import assertion_public_jwk, load_assertion_key, parse_oidc_settings
 from broker.upstream.saml import parse_saml_settings
 from broker.upstream.saml_keys import generate_sp_credentials
@@ -87,13 +88,10 @@ class Urls:
 
 
 def metadata_text(raw: bytes) -> str:
-    """Uploaded IdP metadata as the text it is kept as: UTF-8 (a BOM is dropped). Any other encoding (UTF-16,
-    Latin-1 with accents, UTF-16 without a BOM, which decodes with NULs) is refused before it is parsed."""
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = None
-    if text is None or "\x00" in text:
+    """Uploaded IdP metadata as the text it is kept as (samlxml's metadata_text); any other encoding is
+    refused before it is parsed, with a message for the admin who uploads it."""
+    text = samlxml_metadata_text(raw)
+    if text is None:
         raise ValidationFailed(
             "The metadata is not UTF-8 text (UTF-16 and other encodings are not accepted); save the XML file as "
             "UTF-8 and upload it again.", code="metadata_invalid", details={"field": "saml.metadata_xml"})

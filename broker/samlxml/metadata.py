@@ -253,6 +253,16 @@ def _sha1_warnings(entity: etree._Element, idp: etree._Element) -> list[str]:
 # --- document and entity selection ------------------------------------------------------------
 
 
+def metadata_text(data: bytes) -> str | None:
+    """IdP metadata as the text it is kept as: UTF-8, a BOM dropped; None for any other encoding (UTF-16,
+    Latin-1 with accents, or UTF-16 without a BOM, which decodes with NULs)."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+    return None if "\x00" in text else text
+
+
 def _parse(data: bytes, max_bytes: int) -> etree._Element:
     if len(data) > max_bytes:
         raise _invalid(f"The metadata is larger than {max_bytes} bytes.", "xml_too_large")
@@ -260,11 +270,7 @@ def _parse(data: bytes, max_bytes: int) -> etree._Element:
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
     data = data.lstrip(b" \t\r\n")
-    try:  # kept and shown as UTF-8 text (the database, the admin API): another encoding would be mangled there
-        utf8 = data.decode("utf-8")
-    except UnicodeDecodeError:
-        utf8 = None
-    if utf8 is None or "\x00" in utf8:
+    if metadata_text(data) is None:  # kept and shown as UTF-8 text: another encoding would be mangled there
         raise _invalid("The metadata is not UTF-8 text (UTF-16 and other encodings are not accepted); it must be "
                        "served or saved as UTF-8.", "not UTF-8")
     try:

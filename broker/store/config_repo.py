@@ -106,15 +106,16 @@ def _storable(value: Any) -> Any:
 
 
 @contextmanager
-def _exists_as(message: str, code: str) -> Iterator[None]:
-    """A create that lost a race with the same create: the unique index refuses it (a generic Conflict from
-    _session); say what exists, as the check before the insert would have."""
+def _exists_as(taken: Conflict) -> Iterator[None]:
+    """A create that lost a race with the same create meets the unique index (a generic Conflict from
+    _session): answer with `taken`, what the check before the insert says when it sees the row."""
     try:
         yield
     except Conflict as exc:
         if exc.code != Conflict.default_code:
             raise
-        raise Conflict(message, code=code, detail=exc.detail) from None
+        taken.detail = exc.detail
+        raise taken from None
 
 
 class SqlConfigStore:
@@ -324,9 +325,10 @@ class SqlConfigStore:
 
     def create_tenant(self, slug: str, name: str, key: NewSigningKey) -> Tenant:
         now = _now()
-        with _exists_as(f"A tenant with slug {slug!r} already exists.", "tenant_exists"), self._session() as s:
+        taken = Conflict(f"A tenant with slug {slug!r} already exists.", code="tenant_exists")
+        with _exists_as(taken), self._session() as s:
             if s.scalars(select(TenantRow.id).where(TenantRow.slug == slug)).first() is not None:
-                raise Conflict(f"A tenant with slug {slug!r} already exists.", code="tenant_exists")
+                raise taken
             row = TenantRow(id=str(uuid.uuid4()), slug=slug, name=name, version=1, created_at=now, updated_at=now)
             s.add(row)
             s.flush()
@@ -478,8 +480,8 @@ class SqlConfigStore:
 
     def create_connection(self, tenant_id: str, draft: ConnectionDraft) -> Connection:
         now = _now()
-        with _exists_as(f"A connection with slug {draft.slug!r} already exists.", "connection_exists"), \
-                self._session() as s:
+        taken = Conflict(f"A connection with slug {draft.slug!r} already exists.", code="connection_exists")
+        with _exists_as(taken), self._session() as s:
             t = s.get(TenantRow, tenant_id)
             if t is None:
                 raise NotFound("No such tenant.")
@@ -487,7 +489,7 @@ class SqlConfigStore:
                 select(ConnectionRow.id).where(ConnectionRow.tenant_id == tenant_id, ConnectionRow.slug == draft.slug)
             ).first()
             if exists is not None:
-                raise Conflict(f"A connection with slug {draft.slug!r} already exists.", code="connection_exists")
+                raise taken
             row = ConnectionRow(id=str(uuid.uuid4()), tenant_id=tenant_id, version=1, created_at=now, updated_at=now)
             self._fill_connection(row, draft)
             row.idp_certificates = self._idp_certificates(row)
@@ -628,15 +630,15 @@ class SqlConfigStore:
 
     def create_app(self, tenant_id: str, client_id: str, draft: AppDraft, secret_hash: str | None) -> App:
         now = _now()
-        with _exists_as(f"This tenant already has an app with client_id {client_id!r}.", "app_exists"), \
-                self._session() as s:
+        taken = Conflict(f"This tenant already has an app with client_id {client_id!r}.", code="app_exists")
+        with _exists_as(taken), self._session() as s:
             if s.get(TenantRow, tenant_id) is None:
                 raise NotFound("No such tenant.")
             exists = s.scalars(
                 select(AppRow.id).where(AppRow.tenant_id == tenant_id, AppRow.client_id == client_id)
             ).first()
             if exists is not None:
-                raise Conflict(f"This tenant already has an app with client_id {client_id!r}.", code="app_exists")
+                raise taken
             row = AppRow(id=str(uuid.uuid4()), tenant_id=tenant_id, client_id=client_id, version=1,
                          created_at=now, updated_at=now)
             self._fill_app(row, draft, secret_hash)
