@@ -19,7 +19,15 @@ from broker.samlxml.response import (
 )
 
 from .conftest import ACS, NOW, REQUEST_ID, SP
-from .idp_fixtures import CLAIMS, PERSISTENT_FORMAT, Idp, build_response, make_idp, to_post_binding
+from .idp_fixtures import (
+    CLAIMS,
+    PERSISTENT_FORMAT,
+    Idp,
+    build_response,
+    encrypt_assertion,
+    make_idp,
+    to_post_binding,
+)
 
 Expect = Callable[..., ResponseExpectations]
 
@@ -101,6 +109,44 @@ def test_encrypted_unsigned_assertion_covered_by_response_signature(
     xml = make(idp, encrypt_to_cert_pem=sp_key[1], sign_assertion=False, sign_response=True)
     assert verify_response(xml, expect(want_assertions_signed=False)).encrypted
     assert refused(xml, expect()) == "saml_signature_missing"
+
+
+def _encrypted_with_inner(idp: Idp, sp_cert_pem: str, widen: Callable[[etree._Element], None]) -> bytes:
+    """A Response (unsigned) carrying an EncryptedAssertion whose plaintext `widen` has changed after signing:
+    what anyone holding the SP's public encryption certificate can send."""
+    resp = etree.fromstring(make(idp, sign_response=False))
+    assertion = resp.find("{urn:oasis:names:tc:SAML:2.0:assertion}Assertion")
+    assert assertion is not None
+    widen(assertion)
+    resp.replace(assertion, encrypt_assertion(assertion, sp_cert_pem))
+    return etree.tostring(resp)
+
+
+def _many_namespaces(assertion: etree._Element) -> None:
+    conditions = assertion.find("{urn:oasis:names:tc:SAML:2.0:assertion}Conditions")
+    assert conditions is not None
+    wide = etree.Element(conditions.tag, attrib=dict(conditions.attrib),
+                         nsmap={f"n{i}": f"urn:example:n{i}" for i in range(40)})
+    wide.extend(list(conditions))
+    assertion.replace(conditions, wide)
+
+
+def _many_attributes(assertion: etree._Element) -> None:
+    subject = assertion.find("{urn:oasis:names:tc:SAML:2.0:assertion}Subject")
+    assert subject is not None
+    for i in range(100):
+        subject.set(f"a{i}", "x")
+
+
+@pytest.mark.parametrize("widen", [_many_namespaces, _many_attributes], ids=["namespaces", "attributes"])
+def test_decrypted_assertion_gets_the_same_shape_limits(
+    idp: Idp, expect: Expect, sp_key: tuple[bytes, str], widen: Callable[[etree._Element], None]
+) -> None:
+    """The encrypted blob hides the plaintext's shape from the first parse: the limits that keep
+    canonicalization cheap are applied again to what decryption produced, before any signature work."""
+    xml = _encrypted_with_inner(idp, sp_key[1], widen)
+    etree.fromstring(xml)  # the outer document itself is small and well within the limits
+    assert refused(xml, expect()) == "xml_too_large"
 
 
 def test_encrypted_assertion_without_any_signature_is_refused(
