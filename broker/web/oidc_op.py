@@ -470,14 +470,20 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
         return _no_store(redirect_to(
             f"{svc.settings.public_url}/admin/ui/tenants/{tenant.slug}/connections/{finished.connection.slug}"
             f"/test/{key}"))
+    # An IdP-initiated answer (no transaction: no login of this browser asked for it) may have been posted
+    # into this browser by another site, with the poster's own account. It answers its one configured app,
+    # and opens no single sign-on session: otherwise every later login to any app of the tenant in this
+    # browser would silently be the poster's, and a session the browser already had would be replaced.
+    unsolicited = finished.txn_id is None
     with svc.state.batch():  # the broker session and the code: one write, or none if issuing fails
-        session_id = login.save_session(tenant, finished)
-        if svc.settings.dev_idp:  # the demo page shows what the development IdP sent
+        session_id = finished.session_id if unsolicited else login.save_session(tenant, finished)
+        if svc.settings.dev_idp and not unsolicited:  # the demo page shows what the development IdP sent
             login.save_result("session:" + public_sid(session_id), finished)
         url = issuer.authorization_response(tenant, finished.request,
                                             for_app(tenant, finished.request, finished.profile),
                                             auth_time=finished.auth_time, session_id=public_sid(session_id))
     resp = redirect_to(url)
-    set_session_cookie(resp, session_id, tenant.slug)
+    if not unsolicited:
+        set_session_cookie(resp, session_id, tenant.slug)
     g.login_done = True
     return _no_store(resp)

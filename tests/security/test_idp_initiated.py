@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import time
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from tests.samlxml.idp_fixtures import build_response, make_idp
 from tests.security.conftest import PUBLIC, REDIRECT_URI, Setup
@@ -264,3 +264,42 @@ def test_solicited_response_from_another_browser_is_refused_even_with_idp_initia
                    data={"SAMLResponse": base64.b64encode(response).decode(), "RelayState": p.relay_state})
     # the transaction is not this browser's: a 4xx page (no redirect to the app from the wrong browser)
     _refused_page(sec, r, "login_browser_mismatch")
+
+
+# --- no single sign-on from an unsolicited answer -----------------------------------------------------
+
+
+def _sso(sec: Setup) -> Any:
+    """An authorize that may be answered from the browser's broker session only (prompt=none)."""
+    app = sec.apps["acme"]
+    return sec.client.get("/t/acme/authorize?" + urlencode({
+        "response_type": "code", "client_id": app["client_id"], "redirect_uri": REDIRECT_URI,
+        "scope": "openid email", "state": "s2", "prompt": "none"}))
+
+
+def test_an_unsolicited_login_opens_no_broker_session(sec: Setup) -> None:
+    """Another site can post an unsolicited answer for its own account into a victim's browser: that
+    answer reaches the configured app, but later logins in this browser must not silently be that account."""
+    assert _enable(sec).status_code == 200
+    r = sec.post("acme", "okta", _unsolicited(sec), None)
+    assert r.status_code == 302 and query_of(r.headers["Location"])["code"]
+    assert not any(h.startswith("broker_session=") for h in r.headers.getlist("Set-Cookie"))
+    sso = _sso(sec)
+    assert sso.status_code == 302
+    assert query_of(sso.headers["Location"])["error"] == "login_required"
+
+
+def test_an_unsolicited_login_leaves_the_browsers_own_session_alone(sec: Setup) -> None:
+    assert _enable(sec).status_code == 200
+    p = sec.begin(state="mine")
+    own = build_response(sec.idp_a, acs_url=ACS, audience=SP_ENTITY_ID, in_response_to=p.request_id,
+                         name_id="victim@acme.test", attributes={**ATTRS, "email": ["victim@acme.test"]})
+    assert sec.post("acme", "okta", own, p.relay_state).status_code == 302
+
+    r = sec.post("acme", "okta", _unsolicited(sec, name_id="mallory@acme.test",
+                                              attributes={**ATTRS, "email": ["mallory@acme.test"]}), None)
+    assert r.status_code == 302
+    assert not any(h.startswith("broker_session=") for h in r.headers.getlist("Set-Cookie"))
+    sso = _sso(sec)
+    assert sso.status_code == 302
+    assert sec.id_token_claims(query_of(sso.headers["Location"])["code"])["email"] == "victim@acme.test"
