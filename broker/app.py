@@ -148,7 +148,15 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
     return app
 
 
+# Production serves https only (settings refuse an http public URL): browsers are told to never try http, where
+# a network attacker could answer first and plant cookies. Not includeSubDomains: other hosts of the domain
+# are not the broker's to decide for.
+HSTS = "max-age=31536000"
+
+
 def _register_hooks(app: Flask, svc: Services) -> None:
+    hsts = HSTS if svc.settings.is_production else None
+
     @app.before_request
     def _start() -> None:
         rid = request.headers.get("X-Request-Id", "")
@@ -167,6 +175,8 @@ def _register_hooks(app: Flask, svc: Services) -> None:
     def _finish(resp: Response) -> Response:
         resp.headers["X-Request-Id"] = g.get("request_id", "")
         resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        if hsts:
+            resp.headers.setdefault("Strict-Transport-Security", hsts)
         endpoint = request.url_rule.endpoint if request.url_rule is not None else "unmatched"
         svc.metrics.http_requests.labels(endpoint=endpoint, status=str(resp.status_code)).inc()
         return resp

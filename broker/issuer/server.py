@@ -54,13 +54,16 @@ S256_CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
 MAX_PARAM = 2048
 
 
-_DESCRIPTION_UNSAFE = re.compile(r"[^\x20-\x21\x23-\x5b\x5d-\x7e]")
+# RFC 6749's set, less < and >: many apps show error_description as it came, and a request value in it (a
+# connection name, say) must not become markup there
+_DESCRIPTION_UNSAFE = re.compile(r"[^\x20\x21\x23-\x3b\x3d\x3f-\x5b\x5d-\x7e]")
 DESCRIPTION_MAX = 200
 
 
 def safe_description(text: str) -> str:
-    """An error_description as RFC 6749 §4.1.2.1 allows it (%x20-21 / %x23-5B / %x5D-7E), and short: what a
-    request put into a message (a connection name, say) reaches the app neither raw nor at length."""
+    """An error_description as RFC 6749 §4.1.2.1 allows it (%x20-21 / %x23-5B / %x5D-7E) without < and >, and
+    short: what a request put into a message (a connection name, say) reaches the app neither raw, nor as
+    markup, nor at length."""
     cleaned = _DESCRIPTION_UNSAFE.sub("?", text)
     return cleaned if len(cleaned) <= DESCRIPTION_MAX else cleaned[: DESCRIPTION_MAX - 3] + "..."
 

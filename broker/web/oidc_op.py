@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import re
 import time
 from dataclasses import replace
 from typing import Any
@@ -114,6 +115,8 @@ def _cors(resp: Response) -> Response:
     to read `invalid_grant`)."""
     if request.endpoint in CORS_ENDPOINTS:
         resp.headers["Access-Control-Allow-Origin"] = "*"
+        if request.endpoint == "oidc_op.userinfo":  # RFC 6750 §3: why a bearer token was refused
+            resp.headers["Access-Control-Expose-Headers"] = "WWW-Authenticate"
     return resp
 
 
@@ -173,6 +176,11 @@ def email_page(params: dict[str, str], error: str | None = None) -> Response:
     resp = Response(body, status=200, mimetype="text/html")
     resp.headers["Cache-Control"] = "no-store"
     resp.headers["X-Frame-Options"] = "DENY"
+    # its URL carries the app's state and nonce, and the address typed so far: never in a Referer. No
+    # form-action: the form's answer is a redirect to whichever IdP the address leads to.
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["Content-Security-Policy"] = (
+        "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'")
     return resp
 
 
@@ -189,6 +197,11 @@ def _request_params() -> MultiDict[str, str]:
 
 @bp.route("/authorize", methods=["GET", "POST"])
 def authorize(tenant: str) -> Response:
+    # every answer may carry a code (single sign-on) or the app's state: never kept by a cache
+    return _no_store(_authorize(tenant))
+
+
+def _authorize(tenant: str) -> Response:
     started = time.perf_counter()
     svc = services()
     t = load_tenant(tenant)
@@ -371,7 +384,28 @@ def _logout_confirmation(session_id: str) -> str:
     return hashlib.sha256(b"broker-logout\x00" + session_id.encode()).hexdigest()
 
 
-def _confirm_logout_page(tenant: Tenant, params: MultiDict[str, str], session_id: str) -> Response:
+_CSP_HOST_SOURCE = re.compile(r"[a-z][a-z0-9+.-]*://[a-z0-9.:\[\]-]+")  # RFC 3986 scheme and host, port
+_CSP_SCHEME_SOURCE = re.compile(r"[a-z][a-z0-9+.-]*:")
+
+
+def _form_action_source(target: str | None) -> str:
+    """The CSP source that lets the confirmation form's redirect reach `target` (a registered
+    post_logout_redirect_uri): browsers apply form-action to the redirects that follow a form's submission,
+    so 'self' alone would stop the browser on this page. A native app's private-use scheme becomes a
+    scheme source; anything that would not be one exact source is left out (the sign-out still happens)."""
+    if not target:
+        return ""
+    origin = _origin(target)
+    if origin is not None and _CSP_HOST_SOURCE.fullmatch(origin):
+        return " " + origin
+    scheme = target.split(":", 1)[0].lower() + ":" if ":" in target else ""
+    if _CSP_SCHEME_SOURCE.fullmatch(scheme) and scheme not in ("http:", "https:", "javascript:", "data:"):
+        return " " + scheme
+    return ""
+
+
+def _confirm_logout_page(tenant: Tenant, params: MultiDict[str, str], session_id: str,
+                         target: str | None) -> Response:
     fields = [(name, params[name]) for name in LOGOUT_FORWARDED if params.get(name) is not None]
     fields.append(("confirm", _logout_confirmation(session_id)))
     hidden = "".join(f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">' for k, v in fields)
@@ -380,7 +414,9 @@ def _confirm_logout_page(tenant: Tenant, params: MultiDict[str, str], session_id
                                fields=hidden)
     resp = Response(body, status=200, mimetype="text/html")
     resp.headers["X-Frame-Options"] = "DENY"
-    resp.headers["Content-Security-Policy"] = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'"
+    resp.headers["Referrer-Policy"] = "no-referrer"
+    resp.headers["Content-Security-Policy"] = ("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; "
+                                               f"form-action 'self'{_form_action_source(target)}")
     return resp
 
 
@@ -407,7 +443,7 @@ def logout(tenant: str) -> Response:
         confirmed = request.method == "POST" and hmac.compare_digest(
             params.get("confirm", "").encode(), _logout_confirmation(session_id).encode())
         if not confirmed:
-            return _no_store(_confirm_logout_page(t, params, session_id))
+            return _no_store(_confirm_logout_page(t, params, session_id, ending.target))
     if live is not None:  # another tenant's session (its cookie sent here by hand) is not this tenant's to end
         login.end_session(session_id)
     target = ending.target

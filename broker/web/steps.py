@@ -29,7 +29,10 @@ def render_step(step: Step) -> Response:
         # form-action names schemes, not `*`: the target is an IdP's (or our ACS's) web URL, never a
         # `javascript:` or `data:` one, should one ever get past the metadata parser's Location check.
         resp.headers["Content-Security-Policy"] = (
-            "default-src 'none'; script-src 'unsafe-inline'; form-action https: http:"
+            "default-src 'none'; script-src 'unsafe-inline'; form-action https: http:; frame-ancestors 'none'; "
+            "base-uri 'none'"
         )
+        resp.headers["X-Frame-Options"] = "DENY"
+        resp.headers["Referrer-Policy"] = "no-referrer"  # the form carries a SAML message: not its page's URL
         return resp
     raise TypeError(f"unknown step {step!r}")

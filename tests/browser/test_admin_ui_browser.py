@@ -5,11 +5,14 @@ for the README."""
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 import requests
@@ -192,4 +195,62 @@ def test_connection_test_reaches_an_idp_on_another_origin(page: Any, broker: Bro
         page.wait_for_url(re.compile(r".*/admin/ui/tenants/acme/connections/far-idp/test/[^/?]+$"))
         expect(page.locator("#raw-claims")).to_contain_text(idp.entity_id)
         assert len(idp.requests_seen) == 1
+    assert blocked == [], blocked
+
+
+@contextmanager
+def _app_site(pages: Callable[[str], str]) -> Iterator[str]:
+    """A downstream app on another origin (http://localhost:PORT, another site than 127.0.0.1): each path
+    answers the HTML `pages` gives for it."""
+    from werkzeug.serving import make_server
+    from werkzeug.wrappers import Request, Response
+
+    from tests.support.broker_server import free_port
+
+    port = free_port()
+
+    def wsgi(environ: Any, start_response: Any) -> Any:
+        return Response(pages(Request(environ).path), mimetype="text/html")(environ, start_response)
+
+    server = make_server("127.0.0.1", port, wsgi, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://localhost:{port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=5)
+
+
+def test_confirmed_logout_reaches_the_apps_post_logout_uri_on_another_origin(page: Any, broker: BrokerServer) -> None:
+    """RP-initiated logout from another site without an id_token_hint asks the user first; the confirmation
+    form posts to the broker, which redirects to the app's registered post_logout_redirect_uri. Chromium
+    applies the page's CSP form-action to that redirect: the app's origin must be allowed, or the browser
+    stays on "Sign out?" and the app never gets its `state` back."""
+    from tests.support.saml_idp import running_saml_idp
+
+    logout: list[str] = []
+    blocked: list[str] = []
+    page.on("console", lambda m: blocked.append(m.text) if "form-action" in m.text else None)
+    with _app_site(lambda path: f"<script>location.href = {json.dumps(logout[0])}</script>"
+                   if path == "/start" else "<p>app</p>") as rp, running_saml_idp() as idp:
+        r = broker.api("POST", "/tenants/acme/apps", {"name": "Logout RP", "redirect_uris": [f"{rp}/cb"],
+                                                      "post_logout_redirect_uris": [f"{rp}/bye"]})
+        assert r.status_code == 201, r.text
+        client_id = r.json()["client_id"]
+        logout.append(f"{broker.url}/t/acme/logout?" + urlencode(
+            {"client_id": client_id, "post_logout_redirect_uri": f"{rp}/bye", "state": "xyz"}))
+        r = broker.api("POST", "/tenants/acme/connections", {
+            "slug": "logout-idp", "protocol": "saml", "domains": ["logout.test"], "mapping": {"preset": "okta"},
+            "saml": {"metadata_xml": idp.metadata_xml()}})
+        assert r.status_code == 201, r.text
+        page.goto(f"{broker.url}/t/acme/authorize?" + urlencode({
+            "response_type": "code", "client_id": client_id, "redirect_uri": f"{rp}/cb", "scope": "openid",
+            "state": "in", "connection": "logout-idp",
+            "code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM", "code_challenge_method": "S256"}))
+        page.wait_for_url(re.compile(re.escape(rp) + r"/cb\?.*code=.*"))
+        page.goto(f"{rp}/start")  # the app's page sends the browser to the broker's logout: a cross-site request
+        page.wait_for_url(re.compile(r".*/t/acme/logout\?.*"))
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{rp}/bye?state=xyz")
     assert blocked == [], blocked

@@ -194,3 +194,13 @@ def test_an_error_description_is_kept_to_the_characters_rfc_6749_allows_and_shor
     assert len(description) <= 200 and description.endswith("...")
     assert all(0x20 <= ord(ch) <= 0x7E and ch not in '"\\' for ch in description), description
     assert description.startswith("no connection 'x?? Call +1-555-0100?now'")
+
+
+def test_an_error_description_never_carries_markup_from_the_request(env: Env) -> None:
+    """Many apps show error_description as it came: a request value in it must not become HTML there."""
+    req = env.authorize()
+    url = env.issuer.error_redirect(env.tenant_a, req, "invalid_request",
+                                    "This tenant has no connection '<img src=x onerror=alert(1)>'.")
+    description = query_of(url)["error_description"]
+    assert "<" not in description and ">" not in description
+    assert description == "This tenant has no connection '?img src=x onerror=alert(1)?'."

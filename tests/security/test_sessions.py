@@ -186,7 +186,9 @@ def test_a_cross_site_logout_without_hint_asks_first(sec: Setup) -> None:
     page = asked.get_data(as_text=True)
     assert '<form method="post" action="http://broker.test/t/acme/logout">' in page
     assert "z&lt;1&gt;" in page and "z<1>" not in page  # forwarded, escaped
-    assert "form-action 'self'" in asked.headers["Content-Security-Policy"]
+    # browsers apply form-action to the redirect that follows the form: the registered target's origin too
+    assert "form-action 'self' https://app.acme.test" in asked.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in asked.headers["Content-Security-Policy"]
     assert asked.headers["Cache-Control"] == "no-store"
     assert _signed_in(sec)  # nothing ended yet
 

@@ -230,6 +230,13 @@ def test_cors_preflight(env: Env, endpoint: str) -> None:
     assert "Access-Control-Allow-Credentials" not in r.headers
 
 
+def test_a_browser_app_may_read_why_userinfo_refused_its_token(env: Env) -> None:
+    r = env.client.get("/t/acme/userinfo", headers={"Origin": SPA_ORIGIN, "Authorization": "Bearer nope"})
+    assert r.status_code == 401 and "invalid_token" in r.headers["WWW-Authenticate"]
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert r.headers["Access-Control-Expose-Headers"] == "WWW-Authenticate"
+
+
 def test_userinfo_preflight_admits_a_bearer_token_by_get_and_post(env: Env) -> None:
     """A browser app sends its access token in Authorization, which makes the browser preflight first."""
     r = env.client.options("/t/acme/userinfo", headers={
@@ -308,3 +315,22 @@ def test_refused_authorization_requests_are_audited(env: Env) -> None:
     assert r.status_code == 302 and "error=" in r.headers["Location"]
     events = env.admin("GET", "/tenants/acme/audit?type=login&outcome=failure").get_json()["events"]
     assert [(e["app"], bool(e["reason"])) for e in events[:2]] == [(env.web["client_id"], True), ("nobody", True)]
+
+
+@pytest.mark.parametrize(("target", "source"), [
+    ("https://App.Example.com:8443/bye?x=1", " https://app.example.com:8443"),
+    ("http://127.0.0.1:9000/bye", " http://127.0.0.1:9000"),
+    ("https://[::1]:8443/bye", " https://[::1]:8443"),
+    ("com.example.app:/logout", " com.example.app:"),
+    (None, ""),
+    ("", ""),
+    ("javascript:alert(1)", ""),
+    ("https://a.example;script-src *", ""),  # never more than one source
+    ("https://a.example, *", ""),
+])
+def test_the_logout_forms_csp_lets_its_redirect_reach_only_the_registered_target(
+    target: str | None, source: str
+) -> None:
+    from broker.web.oidc_op import _form_action_source
+
+    assert _form_action_source(target) == source

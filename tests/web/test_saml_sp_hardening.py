@@ -125,6 +125,10 @@ def test_post_binding_page_allows_only_http_form_targets(env: Env) -> None:
     directives = {d.split()[0]: d.split()[1:] for d in r.headers["Content-Security-Policy"].split(";")}
     assert directives["form-action"] == ["https:", "http:"]
     assert "*" not in r.headers["Content-Security-Policy"]
+    # never framed (a framed auto-post would sign the user in inside another site's page), and the SAML
+    # message's page leaves no Referer
+    assert directives["frame-ancestors"] == ["'none'"] and r.headers["X-Frame-Options"] == "DENY"
+    assert r.headers["Referrer-Policy"] == "no-referrer"
 
 
 # --- oversized SAML posts -----------------------------------------------------------------------------
