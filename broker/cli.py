@@ -87,10 +87,11 @@ def cmd_db_upgrade(_: argparse.Namespace) -> int:
     return 0
 
 
-def _services(settings: Settings, *, writes: bool = False) -> Any:
+def _services(settings: Settings, *, writes: bool = False, keyed: bool = False) -> Any:
     """The broker's services. `writes`: the command changes configuration, which running servers learn of
     through the state store: check that it answers first, so that a command that cannot announce its change
-    does not make it (README: any error, nothing written)."""
+    does not make it (README: any error, nothing written). `writes` or `keyed`: what the command writes is
+    sealed or keyed with BROKER_SECRET_KEY, so check first that the key opens what the database holds."""
     from broker.app import build_services
 
     svc = build_services(settings)
@@ -98,12 +99,19 @@ def _services(settings: Settings, *, writes: bool = False) -> Any:
         svc.extras["engine"].dispose()
         raise ConfigError("The state store (REDIS_URL) cannot be reached; nothing was written. Running servers "
                           "learn of configuration changes through it: try again when it answers.")
+    if writes or keyed:
+        try:  # what this command writes is sealed or keyed with BROKER_SECRET_KEY: the servers' key, or nothing
+            svc.config.check_secret_key()
+        except ConfigError as exc:
+            svc.extras["engine"].dispose()
+            raise ConfigError(f"{exc.message} Nothing was written: this command must run with the servers' "
+                              "BROKER_SECRET_KEY.") from None
     return svc
 
 
 def cmd_admin_create_key(args: argparse.Namespace) -> int:
     settings = _settings()
-    svc = _services(settings)
+    svc = _services(settings, keyed=True)
     out = svc.admin.create_admin_key(None, args.tenant, {"label": args.label or "cli"})
     print(out["key"])
     return 0

@@ -273,3 +273,65 @@ def test_config_apply_says_so_when_its_change_was_written_but_not_announced(
     monkeypatch.setattr(DatabaseGeneration, "bump", announce)
     assert main(["config", "apply", "--dry-run", str(config)]) == 0
     assert "no changes" in capsys.readouterr().out
+
+
+def test_commands_run_with_another_secret_key_write_nothing(
+        env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A command run with a BROKER_SECRET_KEY other than the servers' would write values no server can read:
+    a signing key that retires the good ones (the tenant's tokens can no longer be signed or checked), an admin
+    key whose digest never matches, a tenant whose secrets are sealed under the wrong key. Refused up front."""
+    from broker.app import build_services
+    from broker.settings import load_settings
+
+    config = tmp_path / "config"
+    config.mkdir()
+    (config / "acme.yaml").write_text("tenants:\n  - slug: acme\n    name: Acme Corp\n")
+    assert main(["config", "apply", str(config)]) == 0
+    (config / "globex.yaml").write_text("tenants:\n  - slug: globex\n    name: Globex\n")
+    capsys.readouterr()
+
+    monkeypatch.setenv("BROKER_SECRET_KEY", "another-secret-key-" + "x" * 40)
+    for argv in (["keys", "rotate", "--tenant", "acme"], ["admin", "create-key"], ["config", "apply", str(config)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "BROKER_SECRET_KEY" in err and "Nothing was written" in err and "Traceback" not in err
+
+    monkeypatch.setenv("BROKER_SECRET_KEY", SECRET_KEY)
+    svc = build_services(load_settings())
+    try:
+        acme = svc.config.tenant_by_slug("acme")
+        assert acme is not None and acme.version == 1
+        keys = svc.config.signing_keys(acme.id)  # still readable, and still the one
+        assert len(keys) == 1 and keys[0].active
+        assert svc.config.tenant_by_slug("globex") is None
+        assert svc.admin.list_admin_keys(None, None)["admin_keys"] == []
+    finally:
+        svc.extras["engine"].dispose()
+
+
+def test_rotation_reads_the_kept_keys_before_adding_one(env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The admin API's rotation (any caller of AdminService.rotate_keys) checks the same way."""
+    from broker.app import build_services
+    from broker.errors import ConfigError
+    from broker.settings import load_settings
+
+    svc = build_services(load_settings())
+    try:
+        svc.admin.create_tenant(None, {"slug": "acme", "name": "Acme"})
+    finally:
+        svc.extras["engine"].dispose()
+    monkeypatch.setenv("BROKER_SECRET_KEY", "another-secret-key-" + "x" * 40)
+    other = build_services(load_settings())
+    try:
+        tenant = other.config.tenant_by_slug("acme")
+        with pytest.raises(ConfigError):
+            other.admin.rotate_keys(None, tenant)
+    finally:
+        other.extras["engine"].dispose()
+    monkeypatch.setenv("BROKER_SECRET_KEY", SECRET_KEY)
+    svc = build_services(load_settings())
+    try:
+        keys = svc.config.signing_keys(svc.config.tenant_by_slug("acme").id)
+        assert len(keys) == 1 and keys[0].active
+    finally:
+        svc.extras["engine"].dispose()

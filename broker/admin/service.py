@@ -867,6 +867,9 @@ class AdminService:
             alg = body.get("alg", "RS256")
             if alg not in ("RS256", "ES256"):
                 raise ValidationFailed("alg must be RS256 or ES256.", details={"field": "alg"})
+        # the keys it keeps must be readable with this process's BROKER_SECRET_KEY before one is added: a
+        # rotation run with another key would retire them all for one no server can open
+        self.store.signing_keys(tenant.id)
         gen = generate_signing_key(alg)
         new = self.store.add_signing_key(tenant.id, NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk))
         self._admin_event(key, "keys.rotate", tenant.slug, kid=new.kid, alg=alg)

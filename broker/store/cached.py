@@ -325,6 +325,9 @@ class CachedConfigStore:
     def reseal_all(self) -> int:
         return self._write(self.inner.reseal_all, lambda _: None)
 
+    def check_secret_key(self) -> None:
+        self.inner.check_secret_key()
+
     # -- writes that are not configuration -------------------------------------------------------
 
     def save_metadata_state(self, connection_id: str, state: MetadataState) -> None:

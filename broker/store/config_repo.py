@@ -723,6 +723,16 @@ class SqlConfigStore:
 
     # -- secret key rotation -------------------------------------------------------------------
 
+    def check_secret_key(self) -> None:
+        """Raise ConfigError unless BROKER_SECRET_KEY (or a previous key) opens what is sealed here: the newest
+        signing key, one per tenant ever created. A command run with another key would otherwise write values
+        the servers cannot read (a signing key, an admin key's digest) and leave the tenant broken."""
+        with self._read() as s:
+            row = s.scalars(select(SigningKeyRow).order_by(SigningKeyRow.id.desc()).limit(1)).first()
+            if row is not None:
+                self._sealer.open(row.sealed_private, context=f"signing-key:{row.tenant_id}:{row.kid}")
+
+
     def reseal_all(self) -> int:
         """Re-seal every sealed value under the current BROKER_SECRET_KEY (after a rotation, with the old key
         in BROKER_SECRET_KEY_PREVIOUS). One transaction; returns how many values changed."""
