@@ -7,13 +7,14 @@ import time
 from typing import Any
 
 from flask import Flask, Response, g, request
+from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from broker import logs
 from broker.admin.service import AdminService, Urls
 from broker.audit import Auditor
-from broker.errors import BrokerError, ConfigError, ServiceUnavailable, StateStoreError
+from broker.errors import BrokerError, ServiceUnavailable, StateStoreError
 from broker.issuer.server import Issuer
 from broker.login import LoginService
 from broker.metrics import Metrics
@@ -22,7 +23,7 @@ from broker.samlxml.metadata import signing_certificate_expiry
 from broker.settings import Settings, load_settings
 from broker.store.cached import CachedConfigStore
 from broker.store.config_repo import SqlConfigStore
-from broker.store.database import make_engine, schema_is_current, upgrade
+from broker.store.database import check_schema, make_engine, upgrade
 from broker.store.last_login import LastLoginWriter
 from broker.store.sealing import Sealer, SecretHasher
 from broker.store.state import MemoryStateStore
@@ -54,12 +55,16 @@ def build_services(
     state: StateStore | None = None,
     fetcher: Fetcher | None = None,
     migrate: bool | None = None,
+    worker_boot: bool = False,
 ) -> Services:
+    """`worker_boot`: a gunicorn worker of `broker serve`, whose master has checked the schema at start. It
+    boots without the database (a worker replaced during an outage must not fail to boot: gunicorn would then
+    stop every worker), and answers 503 until the database is back."""
     engine = make_engine(settings.sqlalchemy_url)
     if migrate if migrate is not None else not settings.is_production:
         upgrade(engine)
-    elif not schema_is_current(engine):
-        raise ConfigError("The database schema is not up to date: run `broker db upgrade` first.")
+    elif not worker_boot:
+        check_schema(engine)
     secret = settings.secret_key.reveal()
     previous = [k.reveal() for k in settings.previous_secret_keys]
     if state is None:
@@ -91,7 +96,13 @@ def build_services(
         max_metadata_bytes=settings.max_metadata_bytes,
     )
     if settings.bootstrap_admin_key is not None:
-        admin.ensure_admin_key(settings.bootstrap_admin_key.reveal())
+        try:
+            admin.ensure_admin_key(settings.bootstrap_admin_key.reveal())
+        except (ServiceUnavailable, SQLAlchemyError) as exc:
+            if not worker_boot:
+                raise
+            # the master checked the database moments ago, and the worker that booted first wrote the key
+            log.warning("bootstrap_admin_key_not_checked", extra={"error": type(exc).__name__})
     metrics = Metrics(certificates=config.idp_certificates)
     registry = ConnectorRegistry(
         public_url=settings.public_url, state=state, clock=clock, fetcher=fetcher, metrics=metrics,

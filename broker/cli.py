@@ -27,23 +27,26 @@ def default_workers(settings: Settings) -> int:
     return max(2, min(8, (os.cpu_count() or 1) * 2))
 
 
+MAX_WORKERS = 64  # processes per server; scale out with replicas beyond that
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from broker.serving import prepare_metrics_dir, worker_exited
 
     metrics_dir = prepare_metrics_dir()  # before anything imports prometheus_client (see broker.metrics)
     settings = _settings()
     workers = args.workers if args.workers is not None else default_workers(settings)
-    if workers < 1:
-        raise ConfigError("--workers must be at least 1.")
+    if not 1 <= workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS}.")
     check_workers(settings, workers)
     logs.configure(settings.log_level)
-    from broker.store.database import make_engine, schema_is_current, upgrade
+    from broker.store.database import check_schema, make_engine, upgrade
 
     engine = make_engine(settings.sqlalchemy_url)
     if not settings.is_production:
         upgrade(engine)  # once, in the master, before workers start
-    elif not schema_is_current(engine):
-        raise ConfigError("The database schema is not up to date: run `broker db upgrade` first.")
+    else:
+        check_schema(engine)
     engine.dispose()
 
     from gunicorn.app.base import BaseApplication
@@ -68,9 +71,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if os.path.isdir("/dev/shm"):  # noqa: S108 - the heartbeat file: tmpfs, not a disk write per request
                 self.cfg.set("worker_tmp_dir", "/dev/shm")  # noqa: S108
             self.cfg.set("child_exit", worker_exited)
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 24: no socket under $HOME to share
+                self.cfg.set("control_socket_disable", True)
 
         def load(self) -> Any:
-            return create_app(settings, migrate=False)
+            return create_app(settings, migrate=False, worker_boot=True)
 
     logs.get("broker.cli").info("serving", extra={"url": settings.public_url, "bind": f"{args.host}:{args.port}",
                                                   "workers": workers, "metrics_dir": metrics_dir})
@@ -257,6 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                          fetcher=DevIdpLocalFetcher(RequestsFetcher(), keys, settings.public_url))
     apply_env = {**env, "BROKER_PUBLIC_URL": settings.public_url,
                  "BROKER_DEMO_OIDC_CLIENT_SECRET": demo_client_secret(settings.secret_key.reveal())}
+    apply_env.pop("BROKER_CONFIG_ENV_ALLOW", None)  # an allow-list for the user's own files, not the demo's
     try:
         result = apply_config(svc.admin, config_path, env=apply_env)
     finally:
@@ -291,7 +297,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             self.cfg.set("when_ready", when_ready)
 
         def load(self) -> Any:
-            return create_app(settings, migrate=False)
+            return create_app(settings, migrate=False, worker_boot=True)
 
     Server().run()
     return 0
@@ -307,13 +313,23 @@ def _thread_count(value: str) -> int:
     return n
 
 
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = -1
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError("must be a TCP port number from 0 to 65535")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="broker", description="SAML 2.0 / OIDC federation broker")
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the production server (gunicorn)")
     serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server binds all interfaces by default
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--workers", type=int, default=None,
                        help="worker processes (default: 1 without Redis, else 2x cores up to 8)")
     serve.add_argument("--threads", type=_thread_count, default=4, help="threads per worker (1-256)")
@@ -321,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the demo: SQLite, a demo tenant and the development IdP; prints where to click")
     demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
+    demo.add_argument("--port", type=_port, default=8000)
     demo.add_argument("--threads", type=_thread_count, default=8, help="threads of the one worker (1-256)")
     demo.add_argument("--config", default=None, help="the demo config file (default: config/demo.yaml)")
     demo.set_defaults(func=cmd_demo)

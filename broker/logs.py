@@ -47,8 +47,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str, separators=(",", ":"))
 
 
+# Libraries log at WARNING and above only, whatever BROKER_LOG_LEVEL says: at DEBUG some of them write what
+# must never reach a log (authlib the issued tokens, SQLAlchemy each statement, urllib3 each URL with its
+# query, saml2 whole messages), and the rest is noise next to the broker's own events.
+QUIET_LIBRARIES = ("werkzeug", "saml2", "urllib3", "alembic", "authlib", "joserfc", "sqlalchemy", "psycopg",
+                   "redis", "requests", "signxml", "xmlsec")
+
+
 def configure(level: str = "INFO") -> None:
     root = logging.getLogger()
+    for noisy in QUIET_LIBRARIES:
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers):
         root.setLevel(level)
         return
@@ -56,8 +65,6 @@ def configure(level: str = "INFO") -> None:
     handler.setFormatter(JsonFormatter())
     root.handlers = [handler]
     root.setLevel(level)
-    for noisy in ("werkzeug", "saml2", "urllib3", "alembic"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
 def get(name: str) -> logging.Logger:

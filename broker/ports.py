@@ -256,6 +256,10 @@ class ConfigStore(ConfigReader, Protocol):
         """Make `key` the active key for its alg; earlier keys of that alg stay published, retired."""
         ...
 
+    def check_secret_key(self) -> None:
+        """Raise ConfigError unless this process's BROKER_SECRET_KEY opens what is sealed in the store."""
+        ...
+
     # audit
     def audit_page(
         self, tenant_id: str | None, *, type: str | None, outcome: str | None, limit: int, cursor: str | None

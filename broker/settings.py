@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from broker.errors import ConfigError
 
@@ -107,6 +107,45 @@ def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be true or false, got {raw!r}.")
 
 
+def _check_port(name: str, parts: SplitResult) -> None:
+    try:
+        parts.port  # noqa: B018 - urllib checks the port (digits, at most 65535) when it is read
+    except ValueError:
+        raise ConfigError(f"{name} has an invalid port.") from None
+
+
+def _check_database_url(url: str) -> None:
+    """What SQLAlchemy would accept but no one means: an in-memory SQLite database (every process its own,
+    gone at exit: a command would report success into nothing), or a PostgreSQL URL with no database name
+    (libpq would pick one after the OS user)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+        parsed.port  # noqa: B018 - read to validate
+    except (ArgumentError, ValueError):
+        raise ConfigError("DATABASE_URL cannot be read as a database URL (check its host, port and quoting).") from None
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:" or parsed.database.startswith("file::memory:"):
+            raise ConfigError("DATABASE_URL names an in-memory SQLite database; name a file: sqlite:///path/broker.db.")
+    elif not parsed.database:
+        raise ConfigError("DATABASE_URL must name the PostgreSQL database: postgresql://user@host:5432/dbname.")
+
+
+def _check_redis_url(url: str) -> None:
+    """redis-py reads a database number it cannot parse as database 0 and fails late on a bad port."""
+    parts = urlsplit(url)
+    _check_port("REDIS_URL", parts)
+    if parts.scheme in ("redis", "rediss"):
+        db = parts.path.lstrip("/")
+        if db and not (db.isascii() and db.isdigit()):
+            raise ConfigError(f"REDIS_URL's path must be a database number (redis://host:6379/0), got {parts.path!r}.")
+    db_param = parse_qs(parts.query).get("db")
+    if db_param and not all(v.isascii() and v.isdigit() for v in db_param):
+        raise ConfigError("REDIS_URL's db parameter must be a database number.")
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Read and validate the environment. Raises ConfigError with a sentence an operator can act on."""
     env = os.environ if env is None else env
@@ -122,21 +161,27 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("BROKER_PUBLIC_URL must not have a query or fragment.")
     if mode == "production" and parts.scheme != "https":
         raise ConfigError("BROKER_ENV=production refuses an http:// BROKER_PUBLIC_URL; use https://.")
+    _check_port("BROKER_PUBLIC_URL", parts)
 
     database_url = (env.get("DATABASE_URL") or DEFAULT_SQLITE).strip()
     if not database_url.startswith(("sqlite://", "postgresql://", "postgresql+psycopg://", "postgres://")):
         raise ConfigError(
             "DATABASE_URL must start with sqlite:///, postgresql:// or postgresql+psycopg://."
         )
+    _check_database_url(database_url)
 
     redis_url = (env.get("REDIS_URL") or "").strip() or None
     if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("REDIS_URL must start with redis://, rediss:// or unix://.")
+    if redis_url is not None:
+        _check_redis_url(redis_url)
 
     raw_secret = env.get("BROKER_SECRET_KEY") or ""
     if raw_secret:
         if len(raw_secret) < 32:
             raise ConfigError("BROKER_SECRET_KEY must be at least 32 characters long.")
+        if len(raw_secret.strip()) < 32:  # used exactly as given (a trailing newline stays part of it)
+            raise ConfigError("BROKER_SECRET_KEY must be at least 32 characters long, not counting spaces.")
         secret = Secret(raw_secret)
     elif mode == "production":
         raise ConfigError("BROKER_ENV=production requires BROKER_SECRET_KEY (at least 32 characters).")

@@ -335,3 +335,15 @@ def test_rotation_reads_the_kept_keys_before_adding_one(env: str, monkeypatch: p
         assert len(keys) == 1 and keys[0].active
     finally:
         svc.extras["engine"].dispose()
+
+
+@pytest.mark.parametrize("argv", [["serve", "--port", "99999"], ["serve", "--port", "-1"], ["demo", "--port", "70000"],
+                                  ["serve", "--workers", "1000"]])
+def test_serve_refuses_out_of_range_numbers_with_a_sentence(
+        env: str, capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        code = main(argv)
+        raise SystemExit(code)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert ("TCP port" in err or "--workers must be from 1 to 64" in err) and "Traceback" not in err

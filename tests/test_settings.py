@@ -104,3 +104,39 @@ def test_proxy_hops_set_the_client_address_from_x_forwarded_for(tmp_path: object
 def test_the_largest_timeouts_allowed_are_usable() -> None:
     settings = load_settings({"BROKER_UPSTREAM_TIMEOUT": "60", "BROKER_LOGIN_TTL": "86400"})
     assert settings.upstream_timeout == 60.0 and settings.login_ttl == 86400
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("DATABASE_URL", "sqlite://", "in-memory"),
+    ("DATABASE_URL", "sqlite:///", "in-memory"),
+    ("DATABASE_URL", "sqlite:///:memory:", "in-memory"),
+    ("DATABASE_URL", "postgresql://", "name the PostgreSQL database"),
+    ("DATABASE_URL", "postgresql://broker@db.internal:5432/", "name the PostgreSQL database"),
+    ("DATABASE_URL", "postgresql://::bad", "cannot be read"),
+    ("DATABASE_URL", "postgresql://postgres@127.0.0.1:notaport/x", "cannot be read"),
+    ("REDIS_URL", "redis://127.0.0.1:6379/abc", "database number"),
+    ("REDIS_URL", "redis://127.0.0.1:notaport/6", "invalid port"),
+    ("REDIS_URL", "unix:///run/redis.sock?db=x", "database number"),
+    ("BROKER_PUBLIC_URL", "https://sso.example.com:99999", "invalid port"),
+    ("BROKER_SECRET_KEY", " " * 40, "not counting spaces"),
+])
+def test_values_no_one_means_are_refused_with_a_sentence(name: str, value: str, says: str) -> None:
+    """Each was accepted and then failed late (a traceback in every worker), or silently did something else:
+    an in-memory database that a command 'applied' to and that vanished, Redis database 0 for '/abc'."""
+    with pytest.raises(ConfigError, match=says) as err:
+        load_settings({name: value})
+    assert name in err.value.message or name == "BROKER_SECRET_KEY"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("DATABASE_URL", "sqlite:///relative/broker.db"),
+    ("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"),
+    ("DATABASE_URL", "postgresql+psycopg://u:p%40ss@db:5432/broker?sslmode=require"),
+    ("DATABASE_URL", "postgresql:///broker?host=/var/run/postgresql"),
+    ("REDIS_URL", "redis://127.0.0.1:6379"),
+    ("REDIS_URL", "rediss://:pw@redis.internal:6380/3"),
+    ("REDIS_URL", "unix:///run/redis.sock?db=2"),
+    ("BROKER_SECRET_KEY", "k" * 40 + "\n"),  # used exactly as given: a key read from a file keeps its newline
+])
+def test_usual_values_are_accepted(name: str, value: str) -> None:
+    load_settings({name: value})

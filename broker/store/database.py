@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.pool import StaticPool
+
+from broker.errors import ConfigError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -18,6 +21,20 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # timeout leaves dead connections in the pool). A busy pool's connections are not pinged: a connection that
 # died while in use fails its statement once, and SQLAlchemy then replaces every connection of the pool.
 PING_AFTER_IDLE = 5.0
+
+
+# libpq connection parameters. A database that stops answering (a silent failover, a partition) must not hold
+# a request thread until the kernel gives up on the TCP connection (about 15 minutes): data sent and not
+# acknowledged within tcp_user_timeout, or an idle connection whose keepalives go unanswered, fails the
+# connection, and a new one gives up after connect_timeout (libpq's minimum is 2 s).
+PG_CONNECT_ARGS: dict[str, Any] = {
+    "connect_timeout": 3,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 3,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,  # milliseconds
+}
 
 
 def make_engine(url: str) -> Engine:
@@ -29,7 +46,10 @@ def make_engine(url: str) -> Engine:
             kwargs["poolclass"] = StaticPool
     else:
         kwargs.update(pool_size=5, max_overflow=10, pool_recycle=1800, pool_timeout=5)
-        kwargs["connect_args"] = {"connect_timeout": 5}
+        kwargs["connect_args"] = dict(PG_CONNECT_ARGS)
+    # a failed statement's message names the statement, never its values (rows carry audit details, secret
+    # digests and sealed keys, and such errors end up in logs)
+    kwargs["hide_parameters"] = True
     engine = create_engine(url, **kwargs)
     if not url.startswith("sqlite"):
         _ping_idle_connections(engine)
@@ -76,16 +96,58 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply migrations up to `revision` (idempotent)."""
-    command.upgrade(alembic_config(engine), revision)
+    """Apply migrations up to `revision` (idempotent). A database a newer version has migrated (at a revision
+    this version does not know) is left as it is, with a ConfigError that says so. On PostgreSQL, runs hold an
+    advisory lock: two at once (two migration Jobs of overlapping releases) run one after the other, and the
+    second finds nothing to do."""
+    if schema_state(engine) == "newer":
+        raise ConfigError(_NEWER)
+    if engine.dialect.name != "postgresql":
+        command.upgrade(alembic_config(engine), revision)
+        return
+    with engine.connect() as conn:
+        conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+        try:
+            conn.commit()
+            command.upgrade(alembic_config(engine), revision)  # on connections of its own
+        finally:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+            conn.commit()
 
 
-def schema_is_current(engine: Engine) -> bool:
-    """True when the database is at the newest migration."""
+MIGRATION_LOCK = 0x62726F6B6572  # any fixed 64-bit number: "broker"
+_NEWER = ("The database was migrated by a newer version of the broker (its schema revision is unknown to this "
+          "version); nothing was changed. Run the newer version, or restore a backup taken before its upgrade.")
+
+
+def schema_state(engine: Engine) -> str:
+    """'current' (at this version's newest migration), 'behind' (at an older one of this version's, or empty),
+    or 'newer' (at a revision this version does not know: a newer version migrated it)."""
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(alembic_config(engine))
     with engine.connect() as conn:
         current = set(MigrationContext.configure(conn).get_current_heads())
-    return current == set(script.get_heads())
+    if current == set(script.get_heads()):
+        return "current"
+    known = {rev.revision for rev in script.walk_revisions()}
+    return "behind" if current <= known else "newer"
+
+
+def schema_is_current(engine: Engine) -> bool:
+    """True when the database is at the newest migration."""
+    return schema_state(engine) == "current"
+
+
+def check_schema(engine: Engine) -> None:
+    """For a production start (which never migrates): refuse a database behind this version's schema. One a
+    newer version migrated is used, with a warning: rolling back a release (or an old pod restarting after the
+    new release's migration Job ran) must be able to start; migrations add, and do not take away what the
+    previous release reads."""
+    state = schema_state(engine)
+    if state == "behind":
+        raise ConfigError("The database schema is not up to date: run `broker db upgrade` first.")
+    if state == "newer":
+        logging.getLogger("broker.database").warning("database_schema_newer", extra={
+            "detail": "the database was migrated by a newer version; this version runs against it"})

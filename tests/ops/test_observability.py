@@ -38,8 +38,9 @@ def idp() -> Iterator[SamlIdp]:
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory, ops_pg_url: str, redis_url: str) -> Iterator[BrokerServer]:
+    # DEBUG: the most any operator can turn on; secrets stay out of the log even then
     with running_broker(tmp_path_factory.mktemp("obs"), database_url=ops_pg_url,
-                        env={"REDIS_URL": redis_url}) as server:
+                        env={"REDIS_URL": redis_url, "BROKER_LOG_LEVEL": "DEBUG"}) as server:
         yield server
 
 

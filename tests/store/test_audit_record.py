@@ -48,6 +48,7 @@ def test_a_connection_killed_under_the_prepared_insert_fails_once_then_recovers(
                                                                                 pg_schema_url: str) -> None:
     engine = make_engine(pg_schema_url)
     upgrade(engine)
+    engine.dispose()  # the pool starts empty: the one connection below is the one the insert uses
     try:
         store = SqlConfigStore(engine, Sealer("s" * 40))
         store.record(_event(1, tenant=None))  # the pooled connection has prepared the INSERT

@@ -62,3 +62,36 @@ def test_every_authorize_answer_is_no_store(dev: Flask) -> None:
     assert page.headers["Referrer-Policy"] == "no-referrer"
     assert "frame-ancestors 'none'" in page.headers["Content-Security-Policy"]
     assert "form-action" not in page.headers["Content-Security-Policy"]  # its answer goes to any IdP
+
+
+def test_readyz_answers_within_its_deadline_when_a_dependency_hangs(dev: Flask) -> None:
+    """A database that accepts connections and never answers must not hold the probe past its timeout (the
+    chart's readiness probe: 3 s); a second probe waits on the same hung check instead of starting another."""
+    import threading
+    import time
+
+    from broker.web import health
+
+    svc = dev.extensions["broker"]
+    release = threading.Event()
+    calls: list[int] = []
+
+    def hung() -> bool:
+        calls.append(1)
+        release.wait(30)
+        return True
+
+    svc.config.ping = hung
+    client = dev.test_client()
+    try:
+        for _ in range(2):
+            started = time.monotonic()
+            r = client.get("/readyz")
+            assert time.monotonic() - started < health.READY_DEADLINE + 1.0
+            assert r.status_code == 503 and r.get_json()["checks"] == {"database": False, "state_store": True}
+        assert len(calls) == 1
+    finally:
+        release.set()
+    time.sleep(0.2)
+    del svc.config.ping
+    assert client.get("/readyz").status_code == 200

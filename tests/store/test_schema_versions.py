@@ -1,0 +1,107 @@
+"""Schema revisions across releases: a production start refuses a database behind its schema and runs on one a
+newer release migrated (rollbacks); `db upgrade` leaves a newer database alone and, on PostgreSQL, runs one at a
+time. Also the engine's failure behaviour: statement values never in error messages, a bounded connect."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from broker.errors import ConfigError
+from broker.store.database import check_schema, make_engine, schema_state, upgrade
+
+
+def _set_revision(engine: object, revision: str) -> None:
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": revision})
+
+
+def test_states_and_the_production_check(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'b.db'}")
+    assert schema_state(engine) == "behind"  # empty
+    with pytest.raises(ConfigError, match="broker db upgrade"):
+        check_schema(engine)
+    upgrade(engine)
+    assert schema_state(engine) == "current"
+    check_schema(engine)
+    _set_revision(engine, "0099_from_a_newer_release")
+    assert schema_state(engine) == "newer"
+    with caplog.at_level(logging.WARNING):
+        check_schema(engine)  # a rollback starts, and says so
+    assert any(r.getMessage() == "database_schema_newer" for r in caplog.records)
+    engine.dispose()
+
+
+def test_upgrade_leaves_a_database_a_newer_release_migrated_alone(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'b.db'}")
+    upgrade(engine)
+    _set_revision(engine, "0099_from_a_newer_release")
+    with pytest.raises(ConfigError, match="newer version"):
+        upgrade(engine)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0099_from_a_newer_release"
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_two_upgrades_at_once_on_postgresql_run_one_after_the_other(pg_schema_url: str) -> None:
+    """Two migration Jobs of overlapping releases on an empty database: without a lock the second fails halfway
+    (duplicate type/table) and the Job is marked failed."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        engine = make_engine(pg_schema_url)
+        try:
+            barrier.wait()
+            upgrade(engine)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "an upgrade is stuck behind the other"
+    assert errors == []
+    engine = make_engine(pg_schema_url)
+    assert schema_state(engine) == "current"
+    engine.dispose()
+
+
+def test_a_failed_statement_never_shows_its_values(tmp_path: Path) -> None:
+    """Rows carry audit details, secret digests and sealed keys, and errors end up in logs."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'b.db'}")
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE t (v TEXT UNIQUE)"))
+        conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": "h1:secret-digest-value"})
+    with pytest.raises(IntegrityError) as err, engine.begin() as conn:
+        conn.execute(text("INSERT INTO t VALUES (:v)"), {"v": "h1:secret-digest-value"})
+    assert "secret-digest-value" not in str(err.value)
+    engine.dispose()
+
+
+def test_a_database_that_accepts_and_never_answers_fails_the_connect_in_seconds() -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    engine = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/broker")
+    started = time.monotonic()
+    try:
+        with pytest.raises(OperationalError), engine.connect():
+            pass
+    finally:
+        engine.dispose()
+        listener.close()
+    assert time.monotonic() - started < 8  # connect_timeout 3 s (libpq may try twice: with and without SSL)
