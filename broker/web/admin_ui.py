@@ -197,8 +197,21 @@ def _refuse_nul() -> None:
                                "Nothing was changed.", code="invalid_request")
 
 
+def _cross_site_navigation() -> bool:
+    """A GET from another site's link or redirect: the SameSite=Strict session cookie was withheld, so this
+    browser may well be signed in. Answering with the sign-in page (and its new anonymous cookie) would sign
+    it out; a same-site reload first brings the cookie along."""
+    return request.method == "GET" and (request.headers.get("Sec-Fetch-Site") or "").lower() == "cross-site"
+
+
+def _reload_same_site() -> Response:
+    return _page("reload.html", message="Loading…", target=request.full_path.rstrip("?"))
+
+
 @bp.errorhandler(SignInRequired)
 def _to_sign_in(_: SignInRequired) -> Response:
+    if _cross_site_navigation():
+        return _reload_same_site()
     if request.method == "GET":
         return _see_other("/sign-in", next=request.full_path.rstrip("?"))
     return _see_other("/sign-in")
@@ -289,6 +302,8 @@ def _sign_in_wait(svc: Services, address: str) -> int:
 
 @bp.get("/sign-in")
 def sign_in_form() -> Response:
+    if _cross_site_navigation():  # another site must not be able to replace a signed-in session's cookie
+        return _reload_same_site()
     return _sign_in_page(services())
 
 
@@ -298,17 +313,20 @@ def sign_in() -> Response:
     sess = _load(svc)
     if sess is None or not _csrf_ok(sess):
         return _sign_in_page(svc, 403, "The sign-in form expired. Please enter the key again.")
-    wait = _sign_in_wait(svc, request.remote_addr or "unknown")
-    if wait:
-        resp = _sign_in_page(svc, 429, "Too many sign-in attempts from this address. Wait a few minutes.")
-        resp.headers["Retry-After"] = str(wait)  # RFC 6585 §4, RFC 9110 §10.2.3
-        return resp
     value = request.form.get("admin_key", "").strip()
     if not value:
         return _sign_in_page(svc, 400, "Enter an admin key.")
+    # Only refused keys count towards the limit, and a valid key signs in whatever the count: behind one
+    # address (a NAT, or a proxy the broker is not told of), anyone's wrong guesses must not lock the admins
+    # out. Keys are 40+ random characters: the limit is against noise, not a search that could succeed.
     try:
         svc.admin.authenticate(f"Bearer {value}")
     except BrokerError:
+        wait = _sign_in_wait(svc, request.remote_addr or "unknown")
+        if wait:
+            resp = _sign_in_page(svc, 429, "Too many sign-in attempts from this address. Wait a few minutes.")
+            resp.headers["Retry-After"] = str(wait)  # RFC 6585 §4, RFC 9110 §10.2.3
+            return resp
         return _sign_in_page(svc, 401, "That admin key is not valid.")
     svc.state.delete(SESSION_PREFIX + sess.id)  # a fresh id after sign-in (no session fixation)
     signed = _new_session(svc, svc.admin.hasher.digest(value))

@@ -303,3 +303,47 @@ def test_the_sign_in_limit_says_when_to_retry(sqlite_url: str) -> None:
         assert ok.status_code == 303, ok.status_code
     finally:
         close_app(app)
+
+
+def test_wrong_keys_from_one_address_never_lock_out_a_valid_key(sqlite_url: str) -> None:
+    """Behind one address (a NAT, a proxy the broker is not told of) anyone's wrong guesses must not keep the
+    admins out: only refused keys count, and a valid key signs in past the limit."""
+    from broker.app import create_app
+    from broker.settings import load_settings
+    from broker.web.admin_ui import SIGNIN_LIMIT
+
+    app = create_app(load_settings(make_env(sqlite_url)))
+    try:
+        client = app.test_client()
+        match = CSRF_RE.search(client.get("/admin/ui/sign-in").get_data(as_text=True))
+        assert match
+        form = {"csrf": match.group(1), "admin_key": "not-a-key", "next": "/admin/ui/"}
+        for _ in range(SIGNIN_LIMIT):
+            assert client.post("/admin/ui/sign-in", data=form).status_code == 401
+        assert client.post("/admin/ui/sign-in", data=form).status_code == 429
+        ok = client.post("/admin/ui/sign-in", data={**form, "admin_key": BOOTSTRAP_KEY})
+        assert ok.status_code == 303, ok.status_code
+    finally:
+        close_app(app)
+
+
+def test_a_link_from_another_site_does_not_sign_the_admin_out(sqlite_url: str) -> None:
+    """Browsers withhold the SameSite=Strict session cookie on a navigation from another site: the broker
+    cannot tell a signed-in browser from a new one, so it reloads the page from its own origin (which brings
+    the cookie) instead of answering with the sign-in page and a new cookie that would replace the session."""
+    from broker.app import create_app
+    from broker.settings import load_settings
+
+    app = create_app(load_settings(make_env(sqlite_url)))
+    try:
+        client = app.test_client()
+        cross = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+        for path in ("/admin/ui/tenants", "/admin/ui/sign-in?next=/admin/ui/tenants"):
+            r = client.get(path, headers=cross)
+            assert r.status_code == 200 and "Set-Cookie" not in r.headers, path
+            assert f'url={path}"'.replace("&", "&amp;") in r.get_data(as_text=True)
+        # the reload itself is same-origin: the usual sign-in redirect, for a browser that is not signed in
+        again = client.get("/admin/ui/tenants", headers={"Sec-Fetch-Site": "same-origin"})
+        assert again.status_code == 303 and "/admin/ui/sign-in" in again.headers["Location"]
+    finally:
+        close_app(app)
