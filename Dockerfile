@@ -1,6 +1,6 @@
 # Federation broker: production image. `broker serve` runs gunicorn; configure with environment variables
 # (see README "Configuration"). Migrations run as a separate step: `broker db upgrade`.
-FROM python:3.11-slim AS build
+FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml README.md ./
@@ -9,7 +9,8 @@ RUN python -m venv /opt/broker \
  && /opt/broker/bin/pip install --upgrade pip \
  && /opt/broker/bin/pip install .
 
-FROM python:3.11-slim
+FROM python:3.11-slim-bookworm
+# bookworm, named: the runtime package names below (libxmlsec1, not trixie's libxmlsec1t64) are its own
 # xmlsec and lxml wheels bundle libxml2/libxmlsec1; the runtime needs only the C libraries below.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libxml2 libxmlsec1 libxmlsec1-openssl libltdl7 ca-certificates \
