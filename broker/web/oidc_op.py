@@ -23,7 +23,7 @@ from broker.login import LoginFailed, Restarted, email_domain, public_sid
 from broker.model import AuthorizationRequest, Connection, Profile, Tenant
 from broker.upstream.base import CallbackInput
 from broker.web.context import services
-from broker.web.cookies import SESSION_COOKIE, browser_binding, clear_session_cookie, set_session_cookie
+from broker.web.cookies import browser_binding, clear_session_cookie, session_id_of, set_session_cookie
 from broker.web.errors import html_error, html_page, oauth_error, redirect_to
 from broker.web.steps import render_step
 
@@ -233,7 +233,7 @@ def _authorize(tenant: str) -> Response:
                                _repeated_message(repeated))
 
     # Single sign-on: an existing broker session answers without going upstream (unless prompt=login).
-    session = login.session(t, request.cookies.get(SESSION_COOKIE))
+    session = login.session(t, session_id_of(request.cookies, t.slug))
     if session is not None and "login" not in req.prompt:
         # max_age=0 always asks the upstream again (OIDC Core §3.1.2.1: a sign-in of this very second is still
         # not a re-authentication); a session stamped a moment ahead by another replica's clock counts as now
@@ -434,7 +434,7 @@ def logout(tenant: str) -> Response:
     except AuthorizeError as err:
         return _no_store(html_error(err, title="Sign-out failed"))
     login = svc.extras["login"]
-    session_id = request.cookies.get(SESSION_COOKIE)
+    session_id = session_id_of(request.cookies, t.slug)
     live = login.session(t, session_id) if session_id else None
     fetch_site = _fetch_site(svc.settings.public_url)
     foreign_hint = ending.hint_sid is not None or params.get("id_token_hint") is not None

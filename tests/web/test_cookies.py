@@ -113,10 +113,18 @@ def http(sqlite_url: str) -> Iterator[Env]:
 # --- the login-binding cookie ---------------------------------------------------------------------
 
 
+HOST_BINDING = "__Host-" + BINDING_COOKIE
+HOST_SESSION = f"__Host-{SESSION_COOKIE}-acme"
+
+
 def test_binding_cookie_on_https_is_samesite_none_secure_httponly(https: Env) -> None:
+    """`__Host-`: the browser takes it only from this host, Secure, Path=/, no Domain, so a sibling subdomain
+    cannot plant a binding value of its own (login CSRF)."""
     r = https.authorize()
     assert r.status_code == 302
-    c = set_cookies(r)[BINDING_COOKIE]
+    cookies = set_cookies(r)
+    assert BINDING_COOKIE not in cookies
+    c = cookies[HOST_BINDING]
     assert c.value and len(c.value) >= 32
     assert c.attrs.get("samesite", "").lower() == "none"
     assert c.has("secure") and c.has("httponly")
@@ -132,16 +140,16 @@ def test_binding_cookie_on_plain_http_dev_is_samesite_lax(http: Env) -> None:
 
 
 def test_binding_cookie_is_kept_across_logins_of_the_same_browser(https: Env) -> None:
-    first = set_cookies(https.authorize("a"))[BINDING_COOKIE]
+    first = set_cookies(https.authorize("a"))[HOST_BINDING]
     again = https.authorize("b")
     assert again.status_code == 302
-    assert BINDING_COOKIE not in set_cookies(again)  # not reset: two tabs can log in at once
+    assert HOST_BINDING not in set_cookies(again)  # not reset: two tabs can log in at once
     assert first.value
 
 
 def test_binding_cookie_value_is_not_the_relay_state(https: Env) -> None:
     r = https.authorize()
-    c = set_cookies(r)[BINDING_COOKIE]
+    c = set_cookies(r)[HOST_BINDING]
     relay_state = query_of(r.headers["Location"])["RelayState"]
     assert c.value != relay_state and c.value not in r.headers["Location"]
 
@@ -150,13 +158,14 @@ def test_binding_cookie_value_is_not_the_relay_state(https: Env) -> None:
 
 
 def test_session_cookie_on_https_is_httponly_lax_secure_and_tenant_scoped(https: Env) -> None:
+    """`__Host-` (no planted sessions from a sibling subdomain) requires Path=/: the tenant is in the name."""
     r = https.acs(https.authorize())
     assert r.status_code == 302 and "code" in query_of(r.headers["Location"]), r.headers.get("Location")
-    c = set_cookies(r)[SESSION_COOKIE]
+    c = set_cookies(r)[HOST_SESSION]
     assert c.value
     assert c.has("httponly") and c.has("secure")
     assert c.attrs.get("samesite", "").lower() == "lax"
-    assert c.attrs.get("path") == "/t/acme/"
+    assert c.attrs.get("path") == "/" and "domain" not in c.attrs
 
 
 def test_session_cookie_on_plain_http_dev_is_httponly_lax_not_secure(http: Env) -> None:
@@ -170,12 +179,22 @@ def test_session_cookie_on_plain_http_dev_is_httponly_lax_not_secure(http: Env) 
 
 def test_session_cookie_gives_single_sign_on_and_logout_clears_it(https: Env) -> None:
     login = https.acs(https.authorize())
-    assert SESSION_COOKIE in set_cookies(login)
+    assert HOST_SESSION in set_cookies(login)
     sso = https.authorize("again")
     assert sso.status_code == 302 and sso.headers["Location"].startswith(REDIRECT_URI)
     assert "code" in query_of(sso.headers["Location"])
 
     out = https.client.get("/t/acme/logout", base_url=https.base_url)
-    cleared = set_cookies(out)[SESSION_COOKIE]
-    assert cleared.value == "" and cleared.attrs.get("path") == "/t/acme/"
+    cleared = set_cookies(out)[HOST_SESSION]
+    assert cleared.value == "" and cleared.attrs.get("path") == "/" and cleared.has("secure")
     assert cleared.attrs.get("max-age") == "0" or "1970" in cleared.attrs.get("expires", "")
+
+
+def test_a_session_cookie_without_the_host_prefix_is_not_read_on_https(https: Env) -> None:
+    """What a sibling subdomain can set (no __Host- prefix, a Domain or a tenant path) never gives SSO."""
+    login = https.acs(https.authorize())
+    planted = set_cookies(login)[HOST_SESSION].value
+    https.client.delete_cookie(HOST_SESSION, path="/", domain="broker.test")
+    https.client.set_cookie(SESSION_COOKIE, planted, path="/t/acme/", domain="broker.test")
+    r = https.authorize("planted")
+    assert r.status_code == 302 and not r.headers["Location"].startswith(REDIRECT_URI)  # off to the IdP
