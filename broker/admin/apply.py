@@ -1024,7 +1024,9 @@ class _Planner:
         if draft.public:
             secret_hash = None
         elif secret is not None:
-            if secret_hash is None or not hasher.verify(secret, secret_hash):
+            # also when the stored digest matches only under a previous BROKER_SECRET_KEY: the files hold the
+            # plaintext, so the app moves to the current key before the old one is retired
+            if secret_hash is None or secret_hash != hasher.digest(secret):
                 secret_hash = hasher.digest(secret)
                 changed.append("client_secret")
         elif secret_hash is None:

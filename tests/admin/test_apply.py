@@ -863,3 +863,31 @@ def test_upper_case_yaml_suffixes_are_read(svc: Services, tmp_path: Path, env: d
     d = one_file(tmp_path, "tenants: [{slug: zed, name: Zed}]\n", "ZED.YAML")
     (d / "other.Yml").write_text("tenants: [{slug: other, name: Other}]\n")
     assert lines(run(svc, d, env)) == ["+ tenant zed", "+ tenant other"]
+
+
+def test_an_app_secret_moves_to_the_current_secret_key_after_a_rotation(
+        database_url: str, conf: Path, env: dict[str, str]) -> None:
+    """After BROKER_SECRET_KEY rotates, an app's digest still verifies through the previous key; the files hold
+    the plaintext, so apply re-digests it under the current key (the old key can then be retired)."""
+    old_key, new_key = "o" * 40, "n" * 40
+    before = build_services(load_settings(make_env(database_url, BROKER_SECRET_KEY=old_key)))
+    try:
+        run(before, conf, env)
+    finally:
+        before.extras["engine"].dispose()
+    rotated = build_services(load_settings(make_env(database_url, BROKER_SECRET_KEY=new_key,
+                                                    BROKER_SECRET_KEY_PREVIOUS=old_key)))
+    try:
+        rotated.config.reseal_all()
+        result = run(rotated, conf, env)
+        assert "~ app acme/acme-portal: client_secret" in lines(result)
+        assert run(rotated, conf, env).changes == ()
+    finally:
+        rotated.extras["engine"].dispose()
+    retired = build_services(load_settings(make_env(database_url, BROKER_SECRET_KEY=new_key)))
+    try:
+        app = retired.config.app(retired.config.tenant_by_slug("acme").id, "acme-portal")
+        assert app is not None and app.client_secret_hash is not None
+        assert retired.admin.hasher.verify(SECRETS["ACME_PORTAL_CLIENT_SECRET"], app.client_secret_hash)
+    finally:
+        retired.extras["engine"].dispose()
