@@ -202,14 +202,20 @@ def _dead_redis(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("REDIS_URL", f"redis://127.0.0.1:{port}/0")
 
 
-def test_config_writers_refuse_when_the_state_store_is_down_and_write_nothing(
-        env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """Running servers learn of configuration changes through the state store: a command that could not
-    announce its change must not make it (README: any error, nothing written, exit 2)."""
+def _applied_acme(tmp_path: Path) -> Path:
+    """A config directory naming tenant acme, applied."""
     config = tmp_path / "config"
     config.mkdir()
     (config / "acme.yaml").write_text("tenants:\n  - slug: acme\n    name: Acme Corp\n")
     assert main(["config", "apply", str(config)]) == 0
+    return config
+
+
+def test_config_writers_refuse_when_the_state_store_is_down_and_write_nothing(
+        env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Running servers learn of configuration changes through the state store: a command that could not
+    announce its change must not make it (README: any error, nothing written, exit 2)."""
+    config = _applied_acme(tmp_path)
     (config / "acme.yaml").write_text("tenants:\n  - slug: acme\n    name: Acme Renamed\n")
     capsys.readouterr()
     _dead_redis(monkeypatch)
@@ -283,10 +289,7 @@ def test_commands_run_with_another_secret_key_write_nothing(
     from broker.app import build_services
     from broker.settings import load_settings
 
-    config = tmp_path / "config"
-    config.mkdir()
-    (config / "acme.yaml").write_text("tenants:\n  - slug: acme\n    name: Acme Corp\n")
-    assert main(["config", "apply", str(config)]) == 0
+    config = _applied_acme(tmp_path)
     (config / "globex.yaml").write_text("tenants:\n  - slug: globex\n    name: Globex\n")
     capsys.readouterr()
 
