@@ -111,6 +111,12 @@ def _services(settings: Settings, *, writes: bool = False, keyed: bool = False) 
             svc.extras["engine"].dispose()
             raise ConfigError(f"{exc.message} Nothing was written: this command must run with the servers' "
                               "BROKER_SECRET_KEY.") from None
+    if writes and settings.redis_url is None and settings.is_production:
+        # production servers run with Redis, through which they learn of changes at once; without it they
+        # pick this one up by their cache backstop only (README)
+        logs.get("broker.cli").warning("change_not_announced", extra={
+            "detail": "REDIS_URL is not set: running servers learn of this change within 10 minutes, not at once; "
+                      "run the command with the servers' REDIS_URL"})
     return svc
 
 

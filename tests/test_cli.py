@@ -350,3 +350,16 @@ def test_serve_refuses_out_of_range_numbers_with_a_sentence(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert ("TCP port" in err or "--workers must be from 1 to 64" in err) and "Traceback" not in err
+
+
+def test_a_production_write_without_redis_says_servers_learn_of_it_late(
+        env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Production servers run with Redis and learn of changes through it at once; a command run without
+    REDIS_URL (say, pruning a compromised IdP) reaches them only through their cache backstop."""
+    config = _applied_acme(tmp_path)
+    monkeypatch.setenv("BROKER_ENV", "production")
+    monkeypatch.setenv("BROKER_PUBLIC_URL", "https://sso.example.com")
+    (config / "acme.yaml").write_text("tenants:\n  - slug: acme\n    name: Acme Renamed\n")
+    with caplog.at_level(logging.WARNING):
+        assert main(["config", "apply", str(config)]) == 0
+    assert [r for r in caplog.records if r.getMessage() == "change_not_announced"]
