@@ -275,7 +275,7 @@ def _authorize(tenant: str) -> Response:
     resp = render_step(result.step)
     resp_cookie(resp)
     svc.metrics.step_seconds.labels(step="authorize").observe(time.perf_counter() - started)
-    return _no_store(resp)
+    return resp  # no-store: authorize() sets it on every answer
 
 
 def _audit_refused(t: Tenant, params: dict[str, str], code: str, message: str) -> None:
