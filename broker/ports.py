@@ -77,6 +77,12 @@ class StateStore(Protocol):
         """Store only if no live value exists; True if this call stored it (exactly one concurrent winner)."""
         ...
 
+    def put_all_unless(self, guard: str, puts: Sequence[tuple[str, bytes, float]]) -> bool:
+        """Atomically: when no live value is under `guard`, store every (key, value, ttl) of `puts`, in order,
+        and return True; when there is one, store nothing and return False. One round trip: a check and the
+        writes it allows, with no gap between them for another worker's write to the guard."""
+        ...
+
     def kept_since(self, now: float) -> float:
         """Since when this store has kept what is written to it: the `now` of the first call, kept in the store
         itself, so a store that lost its data (a Redis restarted without persistence) starts over at the time

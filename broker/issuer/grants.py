@@ -617,27 +617,23 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
 
         family_scope = refresh_scope if refresh_scope is not None else scope
         ttl = grant_ttl(app, family_scope)
-        if ctx.ledger.grant_revoked(grant.gid):
-            # revoked while this request was being answered (a concurrent reuse of the refresh token, or of
-            # the code): writing the grant again would bring the family back once its deny entry expired
+        refresh: tuple[str, RefreshRecord, float] | None = None
+        if offers_refresh(app, family_scope):
+            record = RefreshRecord(
+                gid=grant.gid,
+                tenant_id=grant.tenant_id,
+                client_id=app.client_id,
+                scope=family_scope,
+                issued_at=now,
+                expires_at=now + app.refresh_token_ttl,
+            )
+            refresh = (secrets.token_urlsafe(32), record, app.refresh_token_ttl)
+        # the grant and its refresh token: one write, and none when the grant was revoked while this request
+        # was being answered (a concurrent reuse of the refresh token, or of the code)
+        if not ctx.ledger.put_grant_unless_revoked(grant, ttl, refresh):
             raise InvalidGrantError(description="The grant has been revoked.")
-        with ctx.ledger.batch():  # the grant and its refresh token: one write
-            ctx.ledger.put_grant(grant, ttl)
-            if offers_refresh(app, family_scope):
-                value = secrets.token_urlsafe(32)
-                ctx.ledger.put_refresh(
-                    value,
-                    RefreshRecord(
-                        gid=grant.gid,
-                        tenant_id=grant.tenant_id,
-                        client_id=app.client_id,
-                        scope=family_scope,
-                        issued_at=now,
-                        expires_at=now + app.refresh_token_ttl,
-                    ),
-                    app.refresh_token_ttl,
-                )
-                token["refresh_token"] = value
+        if refresh is not None:
+            token["refresh_token"] = refresh[0]
         self.outcome.connection = profile.connection
         self.outcome.details.update({"grant": grant.gid, "jti": jti, "kid": key.kid, "scope": token["scope"]})
         return token

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,10 +199,6 @@ class Ledger:
     def __init__(self, state: StateStore) -> None:
         self._state = state
 
-    def batch(self) -> AbstractContextManager[None]:
-        """Writes inside the block go to the store together (StateStore.batch)."""
-        return self._state.batch()
-
     # codes: keyed by tenant, so that another tenant's token endpoint cannot even find (let alone consume,
     # or revoke the grant of) a code it did not issue
     @staticmethod
@@ -234,9 +229,6 @@ class Ledger:
         return raw.decode("ascii") if raw is not None else None
 
     # grants
-    def put_grant(self, record: GrantRecord, ttl: float) -> None:
-        self._state.put(f"{PREFIX}grant:{record.gid}", record.to_bytes(), ttl)
-
     def grant(self, gid: str) -> GrantRecord | None:
         if self.grant_revoked(gid):
             return None
@@ -259,11 +251,24 @@ class Ledger:
         return self._state.get(f"{PREFIX}deny:jti:{jti}") is not None
 
     # refresh tokens
-    def put_refresh(self, token: str, record: RefreshRecord, ttl: float) -> None:
+    def put_grant_unless_revoked(
+        self, record: GrantRecord, ttl: float, refresh: tuple[str, RefreshRecord, float] | None = None
+    ) -> bool:
+        """The grant (and the refresh token it now offers) in one atomic write, unless the grant has been
+        revoked: then nothing is written and the answer is False. Writing a revoked grant again would bring
+        its family back once the deny entry expired; checking first and writing after would leave a gap."""
+        puts = [(f"{PREFIX}grant:{record.gid}", record.to_bytes(), ttl)]
+        if refresh is not None:
+            puts += self._refresh_puts(*refresh)
+        return self._state.put_all_unless(f"{PREFIX}deny:grant:{record.gid}", puts)
+
+    @staticmethod
+    def _refresh_puts(token: str, record: RefreshRecord, ttl: float) -> list[tuple[str, bytes, float]]:
         d = digest(token)
-        with self._state.batch():
-            self._state.put(f"{PREFIX}rt-family:{d}", record.gid.encode("ascii"), ttl)
-            self._state.put(f"{PREFIX}rt:{d}", record.to_bytes(), ttl)
+        return [
+            (f"{PREFIX}rt-family:{d}", record.gid.encode("ascii"), ttl),
+            (f"{PREFIX}rt:{d}", record.to_bytes(), ttl),
+        ]
 
     def peek_refresh(self, token: str) -> RefreshRecord | None:
         raw = self._state.get(f"{PREFIX}rt:{digest(token)}")

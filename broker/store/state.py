@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 
 from broker.errors import StateStoreError
@@ -137,6 +137,17 @@ class MemoryStateStore:
             if self._live(key, now) is not None:
                 return False
             self._entries[key] = (bytes(value), now + ttl)
+            return True
+
+    def put_all_unless(self, guard: str, puts: Sequence[Put]) -> bool:
+        checked = [(key, bytes(value), check_ttl(ttl)) for key, value, ttl in puts]
+        self._batches.flush()
+        with self._lock:
+            now = self._tick()
+            if self._live(guard, now) is not None:
+                return False
+            for key, value, ttl in checked:
+                self._entries[key] = (value, now + ttl)
             return True
 
     def kept_since(self, now: float) -> float:

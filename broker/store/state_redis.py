@@ -2,14 +2,16 @@
 
 Each operation is a single atomic Redis command (or one Lua script), so single-use values are consumed
 exactly once across processes: `take` is GETDEL, `take_if_prefixed` one script (GET, and DEL on a match),
-`add_if_absent` is SET NX PX, and `incr` starts its window with the first increment inside one script. A
-`batch()` of puts is one MULTI/EXEC. Never a KEYS scan, never get-then-delete across round trips.
+`add_if_absent` is SET NX PX, `put_all_unless` one script (EXISTS, then the SETs), and `incr` starts its
+window with the first increment inside one script. A `batch()` of puts is one MULTI/EXEC. Never a KEYS
+scan, never get-then-delete across round trips.
 Every Redis failure becomes `StateStoreError` with a safe message; the Redis detail stays private.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NoReturn
 
@@ -50,6 +52,16 @@ return {0, v}
 """
 
 
+# When KEYS[1] is absent, SET KEYS[2..n] to ARGV[2i-1] with PX ARGV[2i] and return 1; otherwise write nothing, 0.
+_PUT_ALL_UNLESS = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 2, #KEYS do
+  redis.call('SET', KEYS[i], ARGV[2 * i - 3], 'PX', ARGV[2 * i - 2])
+end
+return 1
+"""
+
+
 def _ttl_ms(ttl: float) -> int:
     """Seconds (float) -> whole milliseconds for PX, at least 1 ms."""
     return max(1, math.ceil(check_ttl(ttl) * 1000))
@@ -65,6 +77,7 @@ class RedisStateStore:
         self._prefix = prefix
         self._incr_script = client.register_script(_INCR_WINDOW)
         self._take_if_script = client.register_script(_TAKE_IF_PREFIXED)
+        self._put_all_unless_script = client.register_script(_PUT_ALL_UNLESS)
         self._batches = PutBatches(self._put_all)
 
     @classmethod
@@ -153,6 +166,19 @@ class RedisStateStore:
         except RedisError as exc:
             self._fail("add_if_absent", exc)
         return bool(stored)
+
+    def put_all_unless(self, guard: str, puts: Sequence[Put]) -> bool:
+        keys = [self._key(guard)]
+        args: list[bytes | int] = []
+        for key, value, ttl in puts:
+            keys.append(self._key(key))
+            args += [bytes(value), _ttl_ms(ttl)]
+        self._batches.flush()
+        try:
+            out: Any = self._put_all_unless_script(keys=keys, args=args)
+        except RedisError as exc:
+            self._fail("put_all_unless", exc)
+        return bool(out)
 
     def kept_since(self, now: float) -> float:
         key = self._key(KEPT_SINCE_KEY)

@@ -182,6 +182,65 @@ def test_add_if_absent_loses_to_put(state_store: StateStore) -> None:
     assert state_store.add_if_absent("k", b"add", LONG) is False
 
 
+# --- put_all_unless ----------------------------------------------------------------------------
+
+
+def test_put_all_unless_writes_every_put_when_the_guard_is_absent(
+    state_store: StateStore, state_expire: Expire
+) -> None:
+    assert state_store.put_all_unless("deny:g", [("grant:g", b"g", LONG), ("rt:t", b"t", SHORT)]) is True
+    assert (state_store.get("grant:g"), state_store.get("rt:t")) == (b"g", b"t")
+    assert state_store.get("deny:g") is None, "the guard is only read"
+    state_expire(SHORT + MARGIN)
+    assert (state_store.get("grant:g"), state_store.get("rt:t")) == (b"g", None), "each put keeps its own ttl"
+
+
+def test_put_all_unless_writes_nothing_when_the_guard_is_live(
+    state_store: StateStore, state_expire: Expire
+) -> None:
+    state_store.put("grant:g", b"old", LONG)
+    state_store.put("deny:g", b"1", SHORT)
+    assert state_store.put_all_unless("deny:g", [("grant:g", b"new", LONG), ("rt:t", b"t", LONG)]) is False
+    assert (state_store.get("grant:g"), state_store.get("rt:t")) == (b"old", None)
+    state_expire(SHORT + MARGIN)  # an expired guard no longer blocks
+    assert state_store.put_all_unless("deny:g", [("grant:g", b"new", LONG)]) is True
+    assert state_store.get("grant:g") == b"new"
+
+
+def test_put_all_unless_keeps_order_and_binary_values(state_store: StateStore) -> None:
+    value = bytes(range(256))
+    assert state_store.put_all_unless("guard", [("k", b"first", LONG), ("k", value, LONG)]) is True
+    assert state_store.get("k") == value
+
+
+def test_put_all_unless_sees_what_an_open_batch_holds(state_store: StateStore) -> None:
+    with state_store.batch():
+        state_store.put("deny:g", b"1", LONG)
+        assert state_store.put_all_unless("deny:g", [("grant:g", b"g", LONG)]) is False
+    assert state_store.get("grant:g") is None
+
+
+def test_put_all_unless_refuses_a_bad_ttl_and_writes_nothing(state_store: StateStore) -> None:
+    with pytest.raises(ValueError):
+        state_store.put_all_unless("guard", [("a", b"1", LONG), ("b", b"2", -1.0)])
+    assert state_store.get("a") is None
+
+
+def test_put_all_unless_against_a_concurrent_guard_write_is_all_or_nothing(state_store: StateStore) -> None:
+    """Racing writers of the guard: every attempt either wrote all of its puts or none of them."""
+    def attempt(i: int) -> bool:
+        if i % 2:
+            state_store.put("deny:g", b"1", LONG)
+            return False
+        return state_store.put_all_unless("deny:g", [(f"a:{i}", b"1", LONG), (f"b:{i}", b"1", LONG)])
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        won = list(pool.map(attempt, range(40)))
+    for i in range(0, 40, 2):
+        written = (state_store.get(f"a:{i}") is not None, state_store.get(f"b:{i}") is not None)
+        assert written == (won[i], won[i])
+
+
 # --- incr --------------------------------------------------------------------------------------
 
 
