@@ -28,6 +28,7 @@ def default_workers(settings: Settings) -> int:
 
 
 MAX_WORKERS = 64  # processes per server; scale out with replicas beyond that
+MAX_KEEPALIVE = 3600  # seconds an idle connection may be kept open
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -61,7 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             self.cfg.set("threads", args.threads)
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 20)
-            self.cfg.set("keepalive", 5)
+            self.cfg.set("keepalive", args.keepalive)
             self.cfg.set("max_requests", 0)
             self.cfg.set("accesslog", None)
             self.cfg.set("errorlog", "-")
@@ -319,6 +320,16 @@ def _thread_count(value: str) -> int:
     return n
 
 
+def _keepalive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= MAX_KEEPALIVE:
+        raise argparse.ArgumentTypeError(f"must be a whole number of seconds from 1 to {MAX_KEEPALIVE}")
+    return n
+
+
 def _port(value: str) -> int:
     try:
         n = int(value)
@@ -339,6 +350,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=None,
                        help="worker processes (default: 1 without Redis, else 2x cores up to 8)")
     serve.add_argument("--threads", type=_thread_count, default=4, help="threads per worker (1-256)")
+    serve.add_argument("--keepalive", type=_keepalive, default=5, metavar="SECONDS",
+                       help="how long an idle client connection is kept open (default 5; behind a load balancer "
+                            "that reuses connections, set it above the balancer's idle timeout)")
     serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="the demo: SQLite, a demo tenant and the development IdP; prints where to click")

@@ -257,6 +257,14 @@ def test_serve_refuses_a_bad_thread_count(env: str, capsys: pytest.CaptureFixtur
     assert "--threads: must be a whole number from 1 to 256" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("seconds", ["0", "-5", "x", "3601", "1.5"])
+def test_serve_refuses_a_bad_keepalive(env: str, capsys: pytest.CaptureFixture[str], seconds: str) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--keepalive", seconds, "--port", "1"])
+    assert exited.value.code == 2
+    assert "--keepalive: must be a whole number of seconds from 1 to 3600" in capsys.readouterr().err
+
+
 def test_config_apply_says_so_when_its_change_was_written_but_not_announced(
         env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """The state store answered the check, then failed to carry the announcement: the write has committed,

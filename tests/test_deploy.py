@@ -168,6 +168,7 @@ def test_server_args_are_broker_serve_flags() -> None:
     assert args.command == "serve"
     assert args.port == c["ports"][0]["containerPort"]
     assert args.workers is not None and args.workers >= 1
+    assert args.keepalive > 60, "idle connections must outlive a load balancer's (ingress-nginx, ALB: 60 s)"
     service = only("Service")
     assert service["spec"]["ports"][0]["targetPort"] in {c["ports"][0]["name"], args.port}
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()

@@ -46,7 +46,7 @@ class BrokerServer:
 
 @contextmanager
 def running_broker(tmp: Path, *, port: int | None = None, workers: int = 1, env: dict[str, str] | None = None,
-                   database_url: str | None = None) -> Iterator[BrokerServer]:
+                   database_url: str | None = None, args: tuple[str, ...] = ()) -> Iterator[BrokerServer]:
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     full_env = {
@@ -62,7 +62,7 @@ def running_broker(tmp: Path, *, port: int | None = None, workers: int = 1, env:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(  # noqa: S603 - our own CLI
             [sys.executable, "-m", "broker", "serve", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", str(workers)],
+             "--workers", str(workers), *args],
             env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     server = BrokerServer(url=url, port=port, process=proc, log_path=log_path)
