@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import html
 
 from flask import Response
@@ -9,11 +11,16 @@ from flask import Response
 from broker.upstream.base import AutoPost, Redirect, Step
 from broker.web.errors import redirect_to
 
+SUBMIT = "document.forms[0].submit()"
+# The page's one script, allowed by its hash: no other inline script (an injected one) would run.
+SCRIPT_SRC = "'sha256-" + base64.b64encode(hashlib.sha256(SUBMIT.encode("ascii")).digest()).decode("ascii") + "'"
+
 AUTOPOST = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Signing in…</title></head>
-<body onload="document.forms[0].submit()">
+<body>
 <noscript><p>JavaScript is off: press Continue to go on signing in.</p></noscript>
 <form method="post" action="{action}">{fields}<noscript><button type="submit">Continue</button></noscript></form>
+<script>""" + SUBMIT + """</script>
 </body></html>"""
 
 
@@ -27,9 +34,11 @@ def render_step(step: Step) -> Response:
         resp = Response(AUTOPOST.format(action=html.escape(step.url), fields=fields), mimetype="text/html")
         resp.headers["Cache-Control"] = "no-store"
         # form-action names schemes, not `*`: the target is an IdP's (or our ACS's) web URL, never a
-        # `javascript:` or `data:` one, should one ever get past the metadata parser's Location check.
+        # `javascript:` or `data:` one, should one ever get past the metadata parser's Location check. Not the
+        # target's origin: browsers apply form-action to the redirects after the POST too, and an IdP may send
+        # the browser on to another host (Entra ID to a federated AD FS, say).
         resp.headers["Content-Security-Policy"] = (
-            "default-src 'none'; script-src 'unsafe-inline'; form-action https: http:; frame-ancestors 'none'; "
+            f"default-src 'none'; script-src {SCRIPT_SRC}; form-action https: http:; frame-ancestors 'none'; "
             "base-uri 'none'"
         )
         resp.headers["X-Frame-Options"] = "DENY"
