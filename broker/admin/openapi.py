@@ -107,6 +107,12 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         "type": "object", "additionalProperties": False, "description": "Optional; the default is RS256",
         "properties": {"alg": {"enum": ["RS256", "ES256"], "default": "RS256"}},
     }
+    audit_params = [
+        {"name": "type", "in": "query", "schema": {"enum": ["login", "admin", "token"]}},
+        {"name": "outcome", "in": "query", "schema": {"enum": ["success", "failure"]}},
+        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+    ]
     paths: dict[str, Any] = {
         "/tenants": {
             "post": _tagged(_op("Create a tenant (global keys only)", 201, "The tenant", body="TenantCreate",
@@ -187,12 +193,13 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
         "/tenants/{t}/audit": {
             "parameters": [t],
-            "get": _op("Audit events, newest first", 200, "{events, next_cursor}", errors=(400, 401, 404), params=[
-                {"name": "type", "in": "query", "schema": {"enum": ["login", "admin", "token"]}},
-                {"name": "outcome", "in": "query", "schema": {"enum": ["success", "failure"]}},
-                {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
-                {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-            ]),
+            "get": _op("Audit events, newest first", 200, "{events, next_cursor}", errors=(400, 401, 404),
+                       params=audit_params),
+        },
+        "/audit": {
+            "get": _op("Every tenant's audit events and those of no tenant (global keys, deleted tenants), newest "
+                       "first; global keys only", 200, "{events, next_cursor}", errors=(400, 401, 403),
+                       params=audit_params),
         },
     }
     paths["/tenants/{t}/keys/rotate"]["post"]["requestBody"]["required"] = False  # an empty body is RS256

@@ -76,6 +76,11 @@ class TenantPatch(Strict):
 class AdminKeyCreate(Strict):
     label: str = Field(default="", max_length=200)
 
+    @field_validator("label")
+    @classmethod
+    def _check_label(cls, v: str) -> str:
+        return _display_name(v)
+
 
 class MappingBody(Strict):
     preset: str | None = None
@@ -194,6 +199,29 @@ class DuplicateKey(ValueError):
         self.key = key
 
 
+MAX_JSON_DEPTH = 100  # arrays and objects inside each other (a real mapping nests about 6 deep)
+
+
+class TooDeep(ValueError):
+    """A JSON document nests arrays and objects more than MAX_JSON_DEPTH levels deep (what reads it later,
+    copies and checks alike, may recurse per level)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"nested more than {MAX_JSON_DEPTH} levels deep")
+
+
+def _depth_exceeds(data: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limit:
+                return True
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((item, depth + 1) for item in items if isinstance(item, dict | list))
+    return False
+
+
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
@@ -208,8 +236,11 @@ def loads_admin_json(raw: str | bytes) -> Any:
     RFC 8259 §4 leaves the meaning of duplicates to each parser; Python keeps the last, others the first,
     so a duplicated `redirect_uris` or `allow_sha1` could mean one thing to a reviewer's tool and another
     here. YAML config files refuse duplicates the same way. Raises ValueError (DuplicateKey included),
-    UnicodeDecodeError or RecursionError like json.loads."""
-    return json.loads(raw, object_pairs_hook=_unique_members)
+    UnicodeDecodeError or RecursionError like json.loads, and TooDeep (a ValueError) beyond MAX_JSON_DEPTH."""
+    data = json.loads(raw, object_pairs_hook=_unique_members)
+    if _depth_exceeds(data, MAX_JSON_DEPTH):
+        raise TooDeep
+    return data
 
 
 def unstorable_text(data: Any) -> str | None:

@@ -51,6 +51,17 @@ def check_precondition(if_match: Sequence[str] | None, resource_id: str, version
                           details={"etag": etag(resource_id, version)})
 
 
+def shown(value: str, limit: int = 100) -> str:
+    """A name from the request, quoted for an error message; a long one cut short (it is echoed back)."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + "…"
+
+
+def named_version(if_match: Sequence[str] | None, version: int) -> int | None:
+    """The version a conditional write must still find under the row lock: the one If-Match named (checked
+    against the read by check_precondition), or None when any version will do (no If-Match, or "*")."""
+    return None if if_match is None or "*" in if_match else version
+
+
 def none_match_hit(if_none_match: Sequence[str] | None, resource_id: str, version: int) -> bool:
     """RFC 9110 §13.1.2: If-None-Match names the current version ("*": any), so a GET can answer 304.
     It compares weakly (§8.8.3.2): W/"x" names "x" too, since only a cache's copy is at stake, not a write."""
@@ -186,7 +197,7 @@ class AdminService:
     def tenant_for(self, key: AdminKey, slug: str) -> Tenant:
         tenant = self.store.tenant_by_slug(slug)
         if tenant is None or (key.tenant_id is not None and key.tenant_id != tenant.id):
-            raise NotFound(f"No tenant {slug!r}.", code="tenant_not_found")
+            raise NotFound(f"No tenant {shown(slug)}.", code="tenant_not_found")
         return tenant
 
     def _admin_event(self, key: AdminKey | None, action: str, tenant: str | None, **details: Any) -> None:
@@ -241,7 +252,7 @@ class AdminService:
         if not key.is_global:
             raise Forbidden("A tenant-scoped key cannot delete its tenant.", code="forbidden")
         check_precondition(if_match, tenant.id, tenant.version, "tenant")
-        self.store.delete_tenant(tenant.id)
+        self.store.delete_tenant(tenant.id, expected_version=named_version(if_match, tenant.version))
         self._admin_event(key, "tenant.delete", tenant.slug)
 
     # -- optimistic concurrency ------------------------------------------------------------------
@@ -311,14 +322,17 @@ class AdminService:
         else:
             if key is not None and not key.is_global:
                 raise Forbidden("A tenant-scoped key can only revoke its own tenant's keys.", code="forbidden")
-            self.store.delete_admin_key(key_id, tenant_id=None)
+            owner = self.store.delete_admin_key(key_id, tenant_id=None)
+            # a tenant's key revoked by the operator: the tenant's own audit log says so
+            found = self.store.tenant_by_id(owner) if owner is not None else None
+            slug = found.slug if found is not None else None
         self._admin_event(key, "admin_key.revoke", slug, key_id=key_id)
 
     def _admin_key_tenant(self, key: AdminKey | None, slug: str) -> Tenant:
         if key is None:
             tenant = self.store.tenant_by_slug(slug)
             if tenant is None:
-                raise NotFound(f"No tenant {slug!r}.", code="tenant_not_found")
+                raise NotFound(f"No tenant {shown(slug)}.", code="tenant_not_found")
             return tenant
         return self.tenant_for(key, slug)
 
@@ -341,7 +355,7 @@ class AdminService:
         tenant = self.tenant_for(key, slug)
         connection = self.store.connection(tenant.id, conn)
         if connection is None:
-            raise NotFound(f"No connection {conn!r} in tenant {slug!r}.", code="connection_not_found")
+            raise NotFound(f"No connection {shown(conn)} in tenant {shown(slug)}.", code="connection_not_found")
         return tenant, connection
 
     def preview_metadata(self, *, xml: bytes | None = None, url: str | None = None) -> tuple[IdpMetadata, bytes]:
@@ -655,7 +669,7 @@ class AdminService:
     def delete_connection(self, key: AdminKey, slug: str, conn: str, if_match: Sequence[str] | None = None) -> None:
         tenant, c = self._fresh_if(if_match, lambda: self.connection_for(key, slug, conn))
         check_precondition(if_match, c.id, c.version, "connection")
-        self.store.delete_connection(c.id)
+        self.store.delete_connection(c.id, expected_version=named_version(if_match, c.version))
         self._admin_event(key, "connection.delete", tenant.slug, connection=c.slug)
 
     def put_metadata(self, key: AdminKey, slug: str, conn: str, xml: bytes, entity_id: str | None = None,
@@ -788,7 +802,7 @@ class AdminService:
         tenant = self.tenant_for(key, slug)
         app = self.store.app(tenant.id, client_id)
         if app is None:
-            raise NotFound(f"No app {client_id!r} in tenant {slug!r}.", code="app_not_found")
+            raise NotFound(f"No app {shown(client_id)} in tenant {shown(slug)}.", code="app_not_found")
         return tenant, app
 
     def create_app(self, key: AdminKey | None, tenant: Tenant, body: Any) -> dict[str, Any]:
@@ -847,7 +861,7 @@ class AdminService:
     def delete_app(self, key: AdminKey, slug: str, client_id: str, if_match: Sequence[str] | None = None) -> None:
         tenant, app = self._fresh_if(if_match, lambda: self.app_for(key, slug, client_id))
         check_precondition(if_match, app.id, app.version, "app")
-        self.store.delete_app(app.id)
+        self.store.delete_app(app.id, expected_version=named_version(if_match, app.version))
         self._admin_event(key, "app.delete", tenant.slug, app=app.client_id)
 
     # -- keys ------------------------------------------------------------------------------------
@@ -883,7 +897,17 @@ class AdminService:
     # -- audit -----------------------------------------------------------------------------------
 
     def audit(self, key: AdminKey, slug: str, args: Mapping[str, str]) -> dict[str, Any]:
-        tenant = self.tenant_for(key, slug)
+        """One tenant's audit events, newest first."""
+        return self._audit_page(self.tenant_for(key, slug).id, args)
+
+    def audit_all(self, key: AdminKey, args: Mapping[str, str]) -> dict[str, Any]:
+        """Every audit event, of every tenant and of none (global keys, deleted tenants): global keys only."""
+        if not key.is_global:
+            raise Forbidden("Only a global key can read the audit events of every tenant; read your tenant's at "
+                            "/tenants/{t}/audit.", code="forbidden")
+        return self._audit_page(None, args)
+
+    def _audit_page(self, tenant_id: str | None, args: Mapping[str, str]) -> dict[str, Any]:
         type_ = args.get("type")
         if type_ is not None and type_ not in ("login", "admin", "token"):
             raise ValidationFailed("type must be login, admin or token.", details={"field": "type"})
@@ -899,7 +923,7 @@ class AdminService:
         cursor = args.get("cursor")
         if cursor is not None and not re.fullmatch(r"[0-9]{1,18}", cursor):  # ASCII digits, within a BIGINT
             raise ValidationFailed("cursor is not valid.", details={"field": "cursor"})
-        page = self.store.audit_page(tenant.id, type=type_, outcome=outcome, limit=limit, cursor=cursor)
+        page = self.store.audit_page(tenant_id, type=type_, outcome=outcome, limit=limit, cursor=cursor)
         return {"events": [event_json(e) for e in page.events], "next_cursor": page.next_cursor}
 
 

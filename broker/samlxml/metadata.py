@@ -340,7 +340,22 @@ def _endpoints(idp: etree._Element, name: str, warnings: list[str]) -> tuple[End
             continue
         if Endpoint(binding, location) not in out:
             out.append(Endpoint(binding, location))
+    cleartext = sorted({e.location for e in out if _cleartext(e.location)})
+    if cleartext:
+        warnings.append(
+            f"endpoint_not_https: the {name} Location {cleartext[0][:200]!r} is http://: the browser's way to the "
+            "IdP (and back) would travel unencrypted. Ask the IdP's admin for https:// metadata."
+        )
     return tuple(out)
+
+
+def _cleartext(location: str) -> bool:
+    """An http:// URL to a host other than this machine (a local test IdP is fine)."""
+    parts = urlsplit(location)
+    if parts.scheme.lower() != "http":
+        return False
+    host = (parts.hostname or "").lower()
+    return not (host == "localhost" or host.endswith(".localhost") or host == "::1" or host.startswith("127."))
 
 
 def _is_web_url(location: str) -> bool:

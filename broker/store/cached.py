@@ -282,16 +282,17 @@ class CachedConfigStore:
         return self._write(lambda: self.inner.update_tenant(tenant_id, name=name, expected_version=expected_version),
                            _tenant(tenant_id))
 
-    def delete_tenant(self, tenant_id: str) -> None:
-        self._write(lambda: self.inner.delete_tenant(tenant_id), _tenant(tenant_id))
+    def delete_tenant(self, tenant_id: str, *, expected_version: int | None = None) -> None:
+        self._write(lambda: self.inner.delete_tenant(tenant_id, expected_version=expected_version),
+                    _tenant(tenant_id))
 
     def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str) -> AdminKey:
         # Admin keys are never cached (every request reads its key): nothing to announce.
         return self.inner.create_admin_key(tenant_id, key_hash, label)
 
-    def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> None:
+    def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> str | None:
         # Admin keys are never cached (every request reads its key): no generation bump needed.
-        self.inner.delete_admin_key(key_id, tenant_id=tenant_id)
+        return self.inner.delete_admin_key(key_id, tenant_id=tenant_id)
 
     def lock_tenant(self, tenant_id: str) -> None:
         self.inner.lock_tenant(tenant_id)
@@ -304,8 +305,9 @@ class CachedConfigStore:
         return self._write(lambda: self.inner.replace_connection(connection_id, draft, expected_version),
                            lambda c: frozenset({tenant_scope(c.tenant_id)}))
 
-    def delete_connection(self, connection_id: str) -> str | None:
-        return self._write(lambda: self.inner.delete_connection(connection_id), _owner)
+    def delete_connection(self, connection_id: str, *, expected_version: int | None = None) -> str:
+        return self._write(lambda: self.inner.delete_connection(connection_id, expected_version=expected_version),
+                           _owner)
 
     def create_app(self, tenant_id: str, client_id: str, draft: AppDraft, secret_hash: str | None) -> App:
         return self._write(lambda: self.inner.create_app(tenant_id, client_id, draft, secret_hash),
@@ -316,8 +318,8 @@ class CachedConfigStore:
         return self._write(lambda: self.inner.replace_app(app_id, draft, secret_hash, expected_version),
                            lambda a: frozenset({tenant_scope(a.tenant_id)}))
 
-    def delete_app(self, app_id: str) -> str | None:
-        return self._write(lambda: self.inner.delete_app(app_id), _owner)
+    def delete_app(self, app_id: str, *, expected_version: int | None = None) -> str:
+        return self._write(lambda: self.inner.delete_app(app_id, expected_version=expected_version), _owner)
 
     def add_signing_key(self, tenant_id: str, key: NewSigningKey) -> SigningKey:
         return self._write(lambda: self.inner.add_signing_key(tenant_id, key), _tenant(tenant_id))

@@ -346,8 +346,15 @@ class SqlConfigStore:
             row.updated_at = _now()
             return self._tenant(row)
 
-    def delete_tenant(self, tenant_id: str) -> None:
-        with self._session() as s:
+    def delete_tenant(self, tenant_id: str, *, expected_version: int | None = None) -> None:
+        """Delete a tenant and everything it owns. NotFound when it is already gone (a concurrent delete won),
+        VersionConflict when `expected_version` is given and the tenant has moved on: checked under the row
+        lock, so a delete conditioned on a version never removes a newer one."""
+        with self._session(serialized=True) as s:
+            row = s.get(TenantRow, tenant_id, with_for_update=True)
+            if row is None:
+                raise NotFound("No such tenant.", code="tenant_not_found")
+            _check_version(row.version, expected_version, "tenant")
             for table in (AdminKeyRow, ConnectionRow, AppRow, SigningKeyRow):
                 s.execute(delete(table).where(table.tenant_id == tenant_id))
             s.execute(delete(TenantRow).where(TenantRow.id == tenant_id))
@@ -396,7 +403,9 @@ class SqlConfigStore:
             return [AdminKey(id=r.id, tenant_id=r.tenant_id, tenant_slug=slug,
                              created_at=_utc(r.created_at) or _now(), label=r.label) for r, slug in rows]
 
-    def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> None:
+    def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> str | None:
+        """Delete a key (only one of `tenant_id`'s, when given); returns the tenant id the key belonged to.
+        NotFound when there is none (or a concurrent revocation deleted it first)."""
         if unstorable(key_id):
             raise NotFound("No such admin key.", code="admin_key_not_found")
         with self._session(serialized=True) as s:
@@ -413,7 +422,11 @@ class SqlConfigStore:
                 if len(globals_) <= 1:
                     raise Conflict("This is the last global admin key: create another one before revoking it.",
                                    code="last_global_admin_key")
-            s.execute(delete(AdminKeyRow).where(AdminKeyRow.id == key_id))
+            owner = row.tenant_id
+            # a concurrent revocation of the same key may have deleted it since it was read: one of them did
+            if s.execute(delete(AdminKeyRow).where(AdminKeyRow.id == key_id)).rowcount == 0:  # type: ignore[attr-defined]
+                raise NotFound("No such admin key.", code="admin_key_not_found")
+            return owner
 
     # -- connections -----------------------------------------------------------------------------
 
@@ -518,12 +531,17 @@ class SqlConfigStore:
             t = s.get(TenantRow, row.tenant_id)
             return self._connection(row, t.slug if t else "")
 
-    def delete_connection(self, connection_id: str) -> str | None:
-        """Delete; returns the tenant id the connection belonged to (None if there was none)."""
-        with self._session() as s:
-            row = s.get(ConnectionRow, connection_id)
+    def delete_connection(self, connection_id: str, *, expected_version: int | None = None) -> str:
+        """Delete; returns the tenant id the connection belonged to. NotFound when it is already gone,
+        VersionConflict when `expected_version` is given and the row has moved on (checked under its lock)."""
+        with self._session(serialized=True) as s:
+            row = s.get(ConnectionRow, connection_id, with_for_update=True)
+            if row is None:
+                raise NotFound("No such connection.", code="connection_not_found")
+            _check_version(row.version, expected_version, "connection")
+            owner = row.tenant_id
             s.execute(delete(ConnectionRow).where(ConnectionRow.id == connection_id))
-            return row.tenant_id if row is not None else None
+            return owner
 
     def _idp_certificates(self, row: ConnectionRow,
                           fetched: str | None | object = _UNCHANGED) -> dict[str, float] | None:
@@ -659,12 +677,17 @@ class SqlConfigStore:
             s.flush()
             return self._app(row)
 
-    def delete_app(self, app_id: str) -> str | None:
-        """Delete; returns the tenant id the app belonged to (None if there was none)."""
-        with self._session() as s:
-            row = s.get(AppRow, app_id)
+    def delete_app(self, app_id: str, *, expected_version: int | None = None) -> str:
+        """Delete; returns the tenant id the app belonged to. NotFound when it is already gone,
+        VersionConflict when `expected_version` is given and the row has moved on (checked under its lock)."""
+        with self._session(serialized=True) as s:
+            row = s.get(AppRow, app_id, with_for_update=True)
+            if row is None:
+                raise NotFound("No such app.", code="app_not_found")
+            _check_version(row.version, expected_version, "app")
+            owner = row.tenant_id
             s.execute(delete(AppRow).where(AppRow.id == app_id))
-            return row.tenant_id if row is not None else None
+            return owner
 
     # -- signing keys ----------------------------------------------------------------------------
 

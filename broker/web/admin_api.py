@@ -9,7 +9,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from broker.admin.openapi import openapi_document
-from broker.admin.schema import DuplicateKey, loads_admin_json, unstorable_text
+from broker.admin.schema import MAX_JSON_DEPTH, DuplicateKey, TooDeep, loads_admin_json, unstorable_text
 from broker.admin.service import check_precondition, etag, none_match_hit
 from broker.errors import Forbidden, PayloadTooLarge, StateStoreError, Unauthorized, ValidationFailed
 from broker.model import AdminKey
@@ -27,6 +27,15 @@ def _announceable() -> None:
     the write is not made (503, nothing written) rather than committed and left unannounced."""
     if request.method in ("POST", "PUT", "PATCH", "DELETE") and not services().state.ping():
         raise StateStoreError("The state store is unavailable; nothing was changed. Try again shortly.")
+
+
+@bp.after_request
+def _cache_control(resp: Response) -> Response:
+    """A write's answer may carry a secret shown once (a new admin key, an app's client_secret): never stored
+    by a cache. Reads are per key and may be revalidated with their ETag, never shared."""
+    if "Cache-Control" not in resp.headers:
+        resp.headers["Cache-Control"] = "no-store" if request.method not in ("GET", "HEAD") else "private, no-cache"
+    return resp
 
 
 def _key() -> AdminKey:
@@ -69,7 +78,10 @@ def _json() -> Any:
         member = dup.key[:200]
         raise ValidationFailed(f"The request body names the member {json.dumps(member)} more than once in one "
                                "object; send it once.", code="invalid_json", details={"member": member}) from None
-    except (ValueError, UnicodeDecodeError, RecursionError):
+    except (TooDeep, RecursionError):
+        raise ValidationFailed(f"The request body nests arrays and objects more than {MAX_JSON_DEPTH} levels deep.",
+                               code="invalid_json") from None
+    except (ValueError, UnicodeDecodeError):
         raise ValidationFailed("The request body is not valid JSON.", code="invalid_json") from None
     where = unstorable_text(body)
     if where is not None:
@@ -334,3 +346,9 @@ def rotate_keys(t: str) -> Response:
 def audit(t: str) -> Response:
     key = _key()
     return jsonify(services().admin.audit(key, t, request.args.to_dict()))
+
+
+@bp.get("/audit")
+def audit_all() -> Response:
+    key = _key()
+    return jsonify(services().admin.audit_all(key, request.args.to_dict()))

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlencode, urlsplit
 from flask import Blueprint, Response, g, render_template, request
 from werkzeug.datastructures import FileStorage
 
-from broker.admin.schema import DuplicateKey, loads_admin_json
+from broker.admin.schema import DuplicateKey, TooDeep, loads_admin_json
 from broker.admin.service import metadata_text
 from broker.claims.presets import PRESET_NAMES
 from broker.errors import BrokerError, NotFound, StateStoreError, ValidationFailed
@@ -592,6 +592,8 @@ def _json_field(name: str, label: str, kind: type) -> Any:
         value = loads_admin_json(raw)
     except DuplicateKey as dup:
         raise ValidationFailed(f"{label} names {json.dumps(dup.key[:200])} more than once in one object.") from None
+    except TooDeep:
+        raise ValidationFailed(f"{label} is nested too deeply.") from None
     except ValueError as exc:
         raise ValidationFailed(f"{label} is not valid JSON (line {getattr(exc, 'lineno', '?')}).") from None
     except RecursionError:

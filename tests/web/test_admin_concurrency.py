@@ -82,6 +82,69 @@ def test_delete_with_a_stale_if_match_deletes_nothing(admin: AdminClient, client
         assert _call(client, "GET", path).status_code == 404
 
 
+DELETABLE = [("/tenants/acme/apps/portal", "app_for", {"name": "Portal 2"}),
+             ("/tenants/acme/connections/okta", "connection_for", {"domains": ["acme.org"]}),
+             ("/tenants/acme", "tenant_for", {"name": "Acme Inc"})]
+
+
+@pytest.mark.parametrize("path, lookup, patch", DELETABLE)
+def test_a_delete_that_lost_a_race_with_another_delete_is_404_and_audits_nothing(
+        app: Flask, admin: AdminClient, client: FlaskClient, path: str, lookup: str, patch: dict[str, Any]) -> None:
+    """Deterministic interleaving: between this DELETE's read and its write, another DELETE of the same resource
+    completes. Only the one that deleted answers 204 and writes an audit event."""
+    _setup(admin)
+    service = app.extensions["broker"].admin
+    original = getattr(service, lookup)
+    raced: list[int] = []
+
+    def racing_lookup(*args: Any, **kwargs: Any) -> Any:
+        found = original(*args, **kwargs)
+        if not raced:
+            raced.append(0)  # the other request looks the resource up too: it must not race again
+            raced[0] = _call(app.test_client(), "DELETE", path).status_code
+        return found
+
+    setattr(service, lookup, racing_lookup)
+    try:
+        late = _call(client, "DELETE", path)
+    finally:
+        delattr(service, lookup)
+    assert raced == [204]
+    assert late.status_code == 404, late.get_json()
+    events = app.extensions["broker"].config.audit_page(None, type="admin", outcome=None, limit=50, cursor=None)
+    deletes = [e for e in events.events if str(e.details.get("action", "")).endswith(".delete")]
+    assert len(deletes) == 1, deletes
+
+
+@pytest.mark.parametrize("path, lookup, patch", DELETABLE)
+def test_a_delete_naming_a_version_never_removes_a_newer_one(
+        app: Flask, admin: AdminClient, client: FlaskClient, path: str, lookup: str, patch: dict[str, Any]) -> None:
+    """If-Match is checked where the delete is made (under the row lock), not only on the read before it: a
+    PATCH that lands in between makes the DELETE a 412, and the patched resource stays."""
+    _setup(admin)
+    tag = _call(client, "GET", path).headers["ETag"]
+    service = app.extensions["broker"].admin
+    original = getattr(service, lookup)
+    raced: list[int] = []
+
+    def racing_lookup(*args: Any, **kwargs: Any) -> Any:
+        found = original(*args, **kwargs)
+        if not raced:
+            raced.append(0)  # the other request looks the resource up too: it must not race again
+            raced[0] = _call(app.test_client(), "PATCH", path, patch).status_code
+        return found
+
+    setattr(service, lookup, racing_lookup)
+    try:
+        refused = _call(client, "DELETE", path, **{"If-Match": tag})
+    finally:
+        delattr(service, lookup)
+    assert raced == [200]
+    assert refused.status_code == 412, refused.get_json()
+    after = _call(client, "GET", path)
+    assert after.status_code == 200 and after.get_json()[next(iter(patch))] == next(iter(patch.values()))
+
+
 def test_metadata_upload_honours_if_match(admin: AdminClient, client: FlaskClient) -> None:
     _setup(admin)
     path = "/tenants/acme/connections/okta"

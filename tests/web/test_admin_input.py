@@ -189,3 +189,57 @@ def test_a_domain_that_is_no_domain_name_is_refused(admin: AdminClient, domain: 
     r = admin.call("POST", "/tenants/acme/connections", {"slug": "okta", "protocol": "saml", "domains": [domain]})
     assert r.status_code == 400, r.get_json()
     assert admin.call("GET", "/tenants/acme/connections").get_json()["connections"] == []
+
+
+@pytest.mark.parametrize("depth", [101, 600, 5000])
+def test_json_nested_deeper_than_the_limit_is_400_not_a_crash(admin: AdminClient, client: FlaskClient,
+                                                               depth: int) -> None:
+    """A mapping rule is copied and checked level by level: a body nesting hundreds of levels used to end in
+    RecursionError (a 500). Refused at the door, naming the limit, whatever the route."""
+    admin.tenant("acme")
+    assert admin.call("POST", "/tenants/acme/connections", {
+        "slug": "okta", "protocol": "saml", "mapping": {"preset": "okta"}}).status_code == 201
+    deep = "[" * depth + "]" * depth
+    raw = ('{"attributes": {}, "mapping": {"rules": [{"op": "copy", "from": "a", "to": "b", "x": ' + deep
+           + '}]}}').encode()
+    for method, path in (("POST", "/tenants/acme/connections/okta/mapping/test"),
+                         ("PATCH", "/tenants/acme/connections/okta")):
+        r = client.open(f"/admin/v1{path}", method=method, data=raw, content_type="application/json",
+                        headers=admin.headers)
+        assert r.status_code == 400, (path, r.status_code, r.get_data()[:300])
+        assert r.get_json()["error"] == "invalid_json" and "100 levels" in r.get_json()["message"]
+    assert admin.call("GET", "/tenants/acme/connections/okta").get_json()["mapping"]["rules"] == []
+
+
+def test_json_nested_as_deep_as_a_real_document_is_accepted(admin: AdminClient, client: FlaskClient) -> None:
+    admin.tenant("acme")
+    value: object = {}
+    for _ in range(20):
+        value = {"v": [value]}
+    r = admin.call("POST", "/tenants/acme/connections", {
+        "slug": "okta", "protocol": "saml", "mapping": {"preset": "okta"}, "x": value})
+    assert r.status_code == 400 and r.get_json()["error"] != "invalid_json"  # parsed; refused as an unknown field
+
+
+@pytest.mark.parametrize("label", ["evil\u202egnp.exe", "bell\u0007", "two\nlines"])
+def test_admin_key_labels_are_names_too(admin: AdminClient, label: str) -> None:
+    admin.tenant("acme")
+    for path in ("/admin-keys", "/tenants/acme/admin-keys"):
+        r = admin.call("POST", path, {"label": label})
+        assert r.status_code == 400, r.get_json()
+    assert [k["label"] for k in admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"]] == []
+
+
+def test_answers_carrying_a_secret_are_never_stored_and_reads_are_revalidated(admin: AdminClient) -> None:
+    admin.tenant("acme")
+    for path, body in (("/tenants/acme/admin-keys", {}), ("/admin-keys", {}),
+                       ("/tenants/acme/apps", {"name": "P", "redirect_uris": ["https://a.example/cb"]})):
+        r = admin.call("POST", path, body)
+        assert r.status_code == 201 and r.headers["Cache-Control"] == "no-store", path
+    assert admin.call("GET", "/tenants/acme").headers["Cache-Control"] == "private, no-cache"
+    assert admin.call("GET", "/tenants/nope").headers["Cache-Control"] == "private, no-cache"
+
+
+def test_a_long_name_in_the_path_is_not_echoed_whole(admin: AdminClient) -> None:
+    r = admin.call("GET", "/tenants/" + "a" * 3000)
+    assert r.status_code == 404 and len(r.get_json()["message"]) < 200

@@ -169,6 +169,35 @@ def test_two_concurrent_revocations_leave_one_global_key(database_url: str) -> N
         svc.extras["engine"].dispose()
 
 
+def test_the_same_key_revoked_twice_at_once_is_revoked_once(database_url: str) -> None:
+    """Two revocations of one tenant key at the same moment: one deletes it, the other finds nothing (404),
+    so a retrying script cannot produce two audit events for one revocation."""
+    svc = build_services(load_settings(make_env(database_url)))
+    try:
+        svc.admin.create_tenant(None, {"slug": "acme", "name": "Acme"})
+        for round_ in range(10):
+            key_id = svc.admin.create_admin_key(None, "acme", {"label": f"k{round_}"})["id"]
+            barrier = threading.Barrier(2)
+            outcomes: list[str] = []
+
+            def revoke(key_id: str = key_id) -> None:
+                barrier.wait()
+                try:
+                    svc.admin.revoke_admin_key(None, "acme", key_id)
+                    outcomes.append("revoked")
+                except NotFound:
+                    outcomes.append("not_found")
+
+            threads = [threading.Thread(target=revoke) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert sorted(outcomes) == ["not_found", "revoked"], (round_, outcomes)
+    finally:
+        svc.extras["engine"].dispose()
+
+
 def test_admin_events_name_the_key_that_acted(admin: AdminClient) -> None:
     """The key's id (never its value) is in every admin event, so `who did what` can be answered."""
     created = admin.call("POST", "/admin-keys", {"label": "ops"}).get_json()
@@ -178,3 +207,29 @@ def test_admin_events_name_the_key_that_acted(admin: AdminClient) -> None:
     assert events[0]["details"]["action"] == "tenant.create"
     assert events[0]["details"]["admin_key_id"] == created["id"]
     assert created["key"] not in str(events)
+
+
+def test_a_tenants_key_revoked_by_the_operator_shows_in_the_tenants_audit(admin: AdminClient,
+                                                                           tenants: dict[str, Any]) -> None:
+    assert admin.call("DELETE", f"/admin-keys/{tenants['acme']['id']}").status_code == 204
+    events = admin.call("GET", "/tenants/acme/audit?type=admin").get_json()["events"]
+    revoked = [e for e in events if e["details"]["action"] == "admin_key.revoke"]
+    assert [e["details"]["key_id"] for e in revoked] == [tenants["acme"]["id"]]
+    assert revoked[0]["tenant"] == "acme"
+
+
+def test_every_event_is_readable_by_a_global_key_and_only_by_one(admin: AdminClient,
+                                                                   tenants: dict[str, Any]) -> None:
+    """Events of no tenant (a global key's creation, a deleted tenant) have no /tenants/{t}/audit to be read at."""
+    created = _key(admin, "/admin-keys", "automation")
+    assert admin.call("DELETE", "/tenants/globex").status_code == 204
+    page = admin.call("GET", "/audit?type=admin&limit=100")
+    assert page.status_code == 200, page.get_json()
+    actions = [(e["tenant"], e["details"]["action"]) for e in page.get_json()["events"]]
+    assert ("globex", "tenant.delete") in actions and (None, "admin_key.create") in actions
+    assert ("acme", "tenant.create") in actions  # and every tenant's own
+    assert any(e["details"].get("key_id") == created["id"] or e["details"].get("admin_key_id")
+               for e in page.get_json()["events"])
+    refused = tenants["acme_client"].call("GET", "/audit")
+    assert refused.status_code == 403 and refused.get_json()["error"] == "forbidden"
+    assert admin.call("GET", "/audit?type=bogus").status_code == 400
