@@ -105,3 +105,66 @@ def test_a_database_that_accepts_and_never_answers_fails_the_connect_in_seconds(
         engine.dispose()
         listener.close()
     assert time.monotonic() - started < 8  # connect_timeout 3 s (libpq may try twice: with and without SSL)
+
+
+def _fail_in_0003(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make migration 0003 fail after its DDL (the column is added), inside its loop over the connections."""
+    import sqlalchemy.engine
+
+    execute = sqlalchemy.engine.Connection.execute
+
+    def failing(self: object, statement: object, *args: object, **kwargs: object) -> object:
+        if "SELECT connections.id" in str(statement):
+            raise RuntimeError("killed halfway")
+        return execute(self, statement, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlalchemy.engine.Connection, "execute", failing)
+
+
+def _columns(engine: object, table: str) -> set[str]:
+    from sqlalchemy import inspect
+
+    return {c["name"] for c in inspect(engine).get_columns(table)}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("database", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def test_an_upgrade_that_fails_halfway_can_be_run_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        request: pytest.FixtureRequest, database: str) -> None:
+    """An upgrade killed inside a migration (a Job evicted) used to leave SQLite with the migration's column but
+    not its revision: every later run failed on a duplicate column, and no version would start. Now each
+    migration is all or nothing (SQLite: the whole upgrade), and running the upgrade again completes it."""
+    url = f"sqlite:///{tmp_path / 'b.db'}" if database == "sqlite" else request.getfixturevalue("pg_schema_url")
+    engine = make_engine(url)
+    upgrade(engine, "0001")
+    with monkeypatch.context() as patched:
+        _fail_in_0003(patched)
+        with pytest.raises(RuntimeError, match="killed halfway"):
+            upgrade(engine)
+    with engine.connect() as conn:
+        at = conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
+    # PostgreSQL kept 0002 (its own transaction, committed); SQLite kept nothing of this run
+    assert at == ("0001" if database == "sqlite" else "0002")
+    assert "idp_certificates" not in _columns(engine, "connections")
+    upgrade(engine)
+    assert schema_state(engine) == "current" and "idp_certificates" in _columns(engine, "connections")
+    engine.dispose()
+
+
+def test_two_upgrades_at_once_on_sqlite_run_one_after_the_other(tmp_path: Path) -> None:
+    """Two processes: the second waits for the first's write lock, then finds nothing to do (it used to fail on
+    a duplicate column while the database ended up right)."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    first = make_engine(url)
+    upgrade(first, "0001")
+    script = ("import sys; from broker.store.database import make_engine, upgrade; "
+              "upgrade(make_engine(sys.argv[1]))")
+    runs = [subprocess.Popen([sys.executable, "-c", script, url], stderr=subprocess.PIPE)  # noqa: S603
+            for _ in range(2)]
+    for run in runs:
+        _, err = run.communicate(timeout=60)
+        assert run.returncode == 0, err.decode()[-2000:]
+    assert schema_state(first) == "current"
+    first.dispose()

@@ -18,6 +18,7 @@ revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
+BATCH = 20
 
 
 def upgrade() -> None:
@@ -32,21 +33,27 @@ def upgrade() -> None:
         sa.column("idp_certificates", sa.JSON),
     )
     bind = op.get_bind()
-    rows = bind.execute(
-        sa.select(connections.c.id, connections.c.settings, connections.c.fetched_metadata)
-        .where(connections.c.protocol == "saml")
-    ).all()
-    for conn_id, settings, fetched in rows:
-        if isinstance(settings, str):  # JSON stored as text by some drivers
-            settings = json.loads(settings)
-        xml = (settings or {}).get("metadata_xml") or fetched
-        if not xml:
-            continue
-        certs = signing_certificate_expiry(xml.encode("utf-8"), (settings or {}).get("idp_entity_id"))
-        if certs:
-            bind.execute(
-                sa.update(connections).where(connections.c.id == conn_id).values(idp_certificates=certs)
-            )
+    ids = bind.execute(sa.select(connections.c.id).where(connections.c.protocol == "saml")).scalars().all()
+    for start in range(0, len(ids), BATCH):  # documents of up to 2 MiB each: a batch at a time in memory
+        rows = bind.execute(
+            sa.select(connections.c.id, connections.c.settings, connections.c.fetched_metadata)
+            .where(connections.c.id.in_(ids[start:start + BATCH]))
+        ).all()
+        for conn_id, settings, fetched in rows:
+            _fill(bind, connections, conn_id, settings, fetched)
+
+
+def _fill(bind: sa.Connection, connections: sa.TableClause, conn_id: str, settings: object, fetched: object) -> None:
+    if isinstance(settings, str):  # JSON stored as text by some drivers
+        settings = json.loads(settings)
+    if not isinstance(settings, dict):
+        settings = {}
+    xml = settings.get("metadata_xml") or fetched
+    if not isinstance(xml, str) or not xml:
+        return
+    certs = signing_certificate_expiry(xml.encode("utf-8"), settings.get("idp_entity_id"))
+    if certs:
+        bind.execute(sa.update(connections).where(connections.c.id == conn_id).values(idp_certificates=certs))
 
 
 def downgrade() -> None:
