@@ -103,7 +103,7 @@ def build_services(
                 raise
             # the master checked the database moments ago, and the worker that booted first wrote the key
             log.warning("bootstrap_admin_key_not_checked", extra={"error": type(exc).__name__})
-    metrics = Metrics(certificates=config.idp_certificates)
+    metrics = Metrics(certificates=config.idp_certificates, metadata=config.metadata_freshness)
     registry = ConnectorRegistry(
         public_url=settings.public_url, state=state, clock=clock, fetcher=fetcher, metrics=metrics,
         upstream_timeout=settings.upstream_timeout,

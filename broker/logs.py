@@ -63,7 +63,9 @@ def configure(level: str = "INFO") -> None:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
-    root.handlers = [handler]
+    # plain stream handlers (logging.basicConfig's) would print every event a second time, not as JSON; a
+    # handler of another kind (a test's log capture, an operator's own) is left in place
+    root.handlers = [h for h in root.handlers if type(h) is not logging.StreamHandler] + [handler]
     root.setLevel(level)
 
 

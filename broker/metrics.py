@@ -15,6 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, values
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -40,7 +41,8 @@ STEP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 
 
 class Metrics:
-    def __init__(self, certificates: CertificateSource | None = None) -> None:
+    def __init__(self, certificates: CertificateSource | None = None,
+                 metadata: MetadataSource | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.logins_started = Counter(
             "broker_logins_started", "Upstream logins started", ["tenant", "connection"], registry=self.registry
@@ -71,6 +73,8 @@ class Metrics:
         self.multiprocess_dir = multiprocess_dir()
         self.idp_certificates = CertificateExpiry(certificates)
         self.registry.register(self.idp_certificates)
+        self.idp_metadata = MetadataFreshness(metadata)
+        self.registry.register(self.idp_metadata)
 
     def render(self) -> bytes:
         if self.multiprocess_dir is None:
@@ -79,6 +83,7 @@ class Metrics:
         files = MultiProcessCollector(None, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
         registry.register(_WithDeclared(files, self._declared()))
         registry.register(self.idp_certificates)
+        registry.register(self.idp_metadata)
         return generate_latest(registry)
 
     def _declared(self) -> list[Counter | Histogram]:
@@ -107,31 +112,43 @@ class _WithDeclared(Collector):
 
 
 CertificateSource = Callable[[], Iterable[tuple[str, str, Mapping[str, float]]]]
+# (tenant, connection, when the last good copy was fetched or None, whether the last refresh failed)
+MetadataSource = Callable[[], Iterable[tuple[str, str, float | None, bool]]]
+T = TypeVar("T")
 
 
-class CertificateExpiry(Collector):
-    """Days until each IdP signing certificate expires, for every enabled SAML connection, whether or not
-    anyone has logged in through it since the process started: computed at scrape time from the expiry
-    dates the configuration store keeps for each connection's metadata (`source`). When the store cannot
-    be read, the scrape still answers with the last dates it read."""
+class _StoreGauges(Collector, Generic[T]):
+    """Gauges computed at scrape time from what the configuration store keeps (`source`), so they cover every
+    connection in every worker and replica, and what a separate process (the metadata refresh CronJob) did.
+    When the store cannot be read, the scrape still answers with the last rows it read."""
 
-    def __init__(self, source: CertificateSource | None = None) -> None:
+    unavailable = "store_gauges_unavailable"
+
+    def __init__(self, source: Callable[[], Iterable[T]] | None = None) -> None:
         self._lock = threading.Lock()
         self._source = source
-        self._last: list[tuple[str, str, dict[str, float]]] = []
+        self._last: list[T] = []
 
-    def attach(self, source: CertificateSource) -> None:
+    def attach(self, source: Callable[[], Iterable[T]]) -> None:
         self._source = source
 
-    def _read(self) -> list[tuple[str, str, dict[str, float]]]:
+    def _read(self) -> list[T]:
         with self._lock:
             if self._source is None:
                 return self._last
             try:
-                self._last = [(t, c, dict(certs)) for t, c, certs in self._source()]
+                self._last = list(self._source())
             except Exception as exc:  # noqa: BLE001 - a scrape must not fail because the database is down
-                log.warning("certificate_expiry_unavailable", extra={"error": exc.__class__.__name__})
+                log.warning(self.unavailable, extra={"error": exc.__class__.__name__})
             return self._last
+
+
+class CertificateExpiry(_StoreGauges[tuple[str, str, Mapping[str, float]]]):
+    """Days until each IdP signing certificate expires, for every enabled SAML connection, whether or not
+    anyone has logged in through it since the process started: from the expiry dates the configuration
+    store keeps for each connection's metadata."""
+
+    unavailable = "certificate_expiry_unavailable"
 
     def collect(self) -> Iterator[Metric]:
         family = GaugeMetricFamily(
@@ -145,3 +162,29 @@ class CertificateExpiry(Collector):
                 short = ":".join(fingerprint.split(":")[:8]) if ":" in fingerprint else fingerprint[:16]
                 family.add_metric([tenant, connection, short], round((not_after - now) / 86400, 2))
         yield family
+
+
+class MetadataFreshness(_StoreGauges[tuple[str, str, float | None, bool]]):
+    """For every enabled SAML connection fed by a metadata_url: how old the copy in use is, and whether the
+    last refresh failed. From the state the store keeps, whoever refreshed (a login, a server, the CronJob):
+    an IdP whose metadata URL has been failing for days shows here, not only in the refresher's logs."""
+
+    unavailable = "metadata_freshness_unavailable"
+
+    def collect(self) -> Iterator[Metric]:
+        age = GaugeMetricFamily(
+            "broker_idp_metadata_age_seconds", "Seconds since the IdP metadata in use was fetched from its URL",
+            labels=["tenant", "connection"],
+        )
+        failing = GaugeMetricFamily(
+            "broker_idp_metadata_refresh_failing",
+            "1 when the last refresh of the IdP metadata URL failed (the last good copy, if any, is in use)",
+            labels=["tenant", "connection"],
+        )
+        now = time.time()
+        for tenant, connection, fetched_at, failed in self._read():
+            if fetched_at is not None:
+                age.add_metric([tenant, connection], round(max(0.0, now - fetched_at), 1))
+            failing.add_metric([tenant, connection], 1.0 if failed else 0.0)
+        yield age
+        yield failing

@@ -244,6 +244,10 @@ class ConfigStore(ConfigReader, Protocol):
         """(tenant slug, connection slug, signing certificate fingerprint -> notAfter in epoch seconds) of
         every enabled SAML connection with usable metadata."""
         ...
+    def metadata_freshness(self) -> Sequence[tuple[str, str, float | None, bool]]:
+        """(tenant slug, connection slug, when the metadata in use was fetched (epoch seconds) or None, whether
+        the last refresh failed) of every enabled SAML connection fed by a metadata_url that was tried."""
+        ...
     def touch_last_logins(self, stamps: Mapping[str, float]) -> None:
         """Connection id -> time of a successful login (epoch seconds); a connection keeps the later of
         its stored time and the given one (workers write their stamps independently)."""

@@ -148,12 +148,24 @@ def test_metadata_refresh_command(env: str, capsys: pytest.CaptureFixture[str],
             "slug": "okta", "protocol": "saml", "saml": {"metadata_url": f"http://127.0.0.1:{port}/md"}})
         assert r.status_code == 201, r.get_json()
         hits = state["hits"]
+        series = ('{connection="okta",tenant="acme"}', '{tenant="acme",connection="okta"}')
+
+        def scraped(name: str) -> float:
+            text = client.get("/metrics").get_data(as_text=True)
+            line = next(x for x in text.splitlines() if x.startswith(name) and x.split(" ")[0].endswith(series))
+            return float(line.rsplit(" ", 1)[1])
+
+        assert scraped("broker_idp_metadata_refresh_failing") == 0
+        assert 0 <= scraped("broker_idp_metadata_age_seconds") < 60
         assert main(["metadata", "refresh"]) == 0  # not due yet: no fetch
         assert state["hits"] == hits and "ok     acme/okta" in capsys.readouterr().out
         state["ok"] = False
         assert main(["metadata", "refresh", "--force"]) == 1  # fails, keeps the last good copy
         out = capsys.readouterr().out
         assert "FAILED acme/okta" in out and state["hits"] == hits + 1
+        # what another process (the CronJob) found shows in the server's own scrape
+        assert scraped("broker_idp_metadata_refresh_failing") == 1
+        assert scraped("broker_idp_metadata_age_seconds") >= 0  # the last good copy is still in use
         got = client.get("/admin/v1/tenants/acme/connections/okta", headers=h).get_json()
         assert got["metadata"]["entity_id"] == "https://idp.refresh.test/md"
         assert got["metadata"]["refresh"]["last_error"]

@@ -94,3 +94,29 @@ def test_a_family_with_samples_is_listed_once(tmp_path: Path) -> None:
     assert text.count("# TYPE broker_logins_failed_total counter\n") == 1
     assert 'broker_logins_failed_total{connection="okta",reason="saml_replay",tenant="acme"} 2.0' in text
     assert text.count("# TYPE broker_logins_started_total counter\n") == 1
+
+
+def test_metadata_freshness_names_every_tried_url_and_survives_a_store_outage() -> None:
+    from broker.metrics import MetadataFreshness
+
+    now = time.time()
+    up = [True]
+
+    def source() -> list[tuple[str, str, float | None, bool]]:
+        if not up[0]:
+            raise OSError("database unreachable")
+        return [("acme", "okta", now - 3600, False), ("globex", "adfs", now - 9 * DAY, True),
+                ("initech", "ping", None, True)]  # never fetched: no age, failing
+
+    collector = MetadataFreshness(source)
+
+    def read() -> tuple[dict[tuple[str, str], float], dict[tuple[str, str], float]]:
+        age, failing = list(collector.collect())
+        return ({(s.labels["tenant"], s.labels["connection"]): s.value for s in age.samples},
+                {(s.labels["tenant"], s.labels["connection"]): s.value for s in failing.samples})
+
+    age, failing = read()
+    assert age == {("acme", "okta"): pytest.approx(3600, abs=5), ("globex", "adfs"): pytest.approx(9 * DAY, abs=5)}
+    assert failing == {("acme", "okta"): 0, ("globex", "adfs"): 1, ("initech", "ping"): 1}
+    up[0] = False
+    assert read()[1] == failing, "the last rows read while the store is down"

@@ -250,6 +250,9 @@ class CachedConfigStore:
 
     # -- uncached reads --------------------------------------------------------------------------
 
+    def metadata_freshness(self) -> list[tuple[str, str, float | None, bool]]:
+        return list(self.inner.metadata_freshness())
+
     def admin_key_by_hash(self, key_hash: str) -> AdminKey | None:
         return self.inner.admin_key_by_hash(key_hash)
 

@@ -573,6 +573,19 @@ class SqlConfigStore:
                 out.append((tenant, conn, {str(k): float(v) for k, v in certs.items()}))
         return out
 
+    def metadata_freshness(self) -> list[tuple[str, str, float | None, bool]]:
+        """For the metadata gauges: one query of the refresh state columns (never the documents themselves)."""
+        with self._read() as s:
+            rows = s.execute(
+                select(TenantRow.slug, ConnectionRow.slug, ConnectionRow.metadata_fetched_at,
+                       ConnectionRow.metadata_last_error)
+                .join(TenantRow, TenantRow.id == ConnectionRow.tenant_id)
+                .where(ConnectionRow.protocol == "saml", ConnectionRow.enabled.is_(True),
+                       or_(ConnectionRow.metadata_fetched_at.is_not(None),
+                           ConnectionRow.metadata_last_error.is_not(None)))
+            ).all()
+        return [(tenant, conn, _ts(fetched), error is not None) for tenant, conn, fetched, error in rows]
+
     def metadata_state(self, connection_id: str) -> MetadataState:
         with self._read() as s:
             row = s.get(ConnectionRow, connection_id)
