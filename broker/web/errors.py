@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from flask import Response, jsonify
+from flask import Response, jsonify, request
 
 from broker import logs
 from broker.errors import BrokerError
@@ -20,13 +20,25 @@ def admin_error(err: BrokerError) -> Response:
     body: dict[str, Any] = {"error": err.code, "message": err.message, "details": err.details}
     resp = jsonify(body)
     resp.status_code = err.status
+    _admin_refused(err.status, err.code)
     return resp
 
 
 def admin_error_raw(status: int, code: str, message: str) -> Response:
     resp = jsonify({"error": code, "message": message, "details": {}})
     resp.status_code = status
+    _admin_refused(status, code)
     return resp
+
+
+def _admin_refused(status: int, code: str) -> None:
+    """Every refused admin API request is a log line: a wrong key tried from somewhere, a tenant key probing
+    another tenant, a script stuck on 412s. Logged, not audited: refusals need no key and would let anyone
+    fill the audit table. (5xx are logged where they happen, with their cause.)"""
+    if status < 500:
+        log.warning("admin_request_refused", extra={
+            "status": status, "code": code, "method": request.method, "path": request.path[:200],
+            "client": request.remote_addr})
 
 
 def oauth_error(err: BrokerError, headers: dict[str, str] | None = None) -> Response:

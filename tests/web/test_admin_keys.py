@@ -233,3 +233,22 @@ def test_every_event_is_readable_by_a_global_key_and_only_by_one(admin: AdminCli
     refused = tenants["acme_client"].call("GET", "/audit")
     assert refused.status_code == 403 and refused.get_json()["error"] == "forbidden"
     assert admin.call("GET", "/audit?type=bogus").status_code == 400
+
+
+def test_every_refused_admin_request_is_a_log_line_without_the_key(admin: AdminClient, client: FlaskClient,
+                                                                    tenants: dict[str, Any],
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    wrong = "wrong-key-0123456789-abcdefghijklmnopqrstuv"
+    with caplog.at_level(logging.WARNING, logger="broker.web"):
+        assert AdminClient(client, wrong).call("GET", "/tenants").status_code == 401
+        assert tenants["acme_client"].call("GET", "/tenants/globex").status_code == 404
+        assert tenants["acme_client"].call("POST", "/tenants", {"slug": "x", "name": "X"}).status_code == 403
+        assert admin.call("GET", "/no-such-route").status_code == 404
+        assert admin.call("GET", "/tenants/acme").status_code == 200
+    refused = [r for r in caplog.records if r.getMessage() == "admin_request_refused"]
+    assert [(r.status, r.method, r.path) for r in refused] == [  # type: ignore[attr-defined]
+        (401, "GET", "/admin/v1/tenants"), (404, "GET", "/admin/v1/tenants/globex"),
+        (403, "POST", "/admin/v1/tenants"), (404, "GET", "/admin/v1/no-such-route")]
+    assert all(wrong not in str(r.__dict__) for r in caplog.records)
