@@ -40,6 +40,8 @@ bp = Blueprint("admin_ui", __name__, url_prefix="/admin/ui", template_folder="te
 COOKIE = "broker_admin_ui"
 SESSION_PREFIX = "admin-ui:"
 DRAFT_PREFIX = "admin-ui-draft:"
+ONCE_PREFIX = "admin-ui-once:"  # a new-key form already used: its key was shown, a resubmission shows none
+ONCE_TTL = 12 * 3600.0
 SIGNIN_COUNTER = "admin-ui-signin:"
 SIGNIN_WINDOW_END = "admin-ui-signin-end:"  # when an address's current counting window ends (for Retry-After)
 ANON_TTL = 15 * 60  # a sign-in form's session
@@ -432,6 +434,8 @@ NOTICES = {
     "deleted": "The connection was deleted.",
     "metadata_saved": "The new IdP metadata was saved.",
     "key_revoked": "The admin key was revoked. It no longer works anywhere.",
+    "key_already_created": "This form was already sent and its key created (shown only that once): no second "
+                           "key was made. Revoke it below if it was not copied, and create a new one.",
 }
 
 
@@ -744,8 +748,8 @@ def audit(t: str) -> Response:
 
 def _keys_page(ctx: Ctx, tenant: Tenant, status: int = 200, **extra: Any) -> Response:
     keys = ctx.svc.admin.list_admin_keys(ctx.key, tenant.slug)["admin_keys"]
-    return _page("admin_keys.html", status, keys=keys, current=ctx.key.id, notice=_notice(), **extra,
-                 **_tenant_ctx(tenant, "keys"))
+    return _page("admin_keys.html", status, keys=keys, current=ctx.key.id, notice=_notice(),
+                 once=secrets.token_urlsafe(16), **extra, **_tenant_ctx(tenant, "keys"))
 
 
 @bp.get("/tenants/<t>/admin-keys")
@@ -760,10 +764,20 @@ def create_admin_key(t: str) -> Response:
     ctx = _ctx()
     tenant = _tenant(ctx, t)
     label = request.form.get("label", "").strip()
+    # the form carries a value of its own: sent again (a reload of this answer, a double click), it makes
+    # no second key, whose value nobody would see
+    once = request.form.get("once", "")
+    once_key = f"{ONCE_PREFIX}{ctx.session.id}:{once}" if re.fullmatch(r"[A-Za-z0-9_-]{16,64}", once) else None
+    if once_key is not None and not ctx.svc.state.add_if_absent(once_key, b"1", ONCE_TTL):
+        return _see_other(f"/tenants/{tenant.slug}/admin-keys", notice="key_already_created")
     try:
         created = ctx.svc.admin.create_admin_key(ctx.key, tenant.slug, {"label": label})
-    except ValidationFailed as err:
-        return _keys_page(ctx, tenant, 400, create_error=err.message)
+    except BaseException as err:
+        if once_key is not None:  # no key was made: the same form may be sent again
+            ctx.svc.state.delete(once_key)
+        if isinstance(err, ValidationFailed):
+            return _keys_page(ctx, tenant, 400, create_error=err.message)
+        raise
     return _keys_page(ctx, tenant, created=created)
 
 

@@ -544,6 +544,28 @@ def test_admin_keys_page_creates_a_key_shown_once_and_revokes_keys(client: Flask
     assert events[0]["details"]["action"] == "admin_key.revoke"
 
 
+def test_the_new_key_form_sent_twice_makes_one_key(client: FlaskClient, admin: AdminClient, ui: str) -> None:
+    """Reloading the page that shows the new key sends its form again: no second key (whose value nobody
+    would see), a notice instead. A form refused for its label can be corrected and sent again."""
+    page = client.get(f"{UI}/tenants/acme/admin-keys").get_data(as_text=True)
+    once = re.search(r'name="once" value="([^"]+)"', page)
+    assert once
+    form = {"csrf": ui, "label": "x" * 201, "once": once.group(1)}
+    assert client.post(f"{UI}/tenants/acme/admin-keys", data=form).status_code == 400
+    form["label"] = "deploys"
+    first = client.post(f"{UI}/tenants/acme/admin-keys", data=form)
+    assert first.status_code == 200 and 'id="new-key-value"' in first.get_data(as_text=True)
+    again = client.post(f"{UI}/tenants/acme/admin-keys", data=form)
+    assert again.status_code == 303 and again.headers["Location"].endswith("notice=key_already_created")
+    assert "no second key was made" in text(client.get(again.headers["Location"]))
+    assert [k["label"] for k in admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"]] == ["deploys"]
+    other = re.search(r'name="once" value="([^"]+)"', first.get_data(as_text=True))
+    assert other and other.group(1) != once.group(1)  # the page it answered with makes the next key
+    form["once"] = other.group(1)
+    assert client.post(f"{UI}/tenants/acme/admin-keys", data=form).status_code == 200
+    assert len(admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"]) == 2
+
+
 def test_a_too_long_label_is_a_clear_message_and_creates_nothing(client: FlaskClient, admin: AdminClient,
                                                                  ui: str) -> None:
     r = client.post(f"{UI}/tenants/acme/admin-keys", data={"csrf": ui, "label": "x" * 201})
