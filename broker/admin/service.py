@@ -658,7 +658,7 @@ class AdminService:
         def write(existing: Connection) -> dict[str, Any]:
             spec = self._connection_spec(existing)
             merged = merge_patch(spec, body)
-            if merged == spec:  # changes nothing (secrets are not in `spec`: naming one is a change)
+            if same_json(merged, spec):  # changes nothing (secrets are not in `spec`: naming one is a change)
                 _, understood = self._draft(schema.parse(schema.ConnectionBody, merged), existing)
                 return self._saved(key, tenant, existing, understood, None)
             return self.replace_connection(key, tenant, existing, merged, expected_version=existing.version)
@@ -852,7 +852,7 @@ class AdminService:
             for generated in ("id", "created_at", "client_id", "version"):
                 current.pop(generated)
             merged = merge_patch(current, body)
-            if merged == current:  # changes nothing: no write, no new version, no audit event
+            if same_json(merged, current):  # changes nothing: no write, no new version, no audit event
                 return self.app_json(existing)
             return self.replace_app(key, tenant, existing, merged, expected_version=existing.version)
 
@@ -925,6 +925,18 @@ class AdminService:
             raise ValidationFailed("cursor is not valid.", details={"field": "cursor"})
         page = self.store.audit_page(tenant_id, type=type_, outcome=outcome, limit=limit, cursor=cursor)
         return {"events": [event_json(e) for e in page.events], "next_cursor": page.next_cursor}
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Equal as JSON values, types included: Python's == says 0 == False and 600 == 600.0, so a patch of
+    `{"public": 0}` would pass for "no change" where the same body on a real change is refused."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same_json(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

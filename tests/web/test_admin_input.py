@@ -243,3 +243,14 @@ def test_answers_carrying_a_secret_are_never_stored_and_reads_are_revalidated(ad
 def test_a_long_name_in_the_path_is_not_echoed_whole(admin: AdminClient) -> None:
     r = admin.call("GET", "/tenants/" + "a" * 3000)
     assert r.status_code == 404 and len(r.get_json()["message"]) < 200
+
+
+@pytest.mark.parametrize("patch", [{"public": 0}, {"access_token_ttl": 600.0}])
+def test_a_patch_of_the_wrong_type_is_refused_even_when_python_calls_it_equal(admin: AdminClient,
+                                                                             patch: dict[str, object]) -> None:
+    admin.tenant("acme")
+    created = admin.call("POST", "/tenants/acme/apps", {"name": "P", "redirect_uris": ["https://a.example/cb"],
+                                                         "access_token_ttl": 600})
+    assert created.status_code == 201, created.get_json()
+    r = admin.call("PATCH", f"/tenants/acme/apps/{created.get_json()['client_id']}", patch)
+    assert r.status_code == 400, r.get_json()
