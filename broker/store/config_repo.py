@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg.types.json import Json
@@ -534,14 +534,7 @@ class SqlConfigStore:
     def delete_connection(self, connection_id: str, *, expected_version: int | None = None) -> str:
         """Delete; returns the tenant id the connection belonged to. NotFound when it is already gone,
         VersionConflict when `expected_version` is given and the row has moved on (checked under its lock)."""
-        with self._session(serialized=True) as s:
-            row = s.get(ConnectionRow, connection_id, with_for_update=True)
-            if row is None:
-                raise NotFound("No such connection.", code="connection_not_found")
-            _check_version(row.version, expected_version, "connection")
-            owner = row.tenant_id
-            s.execute(delete(ConnectionRow).where(ConnectionRow.id == connection_id))
-            return owner
+        return self._delete_owned(ConnectionRow, connection_id, expected_version, "connection")
 
     def _idp_certificates(self, row: ConnectionRow,
                           fetched: str | None | object = _UNCHANGED) -> dict[str, float] | None:
@@ -693,13 +686,18 @@ class SqlConfigStore:
     def delete_app(self, app_id: str, *, expected_version: int | None = None) -> str:
         """Delete; returns the tenant id the app belonged to. NotFound when it is already gone,
         VersionConflict when `expected_version` is given and the row has moved on (checked under its lock)."""
+        return self._delete_owned(AppRow, app_id, expected_version, "app")
+
+    def _delete_owned(self, table: type[ConnectionRow] | type[AppRow], row_id: str, expected_version: int | None,
+                      what: str) -> str:
+        """Delete one row of a tenant's under its lock; the tenant id it belonged to."""
         with self._session(serialized=True) as s:
-            row = s.get(AppRow, app_id, with_for_update=True)
+            row = cast("ConnectionRow | AppRow | None", s.get(table, row_id, with_for_update=True))
             if row is None:
-                raise NotFound("No such app.", code="app_not_found")
-            _check_version(row.version, expected_version, "app")
-            owner = row.tenant_id
-            s.execute(delete(AppRow).where(AppRow.id == app_id))
+                raise NotFound(f"No such {what}.", code=f"{what}_not_found")
+            _check_version(row.version, expected_version, what)
+            owner: str = row.tenant_id
+            s.execute(delete(table).where(table.id == row_id))
             return owner
 
     # -- signing keys ----------------------------------------------------------------------------

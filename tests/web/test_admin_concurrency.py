@@ -9,6 +9,7 @@ names the version it read (If-Match) gets 412 instead, and nothing changes. On S
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -87,12 +88,9 @@ DELETABLE = [("/tenants/acme/apps/portal", "app_for", {"name": "Portal 2"}),
              ("/tenants/acme", "tenant_for", {"name": "Acme Inc"})]
 
 
-@pytest.mark.parametrize("path, lookup, patch", DELETABLE)
-def test_a_delete_that_lost_a_race_with_another_delete_is_404_and_audits_nothing(
-        app: Flask, admin: AdminClient, client: FlaskClient, path: str, lookup: str, patch: dict[str, Any]) -> None:
-    """Deterministic interleaving: between this DELETE's read and its write, another DELETE of the same resource
-    completes. Only the one that deleted answers 204 and writes an audit event."""
-    _setup(admin)
+def _raced(app: Flask, lookup: str, other: Callable[[], Any], request: Callable[[], Any]) -> tuple[int, Any]:
+    """Send `request`; between its lookup of the resource (AdminService.<lookup>) and its write, `other` runs
+    to completion. The status of `other`, and the answer to `request`."""
     service = app.extensions["broker"].admin
     original = getattr(service, lookup)
     raced: list[int] = []
@@ -101,15 +99,27 @@ def test_a_delete_that_lost_a_race_with_another_delete_is_404_and_audits_nothing
         found = original(*args, **kwargs)
         if not raced:
             raced.append(0)  # the other request looks the resource up too: it must not race again
-            raced[0] = _call(app.test_client(), "DELETE", path).status_code
+            raced[0] = other().status_code
         return found
 
     setattr(service, lookup, racing_lookup)
     try:
-        late = _call(client, "DELETE", path)
+        answer = request()
     finally:
         delattr(service, lookup)
-    assert raced == [204]
+    assert raced, "the race did not happen"
+    return raced[0], answer
+
+
+@pytest.mark.parametrize("path, lookup, patch", DELETABLE)
+def test_a_delete_that_lost_a_race_with_another_delete_is_404_and_audits_nothing(
+        app: Flask, admin: AdminClient, client: FlaskClient, path: str, lookup: str, patch: dict[str, Any]) -> None:
+    """Deterministic interleaving: between this DELETE's read and its write, another DELETE of the same resource
+    completes. Only the one that deleted answers 204 and writes an audit event."""
+    _setup(admin)
+    raced, late = _raced(app, lookup, lambda: _call(app.test_client(), "DELETE", path),
+                         lambda: _call(client, "DELETE", path))
+    assert raced == 204
     assert late.status_code == 404, late.get_json()
     events = app.extensions["broker"].config.audit_page(None, type="admin", outcome=None, limit=50, cursor=None)
     deletes = [e for e in events.events if str(e.details.get("action", "")).endswith(".delete")]
@@ -123,23 +133,9 @@ def test_a_delete_naming_a_version_never_removes_a_newer_one(
     PATCH that lands in between makes the DELETE a 412, and the patched resource stays."""
     _setup(admin)
     tag = _call(client, "GET", path).headers["ETag"]
-    service = app.extensions["broker"].admin
-    original = getattr(service, lookup)
-    raced: list[int] = []
-
-    def racing_lookup(*args: Any, **kwargs: Any) -> Any:
-        found = original(*args, **kwargs)
-        if not raced:
-            raced.append(0)  # the other request looks the resource up too: it must not race again
-            raced[0] = _call(app.test_client(), "PATCH", path, patch).status_code
-        return found
-
-    setattr(service, lookup, racing_lookup)
-    try:
-        refused = _call(client, "DELETE", path, **{"If-Match": tag})
-    finally:
-        delattr(service, lookup)
-    assert raced == [200]
+    raced, refused = _raced(app, lookup, lambda: _call(app.test_client(), "PATCH", path, patch),
+                            lambda: _call(client, "DELETE", path, **{"If-Match": tag}))
+    assert raced == 200
     assert refused.status_code == 412, refused.get_json()
     after = _call(client, "GET", path)
     assert after.status_code == 200 and after.get_json()[next(iter(patch))] == next(iter(patch.values()))
