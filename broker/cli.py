@@ -222,7 +222,7 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
     finally:
         svc.extras["engine"].dispose()
     print(result.render())
-    return 0
+    return 1 if args.exit_code and result.changes else 0
 
 
 DEMO_DATABASE_URL = "sqlite:///broker-demo.db"
@@ -374,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dry-run", action="store_true", help="print the changes; write nothing")
     ap.add_argument("--prune", action="store_true",
                     help="also delete connections and apps of the named tenants that the files do not name")
+    ap.add_argument("--exit-code", action="store_true",
+                    help="exit 1 when there were changes (with --dry-run: when the files and the database "
+                         "differ), 0 when none; errors stay 2")
     ap.set_defaults(func=cmd_config_apply)
 
     admin = sub.add_parser("admin", help="admin keys")

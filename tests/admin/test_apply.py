@@ -442,12 +442,16 @@ def test_cli_end_to_end(
     assert main(["config", "apply", str(conf), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "+ tenant acme\n" in out and "nothing written" in out
+    assert main(["config", "apply", str(conf), "--dry-run", "--exit-code"]) == 1  # the database has drifted
+    capsys.readouterr()
 
     assert main(["config", "apply", str(conf)]) == 0
     out = capsys.readouterr().out
     assert "+ connection acme/okta\n" in out and out.strip().endswith("applied: 14 created, 0 updated, 0 deleted")
 
     assert main(["config", "apply", str(conf)]) == 0
+    assert capsys.readouterr().out.strip() == "no changes"
+    assert main(["config", "apply", str(conf), "--dry-run", "--exit-code"]) == 0
     assert capsys.readouterr().out.strip() == "no changes"
 
     edit(conf / "ping.yaml", "clock_skew_seconds: 180", "clock_skew_seconds: 60")
