@@ -11,8 +11,12 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(dirname "$HERE")"
-PY="${PYTHON:-$ROOT/../venv/bin/python}"
-[ -x "$PY" ] || PY="$(command -v python3)"
+# the README's venv (.venv in the checkout), else PYTHON, else a venv next to the checkout, else python3
+PY="${PYTHON:-}"
+for candidate in "$ROOT/.venv/bin/python" "$ROOT/../venv/bin/python"; do
+  [ -n "$PY" ] || { [ -x "$candidate" ] && PY="$candidate"; }
+done
+[ -n "$PY" ] || PY="$(command -v python3)"
 BROKER="$(dirname "$PY")/broker"
 [ -x "$BROKER" ] || BROKER="$PY -m broker"
 DB=sqlite

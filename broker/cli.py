@@ -345,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run the production server (gunicorn)")
-    serve.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server binds all interfaces by default
+    serve.add_argument("--host", default="0.0.0.0",  # noqa: S104 - a server binds all interfaces by default
+                       help="the address to listen on (default 0.0.0.0: every interface)")
     serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--workers", type=int, default=None,
                        help="worker processes (default: 1 without Redis, else 2x cores up to 8)")
@@ -385,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--tenant", default=None, help="scope the key to this tenant slug (default: global)")
     ck.add_argument("--label", default=None)
     ck.set_defaults(func=cmd_admin_create_key)
-    lk = adsub.add_parser("list-keys", help="list admin keys (id, tenant, label, created; never the key)")
+    lk = adsub.add_parser("list-keys", help="list admin keys (id, tenant, created, label; never the key)")
     lk.add_argument("--tenant", default=None, help="only this tenant's keys (default: every key)")
     lk.set_defaults(func=cmd_admin_list_keys)
     rk = adsub.add_parser("revoke-key", help="revoke an admin key by id (it stops working at once)")

@@ -51,7 +51,7 @@ class JsonFormatter(logging.Formatter):
 # must never reach a log (authlib the issued tokens, SQLAlchemy each statement, urllib3 each URL with its
 # query, saml2 whole messages), and the rest is noise next to the broker's own events.
 QUIET_LIBRARIES = ("werkzeug", "saml2", "urllib3", "alembic", "authlib", "joserfc", "sqlalchemy", "psycopg",
-                   "redis", "requests", "signxml", "xmlsec")
+                   "redis", "requests", "signxml", "xmlsec", "xmlschema")
 
 
 def configure(level: str = "INFO") -> None:

@@ -1,6 +1,6 @@
 """Shared fixtures: settings, a migrated database per test (SQLite, and PostgreSQL when configured),
-the Flask app and client, and admin keys. PostgreSQL runs when TEST_DATABASE_URL (or a postgresql
-DATABASE_URL) points at a server; each test gets its own schema there."""
+the Flask app and client, and admin keys. PostgreSQL runs when TEST_DATABASE_URL points at a
+server (never DATABASE_URL: that is the broker's own); each test gets its own schema there."""
 
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ pytest_plugins = ["tests.conftest_state"]
 ROOT = Path(__file__).resolve().parents[1]
 VENDOR_SAMPLES = ROOT.parent / "shared" / "vendor-samples"
 PG_SKIP_REASON = (
-    "PostgreSQL tests need TEST_DATABASE_URL (or DATABASE_URL) pointing at a server, "
-    "e.g. postgresql://postgres@127.0.0.1:5432/test"
+    "PostgreSQL tests need TEST_DATABASE_URL pointing at a server, e.g. postgresql://postgres@127.0.0.1:5432/test"
+    " (DATABASE_URL is never used: a shell set up to run the broker cannot point the tests at its database)"
 )
 BOOTSTRAP_KEY = "test-bootstrap-admin-key-0123456789"
 SECRET_KEY = "test-secret-key-0123456789-abcdefghijklmnop"
 
 
 def configured_pg_url() -> str | None:
-    url = os.environ.get("TEST_DATABASE_URL") or os.environ.get("DATABASE_URL") or ""
+    url = os.environ.get("TEST_DATABASE_URL") or ""
     return url if url.startswith(("postgresql", "postgres://")) else None
 
 
