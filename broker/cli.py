@@ -41,9 +41,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be from 1 to {MAX_WORKERS}.")
     check_workers(settings, workers)
     logs.configure(settings.log_level)
-    from broker.store.database import check_schema, make_engine, upgrade
+    from broker.store.database import check_schema, make_engine, upgrade, wait_for_database
 
     engine = make_engine(settings.sqlalchemy_url)
+    wait_for_database(engine)
     if not settings.is_production:
         upgrade(engine)  # once, in the master, before workers start
     else:

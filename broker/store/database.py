@@ -10,7 +10,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import DisconnectionError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from broker.errors import ConfigError
@@ -138,6 +138,37 @@ def schema_state(engine: Engine) -> str:
 def schema_is_current(engine: Engine) -> bool:
     """True when the database is at the newest migration."""
     return schema_state(engine) == "current"
+
+
+START_WAIT = 60.0  # seconds `broker serve` waits for an unreachable database at start before giving up
+
+
+def wait_for_database(engine: Engine, deadline: float = START_WAIT, *, sleep: Any = time.sleep,
+                      clock: Any = time.monotonic) -> None:
+    """Connect, retrying while the database cannot be reached, for up to `deadline` seconds (then the last
+    error is raised). A server started during a short database outage (a failover, the database's own pod
+    restarting alongside) comes up when it is back, instead of exiting and waiting out the orchestrator's
+    growing restart back-off. Each failed attempt is a `database_unavailable_at_start` warning."""
+    log = logging.getLogger("broker.database")
+    if engine.dialect.name == "sqlite":
+        deadline = 0.0  # a file that cannot be opened now will not open later: say so at once
+    give_up = clock() + deadline
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return
+        except OperationalError as exc:
+            left = give_up - clock()
+            if left <= 0:
+                raise
+            pause = min(2.0 ** min(attempt - 1, 3), 5.0, left)  # 1, 2, 4, 5, 5, ... seconds
+            log.warning("database_unavailable_at_start", extra={
+                "attempt": attempt, "retry_in_s": round(pause, 1),
+                "error": str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__})
+            sleep(pause)
 
 
 def check_schema(engine: Engine) -> None:

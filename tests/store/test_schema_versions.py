@@ -168,3 +168,51 @@ def test_two_upgrades_at_once_on_sqlite_run_one_after_the_other(tmp_path: Path) 
         assert run.returncode == 0, err.decode()[-2000:]
     assert schema_state(first) == "current"
     first.dispose()
+
+
+def test_serve_waits_for_a_database_that_comes_back(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A server started during a short outage waits (bounded) instead of exiting into a restart back-off."""
+    from broker.store.database import wait_for_database
+
+    now = [0.0]
+    sleeps: list[float] = []
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    attempts = [0]
+    real_connect = engine.connect
+
+    def connect() -> object:
+        attempts[0] += 1
+        if attempts[0] < 4:
+            return real_connect()  # refused: nothing listens on port 1
+        return make_engine(f"sqlite:///{tmp_path / 'up.db'}").connect()  # "back"
+
+    engine.connect = connect  # type: ignore[method-assign]
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+
+    with caplog.at_level(logging.WARNING, logger="broker.database"):
+        wait_for_database(engine, 60, sleep=sleep, clock=lambda: now[0])
+    assert sleeps == [1.0, 2.0, 4.0] and attempts[0] == 4
+    assert [r.getMessage() for r in caplog.records] == ["database_unavailable_at_start"] * 3
+    engine.dispose()
+
+
+def test_serve_gives_up_on_a_database_that_stays_away(tmp_path: Path) -> None:
+    from broker.store.database import wait_for_database
+
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    engine = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/none")
+    with pytest.raises(OperationalError):
+        wait_for_database(engine, 12, sleep=sleep, clock=lambda: now[0])
+    assert now[0] == 12  # 1 + 2 + 4 + 5, then what was left
+    engine.dispose()
+    sqlite = make_engine("sqlite:////nonexistent-dir/x/broker.db")
+    with pytest.raises(OperationalError):  # a file that cannot be opened: at once, no wait
+        wait_for_database(sqlite, 60, sleep=sleep, clock=lambda: now[0])
+    assert now[0] == 12
