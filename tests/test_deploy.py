@@ -92,6 +92,14 @@ def test_every_manifest_parses_and_names_its_kind() -> None:
         assert "namespace" not in d["metadata"], "plain manifests stay namespace-free (kubectl apply -n)"
 
 
+def test_the_startup_probe_outlasts_the_wait_for_the_database() -> None:
+    from broker.store.database import START_WAIT
+
+    (c,) = pod_spec(only("Deployment"))["containers"]
+    probe = c["startupProbe"]
+    assert probe["periodSeconds"] * probe["failureThreshold"] > START_WAIT + 15
+
+
 def test_probes_point_at_health_endpoints() -> None:
     (container,) = pod_spec(only("Deployment"))["containers"]
     port_names = {p["name"] for p in container["ports"]}
