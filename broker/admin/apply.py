@@ -3,7 +3,7 @@
 Every `*.yaml` / `*.yml` file in DIR (sorted, not recursive, suffix in any case) holds `tenants: [...]`.
 Connection and app entries are admin API bodies (admin/schema.py) plus three file-only references that keep
 data and secrets out of the YAML: `saml.metadata_file` (a path relative to the YAML file, which must stay
-inside the config directory or BROKER_CONFIG_ROOT), `oidc.client_secret_env` and an app's `client_secret_env`
+inside the repository: see config_root), `oidc.client_secret_env` and an app's `client_secret_env`
 (names of environment variables). A `${NAME}` inside any string value is replaced by the environment variable
 NAME, which must be set (e.g. `issuer: ${BROKER_PUBLIC_URL}/dev/idp/oidc`). The broker's own secrets can never
 be referenced, and BROKER_CONFIG_ENV_ALLOW narrows what can; a value read from the environment never appears
@@ -58,7 +58,7 @@ DENIED_ENV = frozenset({
     "DATABASE_URL", "REDIS_URL", "PGPASSWORD",
 })
 ENV_ALLOW_VAR = "BROKER_CONFIG_ENV_ALLOW"  # comma-separated names; `ACME_*` is a prefix; unset: any not denied
-CONFIG_ROOT_VAR = "BROKER_CONFIG_ROOT"  # where metadata_file may point; unset: the config directory itself
+CONFIG_ROOT_VAR = "BROKER_CONFIG_ROOT"  # where metadata_file may point; unset: see config_root
 
 
 # -- file-level schema (the connection and app entries are admin API bodies, checked by schema.py) -------
@@ -579,8 +579,9 @@ def _read_metadata_file(where: Where, ref: Any, base: Path, sources: _Sources) -
     except (OSError, RuntimeError) as exc:
         raise where.error(f"cannot read {ref}: {getattr(exc, 'strerror', None) or exc}") from None
     if not path.is_relative_to(sources.root):
-        raise where.error(f"{ref} is outside {sources.root}: metadata files must be inside the config directory "
-                          f"(or set {CONFIG_ROOT_VAR} to a directory that holds both)")
+        raise where.error(f"{ref} is outside {sources.root}: metadata files must be inside the working directory "
+                          f"or the directory holding the config directory (or set {CONFIG_ROOT_VAR} to a "
+                          "directory that holds both)")
     try:
         raw = _read_capped(path, sources.max_bytes, follow=False)
     except ValueError:
@@ -655,14 +656,21 @@ def config_files(directory: str | Path) -> list[Path]:
     return files
 
 
-def config_root(directory: str | Path, env: Mapping[str, str]) -> Path:
-    """The directory metadata_file references must stay in: BROKER_CONFIG_ROOT when set, else DIR (the
-    directory of the file, when DIR is one file). Resolved: symlinks cannot lead out of it."""
+def config_root(directory: str | Path, env: Mapping[str, str], cwd: Path | None = None) -> Path:
+    """The directory metadata_file references must stay in: BROKER_CONFIG_ROOT when set; else the working
+    directory, when DIR is inside it (`broker config apply config/` run in a repository whose IdP metadata is
+    in `metadata/`, SPEC's layout); else the directory holding DIR. Never the filesystem root. Resolved:
+    symlinks cannot lead out of it."""
     configured = env.get(CONFIG_ROOT_VAR) or ""
-    d = Path(configured) if configured.strip() else Path(directory)
-    if not configured.strip() and d.is_file():
+    if configured.strip():
+        return Path(configured).resolve()
+    d = Path(directory).resolve()
+    if d.is_file():
         d = d.parent
-    return d.resolve()
+    here = (cwd or Path.cwd()).resolve()
+    if d.is_relative_to(here) and here != Path(here.anchor):
+        return here
+    return d.parent if d.parent != Path(d.anchor) else d
 
 
 def _yaml_problem(exc: yaml.YAMLError) -> tuple[str, str]:

@@ -620,23 +620,42 @@ SAML_ZED = ("tenants: [{{slug: zed, name: Zed, connections: [{{slug: c, protocol
             " saml: {{metadata_file: '{ref}'}}}}]}}]\n")
 
 
-def test_metadata_file_must_stay_inside_the_config_directory(svc: Services, tmp_path: Path) -> None:
+def test_metadata_file_must_stay_inside_the_directory_holding_the_config(svc: Services, tmp_path: Path) -> None:
+    """SPEC's layout: `config/` and `metadata/` side by side in one repository. A reference may reach the
+    sibling `metadata/`, not anything beyond the repository."""
+    repo = tmp_path / "repo"
+    (repo / "metadata").mkdir(parents=True)
     outside = tmp_path / "outside.xml"
     shutil.copy(ROOT / "metadata" / "okta-acme.xml", outside)
-    d = one_file(tmp_path, "")
+    shutil.copy(outside, repo / "metadata" / "sibling.xml")
+    d = one_file(repo, "")
     (d / "link.xml").symlink_to(outside)
-    shutil.copy(outside, d / "inside.xml")
-    for ref in ("../outside.xml", str(outside), "link.xml", "../../../../../../../../etc/passwd", "/etc/passwd"):
+    for ref in ("../../outside.xml", str(outside), "link.xml", "../../../../../../../../etc/passwd", "/etc/passwd"):
         (d / "zed.yaml").write_text(SAML_ZED.format(ref=ref))
         with pytest.raises(ConfigFileError) as err:
             run(svc, d, {})
         assert err.value.path == "tenants[0].connections[0].saml.metadata_file"
-        assert f"{ref} is outside {d.resolve()}" in err.value.problem, err.value.problem
+        assert f"{ref} is outside {repo.resolve()}" in err.value.problem, err.value.problem
         assert "root:" not in err.value.message
-    (d / "zed.yaml").write_text(SAML_ZED.format(ref="inside.xml"))
+    (d / "zed.yaml").write_text(SAML_ZED.format(ref="../metadata/sibling.xml"))
     assert lines(run(svc, d, {})) == ["+ tenant zed", "+ connection zed/c"]
-    (d / "zed.yaml").write_text(SAML_ZED.format(ref="../outside.xml"))  # BROKER_CONFIG_ROOT widens it
+    (d / "zed.yaml").write_text(SAML_ZED.format(ref="../../outside.xml"))  # BROKER_CONFIG_ROOT widens it
     assert lines(run(svc, d, {"BROKER_CONFIG_ROOT": str(tmp_path)})) == []  # the same document: no change
+
+
+def test_the_confinement_root_follows_the_working_directory(tmp_path: Path) -> None:
+    from broker.admin.apply import config_root
+
+    repo = tmp_path / "repo"
+    (repo / "config" / "examples").mkdir(parents=True)
+    # run in the repository: its metadata/ is reachable from config/examples/ too
+    assert config_root(repo / "config" / "examples", {}, cwd=repo) == repo.resolve()
+    # run elsewhere: the directory holding DIR
+    assert config_root(repo / "config", {}, cwd=tmp_path / "elsewhere") == repo.resolve()
+    # never the filesystem root, even when run from there
+    assert config_root(repo / "config", {}, cwd=Path("/")) == repo.resolve()
+    assert config_root("/config-at-the-top", {}, cwd=Path("/")) == Path("/config-at-the-top")
+    assert config_root(repo / "config", {"BROKER_CONFIG_ROOT": str(tmp_path)}, cwd=repo) == tmp_path.resolve()
 
 
 def test_metadata_file_must_be_a_regular_file_of_bounded_size(svc: Services, tmp_path: Path) -> None:
