@@ -5,17 +5,21 @@ from __future__ import annotations
 import time
 
 from flask import Blueprint, Response, request
+from werkzeug.datastructures import MultiDict
 
 from broker import logs
 from broker.errors import NotFound, PayloadTooLarge
 from broker.login import LoginFailed
 from broker.model import Connection, Tenant
+from broker.upstream.base import AutoPost
 from broker.upstream.saml import SamlConnector
 from broker.web.context import services
 from broker.web.cookies import binding_of
 from broker.web.oidc_op import callback_input, finish_login, load_tenant, unknown_connection
+from broker.web.steps import render_step
 
 bp = Blueprint("saml_sp", __name__, url_prefix="/t/<tenant>/connections/<conn>/saml")
+log = logs.get("broker.web.saml_sp")
 
 
 def _connection(t: Tenant, slug: str) -> Connection:
@@ -55,10 +59,16 @@ def acs(tenant: str, conn: str) -> Response:
     if c is None or c.protocol != "saml":
         raise unknown_connection(t, conn, "saml")
     logs.connection.set(c.slug)
-    callback = callback_input(t, c, request.form, handle="RelayState", single=("SAMLResponse",),
+    form: MultiDict[str, str] = request.form
+    resubmitted = SAME_SITE_MARK in form
+    if resubmitted:
+        form = MultiDict([(k, v) for k, v in form.items(multi=True) if k != SAME_SITE_MARK])
+    callback = callback_input(t, c, form, handle="RelayState", single=("SAMLResponse",),
                               code="saml_response_malformed")
     if isinstance(callback, Response):
         return callback
+    if not (resubmitted or callback.repeated) and _lax_cookie_withheld(svc.settings.secure_cookies):
+        return _resubmit_same_site(form)
     try:
         result = svc.extras["login"].finish(t, c, callback, browser_binding=binding_of(request.cookies))
     except LoginFailed as failed:
@@ -66,6 +76,26 @@ def acs(tenant: str, conn: str) -> Response:
     resp = finish_login(t, result)
     svc.metrics.step_seconds.labels(step="acs").observe(time.perf_counter() - started)
     return resp
+
+
+SAME_SITE_MARK = "broker_same_site"
+
+
+def _lax_cookie_withheld(secure_cookies: bool) -> bool:
+    """Plain-http development only: the browser binding cookie is then SameSite=Lax (SameSite=None needs
+    Secure, hence https), and a browser does not send it with the IdP's cross-site POST. Browsers say that a
+    request is cross-site (Sec-Fetch-Site); a client that does not say so is answered as before."""
+    return (not secure_cookies and binding_of(request.cookies) is None
+            and request.headers.get("Sec-Fetch-Site") == "cross-site")
+
+
+def _resubmit_same_site(form: MultiDict[str, str]) -> Response:
+    """The same POST again, from this site's own page: a same-site request carries the Lax cookie, so the
+    answer is checked against the browser that started the login, as on https. Nothing is decided or consumed
+    here; a browser without the cookie still gets the usual refusal on the second POST."""
+    fields = {k: v for k, v in form.items()} | {SAME_SITE_MARK: "1"}
+    log.info("acs_resubmitted_same_site")
+    return render_step(AutoPost(url=request.path, fields=fields))
 
 
 def _too_large(tenant: str, conn: str, limit: int, detail: str) -> PayloadTooLarge:

@@ -109,9 +109,10 @@ class SamlIdp:
 
 
 @contextmanager
-def running_saml_idp(entity_id: str | None = None) -> Iterator[SamlIdp]:
+def running_saml_idp(entity_id: str | None = None, host: str = "127.0.0.1") -> Iterator[SamlIdp]:
+    """The IdP on 127.0.0.1; `host` is the name its URLs use (`localhost`: another site than 127.0.0.1)."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     idp = SamlIdp(idp=make_idp(entity_id or f"{url}/metadata"), url=url)
 
     def wsgi(environ: Any, start_response: Any) -> Any:
