@@ -254,6 +254,10 @@ def verify_response(xml: bytes, exp: ResponseExpectations) -> VerifiedAssertion:
     if not assertion_id:
         raise _fail("saml_response_malformed", "Assertion without ID")
     issue_instant = parse_instant(trusted.get("IssueInstant") or "")  # required: a bad one is malformed
+    # issued in the future (beyond the skew): a clock far off, or a document minted ahead of its use
+    for where, instant in (("Response", root.get("IssueInstant")), ("Assertion", trusted.get("IssueInstant"))):
+        if instant and parse_instant(instant) > exp.now + exp.clock_skew:
+            raise _fail("saml_not_yet_valid", f"{where} IssueInstant {instant} is in the future")
     ends = [t for t in (conditions_end, confirmation_end) if t is not None]
     return VerifiedAssertion(
         response_id=response_id,

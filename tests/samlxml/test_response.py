@@ -230,6 +230,14 @@ def test_not_yet_valid_response_is_refused(idp: Idp, expect: Expect) -> None:
     assert refused(xml, expect(now=NOW - 121)) == "saml_not_yet_valid"
 
 
+def test_an_assertion_issued_in_the_future_is_refused_even_within_its_conditions(idp: Idp, expect: Expect) -> None:
+    """Conditions that cover now do not make a document dated an hour ahead plausible: its IssueInstant
+    must not be later than now (with the skew)."""
+    xml = make(idp, issue_instant=NOW + 3600, not_before_offset=-3700, not_on_or_after_offset=400)
+    assert refused(xml, expect(now=NOW)) == "saml_not_yet_valid"
+    assert verify_response(xml, expect(now=NOW + 3600 - 120)).assertion_id  # within the skew: accepted
+
+
 def test_fractional_seconds_parse() -> None:
     assert parse_instant("2017-09-21T23:27:06.828Z") == pytest.approx(1506036426.828)
     assert parse_instant("2017-09-21T23:27:06.8281234567Z") == pytest.approx(1506036426.8281234)
