@@ -85,7 +85,6 @@ _RESERVED_AUTH_PARAMS: Final = frozenset(
 _SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+\Z")  # RFC 6749 §3.3
 _ERROR_CODE = re.compile(r"^[\x20-\x21\x23-\x5b\x5d-\x7e]{1,80}\Z")  # RFC 6749 §4.1.2.1 charset
 _TENANT_ID = re.compile(r"^[0-9A-Za-z-]{1,64}\Z")
-_JWKS_REFETCH_WINDOW: Final = 10.0
 _MAX_TOKEN_BYTES: Final = 64 * 1024
 _CLIENT_ASSERTION_TTL: Final = 60
 
@@ -628,7 +627,7 @@ class OidcConnector:
         return header, claims
 
     def _candidate_keys(self, metadata: ProviderMetadata, kid: str | None, alg: str) -> tuple[Key, ...]:
-        """The OP's keys for this token; on an unknown kid, one JWKS refetch (rate-limited per issuer)."""
+        """The OP's keys for this token; on an unknown kid, one JWKS refetch (rate-limited per jwks_uri)."""
 
         def matching(jwks: Jwks) -> tuple[Key, ...]:
             found = tuple(k for k in jwks.by_kid(kid) if _key_fits(k, alg))
@@ -639,8 +638,7 @@ class OidcConnector:
         keys = matching(jwks)
         if keys:
             return keys
-        if self._state.incr(f"jwks-refetch:{self.settings.issuer}", _JWKS_REFETCH_WINDOW) == 1:
-            keys = matching(self._jwks(metadata, force=True))
+        keys = matching(self._jwks(metadata, force=True))  # rate-limited by the cache, per process
         if not keys:
             raise LoginError(
                 "The identity provider's ID token is signed with a key it does not publish.",

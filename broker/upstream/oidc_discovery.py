@@ -309,17 +309,20 @@ class OidcMetadataCache:
     Time comes from the Clock passed to each call, so tests control expiry without sleeping.
     """
 
-    def __init__(self, *, ttl: float = 3600.0, retry_after: float = 30.0) -> None:
+    def __init__(self, *, ttl: float = 3600.0, retry_after: float = 30.0, refetch_window: float = 10.0) -> None:
         self.ttl = ttl
         self.retry_after = retry_after
+        self.refetch_window = refetch_window
         self._lock = threading.Lock()
         self._providers: dict[str, _Entry] = {}
         self._jwks: dict[str, _Entry] = {}
+        self._forced: dict[str, float] = {}  # jwks_uri -> when a refetch was last forced (an unknown kid)
 
     def clear(self) -> None:
         with self._lock:
             self._providers.clear()
             self._jwks.clear()
+            self._forced.clear()
 
     def provider(self, issuer: str, *, fetcher: Fetcher, clock: Clock, timeout: float) -> ProviderMetadata:
         """The validated discovery document for `issuer` (cached; refetched after ttl)."""
@@ -353,10 +356,20 @@ class OidcMetadataCache:
         timeout: float,
         force: bool = False,
     ) -> Jwks:
-        """The OP's signing keys (cached; `force` refetches now — the caller rate-limits that)."""
+        """The OP's signing keys (cached). `force` (a token names a kid the cached set lacks: the OP may have
+        rotated) refetches now, at most once per `refetch_window` per jwks_uri in this process: a flood of
+        tokens with made-up kids reaches the OP once per window per worker, and every worker's own copy is
+        renewed within a window of the OP's rotation (a fleet-wide limit would leave the other workers' copies
+        stale, refusing good tokens, until the window ran out)."""
         now = clock.now()
         with self._lock:
             entry = self._jwks.get(jwks_uri)
+            if force:
+                last = self._forced.get(jwks_uri)
+                if last is not None and 0 <= now - last < self.refetch_window:
+                    force = False
+                else:
+                    self._forced[jwks_uri] = now
         fresh = entry is not None and (now - entry.fetched_at < self.ttl or now < entry.next_attempt)
         if entry is not None and fresh and not force:
             value: Jwks = entry.value

@@ -781,11 +781,31 @@ def test_unknown_kid_refetches_once_then_refuses(
     assert rejected(connector, answer(txn), txn).code == "oidc_unknown_key"
     jwks_fetches = [c for c in op.calls if c.request.url == JWKS_URI]
     assert len(jwks_fetches) == 2  # the first load, and exactly one refetch
-    assert state.incr_calls == [f"jwks-refetch:{ISSUER}"]
     # A flood of such tokens within the window does not reach the OP again.
     for _ in range(5):
         assert rejected(connector, answer(txn), txn).code == "oidc_unknown_key"
     assert len([c for c in op.calls if c.request.url == JWKS_URI]) == 2
+
+
+def test_after_the_op_rotates_its_key_every_workers_copy_is_renewed(
+    op: responses.RequestsMock, make: Any, op_key: RSAKey, state: CountingStateStore, clock: FrozenClock
+) -> None:
+    """Two workers (each its own in-process cache) sharing one state store: an OP that rotates its key without
+    publishing it ahead must not leave the second worker refusing good tokens until a fleet-wide window ends."""
+    serve_discovery(op, discovery(userinfo_endpoint=None))
+    serve_jwks(op, op_key)
+    workers = [make(), OidcConnector(connection(), public_url=PUBLIC_URL, fetcher=make_fetcher(), state=state,
+                                     clock=clock, cache=OidcMetadataCache())]
+    txns = [begin(w, txn_id=f"txn-{i}")[0] for i, w in enumerate(workers)]
+    new_key = RSAKey.generate_key(2048, parameters={"kid": "op-2"}, private=True)
+    for worker, txn in zip(workers, txns, strict=True):  # each has the old set in its cache
+        serve_token(op, sign(op_key, claims_for(txn)))
+        worker.complete(answer(txn), txn)
+    op.replace(responses.GET, JWKS_URI, json={"keys": [new_key.as_dict(private=False)]})
+    txns = [begin(w, txn_id=f"txn-new-{i}")[0] for i, w in enumerate(workers)]
+    for worker, txn in zip(workers, txns, strict=True):
+        serve_token(op, sign(new_key, claims_for(txn)))
+        assert worker.complete(answer(txn), txn).subject
 
 
 def test_unknown_kid_refetch_window_reopens(
