@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -311,34 +311,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _thread_count(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= 256:
-        raise argparse.ArgumentTypeError("must be a whole number from 1 to 256")
-    return n
+def _whole_number(low: int, high: int, refusal: str) -> Callable[[str], int]:
+    """An argparse type: a whole number from `low` to `high`, else `refusal` (argparse names the option)."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            n = low - 1
+        if not low <= n <= high:
+            raise argparse.ArgumentTypeError(refusal)
+        return n
+
+    return parse
 
 
-def _keepalive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if not 1 <= n <= MAX_KEEPALIVE:
-        raise argparse.ArgumentTypeError(f"must be a whole number of seconds from 1 to {MAX_KEEPALIVE}")
-    return n
-
-
-def _port(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        n = -1
-    if not 0 <= n <= 65535:
-        raise argparse.ArgumentTypeError("must be a TCP port number from 0 to 65535")
-    return n
+_thread_count = _whole_number(1, 256, "must be a whole number from 1 to 256")
+_keepalive = _whole_number(1, MAX_KEEPALIVE, f"must be a whole number of seconds from 1 to {MAX_KEEPALIVE}")
+_port = _whole_number(0, 65535, "must be a TCP port number from 0 to 65535")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import ipaddress
 import re
 import warnings as pywarnings
 from dataclasses import dataclass
@@ -350,12 +351,18 @@ def _endpoints(idp: etree._Element, name: str, warnings: list[str]) -> tuple[End
 
 
 def _cleartext(location: str) -> bool:
-    """An http:// URL to a host other than this machine (a local test IdP is fine)."""
+    """An http:// URL to a host other than this machine (a local test IdP is fine). Loopback as
+    broker.upstream.sources.is_loopback_host has it (samlxml stands alone, so it is not imported)."""
     parts = urlsplit(location)
     if parts.scheme.lower() != "http":
         return False
     host = (parts.hostname or "").lower()
-    return not (host == "localhost" or host.endswith(".localhost") or host == "::1" or host.startswith("127."))
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 def _is_web_url(location: str) -> bool:

@@ -371,6 +371,20 @@ def test_http_and_https_locations_with_ports_and_queries_are_kept() -> None:
     assert meta.warnings == ()
 
 
+@pytest.mark.parametrize("locations, warned", [
+    (("http://idp.example.com/sso", "https://idp.example.com/sso"), True),
+    (("http://10.0.0.5/sso", "http://10.0.0.5/sso"), True),
+    (("http://127.0.0.1:8085/sso", "http://[::1]:8085/sso"), False),
+    (("http://localhost:8085/sso", "https://idp.example.com/sso"), False),
+])
+def test_an_http_sso_location_off_this_machine_is_kept_with_a_warning(locations: tuple[str, str],
+                                                                       warned: bool) -> None:
+    meta = parse_idp_metadata(_with_locations(locations), now=NOW)
+    assert {ep.location for ep in meta.sso_endpoints} == set(locations), "kept: a warning, not a refusal"
+    codes = [w.split(":", 1)[0] for w in meta.warnings]
+    assert codes == (["endpoint_not_https"] if warned else [])
+
+
 @pytest.mark.parametrize("attrs", [' entityID=""', ' entityID="   "', ' cacheDuration="PT1H"'])
 def test_entity_without_entity_id_is_refused(attrs: str) -> None:
     raw = doc(entity().replace(' entityID="https://idp.example.com/saml"', attrs, 1))
