@@ -91,6 +91,11 @@ class Connection:
     sp: SpCredentials | None = None  # SAML connections only
 
 
+MAX_SIGNED_TOKEN_TTL = 86400
+"""The longest lifetime an app may give its access and ID tokens, in seconds: the bound on how long a token
+signed by a rotated-out key can still be live."""
+
+
 @dataclass(frozen=True, slots=True)
 class App:
     """A downstream OIDC client of a tenant."""

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from broker.claims.pipeline import MAX_SUBJECT_SOURCE_CHARS
 from broker.errors import ValidationFailed
-from broker.model import SLUG_RE, normalize_domain, unstorable
+from broker.model import MAX_SIGNED_TOKEN_TTL, SLUG_RE, normalize_domain, unstorable
 
 DEFAULT_SCOPES = ("openid", "profile", "email", "groups", "offline_access")
 KNOWN_SCOPES = frozenset(DEFAULT_SCOPES)
@@ -157,8 +157,8 @@ class AppBody(Strict):
     allowed_scopes: list[str] = Field(default_factory=lambda: list(DEFAULT_SCOPES))
     token_endpoint_auth_method: Literal["client_secret_basic", "client_secret_post", "none"] | None = None
     id_token_signed_response_alg: Literal["RS256", "ES256"] = "RS256"
-    access_token_ttl: int = Field(default=600, ge=30, le=86400)
-    id_token_ttl: int = Field(default=600, ge=30, le=86400)
+    access_token_ttl: int = Field(default=600, ge=30, le=MAX_SIGNED_TOKEN_TTL)
+    id_token_ttl: int = Field(default=600, ge=30, le=MAX_SIGNED_TOKEN_TTL)
     refresh_token_ttl: int = Field(default=30 * 86400, ge=60, le=365 * 86400)
     subject_type: Literal["public", "pairwise"] = "public"
 

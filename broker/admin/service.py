@@ -20,7 +20,7 @@ from broker.admin import schema
 from broker.audit import Auditor, event_json
 from broker.claims.pipeline import compile_mapping, explain, transient_subject_warning
 from broker.errors import BrokerError, Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed, VersionConflict
-from broker.issuer.keys import generate_signing_key
+from broker.issuer.keys import generate_signing_key, published_keys
 from broker.model import AdminKey, App, Connection, MappingConfig, Profile, Tenant, UpstreamIdentity
 from broker.ports import AppDraft, Clock, ConfigStore, ConnectionDraft, MetadataState, NewSigningKey
 from broker.samlxml.errors import SamlError
@@ -887,11 +887,13 @@ class AdminService:
         gen = generate_signing_key(alg)
         new = self.store.add_signing_key(tenant.id, NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk))
         self._admin_event(key, "keys.rotate", tenant.slug, kid=new.kid, alg=alg)
+        keys = self.store.signing_keys(tenant.id)
+        published = {k.kid for k in published_keys(keys, self.clock.now())}
         return {
             "active_kid": new.kid,
             "alg": new.alg,
-            "keys": [{"kid": k.kid, "alg": k.alg, "active": k.active, "created_at": iso(k.created_at),
-                      "retired_at": iso(k.retired_at)} for k in self.store.signing_keys(tenant.id)],
+            "keys": [{"kid": k.kid, "alg": k.alg, "active": k.active, "published": k.kid in published,
+                      "created_at": iso(k.created_at), "retired_at": iso(k.retired_at)} for k in keys],
         }
 
     # -- audit -----------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from authlib.oauth2.rfc7009 import RevocationEndpoint
 from authlib.oauth2.rfc7636 import CodeChallenge
 from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
-from broker.issuer.keys import select_signing_key
+from broker.issuer.keys import published_keys, select_signing_key
 from broker.issuer.messages import Headers, HttpRequest, HttpResponse, SecretVerifier
 from broker.issuer.records import CodeRecord, GrantRecord, Ledger, RefreshRecord
 from broker.issuer.tokens import ACCESS_TOKEN_TYP, InvalidToken, TokenCodec, at_hash, profile_claims
@@ -648,11 +648,12 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
         """A live access token of this tenant, and its grant: signature, typ, iss, exp, the denylist, then
         the grant, which must still stand (its app and connection)."""
         ctx = self.ctx
+        now = ctx.clock.now()
         verified = ctx.codec.verify(
             value,
-            ctx.config.signing_keys(ctx.tenant.id),
+            published_keys(ctx.config.signing_keys(ctx.tenant.id), now),
             issuer=ctx.issuer,
-            now=ctx.clock.now(),
+            now=now,
             typ=ACCESS_TOKEN_TYP,
         )
         claims = verified.claims

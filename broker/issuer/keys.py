@@ -10,11 +10,17 @@ from typing import Any
 from joserfc.jwk import ECKey, RSAKey
 
 from broker.errors import ConfigError, ValidationFailed
-from broker.model import SigningKey
+from broker.model import MAX_SIGNED_TOKEN_TTL, SigningKey
 from broker.trusted_keys import load_trusted_rsa_key
 
 SUPPORTED_ALGS = ("RS256", "ES256")
 RSA_BITS = 2048
+
+RETIRED_KEY_PUBLISHED_SECONDS = MAX_SIGNED_TOKEN_TTL + 3600
+"""How long a rotated-out key stays in the JWKS after its rotation: past the expiry of every access and ID token
+it can have signed, plus an hour for replicas' clocks and for clients that cache the JWKS. After that it is
+unpublished, so a key rotated out because it leaked stops being trusted by the apps too. The key itself is
+kept: the broker still reads old id_token_hints signed with it at logout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,8 +49,17 @@ def generate_signing_key(alg: str = "RS256") -> GeneratedKey:
     return GeneratedKey(kid=kid, alg=alg, private_pem=pem, public_jwk=public)
 
 
+def published_keys(keys: Iterable[SigningKey], now: float) -> list[SigningKey]:
+    """The keys whose tokens may still be live: every active key, and each retired one for
+    RETIRED_KEY_PUBLISHED_SECONDS after its retirement."""
+    return [
+        k for k in keys
+        if k.active or k.retired_at is None or now < k.retired_at.timestamp() + RETIRED_KEY_PUBLISHED_SECONDS
+    ]
+
+
 def jwks_document(keys: Iterable[SigningKey]) -> dict[str, Any]:
-    """The public JWKS: every published key (active and retired-but-still-valid)."""
+    """The public JWKS of the given keys (see published_keys)."""
     out: list[Mapping[str, Any]] = []
     for k in keys:
         out.append(dict(k.public_jwk))

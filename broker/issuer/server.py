@@ -25,7 +25,7 @@ from broker.issuer.grants import (
     basic_credentials,
     grant_ttl,
 )
-from broker.issuer.keys import KeyRing, NoSigningKey, jwks_document
+from broker.issuer.keys import KeyRing, NoSigningKey, jwks_document, published_keys
 from broker.issuer.messages import AuthorizeError, EndSession, Headers, HttpRequest, HttpResponse, SecretVerifier
 from broker.issuer.records import CodeRecord, Ledger
 from broker.issuer.tokens import InvalidToken, TokenCodec, profile_claims
@@ -127,7 +127,7 @@ class Issuer:
         }
 
     def jwks(self, tenant: Tenant) -> dict[str, Any]:
-        return jwks_document(self._config.signing_keys(tenant.id))
+        return jwks_document(published_keys(self._config.signing_keys(tenant.id), self._clock.now()))
 
     # --- authorization endpoint -------------------------------------------------------------------
 
@@ -367,6 +367,8 @@ class Issuer:
             try:
                 verified = self._codec.verify(
                     hint,
+                    # every key the tenant has, unpublished ones too: an RP may keep an ID token for longer
+                    # than a rotated-out key stays in the JWKS, and its sign-out must still work
                     self._config.signing_keys(tenant.id),
                     issuer=self.issuer_url(tenant),
                     now=self._clock.now(),

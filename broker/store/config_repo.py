@@ -743,18 +743,6 @@ class SqlConfigStore:
             s.flush()
             return self._key(row)
 
-    def prune_signing_keys(self, tenant_id: str, retired_before: datetime) -> int:
-        """Unpublish retired keys whose tokens have all expired."""
-        with self._session() as s:
-            result = s.execute(
-                delete(SigningKeyRow).where(
-                    SigningKeyRow.tenant_id == tenant_id,
-                    SigningKeyRow.active.is_(False),
-                    SigningKeyRow.retired_at < retired_before,
-                )
-            )
-            return int(getattr(result, "rowcount", 0) or 0)
-
     # -- secret key rotation -------------------------------------------------------------------
 
     def check_secret_key(self) -> None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 
-from tests.conftest import BOOTSTRAP_KEY, AdminClient
+from broker.ports import FrozenClock
+from broker.store.state import MemoryStateStore
+from tests.conftest import BOOTSTRAP_KEY, AdminClient, close_app, make_env
 
 OIDC_CONN = {
     "slug": "okta-oidc",
@@ -421,6 +424,34 @@ def test_rotate_keeps_previous_published(admin: AdminClient, client: FlaskClient
     keys = svc.config.signing_keys(tenant.id)
     assert keys[0].kid == body["active_kid"] and keys[0].active
     assert {k.kid for k in keys} == {first, body["active_kid"]}
+    listed = {k["kid"]: k for k in body["keys"]}
+    assert listed[first]["active"] is False and listed[first]["retired_at"] and listed[first]["published"] is True
+    assert listed[body["active_kid"]]["active"] is True and listed[body["active_kid"]]["published"] is True
+
+
+def test_rotated_out_key_leaves_the_jwks_once_its_tokens_have_expired(database_url: str) -> None:
+    """Through the real store (its retirement time) and the HTTP JWKS: published a day and an hour, then
+    gone; the rotate answer says which keys are published."""
+    from broker.app import create_app
+    from broker.issuer.keys import RETIRED_KEY_PUBLISHED_SECONDS
+    from broker.settings import load_settings
+
+    clock = FrozenClock(time.time())
+    app = create_app(load_settings(make_env(database_url)), clock=clock,
+                     state=MemoryStateStore(clock=clock.now))
+    try:
+        admin = AdminClient(app.test_client(), BOOTSTRAP_KEY)
+        admin.tenant("acme")
+        first = admin.client.get("/t/acme/jwks").get_json()["keys"][0]["kid"]
+        second = admin.call("POST", "/tenants/acme/keys/rotate").get_json()["active_kid"]
+        assert {k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]} == {first, second}
+        clock.advance(RETIRED_KEY_PUBLISHED_SECONDS + 5)
+        assert [k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]] == [second]
+        third = admin.call("POST", "/tenants/acme/keys/rotate").get_json()
+        published = {k["kid"]: k["published"] for k in third["keys"]}
+        assert published[third["active_kid"]] is True and published[first] is False
+    finally:
+        close_app(app)
 
 
 def test_audit_lists_admin_events_newest_first_paginated(admin: AdminClient) -> None:

@@ -1,0 +1,76 @@
+"""A rotated-out signing key: published while tokens it signed can be live, then unpublished and no longer
+trusted for access tokens; still read for id_token_hints at logout."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from broker.issuer.keys import RETIRED_KEY_PUBLISHED_SECONDS
+from broker.model import MAX_SIGNED_TOKEN_TTL
+from tests.issuer.conftest import Env, signing_key
+
+
+def _rotate(env: Env) -> None:
+    """Make rsa_a2 the tenant's active RS256 key: tokens issued from here on are signed with it."""
+    ta = env.tenant_a.id
+    env.config.keys[ta] = [signing_key(env.keypool["rsa_a2"], ta), signing_key(env.keypool["es_a"], ta)]
+
+
+def _retire(env: Env, retired_ago: float) -> None:
+    """rsa_a2 becomes a key retired `retired_ago` seconds before the clock's time; rsa_a is active again."""
+    ta = env.tenant_a.id
+    retired = replace(signing_key(env.keypool["rsa_a2"], ta), active=False,
+                      retired_at=datetime.fromtimestamp(env.clock.now() - retired_ago, UTC))
+    env.config.keys[ta] = [signing_key(env.keypool["rsa_a"], ta), signing_key(env.keypool["es_a"], ta), retired]
+
+
+def _kids(env: Env) -> set[str]:
+    return {k["kid"] for k in env.issuer.jwks(env.tenant_a)["keys"]}
+
+
+def test_the_window_outlasts_every_token_a_key_can_sign() -> None:
+    assert RETIRED_KEY_PUBLISHED_SECONDS > MAX_SIGNED_TOKEN_TTL + 60  # + the leeway for replicas' clocks
+
+
+def test_retired_key_stays_published_until_its_tokens_have_expired(env: Env) -> None:
+    old = env.keypool["rsa_a2"].kid
+    _retire(env, retired_ago=0)
+    assert old in _kids(env) and env.keypool["rsa_a"].kid in _kids(env)
+    env.clock.advance(MAX_SIGNED_TOKEN_TTL + 60)
+    assert old in _kids(env)
+    env.clock.advance(RETIRED_KEY_PUBLISHED_SECONDS - MAX_SIGNED_TOKEN_TTL - 60)
+    assert old not in _kids(env)
+    assert _kids(env) == {env.keypool["rsa_a"].kid, env.keypool["es_a"].kid}
+
+
+def test_a_retired_key_without_a_retirement_time_stays_published(env: Env) -> None:
+    ta = env.tenant_a.id
+    legacy = replace(signing_key(env.keypool["rsa_a2"], ta), active=False, retired_at=None)
+    env.config.keys[ta].append(legacy)
+    env.clock.advance(400 * 86400)
+    assert legacy.kid in _kids(env)
+
+
+@pytest.mark.parametrize("retired_ago, live", [(60.0, True), (RETIRED_KEY_PUBLISHED_SECONDS + 1.0, False)])
+def test_access_token_is_trusted_only_while_its_key_is_published(env: Env, retired_ago: float,
+                                                                  live: bool) -> None:
+    """A key rotated out because it leaked: a token made with it later (an unexpired exp) is refused once
+    the key has left the JWKS."""
+    _rotate(env)
+    tokens = env.tokens()
+    _retire(env, retired_ago)
+    assert env.active(tokens["access_token"]) is live
+    assert (env.userinfo(tokens["access_token"]).status == 200) is live
+
+
+def test_id_token_hint_of_an_unpublished_key_still_signs_out(env: Env) -> None:
+    _rotate(env)
+    hint = env.tokens()["id_token"]
+    _retire(env, RETIRED_KEY_PUBLISHED_SECONDS + 30 * 86400)
+    assert env.keypool["rsa_a2"].kid not in _kids(env)
+    ending = env.issuer.end_session(env.tenant_a, {"id_token_hint": hint,
+                                                   "post_logout_redirect_uri": "https://app.example/bye"})
+    assert ending.target == "https://app.example/bye" and ending.hint_sid == "sess-1"
