@@ -118,7 +118,9 @@ class FetchResult:
 class Fetcher(Protocol):
     """Outbound HTTP for metadata and discovery/JWKS documents: always with a timeout and a size cap."""
 
-    def get(self, url: str, *, timeout: float, max_bytes: int) -> FetchResult: ...
+    def get(
+        self, url: str, *, timeout: float, max_bytes: int, headers: dict[str, str] | None = None,
+    ) -> FetchResult: ...
 
     def post_form(
         self, url: str, data: dict[str, str], *, timeout: float, max_bytes: int,

@@ -17,11 +17,13 @@ class DevIdpLocalFetcher:
         self.inner = inner
         self.documents = {saml.entity_id(public_url): saml.metadata_xml(keys, public_url)}
 
-    def get(self, url: str, *, timeout: float, max_bytes: int) -> FetchResult:
+    def get(
+        self, url: str, *, timeout: float, max_bytes: int, headers: dict[str, str] | None = None,
+    ) -> FetchResult:
         body = self.documents.get(url)
         if body is not None and len(body) <= max_bytes:
             return FetchResult(status=200, body=body, content_type="application/samlmetadata+xml", headers={})
-        return self.inner.get(url, timeout=timeout, max_bytes=max_bytes)
+        return self.inner.get(url, timeout=timeout, max_bytes=max_bytes, headers=headers)
 
     def post_form(self, url: str, data: dict[str, str], *, timeout: float, max_bytes: int,
                   headers: dict[str, str] | None = None) -> FetchResult:

@@ -746,18 +746,21 @@ class OidcConnector:
         return metadata.userinfo_endpoint is not None
 
     def _userinfo(self, endpoint: str, access_token: str, subject: str) -> dict[str, Any]:
-        """OIDC Core §5.3: POST with the Bearer access token (§5.3.1 allows GET or POST); sub must match."""
+        """OIDC Core §5.3: the Bearer access token in the Authorization header, with GET (what OPs and clients
+        use most); an OP that answers 405 to GET is asked again with POST (§5.3.1 allows either). sub must
+        match the ID token's."""
+        headers = {"Authorization": f"Bearer {access_token}", "Accept": "application/json"}
+        method = "GET"
         try:
-            result = self._fetcher.post_form(
-                endpoint,
-                {},
-                timeout=self.settings.timeout,
-                max_bytes=MAX_DOCUMENT_BYTES,
-                headers={"Authorization": f"Bearer {access_token}", "Accept": "application/json"},
-            )
+            result = self._fetcher.get(endpoint, timeout=self.settings.timeout, max_bytes=MAX_DOCUMENT_BYTES,
+                                       headers=headers)
+            if result.status == 405:
+                method = "POST"
+                result = self._fetcher.post_form(endpoint, {}, timeout=self.settings.timeout,
+                                                 max_bytes=MAX_DOCUMENT_BYTES, headers=headers)
         except FETCH_ERRORS as exc:
             raise provider_unavailable(
-                "userinfo", self.settings.issuer, f"POST {endpoint}: {type(exc).__name__}: {exc}", status=503,
+                "userinfo", self.settings.issuer, f"{method} {endpoint}: {type(exc).__name__}: {exc}", status=503,
                 cause=exc,
             ) from exc
         body = _json_object(result.body)
@@ -765,7 +768,7 @@ class OidcConnector:
             raise provider_unavailable(
                 "userinfo",
                 self.settings.issuer,
-                f"POST {endpoint}: HTTP {result.status}, JSON={body is not None}",
+                f"{method} {endpoint}: HTTP {result.status}, JSON={body is not None}",
                 status=502,
             )
         if body.get("sub") != subject:

@@ -337,15 +337,21 @@ class RequestsFetcher:
         self._user_agent = user_agent
         self._max_redirects = max_redirects
 
-    def get(self, url: str, *, timeout: float, max_bytes: int) -> FetchResult:
+    def get(
+        self, url: str, *, timeout: float, max_bytes: int, headers: dict[str, str] | None = None,
+    ) -> FetchResult:
+        sent = dict(headers or {})
         with _bounded(timeout):
             for _ in range(self._max_redirects + 1):
                 _check_url(url)
-                response = self._send("GET", url, timeout=timeout, headers={})
+                response = self._send("GET", url, timeout=timeout, headers=dict(sent))
                 if response.is_redirect:
                     location = response.headers.get("Location", "")
                     response.close()
-                    url = urljoin(url, location)
+                    target = urljoin(url, location)
+                    if _origin(target) != _origin(url):  # a bearer token is for the server it was meant for
+                        sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
+                    url = target
                     continue
                 return _read(response, timeout=timeout, max_bytes=max_bytes)
         raise FetchError("Too many redirects.", detail=f"more than {self._max_redirects} redirects")
@@ -392,6 +398,15 @@ def _bounded(timeout: float) -> Iterator[None]:
             raise
         if deadline.expired:  # a shut-down socket can also read as a clean end: the body may be cut short
             raise FetchError("The upstream server was too slow.", detail=f"no complete answer in {timeout}s")
+
+
+def _origin(url: str) -> tuple[str, str]:
+    """Scheme and host:port, lower-cased (an invalid URL has none, and so differs from every other)."""
+    try:
+        parts = urlsplit(url)
+        return parts.scheme.lower(), parts.netloc.rpartition("@")[2].lower()
+    except ValueError:
+        return "", url
 
 
 def _netloc(url: str) -> str:

@@ -312,8 +312,10 @@ def oidc_op(oidc_op_factory: Callable[..., OidcOp]) -> OidcOp:
 class _MiniFetcher:
     """A minimal broker.ports.Fetcher over requests, used only if the broker's RequestsFetcher is absent."""
 
-    def get(self, url: str, *, timeout: float, max_bytes: int) -> FetchResult:
-        return self._result(requests.get(url, timeout=timeout, allow_redirects=False), max_bytes)
+    def get(
+        self, url: str, *, timeout: float, max_bytes: int, headers: dict[str, str] | None = None,
+    ) -> FetchResult:
+        return self._result(requests.get(url, headers=headers, timeout=timeout, allow_redirects=False), max_bytes)
 
     def post_form(
         self,

@@ -526,16 +526,44 @@ def test_userinfo_is_merged(op: responses.RequestsMock, make: Any, op_key: RSAKe
     connector = make()
     txn, _ = begin(connector)
     serve_token(op, sign(op_key, claims_for(txn, name="From ID token")), access_token="at-xyz")
-    op.post(
+    op.get(
         USERINFO, json={"sub": "user-42", "email": "alice@example.com", "groups": ["g1"], "name": "Other"}
     )
     identity = connector.complete(answer(txn), txn)
     userinfo_calls = [c.request for c in op.calls if c.request.url == USERINFO]
     assert len(userinfo_calls) == 1
-    assert userinfo_calls[0].headers["Authorization"] == "Bearer at-xyz"
+    assert userinfo_calls[0].method == "GET" and userinfo_calls[0].headers["Authorization"] == "Bearer at-xyz"
     assert identity.attributes["email"] == ("alice@example.com",)
     assert identity.attributes["groups"] == ("g1",)
     assert identity.attributes["name"] == ("From ID token",)  # the signed ID token wins
+
+
+def test_userinfo_of_an_op_that_refuses_get_is_asked_with_post(op: responses.RequestsMock, make: Any,
+                                                               op_key: RSAKey) -> None:
+    serve_discovery(op)
+    serve_jwks(op, op_key)
+    connector = make()
+    txn, _ = begin(connector)
+    serve_token(op, sign(op_key, claims_for(txn)), access_token="at-xyz")
+    op.get(USERINFO, status=405, headers={"Allow": "POST"})
+    op.post(USERINFO, json={"sub": "user-42", "email": "alice@example.com"})
+    identity = connector.complete(answer(txn), txn)
+    calls = [(c.request.method, c.request.headers["Authorization"]) for c in op.calls if c.request.url == USERINFO]
+    assert calls == [("GET", "Bearer at-xyz"), ("POST", "Bearer at-xyz")]
+    assert identity.attributes["email"] == ("alice@example.com",)
+
+
+@pytest.mark.parametrize("status", [401, 404, 500])
+def test_userinfo_errors_other_than_405_are_not_retried(op: responses.RequestsMock, make: Any, op_key: RSAKey,
+                                                        status: int) -> None:
+    serve_discovery(op)
+    serve_jwks(op, op_key)
+    connector = make()
+    txn, _ = begin(connector)
+    serve_token(op, sign(op_key, claims_for(txn)))
+    op.get(USERINFO, status=status, json={"error": "invalid_token"})
+    assert rejected(connector, answer(txn), txn).code == "oidc_provider_unavailable"
+    assert [c.request.method for c in op.calls if c.request.url == USERINFO] == ["GET"]
 
 
 def _without_userinfo(op: responses.RequestsMock, make: Any, op_key: RSAKey) -> tuple[OidcConnector, LoginTransaction]:
@@ -598,7 +626,7 @@ def test_userinfo_about_another_user_is_refused(
     connector = make()
     txn, _ = begin(connector)
     serve_token(op, sign(op_key, claims_for(txn)))
-    op.post(USERINFO, json={"sub": "someone-else", "email": "mallory@example.com"})
+    op.get(USERINFO, json={"sub": "someone-else", "email": "mallory@example.com"})
     assert rejected(connector, answer(txn), txn).code == "oidc_userinfo_sub_mismatch"
 
 
@@ -1076,7 +1104,7 @@ def test_userinfo_down(op: responses.RequestsMock, make: Any, op_key: RSAKey) ->
     connector = make()
     txn, _ = begin(connector)
     serve_token(op, sign(op_key, claims_for(txn)))
-    op.post(USERINFO, body=requests.Timeout("slow"))
+    op.get(USERINFO, body=requests.Timeout("slow"))
     assert rejected(connector, answer(txn), txn).code == "oidc_provider_unavailable"
 
 

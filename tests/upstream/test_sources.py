@@ -272,6 +272,23 @@ def test_get_follows_http_redirects(fetcher: RequestsFetcher) -> None:
 
 
 @responses.activate
+def test_get_sends_headers_and_keeps_a_bearer_token_to_its_own_origin(fetcher: RequestsFetcher) -> None:
+    """Headers go with every hop; Authorization only while the scheme, host and port stay the same."""
+    responses.get(URL, status=302, headers={"Location": "/moved"})
+    responses.get("https://idp.example.test/moved", status=302, headers={"Location": "https://IDP.example.test:8443/"})
+    responses.get("https://idp.example.test:8443/", status=302, headers={"Location": "https://other.example/ui"})
+    responses.get("https://other.example/ui", json={"sub": "x"})
+    sent = {"Authorization": "Bearer at-1", "Accept": "application/json"}
+    assert fetcher.get(URL, timeout=3.0, max_bytes=100, headers=sent).status == 200
+    seen = [(c.request.url, c.request.headers.get("Authorization"), c.request.headers.get("Accept"))
+            for c in responses.calls]
+    assert seen[0] == (URL, "Bearer at-1", "application/json")
+    assert seen[1] == ("https://idp.example.test/moved", "Bearer at-1", "application/json")
+    assert all(auth is None and accept == "application/json" for _, auth, accept in seen[2:])
+    assert sent == {"Authorization": "Bearer at-1", "Accept": "application/json"}, "the caller's dict is untouched"
+
+
+@responses.activate
 @pytest.mark.parametrize("url", ["http://idp.example.test/md", "http://203.0.113.7/md", "http://[2001:db8::1]/md"])
 def test_get_refuses_plain_http_to_a_non_loopback_host(fetcher: RequestsFetcher, url: str) -> None:
     with pytest.raises(FetchError, match="Plain http is refused"):
