@@ -125,7 +125,10 @@ def _services(settings: Settings, *, writes: bool = False, keyed: bool = False) 
 def cmd_admin_create_key(args: argparse.Namespace) -> int:
     settings = _settings()
     svc = _services(settings, keyed=True)
-    out = svc.admin.create_admin_key(None, args.tenant, {"label": args.label or "cli"})
+    body: dict[str, Any] = {"label": args.label or "cli"}
+    if args.expires_in_days is not None:
+        body["expires_in"] = args.expires_in_days * 86400
+    out = svc.admin.create_admin_key(None, args.tenant, body)
     print(out["key"])
     return 0
 
@@ -133,7 +136,8 @@ def cmd_admin_create_key(args: argparse.Namespace) -> int:
 def cmd_admin_list_keys(args: argparse.Namespace) -> int:
     svc = _services(_settings())
     for k in svc.admin.list_admin_keys(None, args.tenant)["admin_keys"]:
-        print(f"{k['id']}  {k['tenant'] or '(global)'}  {k['created_at']}  {k['label']}")
+        expires = f"expires {k['expires_at']}" if k["expires_at"] else "no expiry"
+        print(f"{k['id']}  {k['tenant'] or '(global)'}  {k['created_at']}  {expires}  {k['label']}")
     return 0
 
 
@@ -376,8 +380,11 @@ def build_parser() -> argparse.ArgumentParser:
     ck = adsub.add_parser("create-key", help="print a new admin key once")
     ck.add_argument("--tenant", default=None, help="scope the key to this tenant slug (default: global)")
     ck.add_argument("--label", default=None)
+    ck.add_argument("--expires-in-days", type=_whole_number(1, 1825, "must be a whole number of days from 1 to 1825"),
+                    default=None, metavar="DAYS",
+                    help="the key stops working after this many days (default: until revoked)")
     ck.set_defaults(func=cmd_admin_create_key)
-    lk = adsub.add_parser("list-keys", help="list admin keys (id, tenant, created, label; never the key)")
+    lk = adsub.add_parser("list-keys", help="list admin keys (id, tenant, created, expiry, label; never the key)")
     lk.add_argument("--tenant", default=None, help="only this tenant's keys (default: every key)")
     lk.set_defaults(func=cmd_admin_list_keys)
     rk = adsub.add_parser("revoke-key", help="revoke an admin key by id (it stops working at once)")

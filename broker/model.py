@@ -140,10 +140,14 @@ class AdminKey:
     tenant_slug: str | None
     created_at: datetime
     label: str = ""
+    expires_at: datetime | None = None  # None: until revoked
 
     @property
     def is_global(self) -> bool:
         return self.tenant_id is None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at.timestamp()
 
 
 @dataclass(frozen=True, slots=True)

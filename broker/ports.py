@@ -9,6 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from broker.model import (
@@ -219,7 +220,8 @@ class ConfigStore(ConfigReader, Protocol):
     def delete_tenant(self, tenant_id: str, *, expected_version: int | None = None) -> None: ...
 
     # admin keys (stored as digests)
-    def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str) -> AdminKey: ...
+    def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str,
+                         expires_at: datetime | None = None) -> AdminKey: ...
     def admin_key_by_hash(self, key_hash: str) -> AdminKey | None: ...
     def admin_keys(self, tenant_id: str | None, *, every_tenant: bool = False) -> Sequence[AdminKey]:
         """The keys of one tenant, or the global keys (tenant_id None); with every_tenant, all keys."""

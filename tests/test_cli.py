@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,21 @@ def test_create_key_prints_a_working_global_key(env: str, capsys: pytest.Capture
     scoped = capsys.readouterr().out.strip()
     r = client.post("/admin/v1/tenants", json={"slug": "x", "name": "X"}, headers={"Authorization": f"Bearer {scoped}"})
     assert r.status_code == 403
+
+
+def test_create_key_with_an_expiry(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["admin", "create-key", "--label", "ci", "--expires-in-days", "30"]) == 0
+    capsys.readouterr()
+    assert main(["admin", "list-keys"]) == 0
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    expires = datetime.fromisoformat(line.split("expires ")[1].split()[0])
+    assert abs(expires.timestamp() - time.time() - 30 * 86400) < 60 and line.endswith("  ci")
+    for bad in ("0", "1826", "3.5", "thirty"):
+        with pytest.raises(SystemExit) as exit_:
+            main(["admin", "create-key", "--expires-in-days", bad])
+        assert exit_.value.code == 2 and "--expires-in-days" in capsys.readouterr().err
+    assert main(["admin", "list-keys"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1, "a refused option makes no key"
 
 
 def test_create_key_for_unknown_tenant_fails_cleanly(env: str, capsys: pytest.CaptureFixture[str]) -> None:

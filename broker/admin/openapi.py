@@ -129,17 +129,18 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
         "/tenants/{t}/admin-keys": {
             "parameters": [t],
-            "post": _op("Create a tenant-scoped admin key (shown once)", 201, "{id, key}", body="AdminKeyCreate",
-                        errors=(400, 401, 404)),
-            "get": _op("List the tenant's admin keys (id, label, created_at; never the key)", 200, "Admin keys"),
+            "post": _op("Create a tenant-scoped admin key (shown once)", 201, "{id, key, tenant, expires_at}",
+                        body="AdminKeyCreate", errors=(400, 401, 404)),
+            "get": _op("List the tenant's admin keys (id, label, created_at, expires_at; never the key)", 200,
+                       "Admin keys"),
         },
         "/tenants/{t}/admin-keys/{key_id}": {
             "parameters": [t, key_id],
             "delete": _op("Revoke one of the tenant's admin keys", 204, "Revoked"),
         },
         "/admin-keys": {
-            "post": _op("Create a global admin key (global keys only; shown once)", 201, "{id, key}",
-                        body="AdminKeyCreate", errors=(400, 401, 403)),
+            "post": _op("Create a global admin key (global keys only; shown once)", 201,
+                        "{id, key, tenant, expires_at}", body="AdminKeyCreate", errors=(400, 401, 403)),
             "get": _op("List every admin key (global keys only)", 200, "Admin keys", errors=(401, 403)),
         },
         "/admin-keys/{key_id}": {

@@ -73,8 +73,13 @@ class TenantPatch(Strict):
         return None if v is None else _display_name(v)
 
 
+MAX_ADMIN_KEY_LIFETIME = 5 * 365 * 86400
+
+
 class AdminKeyCreate(Strict):
     label: str = Field(default="", max_length=200)
+    # seconds from now until the key stops working; None: until revoked
+    expires_in: int | None = Field(default=None, ge=300, le=MAX_ADMIN_KEY_LIFETIME)
 
     @field_validator("label")
     @classmethod

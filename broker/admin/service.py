@@ -109,6 +109,10 @@ def metadata_text(raw: bytes) -> str:
     return text
 
 
+class AdminKeyExpired(Unauthorized):
+    """A known admin key past its expires_at: refused like an unknown one (401 invalid_token), said so."""
+
+
 def iso(dt: datetime | None) -> str | None:
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z") if dt else None
 
@@ -192,6 +196,8 @@ class AdminService:
                 break
         if key is None:
             raise Unauthorized("The admin API key is not valid.", code="unauthorized", detail="invalid_token")
+        if key.expired(self.clock.now()):
+            raise AdminKeyExpired("The admin API key has expired.", code="unauthorized", detail="invalid_token")
         return key
 
     def tenant_for(self, key: AdminKey, slug: str) -> Tenant:
@@ -291,15 +297,19 @@ class AdminService:
             tenant_id = self._admin_key_tenant(key, slug).id
         elif key is not None and not key.is_global:
             raise Forbidden("A tenant-scoped key cannot create global keys.", code="forbidden")
+        expires_at = None
+        if data.expires_in is not None:
+            expires_at = datetime.fromtimestamp(int(self.clock.now()) + data.expires_in, UTC)
         value = "bk_" + secrets.token_urlsafe(32)
-        created = self.store.create_admin_key(tenant_id, self.hasher.digest(value), data.label)
-        self._admin_event(key, "admin_key.create", slug, key_id=created.id)
-        return {"id": created.id, "key": value, "tenant": slug}
+        created = self.store.create_admin_key(tenant_id, self.hasher.digest(value), data.label, expires_at)
+        self._admin_event(key, "admin_key.create", slug, key_id=created.id, expires_at=iso(expires_at))
+        return {"id": created.id, "key": value, "tenant": slug, "expires_at": iso(expires_at)}
 
     @staticmethod
     def admin_key_json(k: AdminKey) -> dict[str, Any]:
         """What may be shown of a key: never its value or digest."""
-        return {"id": k.id, "label": k.label, "tenant": k.tenant_slug, "created_at": iso(k.created_at)}
+        return {"id": k.id, "label": k.label, "tenant": k.tenant_slug, "created_at": iso(k.created_at),
+                "expires_at": iso(k.expires_at)}
 
     def list_admin_keys(self, key: AdminKey | None, slug: str | None) -> dict[str, Any]:
         """A tenant's keys (slug), or with a global key every key (global ones have tenant null)."""

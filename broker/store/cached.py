@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
+from datetime import datetime
 from typing import Any, TypeVar
 
 from broker import logs
@@ -289,9 +290,10 @@ class CachedConfigStore:
         self._write(lambda: self.inner.delete_tenant(tenant_id, expected_version=expected_version),
                     _tenant(tenant_id))
 
-    def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str) -> AdminKey:
+    def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str,
+                         expires_at: datetime | None = None) -> AdminKey:
         # Admin keys are never cached (every request reads its key): nothing to announce.
-        return self.inner.create_admin_key(tenant_id, key_hash, label)
+        return self.inner.create_admin_key(tenant_id, key_hash, label, expires_at)
 
     def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> str | None:
         # Admin keys are never cached (every request reads its key): no generation bump needed.

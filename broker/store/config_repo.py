@@ -361,7 +361,8 @@ class SqlConfigStore:
 
     # -- admin keys ------------------------------------------------------------------------------
 
-    def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str) -> AdminKey:
+    def create_admin_key(self, tenant_id: str | None, key_hash: str, label: str,
+                         expires_at: datetime | None = None) -> AdminKey:
         now = _now()
         with self._session() as s:
             slug = None
@@ -372,12 +373,17 @@ class SqlConfigStore:
                 slug = t.slug
             existing = s.scalars(select(AdminKeyRow).where(AdminKeyRow.key_hash == key_hash)).one_or_none()
             if existing is not None:
-                return AdminKey(id=existing.id, tenant_id=existing.tenant_id, tenant_slug=slug,
-                                created_at=_utc(existing.created_at) or now, label=existing.label)
+                return self._admin_key(existing, slug)
             row = AdminKeyRow(id=str(uuid.uuid4()), tenant_id=tenant_id, key_hash=key_hash, label=label,
-                              created_at=now)
+                              created_at=now, expires_at=expires_at)
             s.add(row)
-            return AdminKey(id=row.id, tenant_id=tenant_id, tenant_slug=slug, created_at=now, label=label)
+            return AdminKey(id=row.id, tenant_id=tenant_id, tenant_slug=slug, created_at=now, label=label,
+                            expires_at=expires_at)
+
+    @staticmethod
+    def _admin_key(row: AdminKeyRow, slug: str | None) -> AdminKey:
+        return AdminKey(id=row.id, tenant_id=row.tenant_id, tenant_slug=slug,
+                        created_at=_utc(row.created_at) or _now(), label=row.label, expires_at=_utc(row.expires_at))
 
     def admin_key_by_hash(self, key_hash: str) -> AdminKey | None:
         with self._read() as s:
@@ -390,8 +396,7 @@ class SqlConfigStore:
                 if t is None:
                     return None
                 slug = t.slug
-            return AdminKey(id=row.id, tenant_id=row.tenant_id, tenant_slug=slug,
-                            created_at=_utc(row.created_at) or _now(), label=row.label)
+            return self._admin_key(row, slug)
 
     def admin_keys(self, tenant_id: str | None, *, every_tenant: bool = False) -> list[AdminKey]:
         with self._read() as s:
@@ -400,8 +405,7 @@ class SqlConfigStore:
                 q = q.where(AdminKeyRow.tenant_id.is_(None) if tenant_id is None
                             else AdminKeyRow.tenant_id == tenant_id)
             rows = s.execute(q.order_by(AdminKeyRow.created_at, AdminKeyRow.id)).all()
-            return [AdminKey(id=r.id, tenant_id=r.tenant_id, tenant_slug=slug,
-                             created_at=_utc(r.created_at) or _now(), label=r.label) for r, slug in rows]
+            return [self._admin_key(r, slug) for r, slug in rows]
 
     def delete_admin_key(self, key_id: str, *, tenant_id: str | None) -> str | None:
         """Delete a key (only one of `tenant_id`'s, when given); returns the tenant id the key belonged to.

@@ -24,7 +24,7 @@ from flask import Blueprint, Response, g, render_template, request
 from werkzeug.datastructures import FileStorage
 
 from broker.admin.schema import DuplicateKey, TooDeep, loads_admin_json
-from broker.admin.service import metadata_text
+from broker.admin.service import AdminKeyExpired, metadata_text
 from broker.claims.presets import PRESET_NAMES
 from broker.errors import BrokerError, NotFound, StateStoreError, ValidationFailed
 from broker.model import AdminKey, Connection, Tenant
@@ -138,7 +138,7 @@ def _ctx() -> Ctx:
     if sess is None or sess.key_digest is None:
         raise SignInRequired()
     key = svc.admin.store.admin_key_by_hash(sess.key_digest)
-    if key is None:
+    if key is None or key.expired(svc.clock.now()):
         svc.state.delete(SESSION_PREFIX + sess.id)
         raise SignInRequired()
     if request.method == "POST" and not _csrf_ok(sess):
@@ -323,13 +323,14 @@ def sign_in() -> Response:
     # out. Keys are 40+ random characters: the limit is against noise, not a search that could succeed.
     try:
         svc.admin.authenticate(f"Bearer {value}")
-    except BrokerError:
+    except BrokerError as err:
         wait = _sign_in_wait(svc, request.remote_addr or "unknown")
         if wait:
             resp = _sign_in_page(svc, 429, "Too many sign-in attempts from this address. Wait a few minutes.")
             resp.headers["Retry-After"] = str(wait)  # RFC 6585 §4, RFC 9110 §10.2.3
             return resp
-        return _sign_in_page(svc, 401, "That admin key is not valid.")
+        expired = isinstance(err, AdminKeyExpired)
+        return _sign_in_page(svc, 401, "That admin key has expired." if expired else "That admin key is not valid.")
     svc.state.delete(SESSION_PREFIX + sess.id)  # a fresh id after sign-in (no session fixation)
     signed = _new_session(svc, svc.admin.hasher.digest(value))
     resp = redirect_to(_safe_next(request.form.get("next")))
@@ -747,7 +748,9 @@ def audit(t: str) -> Response:
 
 
 def _keys_page(ctx: Ctx, tenant: Tenant, status: int = 200, **extra: Any) -> Response:
-    keys = ctx.svc.admin.list_admin_keys(ctx.key, tenant.slug)["admin_keys"]
+    now = ctx.svc.clock.now()
+    keys = [{**k, "expired": k["expires_at"] is not None and datetime.fromisoformat(k["expires_at"]).timestamp() <= now}
+            for k in ctx.svc.admin.list_admin_keys(ctx.key, tenant.slug)["admin_keys"]]
     return _page("admin_keys.html", status, keys=keys, current=ctx.key.id, notice=_notice(),
                  once=secrets.token_urlsafe(16), **extra, **_tenant_ctx(tenant, "keys"))
 
@@ -771,7 +774,13 @@ def create_admin_key(t: str) -> Response:
     if once_key is not None and not ctx.svc.state.add_if_absent(once_key, b"1", ONCE_TTL):
         return _see_other(f"/tenants/{tenant.slug}/admin-keys", notice="key_already_created")
     try:
-        created = ctx.svc.admin.create_admin_key(ctx.key, tenant.slug, {"label": label})
+        body: dict[str, Any] = {"label": label}
+        expires_in = request.form.get("expires_in", "").strip()
+        if expires_in:
+            if not re.fullmatch(r"[0-9]{1,12}", expires_in):
+                raise ValidationFailed("Choose when the key expires.", details={"field": "expires_in"})
+            body["expires_in"] = int(expires_in)
+        created = ctx.svc.admin.create_admin_key(ctx.key, tenant.slug, body)
     except BaseException as err:
         if once_key is not None:  # no key was made: the same form may be sent again
             ctx.svc.state.delete(once_key)

@@ -4,6 +4,8 @@ tenant scoping (other tenants' keys are 404), and the last global key kept (on S
 from __future__ import annotations
 
 import threading
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -39,7 +41,8 @@ def test_a_tenants_keys_are_listed_without_their_values(admin: AdminClient, tena
     keys = r.get_json()["admin_keys"]
     assert [(k["id"], k["label"], k["tenant"]) for k in keys] == [
         (tenants["acme"]["id"], "acme ops", "acme"), (second["id"], "ci", "acme")]
-    assert all(set(k) == {"id", "label", "tenant", "created_at"} for k in keys)
+    assert all(set(k) == {"id", "label", "tenant", "created_at", "expires_at"} for k in keys)
+    assert all(k["expires_at"] is None for k in keys)
     assert tenants["acme"]["key"] not in r.get_data(as_text=True)
 
 
@@ -252,3 +255,48 @@ def test_every_refused_admin_request_is_a_log_line_without_the_key(admin: AdminC
         (401, "GET", "/admin/v1/tenants"), (404, "GET", "/admin/v1/tenants/globex"),
         (403, "POST", "/admin/v1/tenants"), (404, "GET", "/admin/v1/no-such-route")]
     assert all(wrong not in str(r.__dict__) for r in caplog.records)
+
+
+def test_a_key_with_an_expiry_stops_working_when_it_expires(database_url: str) -> None:
+    """expires_in (seconds) sets expires_at; the key works up to that instant and then gets 401 invalid_token
+    saying it expired; the list shows the time; a key without it never expires."""
+    from broker.app import create_app
+    from broker.ports import FrozenClock
+    from broker.store.state import MemoryStateStore
+    from tests.conftest import BOOTSTRAP_KEY, close_app
+
+    clock = FrozenClock(float(int(time.time())))
+    app = create_app(load_settings(make_env(database_url)), clock=clock, state=MemoryStateStore(clock=clock.now))
+    try:
+        admin = AdminClient(app.test_client(), BOOTSTRAP_KEY)
+        admin.tenant("acme")
+        r = admin.call("POST", "/tenants/acme/admin-keys", {"label": "ci", "expires_in": 3600})
+        assert r.status_code == 201
+        made = r.get_json()
+        expected = datetime.fromtimestamp(clock.now() + 3600, UTC)
+        assert datetime.fromisoformat(made["expires_at"]) == expected
+        listed = admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"]
+        assert [k["expires_at"] for k in listed] == [made["expires_at"]]
+        event = admin.call("GET", "/tenants/acme/audit?type=admin").get_json()["events"][0]
+        assert event["details"]["action"] == "admin_key.create" and event["details"]["expires_at"] == made["expires_at"]
+
+        ci = AdminClient(admin.client, made["key"])
+        clock.advance(3599)
+        assert ci.call("GET", "/tenants/acme").status_code == 200
+        clock.advance(1)
+        r = ci.call("GET", "/tenants/acme")
+        assert r.status_code == 401
+        assert r.get_json()["error"] == "unauthorized" and "expired" in r.get_json()["message"]
+        assert 'error="invalid_token"' in r.headers["WWW-Authenticate"]
+        assert admin.call("GET", "/tenants/acme").status_code == 200  # the bootstrap key has no expiry
+    finally:
+        close_app(app)
+
+
+@pytest.mark.parametrize("body", [{"expires_in": 299}, {"expires_in": 5 * 365 * 86400 + 1}, {"expires_in": "3600"},
+                                  {"expires_in": 3600.5}, {"expires_in": True}])
+def test_an_expiry_out_of_bounds_is_refused_and_makes_no_key(admin: AdminClient, body: dict[str, Any]) -> None:
+    admin.tenant("acme")
+    r = admin.call("POST", "/tenants/acme/admin-keys", body)
+    assert r.status_code == 400 and r.get_json()["details"]["errors"][0]["field"] == "expires_in"
+    assert admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"] == []

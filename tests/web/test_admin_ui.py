@@ -573,6 +573,45 @@ def test_a_too_long_label_is_a_clear_message_and_creates_nothing(client: FlaskCl
     assert admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"] == []
 
 
+def test_a_key_made_with_an_expiry_shows_it_and_an_unknown_choice_makes_nothing(client: FlaskClient,
+                                                                                 admin: AdminClient, ui: str) -> None:
+    r = client.post(f"{UI}/tenants/acme/admin-keys", data={"csrf": ui, "label": "ci", "expires_in": "2592000"})
+    assert r.status_code == 200 and "It expires" in text(r)
+    (made,) = admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"]
+    assert made["expires_at"] is not None
+    assert "never" not in text(client.get(f"{UI}/tenants/acme/admin-keys")).split("New key")[0]
+    for bad in ("30 days", "-5", "60"):  # not a number of seconds; under the 300 s minimum
+        r = client.post(f"{UI}/tenants/acme/admin-keys", data={"csrf": ui, "label": "x", "expires_in": bad})
+        assert r.status_code == 400 and 'role="alert"' in r.get_data(as_text=True)
+    assert len(admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"]) == 1
+
+
+def test_an_expired_key_cannot_sign_in_and_its_session_ends(database_url: str) -> None:
+    from broker.app import create_app
+    from broker.ports import FrozenClock
+    from broker.settings import load_settings
+    from broker.store.state import MemoryStateStore
+    from tests.conftest import close_app, make_env
+
+    clock = FrozenClock(1_900_000_000.0)
+    app = create_app(load_settings(make_env(database_url)), clock=clock, state=MemoryStateStore(clock=clock.now))
+    try:
+        client = app.test_client()
+        admin = AdminClient(client, BOOTSTRAP_KEY)
+        admin.tenant("acme", "Acme Corp")
+        created = admin.call("POST", "/tenants/acme/admin-keys", {"label": "short", "expires_in": 600}).get_json()
+        sign_in(client, created["key"])
+        assert client.get(f"{UI}/tenants/acme/admin-keys").status_code == 200
+        clock.advance(600)
+        r = client.get(f"{UI}/tenants/acme/admin-keys")
+        assert r.status_code == 303 and "/admin/ui/sign-in" in r.headers["Location"]
+        csrf = csrf_of(client)
+        r = client.post(f"{UI}/sign-in", data={"csrf": csrf, "admin_key": created["key"], "next": f"{UI}/"})
+        assert r.status_code == 401 and "has expired" in text(r)
+    finally:
+        close_app(app)
+
+
 def test_revoking_the_key_of_this_session_signs_it_out(client: FlaskClient, admin: AdminClient) -> None:
     admin.tenant("acme", "Acme Corp")
     created = admin.call("POST", "/tenants/acme/admin-keys", {"label": "mine"}).get_json()
