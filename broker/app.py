@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from sqlalchemy.exc import SQLAlchemyError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from broker import logs
@@ -32,7 +32,7 @@ from broker.upstream.metadata_refresh import MetadataProvider
 from broker.upstream.registry import ConnectorRegistry
 from broker.web import admin_api, health, oidc_op, oidc_rp, saml_sp
 from broker.web.context import Services
-from broker.web.errors import admin_error, admin_error_raw, html_error, html_page, oauth_error
+from broker.web.errors import admin_error, admin_error_raw, html_error, html_page, oauth_error, unreadable_body
 
 log = logs.get("broker.app")
 
@@ -242,6 +242,10 @@ def _register_hooks(app: Flask, svc: Services) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:
+        if unreadable_body(err):
+            log.warning("request_body_unreadable", extra={"path": request.path[:200], "cause": type(err).__name__})
+            # gunicorn then closes the connection: its parser fails again on what is left of the body
+            return _http_error(BadRequest())
         log.exception("unhandled_error", extra={"path": request.path})
         unavailable = ServiceUnavailable("The service is temporarily unavailable. Please try again shortly.")
         surface = _surface(request.path)

@@ -9,11 +9,24 @@ import html
 from typing import Any
 
 from flask import Response, jsonify, request
+from gunicorn.http import errors as gunicorn_errors
 
 from broker import logs
 from broker.errors import BrokerError
 
 log = logs.get("broker.web")
+
+# What gunicorn's body reader raises while the app reads a request body the client got wrong: a malformed
+# chunk size or extension, a chunk without its CRLF, the client gone before the body ended. The client's
+# fault, so a 400; they are neither HTTPExceptions nor BrokerErrors.
+_UNREADABLE_BODY = tuple(
+    cls for name in ("InvalidChunkSize", "InvalidChunkExtension", "ChunkMissingTerminator", "NoMoreData")
+    if isinstance(cls := getattr(gunicorn_errors, name, None), type)
+)
+
+
+def unreadable_body(err: BaseException) -> bool:
+    return isinstance(err, _UNREADABLE_BODY)
 
 
 def admin_error(err: BrokerError) -> Response:

@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import time
+from typing import TypeVar
 
 from flask import Blueprint, Response, request
 from werkzeug.datastructures import MultiDict
 
 from broker import logs
-from broker.errors import NotFound, PayloadTooLarge
+from broker.errors import BrokerError, NotFound, PayloadTooLarge, ValidationFailed
 from broker.login import LoginFailed
 from broker.model import Connection, Tenant
 from broker.upstream.base import AutoPost
 from broker.upstream.saml import SamlConnector
 from broker.web.context import services
 from broker.web.cookies import binding_of
+from broker.web.errors import unreadable_body
 from broker.web.oidc_op import callback_input, finish_login, load_tenant, unknown_connection
 from broker.web.steps import render_step
 
 bp = Blueprint("saml_sp", __name__, url_prefix="/t/<tenant>/connections/<conn>/saml")
 log = logs.get("broker.web.saml_sp")
+E = TypeVar("E", bound=BrokerError)
 
 
 def _connection(t: Tenant, slug: str) -> Connection:
@@ -51,7 +54,14 @@ def acs(tenant: str, conn: str) -> Response:
         raise _too_large(tenant, conn, limit, f"Content-Length {request.content_length}")
     # Without a Content-Length (chunked), werkzeug stops reading at the app's MAX_CONTENT_LENGTH, which is
     # larger than the limit: such a body is cut off there and refused here.
-    raw = request.get_data(cache=True)
+    try:
+        raw = request.get_data(cache=True)
+    except Exception as exc:
+        if not unreadable_body(exc):
+            raise
+        raise _refused_post(tenant, conn, ValidationFailed(
+            "The SAML message could not be read.", code="saml_response_malformed",
+            detail=f"request body: {type(exc).__name__}")) from exc
     if len(raw) > limit:
         raise _too_large(tenant, conn, limit, f"body of {len(raw)} bytes")
     t = load_tenant(tenant)
@@ -99,11 +109,15 @@ def _resubmit_same_site(form: MultiDict[str, str]) -> Response:
 
 
 def _too_large(tenant: str, conn: str, limit: int, detail: str) -> PayloadTooLarge:
-    """The 413 for an oversized SAML POST, audited as a refused login (SPEC: every rejected login gets an audit
-    event) under the tenant and connection of the URL when they exist. Nothing of the body is parsed for it;
-    an unknown tenant gets the 413 alone (there is no tenant to record it for)."""
-    err = PayloadTooLarge(f"The SAML message is larger than {limit} bytes.", code="saml_response_too_large",
-                          detail=detail)
+    """The 413 for an oversized SAML POST (see _refused_post)."""
+    return _refused_post(tenant, conn, PayloadTooLarge(
+        f"The SAML message is larger than {limit} bytes.", code="saml_response_too_large", detail=detail))
+
+
+def _refused_post(tenant: str, conn: str, err: E) -> E:
+    """A SAML POST refused before its body is parsed (too large, or unreadable), audited as a refused login
+    (SPEC: every rejected login gets an audit event) under the tenant and connection of the URL when they
+    exist; an unknown tenant gets the error alone (there is no tenant to record it for)."""
     svc = services()
     t = svc.config.tenant_by_slug(tenant)
     if t is not None:
