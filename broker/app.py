@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Any
@@ -35,6 +36,8 @@ from broker.web.context import Services
 from broker.web.errors import admin_error, admin_error_raw, html_error, html_page, oauth_error, unreadable_body
 
 log = logs.get("broker.app")
+access = logs.get("broker.access")
+PROBES = frozenset({"health.healthz", "health.readyz", "health.metrics"})  # logged at DEBUG: every few seconds
 
 OAUTH_ENDPOINTS = ("/token", "/userinfo", "/introspect", "/revoke", "/jwks", "/.well-known/openid-configuration",
                    "/.well-known/oauth-authorization-server")
@@ -167,6 +170,7 @@ HSTS = "max-age=31536000"
 
 def _register_hooks(app: Flask, svc: Services) -> None:
     hsts = HSTS if svc.settings.is_production else None
+    access_log = svc.settings.access_log
 
     @app.before_request
     def _start() -> None:
@@ -190,6 +194,12 @@ def _register_hooks(app: Flask, svc: Services) -> None:
             resp.headers.setdefault("Strict-Transport-Security", hsts)
         endpoint = request.url_rule.endpoint if request.url_rule is not None else "unmatched"
         svc.metrics.http_requests.labels(endpoint=endpoint, status=str(resp.status_code)).inc()
+        if access_log:
+            # the path alone: query strings carry codes, states, login hints and SAML messages
+            access.log(logging.DEBUG if endpoint in PROBES else logging.INFO, "request", extra={
+                "method": request.method, "path": request.path[:200], "status": resp.status_code,
+                "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1),
+                "client": request.remote_addr})
         return resp
 
     @app.teardown_request

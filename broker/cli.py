@@ -68,7 +68,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             self.cfg.set("accesslog", None)
             self.cfg.set("errorlog", "-")
             self.cfg.set("logger_class", "broker.serving.JsonLogger")  # gunicorn's own lines as JSON too
-            self.cfg.set("loglevel", "warning")
+            # at INFO its lifecycle too: listening, each worker booted and exiting (with its pid), signals
+            self.cfg.set("loglevel", "info" if settings.log_level == "DEBUG" else settings.log_level.lower())
             self.cfg.set("preload_app", False)  # each worker opens its own DB pool and Redis client
             if os.path.isdir("/dev/shm"):  # noqa: S108 - the heartbeat file: tmpfs, not a disk write per request
                 self.cfg.set("worker_tmp_dir", "/dev/shm")  # noqa: S108

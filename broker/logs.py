@@ -33,6 +33,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
+            "pid": record.process,
         }
         for key, var in (("request_id", request_id), ("tenant", tenant), ("connection", connection)):
             value = var.get()

@@ -61,6 +61,7 @@ class Settings:
     previous_secret_keys: tuple[Secret, ...] = ()
     proxy_hops: int = 0
     metrics_token: Secret | None = None  # set: /metrics wants "Authorization: Bearer <it>"
+    access_log: bool = True  # one "request" line per answered request
 
     @property
     def is_production(self) -> bool:
@@ -230,6 +231,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         previous_secret_keys=tuple(previous),
         proxy_hops=_int(env, "BROKER_PROXY_HOPS", 0, minimum=0),
         metrics_token=Secret(metrics_token) if metrics_token else None,
+        access_log=_bool(env, "BROKER_ACCESS_LOG", True),
     )
 
 

@@ -194,3 +194,31 @@ def test_idp_certificate_days_left_gauge(broker: BrokerServer, activity: Activit
     days = [v for labels, v in _samples(text, "broker_idp_certificate_days_left")
             if labels.get("tenant") == activity.tenant.slug and labels.get("connection") == "okta"]
     assert days and all(v > 0 for v in days), days
+
+
+def test_every_request_is_one_access_line_without_its_query(broker: BrokerServer, activity: Activity) -> None:
+    records, _ = _log_records(broker)
+    access = [r for r in records if r.get("logger") == "broker.access"]
+    by_rid = {r["request_id"]: r for r in access}
+    authorize = by_rid[activity.request_ids["authorize"]]
+    assert authorize["event"] == "request" and authorize["method"] == "GET" and authorize["status"] == 302
+    assert authorize["path"] == f"/t/{activity.tenant.slug}/authorize", "the query string is never logged"
+    assert authorize["level"] == "info" and authorize["tenant"] == activity.tenant.slug
+    assert isinstance(authorize["ms"], float) and authorize["ms"] >= 0 and authorize["client"] == "127.0.0.1"
+    acs = by_rid[activity.request_ids["acs"]]
+    assert (acs["method"], acs["status"], acs["connection"]) == ("POST", 302, "okta")
+    assert by_rid[activity.request_ids["token"]]["status"] == 200
+    assert by_rid[activity.request_ids["refused"]]["status"] == 400
+    assert sum(r.get("request_id") == activity.request_ids["token"] for r in access) == 1
+    probes = [r for r in access if r["path"] in ("/healthz", "/readyz", "/metrics")]
+    assert probes and all(r["level"] == "debug" for r in probes), "probes are logged at DEBUG only"
+    assert all(isinstance(r.get("pid"), int) for r in records if r["event"] != "serving")
+
+
+def test_gunicorn_lifecycle_lines_are_json_with_the_worker_pid(broker: BrokerServer) -> None:
+    records, other = _log_records(broker)
+    assert not other, other[:5]
+    events = [r["event"] for r in records if r.get("logger") == "gunicorn.error"]
+    assert any(e.startswith("Listening at:") for e in events), events[:10]
+    booted = [e for e in events if e.startswith("Booting worker with pid")]
+    assert booted and booted[0].rsplit(" ", 1)[-1].isdigit()

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
+import pytest
 from flask.testing import FlaskClient
 
 from broker import logs
@@ -31,6 +35,26 @@ def test_a_request_leaves_no_log_context_behind(client: FlaskClient, admin: Admi
     r = client.get("/t/acme/.well-known/openid-configuration", headers={"X-Request-Id": "req-1"})
     assert r.status_code == 200 and r.headers["X-Request-Id"] == "req-1"
     assert (logs.request_id.get(), logs.tenant.get(), logs.connection.get()) == (None, None, None)
+
+
+def test_the_access_line_can_be_turned_off(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from broker.app import create_app
+    from broker.settings import load_settings
+    from tests.conftest import close_app, make_env
+
+    for setting, lines in (("true", 1), ("false", 0)):
+        app = create_app(load_settings(make_env(f"sqlite:///{tmp_path / setting}.db", BROKER_ACCESS_LOG=setting)))
+        try:
+            caplog.clear()
+            with caplog.at_level(logging.DEBUG, logger="broker.access"):
+                assert app.test_client().get("/t/nope/jwks?x=secret").status_code == 404
+                app.test_client().get("/healthz")
+            access = [r for r in caplog.records if r.name == "broker.access" and r.levelno == logging.INFO]
+            assert len(access) == lines, setting
+            if lines:
+                assert access[0].__dict__["path"] == "/t/nope/jwks" and access[0].__dict__["status"] == 404
+        finally:
+            close_app(app)
 
 
 def test_readyz_ok(client: FlaskClient) -> None:
