@@ -70,11 +70,18 @@ class Auditor:
         self._store(event, required=False)
 
     def _store(self, event: AuditEvent, *, required: bool) -> AuditEvent:
-        """Scrub, log and store one event; returns it as stored."""
-        event = replace(event, details=_scrub(event.details))
+        """Scrub, log and store one event; returns it as stored. An event of a request carries its request id
+        (details.request_id), so the audit API and the logs can be joined."""
+        details = _scrub(event.details)
+        rid = logs.request_id.get()
+        if rid is not None:
+            details.setdefault("request_id", rid)
+        event = replace(event, details=details)
         log.info(
             "audit",
             extra={
+                "audit_id": event.id,
+                "details": details,
                 "audit_type": event.type,
                 "outcome": event.outcome,
                 "reason": event.reason,

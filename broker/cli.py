@@ -173,6 +173,8 @@ def cmd_metadata_refresh(args: argparse.Namespace) -> int:
             for conn in svc.config.connections(tenant.id):
                 if conn.protocol != "saml" or not conn.settings.get("metadata_url"):
                     continue
+                logs.tenant.set(tenant.slug)  # on every line the refresh logs, as in a server's request
+                logs.connection.set(conn.slug)
                 try:
                     if args.force:
                         from broker.upstream.sources import MetadataCacheEntry
@@ -196,6 +198,8 @@ def cmd_metadata_refresh(args: argparse.Namespace) -> int:
                 print(f"{'ok    ' if ok else 'FAILED'} {tenant.slug}/{conn.slug}"
                       + (f": {state.last_error}" if state.last_error else ""))
     finally:
+        logs.tenant.set(None)
+        logs.connection.set(None)
         svc.extras["engine"].dispose()
     return 1 if failures else 0
 

@@ -49,3 +49,24 @@ def test_recorded_events_are_scrubbed_and_logged_like_emitted_ones(caplog: pytes
     assert (line.audit_type, line.outcome, line.reason, line.audit_tenant) == ("token", "failure", "invalid_grant",
                                                                                 "acme")
     assert "rt-value" not in json.dumps({k: str(v) for k, v in vars(line).items()})
+
+
+def test_the_log_line_carries_the_event_id_and_details_and_the_event_its_request_id(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """With the database down the log is the only record: it must say what the event said (a refresh token
+    reused, which admin action), scrubbed like the stored copy; both name the request."""
+    from broker import logs
+
+    sink = ListSink()
+    token = logs.request_id.set("req-42")
+    try:
+        with caplog.at_level(logging.INFO, logger="broker.audit"):
+            stored = Auditor(sink).emit("token", "failure", tenant="acme", reason="invalid_grant",
+                                        details={"refresh_reuse": True, "refresh_token": "rt-value"})
+    finally:
+        logs.request_id.reset(token)
+    assert sink.events[0].details == {"refresh_reuse": True, "refresh_token": "***", "request_id": "req-42"}
+    (line,) = [r for r in caplog.records if r.getMessage() == "audit"]
+    assert line.audit_id == stored.id and line.details == sink.events[0].details
+    Auditor(sink).emit("admin", "success", tenant=None, details={"action": "tenant.delete"})
+    assert "request_id" not in sink.events[1].details, "outside a request there is none to name"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from broker.cli import main
+from broker.logs import JsonFormatter
 from tests.conftest import SECRET_KEY
 
 
@@ -177,9 +179,22 @@ def test_metadata_refresh_command(env: str, capsys: pytest.CaptureFixture[str],
         assert main(["metadata", "refresh"]) == 0  # not due yet: no fetch
         assert state["hits"] == hits and "ok     acme/okta" in capsys.readouterr().out
         state["ok"] = False
-        assert main(["metadata", "refresh", "--force"]) == 1  # fails, keeps the last good copy
+        lines: list[str] = []
+
+        class Collect(logging.Handler):  # formatted when emitted: the context (tenant, connection) is then set
+            def emit(self, record: logging.LogRecord) -> None:
+                lines.append(JsonFormatter().format(record))
+
+        collect = Collect(logging.WARNING)
+        logging.getLogger().addHandler(collect)
+        try:
+            assert main(["metadata", "refresh", "--force"]) == 1  # fails, keeps the last good copy
+        finally:
+            logging.getLogger().removeHandler(collect)
         out = capsys.readouterr().out
         assert "FAILED acme/okta" in out and state["hits"] == hits + 1
+        kept = [json.loads(x) for x in lines if '"metadata_refresh_failed_kept_last_good"' in x]
+        assert kept and all((r["tenant"], r["connection"]) == ("acme", "okta") for r in kept), lines
         # what another process (the CronJob) found shows in the server's own scrape
         assert scraped("broker_idp_metadata_refresh_failing") == 1
         assert scraped("broker_idp_metadata_age_seconds") >= 0  # the last good copy is still in use
