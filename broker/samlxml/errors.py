@@ -16,6 +16,9 @@ class SamlError(Exception):
         self.code = code
         self.message = message
         self.detail = detail
+        # set when the refusal came after the signature, issuer and time checks passed (an authentic assertion
+        # that is not for this sign-in): lets the caller tell a replay of a used one from a stray one
+        self.assertion_id: str | None = None
 
     def __repr__(self) -> str:
         return f"SamlError(code={self.code!r}, message={self.message!r})"

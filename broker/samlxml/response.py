@@ -243,8 +243,13 @@ def verify_response(xml: bytes, exp: ResponseExpectations) -> VerifiedAssertion:
     conditions_end = _check_conditions(trusted, exp)
     subject = _child(trusted, _A + "Subject", required=True)
     assert subject is not None
-    confirmation_end, scd_in_response_to = _check_subject_confirmation(subject, exp)
-    in_response_to = _check_in_response_to(root.get("InResponseTo"), scd_in_response_to, signed_response, exp)
+    try:
+        confirmation_end, scd_in_response_to = _check_subject_confirmation(subject, exp)
+        in_response_to = _check_in_response_to(root.get("InResponseTo"), scd_in_response_to, signed_response, exp)
+    except SamlError as exc:
+        if exc.code == "saml_in_response_to_mismatch":
+            exc.assertion_id = trusted.get("ID") or None
+        raise
 
     name_id, name_id_format = _read_name_id(subject)
     attributes, friendly, attr_warnings = _read_attributes(trusted)

@@ -334,6 +334,9 @@ class SamlConnector:
         relay_state = callback.params.get("RelayState")
         return relay_state or None
 
+    def _replay_key(self, assertion_id: str) -> str:
+        return f"saml-replay:{self.connection.id}:{assertion_id}"
+
     def complete(self, callback: CallbackInput, txn: LoginTransaction | None) -> UpstreamIdentity:
         """Verify the SAMLResponse (broker.samlxml) and consume its assertion ID once (replay cache)."""
         if self.idp is None:
@@ -385,6 +388,11 @@ class SamlConnector:
             document = decode_post_binding(encoded)
             verified = verify_response(document, expectations)
         except SamlError as e:
+            if e.assertion_id is not None and self._state.get(self._replay_key(e.assertion_id)) is not None:
+                # an authentic assertion, already used: most often the same answer posted again (its sign-in
+                # is over, so it no longer matches one): said as the replay it is, for alerts on that code
+                raise LoginError("This SAML assertion has already been used.", code="saml_replay",
+                                 detail=f"assertion {e.assertion_id} seen before; {e.detail}") from e
             raise LoginError(e.message, code=e.code, detail=e.detail) from e
 
         if txn is None and verified.issue_instant < self._state.kept_since(now):
@@ -399,8 +407,7 @@ class SamlConnector:
             )
         # Replay cache (shared across replicas): an assertion ID is consumed once while it could be valid.
         ttl = max(1.0, verified.not_on_or_after + skew - now)
-        key = f"saml-replay:{self.connection.id}:{verified.assertion_id}"
-        if not self._state.add_if_absent(key, b"1", ttl=ttl):
+        if not self._state.add_if_absent(self._replay_key(verified.assertion_id), b"1", ttl=ttl):
             raise LoginError(
                 "This SAML assertion has already been used.",
                 code="saml_replay",

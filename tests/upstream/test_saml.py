@@ -628,6 +628,25 @@ def test_complete_replay_is_refused(
     assert exc.value.code == "saml_replay"
 
 
+def test_a_used_answer_posted_again_after_its_sign_in_ended_is_called_a_replay(
+    sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock
+) -> None:
+    """The common replay: the same answer again, once its transaction is gone (no pending request). It fails
+    the InResponseTo check, and is reported as the replay it is; an authentic answer never used is not."""
+    c = connector(sp, idp_metadata(idp), state, clock)
+    request_id, txn = _login(c)
+    body = _response(c, idp, request_id, assertion_id="_a-used")
+    c.complete(post(body), txn)
+    with pytest.raises(LoginError) as exc:
+        c.complete(post(body), None)
+    assert exc.value.code == "saml_replay" and "_a-used" in (exc.value.detail or "")
+    other_id, _ = _login(c)
+    with pytest.raises(LoginError) as exc:
+        c.complete(post(_response(c, idp, other_id, assertion_id="_a-fresh")), txn)  # wrong sign-in, never used
+    assert exc.value.code == "saml_in_response_to_mismatch"
+    assert state.get("saml-replay:conn-okta:_a-fresh") is None, "a refused answer is not consumed"
+
+
 def test_replay_cache_is_shared_through_the_state_store(
     sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock
 ) -> None:
