@@ -37,6 +37,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from broker import logs
+from broker.errors import StateStoreError
 from broker.model import AdminKey, App, AuditEvent, Connection, SigningKey, Tenant
 from broker.ports import AppDraft, AuditPage, ConnectionDraft, MetadataState, NewSigningKey, StateStore
 from broker.store.config_repo import SqlConfigStore
@@ -240,13 +241,17 @@ class CachedConfigStore:
         """For the certificate-expiry gauge: reloaded after any configuration change (a metadata upload
         shows at the next scrape) and at least every `max_age` seconds (a refreshed metadata_url document,
         which is not a configuration change)."""
-        seen = self._generation()
+        seen: int | None
+        try:
+            seen = self._generation()
+        except StateStoreError:  # the state store is down, the database may not be: go by age alone
+            seen = None
         now = self._clock()
         hit = self._certificates
-        if hit is not None and hit[0] == seen and now - hit[1] < max_age:
+        if hit is not None and (seen is None or hit[0] == seen) and now - hit[1] < max_age:
             return hit[2]
         value = self.inner.idp_certificates()
-        self._certificates = (seen, now, value)
+        self._certificates = (seen if seen is not None else -1, now, value)  # -1: re-read once it is back
         return value
 
     # -- uncached reads --------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from broker.errors import StateStoreError
 from broker.issuer.keys import generate_signing_key
 from broker.model import MappingConfig
 from broker.ports import ConnectionDraft, MetadataState, NewSigningKey
@@ -113,6 +114,41 @@ def test_the_cached_store_rereads_after_any_configuration_change(engine: Engine)
     now[0] += 61  # a refreshed metadata_url is not a configuration change: seen within a minute
     cached.idp_certificates()
     assert len(calls) == 3
+
+
+class _DownGeneration:
+    """The configuration generation of a state store that cannot be reached (Redis down)."""
+
+    def current(self) -> bytes | None:
+        raise StateStoreError("The state store is unavailable.")
+
+    def poll(self) -> tuple[bytes | None, frozenset[str] | None]:
+        raise StateStoreError("The state store is unavailable.")
+
+    def bump(self, scopes: frozenset[str] | None = None) -> None:
+        raise StateStoreError("The state store is unavailable.")
+
+
+def test_the_cached_store_reads_the_database_while_the_state_store_is_down(engine: Engine) -> None:
+    """A worker started during a Redis outage has no earlier rows to fall back on: the gauge still comes from
+    the database, re-read at most once per max_age."""
+    inner, tenant = _store(engine)
+    inner.create_connection(tenant, _draft("okta", {"metadata_xml": _metadata(OKTA)}))
+    calls = []
+    original = inner.idp_certificates
+
+    def counting() -> list[tuple[str, str, dict[str, float]]]:
+        calls.append(1)
+        return original()
+
+    inner.idp_certificates = counting  # type: ignore[method-assign]
+    now = [0.0]
+    fresh = CachedConfigStore(inner, MemoryStateStore(), clock=lambda: now[0], generation=_DownGeneration())
+    assert _by_connection(fresh) == {"okta": _expiry(OKTA)}
+    assert _by_connection(fresh) == {"okta": _expiry(OKTA)} and len(calls) == 1
+    now[0] += 61
+    fresh.idp_certificates()
+    assert len(calls) == 2
 
 
 def test_the_migration_fills_in_existing_connections(database_url: str) -> None:
