@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -202,6 +203,19 @@ def cmd_metadata_refresh(args: argparse.Namespace) -> int:
         logs.connection.set(None)
         svc.extras["engine"].dispose()
     return 1 if failures else 0
+
+
+def cmd_audit_prune(args: argparse.Namespace) -> int:
+    """Delete audit events older than --older-than days (retention; for a daily cron job)."""
+    svc = _services(_settings())
+    before = datetime.fromtimestamp(svc.clock.now() - args.older_than * 86400, UTC)
+    try:
+        deleted = svc.config.prune_audit(before)
+    finally:
+        svc.extras["engine"].dispose()
+    logs.get("broker.cli").info("audit_pruned", extra={"deleted": deleted, "before": before.isoformat()})
+    print(f"deleted {deleted} audit events older than {before.isoformat().replace('+00:00', 'Z')}")
+    return 0
 
 
 def cmd_secrets_reseal(_: argparse.Namespace) -> int:
@@ -414,6 +428,13 @@ def build_parser() -> argparse.ArgumentParser:
     ref = mdsub.add_parser("refresh", help="refresh the due metadata_url documents (for a cron job)")
     ref.add_argument("--force", action="store_true", help="refresh every one, due or not")
     ref.set_defaults(func=cmd_metadata_refresh)
+
+    au = sub.add_parser("audit", help="audit events")
+    ausub = au.add_subparsers(dest="audit_command", required=True)
+    pr = ausub.add_parser("prune", help="delete audit events older than a number of days (for a cron job)")
+    pr.add_argument("--older-than", type=_whole_number(1, 36500, "must be a whole number of days from 1 to 36500"),
+                    required=True, metavar="DAYS", help="keep this many days of events")
+    pr.set_defaults(func=cmd_audit_prune)
     return p
 
 

@@ -283,3 +283,7 @@ class ConfigStore(ConfigReader, Protocol):
     def audit_page(
         self, tenant_id: str | None, *, type: str | None, outcome: str | None, limit: int, cursor: str | None
     ) -> AuditPage: ...
+    def prune_audit(self, before: datetime, *, batch: int = 5000) -> int:
+        """Delete the audit events older than `before`, `batch` at a time (each its own short transaction);
+        returns how many."""
+        ...

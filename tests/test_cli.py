@@ -66,6 +66,33 @@ def test_create_key_with_an_expiry(env: str, capsys: pytest.CaptureFixture[str])
     assert len(capsys.readouterr().out.strip().splitlines()) == 1, "a refused option makes no key"
 
 
+def test_audit_prune_keeps_the_given_number_of_days(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    import uuid
+    from datetime import UTC, timedelta
+
+    from broker.model import AuditEvent
+    from broker.store.config_repo import SqlConfigStore
+    from broker.store.database import make_engine, upgrade
+    from broker.store.sealing import Sealer
+
+    engine = make_engine(env)
+    upgrade(engine)
+    store = SqlConfigStore(engine, Sealer(SECRET_KEY))
+    now = datetime.now(UTC)
+    for days in (400, 91, 89, 0):
+        store.record(AuditEvent(id=str(uuid.uuid4()), time=now - timedelta(days=days), type="admin", tenant=None,
+                                connection=None, app=None, outcome="success", reason=None, details={"age": days}))
+    assert main(["audit", "prune", "--older-than", "90"]) == 0
+    assert capsys.readouterr().out.startswith("deleted 2 audit events older than ")
+    left = store.audit_page(None, type=None, outcome=None, limit=10, cursor=None).events
+    assert sorted(e.details["age"] for e in left) == [0, 89]
+    for bad in ([], ["--older-than", "0"], ["--older-than", "ninety"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["audit", "prune", *bad])
+        assert exit_.value.code == 2
+    engine.dispose()
+
+
 def test_create_key_for_unknown_tenant_fails_cleanly(env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["admin", "create-key", "--tenant", "nope"]) == 2
     assert "No tenant" in capsys.readouterr().err

@@ -69,8 +69,19 @@ def documents() -> list[dict[str, Any]]:
     return docs
 
 
+# Every workload that runs the broker: a kind, and for the CronJobs which one (their component label).
+WORKLOADS = ["Deployment", "Job", "CronJob/metadata-refresh", "CronJob/audit-prune"]
+
+
+def _named(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    kind, _, component = kind.partition("/")
+    return [d for d in docs if d["kind"] == kind and (
+        not component or d["metadata"]["labels"].get("app.kubernetes.io/component") == component)]
+
+
 def only(kind: str) -> dict[str, Any]:
-    found = [d for d in documents() if d["kind"] == kind]
+    """The one object of `kind` ("CronJob/audit-prune": the CronJob of that component)."""
+    found = _named(documents(), kind)
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
 
@@ -110,7 +121,7 @@ def test_probes_point_at_health_endpoints() -> None:
     assert container["resources"]["requests"]["cpu"] and container["resources"]["limits"]["memory"]
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "Job", "CronJob"])
+@pytest.mark.parametrize("kind", WORKLOADS)
 def test_pods_run_non_root_on_a_read_only_root_filesystem(kind: str) -> None:
     spec = pod_spec(only(kind))
     assert spec["securityContext"]["runAsNonRoot"] is True
@@ -144,7 +155,7 @@ def test_migration_job_runs_db_upgrade_before_install_and_upgrade() -> None:
 
 
 def test_metadata_refresh_cronjob_runs_the_refresh_command() -> None:
-    cron = only("CronJob")
+    cron = only("CronJob/metadata-refresh")
     (c,) = pod_spec(cron)["containers"]
     argv = [*c.get("command", []), *c.get("args", [])]
     assert argv == ["broker", "metadata", "refresh"]
@@ -153,7 +164,19 @@ def test_metadata_refresh_cronjob_runs_the_refresh_command() -> None:
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
 
 
-@pytest.mark.parametrize("kind", ["Deployment", "Job", "CronJob"])
+def test_audit_prune_cronjob_keeps_a_year_by_default() -> None:
+    cron = only("CronJob/audit-prune")
+    (c,) = pod_spec(cron)["containers"]
+    argv = [*c.get("command", []), *c.get("args", [])]
+    assert argv == ["broker", "audit", "prune", "--older-than", "365"]
+    args = build_parser().parse_args(argv[1:])
+    assert (args.command, args.audit_command, args.older_than) == ("audit", "prune", 365)
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert len(only("CronJob/metadata-refresh")["spec"]["schedule"].split()) == 5
+    assert len(cron["spec"]["schedule"].split()) == 5
+
+
+@pytest.mark.parametrize("kind", WORKLOADS)
 def test_env_names_are_real_settings(kind: str) -> None:
     known = setting_names()
     assert {"BROKER_PUBLIC_URL", "DATABASE_URL", "REDIS_URL", "BROKER_SECRET_KEY", "BROKER_ENV"} <= known
@@ -291,7 +314,7 @@ def render_error(values: dict[str, Any]) -> str:
 
 
 def kind_of(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    (found,) = [d for d in docs if d["kind"] == kind]
+    (found,) = _named(docs, kind)
     return found
 
 
@@ -336,7 +359,7 @@ DEV_IDP_REFUSED: list[Any] = ["true", "True", "1", "yes", "on", True, 1, " false
 @pytest.mark.parametrize("value", DEV_IDP_OFF, ids=repr)
 def test_dev_idp_false_is_accepted(value: Any) -> None:
     docs = render_with({"settings": {"BROKER_DEV_IDP": value}})
-    for kind in ("Deployment", "Job", "CronJob"):
+    for kind in WORKLOADS:
         settings = settings_of(kind_of(docs, kind))  # the broker starts with it ...
         assert settings.is_production and settings.dev_idp is False  # ... without the development IdP
 
@@ -372,3 +395,11 @@ def test_proxy_hops_must_be_a_whole_number(hops: Any) -> None:
 def test_proxy_hops_is_not_also_a_setting() -> None:
     """One source for BROKER_PROXY_HOPS: a second env entry of the same name would silently win or lose."""
     assert "proxyHops" in render_error({"settings": {"BROKER_PROXY_HOPS": "1"}})
+
+
+@needs_helm
+def test_audit_retention_and_its_cronjob_follow_the_values() -> None:
+    docs = render_with({"auditPrune": {"retentionDays": 30}})
+    (c,) = pod_spec(_named(docs, "CronJob/audit-prune")[0])["containers"]
+    assert c["args"] == ["audit", "prune", "--older-than", "30"]
+    assert not _named(render_with({"auditPrune": {"enabled": False}}), "CronJob/audit-prune")

@@ -281,6 +281,9 @@ class CachedConfigStore:
                    cursor: str | None) -> AuditPage:
         return self.inner.audit_page(tenant_id, type=type, outcome=outcome, limit=limit, cursor=cursor)
 
+    def prune_audit(self, before: datetime, *, batch: int = 5000) -> int:
+        return self.inner.prune_audit(before, batch=batch)
+
     # -- writes that change configuration (invalidate everywhere) ---------------------------------
 
     def create_tenant(self, slug: str, name: str, key: NewSigningKey) -> Tenant:

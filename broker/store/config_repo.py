@@ -847,6 +847,20 @@ class SqlConfigStore:
             return AuditPage(events=events, next_cursor=str(rows[-1].seq) if more and rows else None)
 
 
+    def prune_audit(self, before: datetime, *, batch: int = 5000) -> int:
+        """Delete the audit events older than `before`, oldest first, `batch` rows per transaction (through the
+        time index): the table stays writable throughout, and a prune stopped halfway keeps what it did."""
+        oldest = select(AuditRow.seq).where(AuditRow.time < before).order_by(AuditRow.time).limit(batch)
+        total = 0
+        while True:
+            with self._session() as s:
+                done = int(getattr(s.execute(delete(AuditRow).where(AuditRow.seq.in_(oldest.scalar_subquery()))),
+                                   "rowcount", 0) or 0)
+            total += done
+            if done < batch:
+                return total
+
+
 def _insert_prepared(conn: Any, row: Mapping[str, Any]) -> None:
     """`_AUDIT_INSERT_PG` on the connection's psycopg connection (autocommit, set by the pool checkout). A
     connection that fails here is invalidated, as SQLAlchemy would have done, so the pool never hands it out

@@ -66,3 +66,19 @@ def test_a_connection_killed_under_the_prepared_insert_fails_once_then_recovers(
         assert ids == [_event(3).id, _event(1).id], "the failed event was not half-written"
     finally:
         engine.dispose()
+
+
+def test_prune_deletes_only_events_older_than_the_cutoff_in_batches(engine: Engine) -> None:
+    """Retention: every event before the cutoff goes (oldest first, batch by batch), every later one stays,
+    whatever tenant or none it belongs to."""
+    store = SqlConfigStore(engine, Sealer("s" * 40))
+    g = generate_signing_key()
+    tenant = store.create_tenant("acme", "Acme", NewSigningKey(g.kid, g.alg, g.private_pem, g.public_jwk))
+    for n in range(1, 13):  # one second apart, from _event's base time
+        store.record(_event(n, tenant=None if n % 4 == 0 else "acme"), tenant_id=None if n % 4 == 0 else tenant.id)
+    cutoff = datetime(2026, 11, 30, 12, 0, 8, tzinfo=UTC)  # events 1-7 are older (1.123 s ... 7.123 s)
+    assert store.prune_audit(cutoff, batch=3) == 7
+    left = store.audit_page(None, type=None, outcome=None, limit=100, cursor=None).events
+    assert sorted(e.details["n"] for e in left) == [8, 9, 10, 11, 12]
+    assert store.prune_audit(cutoff, batch=3) == 0, "nothing more to prune"
+    assert store.prune_audit(datetime(2027, 1, 1, tzinfo=UTC)) == 5
