@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from broker import logs
 from broker.errors import StateStoreError
-from broker.model import AdminKey, App, AuditEvent, Connection, SigningKey, Tenant
+from broker.model import SLUG_RE, AdminKey, App, AuditEvent, Connection, SigningKey, Tenant, unstorable
 from broker.ports import AppDraft, AuditPage, ConnectionDraft, MetadataState, NewSigningKey, StateStore
 from broker.store.config_repo import SqlConfigStore
 from broker.store.generation import Generation, Scopes, generation_for
@@ -47,6 +47,7 @@ T = TypeVar("T")
 log = logs.get("broker.store.cached")
 _MISSING = object()
 MAX_SCOPES = 100_000  # scope counters kept; past that they are folded into one "everything" change
+MAX_CLIENT_ID = 100  # the length of apps.client_id: no longer one can name an app
 
 
 def tenant_scope(tenant_id: str) -> str:
@@ -59,18 +60,20 @@ def slug_scope(slug: str) -> str:
 
 class CachedConfigStore:
     def __init__(self, inner: SqlConfigStore, state: StateStore, *, max_age: float = 600.0,
-                 max_entries: int = 200_000, clock: Callable[[], float] = time.monotonic,
+                 max_entries: int = 200_000, max_misses: int = 10_000, clock: Callable[[], float] = time.monotonic,
                  generation: Generation | None = None) -> None:
         self.inner = inner
         self.state = state
         self.generation = generation or generation_for(state, inner)
         self.max_age = max_age
         self.max_entries = max_entries
+        self.max_misses = max_misses
         self._clock = clock
         self._lock = threading.Lock()
         self._sync_lock = threading.Lock()  # one poll-and-apply at a time
         # key -> (scope, change count when loaded, loaded at, value)
         self._entries: OrderedDict[tuple[Any, ...], tuple[str, int, float, Any]] = OrderedDict()
+        self._misses: OrderedDict[tuple[Any, ...], tuple[str, int, float, Any]] = OrderedDict()
         self._changes = 0  # changes counted in this process (under _lock)
         self._all_changed = 0  # the count at the last change of everything
         self._scope_changed: dict[str, int] = {}  # the count at each scope's last change
@@ -130,6 +133,7 @@ class CachedConfigStore:
                 self._all_changed = self._changes
                 self._scope_changed.clear()
                 self._entries.clear()
+                self._misses.clear()
             else:
                 for scope in scopes:
                     self._scope_changed[scope] = self._changes
@@ -165,21 +169,25 @@ class CachedConfigStore:
         seen = self._generation()
         now = self._clock()
         with self._lock:
-            hit = self._entries.get(key)
+            hit = self._entries.get(key) or self._misses.get(key)
             if hit is not None:
                 hit_scope, loaded_in, loaded_at, cached = hit
                 current = loaded_in >= max(self._all_changed, self._scope_changed.get(hit_scope, 0))
                 if current and now - loaded_at < self.max_age:
-                    self._entries.move_to_end(key)
+                    (self._entries if key in self._entries else self._misses).move_to_end(key)
                     value: T = cached
                     return value
         value = load()
         entry_scope = scope if isinstance(scope, str) else scope(value)
         with self._lock:
-            self._entries[key] = (entry_scope, seen, now, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            # "no such thing" answers go to an LRU of their own, so that requests naming random tenants,
+            # connections or clients can neither grow memory past it nor push real entries out
+            store, limit = (self._misses, self.max_misses) if value is None else (self._entries, self.max_entries)
+            (self._entries if value is None else self._misses).pop(key, None)
+            store[key] = (entry_scope, seen, now, value)
+            store.move_to_end(key)
+            while len(store) > limit:
+                store.popitem(last=False)
         return value
 
     def _write(self, fn: Callable[[], T], scopes: Callable[[T], Scopes]) -> T:
@@ -212,6 +220,8 @@ class CachedConfigStore:
     # -- cached reads ----------------------------------------------------------------------------
 
     def tenant_by_slug(self, slug: str) -> Tenant | None:
+        if not SLUG_RE.match(slug):  # no tenant can have it: neither a query nor a cache entry for a URL's junk
+            return None
         # a tenant's entry belongs to its id; "no such tenant" to the slug, which creating it announces
         return self._cached(("tenant_slug", slug),
                             lambda t: tenant_scope(t.id) if t is not None else slug_scope(slug),
@@ -222,6 +232,8 @@ class CachedConfigStore:
                             lambda: self.inner.tenant_by_id(tenant_id))
 
     def connection(self, tenant_id: str, slug: str) -> Connection | None:
+        if not SLUG_RE.match(slug):
+            return None
         return self._cached(("connection", tenant_id, slug), tenant_scope(tenant_id),
                             lambda: self.inner.connection(tenant_id, slug))
 
@@ -230,6 +242,8 @@ class CachedConfigStore:
                             lambda: tuple(self.inner.connections(tenant_id)))
 
     def app(self, tenant_id: str, client_id: str) -> App | None:
+        if not 0 < len(client_id) <= MAX_CLIENT_ID or unstorable(client_id):  # longer than the column holds
+            return None
         return self._cached(("app", tenant_id, client_id), tenant_scope(tenant_id),
                             lambda: self.inner.app(tenant_id, client_id))
 

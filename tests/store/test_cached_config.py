@@ -129,3 +129,50 @@ def test_a_failed_generation_bump_is_owed_and_paid_by_the_next_request(
     finally:
         engine_a.dispose()
         engine_b.dispose()
+
+
+def test_names_no_row_can_have_are_neither_queried_nor_cached(database_url: str, state_store: StateStore) -> None:
+    engine = make_engine(database_url)
+    upgrade(engine)
+    inner = SqlConfigStore(engine, Sealer(SECRET))
+    try:
+        t = inner.create_tenant("acme", "Acme", _key())
+        calls: list[str] = []
+        for name in ("tenant_by_slug", "connection", "app"):
+            original = getattr(inner, name)
+            setattr(inner, name, lambda *a, _o=original, _n=name: (calls.append(_n), _o(*a))[1])
+        cached = CachedConfigStore(inner, state_store)
+        for junk in ("x" * 3000, "UPPER", "a_b", "-lead", "caf\u00e9", ""):
+            assert cached.tenant_by_slug(junk) is None and cached.connection(t.id, junk) is None
+        assert cached.app(t.id, "c" * 101) is None and cached.app(t.id, "nul\x00") is None
+        assert calls == [] and not cached._entries and not cached._misses
+        assert cached.tenant_by_slug("acme") == t and cached.app(t.id, "c" * 100) is None
+        assert calls == ["tenant_by_slug", "app"]
+    finally:
+        engine.dispose()
+
+
+def test_lookups_of_unknown_names_have_a_bounded_cache_of_their_own(database_url: str,
+                                                                   state_store: StateStore) -> None:
+    """Requests naming random tenants can neither grow a worker's memory past max_misses nor push the real
+    tenants out of the cache."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    inner = SqlConfigStore(engine, Sealer(SECRET))
+    try:
+        t = inner.create_tenant("acme", "Acme", _key())
+        cached = CachedConfigStore(inner, state_store, max_entries=3, max_misses=5)
+        assert cached.tenant_by_slug("acme") == t
+        for n in range(50):
+            assert cached.tenant_by_slug(f"nobody-{n}") is None
+        assert len(cached._misses) == 5 and len(cached._entries) == 1
+        reads: list[str] = []
+        original = inner.tenant_by_slug
+        inner.tenant_by_slug = lambda slug: (reads.append(slug), original(slug))[1]  # type: ignore[method-assign]
+        assert cached.tenant_by_slug("acme") == t and cached.tenant_by_slug("nobody-49") is None
+        assert reads == [], "both still served from the cache"
+        created = cached.create_tenant("nobody-49", "Now it exists", _key())
+        assert cached.tenant_by_slug("nobody-49") == created, "creating it ends the cached miss"
+        assert ("tenant_slug", "nobody-49") in cached._entries and ("tenant_slug", "nobody-49") not in cached._misses
+    finally:
+        engine.dispose()
