@@ -513,6 +513,9 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
     unsolicited = finished.txn_id is None
     with svc.state.batch():  # the broker session and the code: one write, or none if issuing fails
         session_id = finished.session_id if unsolicited else login.save_session(tenant, finished)
+        replaced = None if unsolicited else session_id_of(request.cookies, tenant.slug)
+        if replaced is not None and replaced != session_id:
+            login.end_session(replaced)  # its cookie is overwritten below: nothing could reach it again
         if svc.settings.dev_idp and not unsolicited:  # the demo page shows what the development IdP sent
             login.save_result("session:" + public_sid(session_id), finished)
         url = issuer.authorization_response(tenant, finished.request,

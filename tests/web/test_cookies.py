@@ -190,6 +190,22 @@ def test_session_cookie_gives_single_sign_on_and_logout_clears_it(https: Env) ->
     assert cleared.attrs.get("max-age") == "0" or "1970" in cleared.attrs.get("expires", "")
 
 
+def test_signing_in_again_in_the_same_browser_ends_the_session_it_replaces(https: Env) -> None:
+    """prompt=login, or a session the app wants refreshed: the new session's cookie replaces the old one, and
+    the old session, which nothing could reach any more, is deleted rather than left in the store."""
+    from broker.login import SESSION_PREFIX
+
+    state = https.app.extensions["broker"].state
+    first = set_cookies(https.acs(https.authorize()))[HOST_SESSION].value
+    assert state.get(SESSION_PREFIX + first) is not None
+    q = urlencode({"response_type": "code", "client_id": https.app_client["client_id"], "redirect_uri": REDIRECT_URI,
+                   "scope": "openid", "state": "again", "connection": "idp", "prompt": "login"})
+    second = set_cookies(https.acs(https.client.get(f"/t/acme/authorize?{q}", base_url=https.base_url)))
+    new = second[HOST_SESSION].value
+    assert new != first and state.get(SESSION_PREFIX + new) is not None
+    assert state.get(SESSION_PREFIX + first) is None
+
+
 def test_a_session_cookie_without_the_host_prefix_is_not_read_on_https(https: Env) -> None:
     """What a sibling subdomain can set (no __Host- prefix, a Domain or a tenant path) never gives SSO."""
     login = https.acs(https.authorize())
