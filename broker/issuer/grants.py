@@ -25,6 +25,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -47,7 +48,7 @@ from authlib.oauth2.rfc7662 import IntrospectionEndpoint
 
 from broker.issuer.keys import published_keys, select_signing_key
 from broker.issuer.messages import Headers, HttpRequest, HttpResponse, SecretVerifier
-from broker.issuer.records import CodeRecord, GrantRecord, Ledger, RefreshRecord
+from broker.issuer.records import TAGGED_SEPARATOR, CodeRecord, GrantRecord, Ledger, RefreshRecord
 from broker.issuer.tokens import ACCESS_TOKEN_TYP, InvalidToken, TokenCodec, at_hash, profile_claims
 from broker.model import App, Profile, Tenant
 from broker.ports import Clock, ConfigReader
@@ -510,7 +511,7 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
         ledger = self.ctx.ledger
         record = ledger.peek_refresh(value)
         if record is None:
-            gid = ledger.refresh_family(value) if detect_reuse else None
+            gid = self._family_of(value) if detect_reuse else None
             if gid is not None:
                 self._revoke_family(gid)
             return None
@@ -530,6 +531,14 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
 
     def issue_for_refresh(self, app: App, grant: GrantRecord, scope: tuple[str, ...]) -> dict[str, Any]:
         return self._issue(app, grant, scope, nonce=None, refresh_scope=grant.scope)
+
+    def _family_of(self, value: str) -> str | None:
+        """The grant id of a refresh token that could still have been live (rotated away, or revoked): read
+        from a tagged token itself, or from the store for an untagged one. None if the broker never issued
+        it, or its time is over."""
+        if TAGGED_SEPARATOR in value:
+            return tagged_refresh_family(self.ctx.secrets, value, self.ctx.clock.now())
+        return self.ctx.ledger.refresh_family(value)
 
     def _grant_is_ours(self, gid: str) -> bool:
         """Whether revoking grant `gid` is this tenant's business: its record is this tenant's, or gone (then
@@ -627,7 +636,8 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
                 issued_at=now,
                 expires_at=now + app.refresh_token_ttl,
             )
-            refresh = (secrets.token_urlsafe(32), record, app.refresh_token_ttl)
+            refresh = (tagged_refresh_token(ctx.secrets, grant.gid, record.expires_at), record,
+                       app.refresh_token_ttl)
         # the grant and its refresh token: one write, and none when the grant was revoked while this request
         # was being answered (a concurrent reuse of the refresh token, or of the code)
         if not ctx.ledger.put_grant_unless_revoked(grant, ttl, refresh):
@@ -703,7 +713,7 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
         """A refresh token of this tenant that was rotated away while its family still stands."""
         if value.count(".") == 2:
             return None
-        gid = self.ctx.ledger.refresh_family(value)
+        gid = self._family_of(value)
         grant = self.ctx.ledger.grant(gid) if gid is not None else None
         if grant is None or grant.tenant_id != self.ctx.tenant.id:
             return None
@@ -727,6 +737,31 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
             self._revoke_family(token.record.gid)
             self.outcome.details.pop("refresh_reuse", None)
             self.outcome.details["revoked"] = "refresh_token"
+
+
+_TAG_PURPOSE = "refresh-token:"
+
+
+def tagged_refresh_token(secrets_: SecretVerifier, gid: str, expires_at: float) -> str:
+    """`<random>~<gid>~<exp>~<tag>`: 256 random bits, the grant the token belongs to and the second it expires,
+    under an HMAC tag only this broker can make (BROKER_SECRET_KEY). A token presented after its rotation is
+    known for what it is from its own text: a rotation stores nothing for reuse detection."""
+    body = TAGGED_SEPARATOR.join((secrets.token_urlsafe(32), gid, str(math.ceil(expires_at))))
+    return f"{body}{TAGGED_SEPARATOR}{secrets_.tag(_TAG_PURPOSE + body)}"
+
+
+def tagged_refresh_family(secrets_: SecretVerifier, value: str, now: float) -> str | None:
+    """The grant id of a tagged refresh token this broker issued, if it could still be live at `now`: a
+    forged or altered one names no family (so knowing a grant id cannot revoke it), an expired one neither."""
+    parts = value.split(TAGGED_SEPARATOR)
+    if len(value) > 400 or len(parts) != 4:
+        return None
+    _, gid, exp, tag = parts
+    if not gid or not (exp.isascii() and exp.isdigit() and len(exp) <= 12):
+        return None
+    if not secrets_.tag_ok(_TAG_PURPOSE + TAGGED_SEPARATOR.join(parts[:3]), tag):
+        return None
+    return gid if now < int(exp) else None
 
 
 def _safe_description(error: Any) -> str:

@@ -13,8 +13,11 @@ Keys (all prefixed "oidc:"):
 - ``grant:<gid>``     one grant (code redemption and its refresh family): client, scope, profile,
                       auth_time, sid. Userinfo reads the profile from here.
 - ``rt:<d>``          a live refresh token (consumed with ``take`` on every rotation).
-- ``rt-family:<d>``   the grant id of a refresh token, kept as long as the token would have lived:
-                      presenting a rotated token finds it and revokes the family.
+- ``rt-family:<d>``   the grant id of a refresh token of the earlier, untagged format, kept as long as
+                      the token would have lived: presenting a rotated token finds it and revokes the
+                      family. Tokens issued now carry their grant id and expiry under an HMAC tag
+                      (broker.issuer.grants.RefreshTokenFormat) instead, so a rotation leaves nothing
+                      behind in the store.
 - ``deny:grant:<gid>`` / ``deny:jti:<jti>`` the denylist userinfo, introspection and refresh consult.
 """
 
@@ -30,6 +33,7 @@ from broker.model import Profile, profile_from_json, profile_to_json
 from broker.ports import StateStore
 
 PREFIX = "oidc:"
+TAGGED_SEPARATOR = "~"  # in a tagged refresh token (broker.issuer.grants.RefreshTokenFormat)
 
 
 def digest(value: str) -> str:
@@ -265,10 +269,10 @@ class Ledger:
     @staticmethod
     def _refresh_puts(token: str, record: RefreshRecord, ttl: float) -> list[tuple[str, bytes, float]]:
         d = digest(token)
-        return [
-            (f"{PREFIX}rt-family:{d}", record.gid.encode("ascii"), ttl),
-            (f"{PREFIX}rt:{d}", record.to_bytes(), ttl),
-        ]
+        puts = [(f"{PREFIX}rt:{d}", record.to_bytes(), ttl)]
+        if TAGGED_SEPARATOR not in token:  # an untagged token (tests, or an earlier release's format)
+            puts.append((f"{PREFIX}rt-family:{d}", record.gid.encode("ascii"), ttl))
+        return puts
 
     def peek_refresh(self, token: str) -> RefreshRecord | None:
         raw = self._state.get(f"{PREFIX}rt:{digest(token)}")

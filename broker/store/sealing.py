@@ -33,6 +33,8 @@ _NONCE_BYTES = 12  # 96-bit GCM nonce (NIST SP 800-38D, section 8.2.2: random co
 _TAG_BYTES = 16
 _INFO_SEAL_V1 = b"federation-broker/v1/seal/aes-256-gcm"
 _INFO_DIGEST_V1 = b"federation-broker/v1/digest/hmac-sha256"
+_INFO_TAG_V1 = b"federation-broker/v1/token-tag/hmac-sha256"
+TAG_CHARS = 32  # 128 bits, hex
 
 
 def _derive(secret_key: str, info: bytes) -> bytes:
@@ -111,6 +113,21 @@ class SecretHasher:
         # digests made under earlier keys keep verifying while those keys are listed (the plaintext needed to
         # re-digest them is never stored: re-issue those secrets to retire an old key)
         self._previous = tuple(_derive(k, _INFO_DIGEST_V1) for k in previous)
+        # tags: what the broker writes into a value it issues, to know it again without storing it
+        self._tag_keys = (_derive(secret_key, _INFO_TAG_V1), *(_derive(k, _INFO_TAG_V1) for k in previous))
+
+    def tag(self, value: str) -> str:
+        """An HMAC tag of `value` under the current key (TAG_CHARS hex characters)."""
+        return hmac.new(self._tag_keys[0], value.encode("utf-8"), hashlib.sha256).hexdigest()[:TAG_CHARS]
+
+    def tag_ok(self, value: str, tag: str) -> bool:
+        """Whether `tag` is `value`'s tag under the current or a previous key (constant time)."""
+        given = tag.encode("utf-8")
+        ok = False
+        for key in self._tag_keys:
+            expected = hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:TAG_CHARS]
+            ok |= hmac.compare_digest(expected.encode("ascii"), given)
+        return ok
 
     @staticmethod
     def _mac(key: bytes, value: str) -> str:

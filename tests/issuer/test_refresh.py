@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from broker.issuer.records import Ledger
@@ -145,3 +146,76 @@ def test_another_client_cannot_revoke_a_spent_refresh_token_family(env: Env) -> 
     t2 = body(env.refresh(t1["refresh_token"]))
     env.post("revoke", {"token": t1["refresh_token"]}, basic("poster", SECRET))
     assert env.refresh(t2["refresh_token"]).status == 200
+
+
+# --- tagged refresh tokens: a rotation leaves nothing behind -----------------------------------------------
+
+
+def _keys(env: Env, infix: str) -> list[str]:
+    return [k for k in env.state._entries if infix in k]
+
+
+def test_rotations_store_nothing_for_reuse_detection_and_a_reuse_is_still_caught(env: Env) -> None:
+    """Each refresh token says, under a tag only the broker can make, which family it belongs to: the store
+    holds the live token and no record per rotated one, and presenting any rotated token ends the family."""
+    tokens = [env.tokens()]
+    for _ in range(5):
+        tokens.append(body(env.refresh(tokens[-1]["refresh_token"])))
+    rt = tokens[0]["refresh_token"]
+    random, gid, exp, tag = rt.split("~")
+    assert gid == _gid(tokens[0]["access_token"]) and len(random) == 43 and len(tag) == 32
+    assert int(exp) == math.ceil(env.clock.now() + env.conf.refresh_token_ttl)  # the clock is frozen
+    assert _keys(env, "rt-family:") == [] and len(_keys(env, ":rt:")) == 1
+    assert env.refresh(tokens[2]["refresh_token"]).status == 400  # a rotated one, from the middle
+    assert body(env.refresh(tokens[-1]["refresh_token"]))["error"] == "invalid_grant", "the family is revoked"
+
+
+def test_a_forged_token_naming_a_family_cannot_revoke_it(env: Env) -> None:
+    """The grant id is in every access token: a refresh token made up around it (a wrong tag, an altered
+    expiry or grant) names no family, so presenting or revoking it ends nothing."""
+    t1 = env.tokens()
+    random, gid, exp, tag = t1["refresh_token"].split("~")
+    for forged in (f"{random}~{gid}~{exp}~{'0' * 32}", f"{random}~{gid}~{int(exp) + 1}~{tag}",
+                   f"x{random[1:]}~{gid}~{exp}~{tag}", f"{random}~{gid}~{exp}", f"{random}~{gid}~9e9~{tag}"):
+        assert body(env.refresh(forged))["error"] == "invalid_grant"
+        assert env.post("revoke", {"token": forged}, basic("conf", SECRET)).status == 200
+    assert env.refresh(t1["refresh_token"]).status == 200, "the family stands"
+
+
+def test_a_rotated_token_presented_after_it_would_have_expired_ends_nothing(env: Env) -> None:
+    from broker.issuer.grants import tagged_refresh_family, tagged_refresh_token
+    from tests.issuer.conftest import HASHER
+
+    token = tagged_refresh_token(HASHER, "gid-1", 1000.4)
+    assert token.split("~")[2] == "1001"
+    assert tagged_refresh_family(HASHER, token, 1000.9) == "gid-1"
+    assert tagged_refresh_family(HASHER, token, 1001.0) is None
+
+
+def test_tags_made_under_a_previous_secret_key_still_name_their_family() -> None:
+    from broker.issuer.grants import tagged_refresh_family, tagged_refresh_token
+    from broker.store.sealing import SecretHasher
+
+    old, new = "old-secret-key-0123456789abcdefghij", "new-secret-key-0123456789abcdefghij"
+    token = tagged_refresh_token(SecretHasher(old), "gid-2", 5000)
+    assert tagged_refresh_family(SecretHasher(new, previous=(old,)), token, 10) == "gid-2"
+    assert tagged_refresh_family(SecretHasher(new), token, 10) is None
+
+
+def test_an_untagged_token_of_an_earlier_release_keeps_its_reuse_detection(env: Env) -> None:
+    """Refresh tokens issued before the tagged format (a random string, its family kept in the store) still
+    rotate, and their reuse still ends the family."""
+    from broker.issuer.records import RefreshRecord
+
+    t1 = env.tokens()
+    gid = _gid(t1["access_token"])
+    now = env.clock.now()
+    legacy = "L" * 43
+    record = RefreshRecord(gid=gid, tenant_id=env.tenant_a.id, client_id="conf", scope=("openid", "offline_access"),
+                           issued_at=now, expires_at=now + 600)
+    for key, value, ttl in Ledger._refresh_puts(legacy, record, 600):
+        env.state.put(key, value, ttl)
+    assert len(_keys(env, "rt-family:")) == 1
+    assert env.refresh(legacy).status == 200
+    assert body(env.refresh(legacy))["error"] == "invalid_grant"
+    assert body(env.refresh(t1["refresh_token"]))["error"] == "invalid_grant", "its family was revoked"
