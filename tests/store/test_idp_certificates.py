@@ -90,9 +90,9 @@ def test_a_metadata_url_is_listed_once_a_good_copy_is_kept(engine: Engine) -> No
     assert _by_connection(store) == {}
 
 
-def test_the_cached_store_rereads_after_any_configuration_change(engine: Engine) -> None:
-    inner, tenant = _store(engine)
-    calls = []
+def _count_reads(inner: SqlConfigStore) -> list[int]:
+    """A list that gains an item each time `inner.idp_certificates` is read."""
+    calls: list[int] = []
     original = inner.idp_certificates
 
     def counting() -> list[tuple[str, str, dict[str, float]]]:
@@ -100,6 +100,12 @@ def test_the_cached_store_rereads_after_any_configuration_change(engine: Engine)
         return original()
 
     inner.idp_certificates = counting  # type: ignore[method-assign]
+    return calls
+
+
+def test_the_cached_store_rereads_after_any_configuration_change(engine: Engine) -> None:
+    inner, tenant = _store(engine)
+    calls = _count_reads(inner)
     now = [0.0]
     cached = CachedConfigStore(inner, MemoryStateStore(), clock=lambda: now[0])
     cached.create_connection(tenant, _draft("okta", {"metadata_xml": _metadata(OKTA)}))
@@ -134,14 +140,7 @@ def test_the_cached_store_reads_the_database_while_the_state_store_is_down(engin
     the database, re-read at most once per max_age."""
     inner, tenant = _store(engine)
     inner.create_connection(tenant, _draft("okta", {"metadata_xml": _metadata(OKTA)}))
-    calls = []
-    original = inner.idp_certificates
-
-    def counting() -> list[tuple[str, str, dict[str, float]]]:
-        calls.append(1)
-        return original()
-
-    inner.idp_certificates = counting  # type: ignore[method-assign]
+    calls = _count_reads(inner)
     now = [0.0]
     fresh = CachedConfigStore(inner, MemoryStateStore(), clock=lambda: now[0], generation=_DownGeneration())
     assert _by_connection(fresh) == {"okta": _expiry(OKTA)}
