@@ -16,7 +16,7 @@ Keys (all prefixed "oidc:"):
 - ``rt-family:<d>``   the grant id of a refresh token of the earlier, untagged format, kept as long as
                       the token would have lived: presenting a rotated token finds it and revokes the
                       family. Tokens issued now carry their grant id and expiry under an HMAC tag
-                      (broker.issuer.grants.RefreshTokenFormat) instead, so a rotation leaves nothing
+                      (broker.issuer.grants.tagged_refresh_token) instead, so a rotation leaves nothing
                       behind in the store.
 - ``deny:grant:<gid>`` / ``deny:jti:<jti>`` the denylist userinfo, introspection and refresh consult.
 """
@@ -33,7 +33,7 @@ from broker.model import Profile, profile_from_json, profile_to_json
 from broker.ports import StateStore
 
 PREFIX = "oidc:"
-TAGGED_SEPARATOR = "~"  # in a tagged refresh token (broker.issuer.grants.RefreshTokenFormat)
+TAGGED_SEPARATOR = "~"  # in a tagged refresh token (broker.issuer.grants.tagged_refresh_token)
 
 
 def digest(value: str) -> str:

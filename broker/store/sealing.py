@@ -116,17 +116,20 @@ class SecretHasher:
         # tags: what the broker writes into a value it issues, to know it again without storing it
         self._tag_keys = (_derive(secret_key, _INFO_TAG_V1), *(_derive(k, _INFO_TAG_V1) for k in previous))
 
+    @staticmethod
+    def _tag(key: bytes, value: str) -> str:
+        return hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:TAG_CHARS]
+
     def tag(self, value: str) -> str:
         """An HMAC tag of `value` under the current key (TAG_CHARS hex characters)."""
-        return hmac.new(self._tag_keys[0], value.encode("utf-8"), hashlib.sha256).hexdigest()[:TAG_CHARS]
+        return self._tag(self._tag_keys[0], value)
 
     def tag_ok(self, value: str, tag: str) -> bool:
         """Whether `tag` is `value`'s tag under the current or a previous key (constant time)."""
         given = tag.encode("utf-8")
         ok = False
         for key in self._tag_keys:
-            expected = hmac.new(key, value.encode("utf-8"), hashlib.sha256).hexdigest()[:TAG_CHARS]
-            ok |= hmac.compare_digest(expected.encode("ascii"), given)
+            ok |= hmac.compare_digest(self._tag(key, value).encode("ascii"), given)
         return ok
 
     @staticmethod
