@@ -846,7 +846,6 @@ class SqlConfigStore:
             ]
             return AuditPage(events=events, next_cursor=str(rows[-1].seq) if more and rows else None)
 
-
     def prune_audit(self, before: datetime, *, batch: int = 5000) -> int:
         """Delete the audit events older than `before`, oldest first, `batch` rows per transaction (through the
         time index): the table stays writable throughout, and a prune stopped halfway keeps what it did."""

@@ -747,9 +747,14 @@ def audit(t: str) -> Response:
 # -- admin keys --------------------------------------------------------------------------------------------
 
 
+def _passed(iso_time: str | None, now: float) -> bool:
+    """Whether an admin key's expires_at (as the API shows it; None: never) is over."""
+    return iso_time is not None and datetime.fromisoformat(iso_time).timestamp() <= now
+
+
 def _keys_page(ctx: Ctx, tenant: Tenant, status: int = 200, **extra: Any) -> Response:
     now = ctx.svc.clock.now()
-    keys = [{**k, "expired": k["expires_at"] is not None and datetime.fromisoformat(k["expires_at"]).timestamp() <= now}
+    keys = [{**k, "expired": _passed(k["expires_at"], now)}
             for k in ctx.svc.admin.list_admin_keys(ctx.key, tenant.slug)["admin_keys"]]
     return _page("admin_keys.html", status, keys=keys, current=ctx.key.id, notice=_notice(),
                  once=secrets.token_urlsafe(16), **extra, **_tenant_ctx(tenant, "keys"))
