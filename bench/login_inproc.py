@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             for cell in totals.values():
                 cell[0] = cell[1] = 0.0
             if prof is not None:
-                prof = cProfile.Profile()
+                prof = cProfile.Profile(time.process_time)
         client._cookies.clear()
         verifier, challenge = _pkce()
         state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)

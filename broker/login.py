@@ -30,7 +30,7 @@ from broker.model import (
     Profile,
     Tenant,
     UpstreamIdentity,
-    normalize_domain,
+    email_domain,
     profile_from_json,
     profile_to_json,
 )
@@ -89,13 +89,6 @@ def public_sid(session_id: str) -> str:
     """The `sid` claim for a broker session: derived one-way, so an ID token never carries the cookie value
     that would let its holder take over the session."""
     return hashlib.sha256(b"broker-sid\x00" + session_id.encode()).hexdigest()[:32]
-
-
-def email_domain(value: str | None) -> str | None:
-    """The domain of an email address in the form connections' domains are kept in (normalize_domain)."""
-    if not value or "@" not in value:
-        return None
-    return normalize_domain(value.rsplit("@", 1)[1])
 
 
 def _owner_fields(tenant_id: str, connection_id: str, browser_binding: str | None) -> dict[str, Any]:
@@ -316,7 +309,8 @@ class LoginService:
                 request = unsolicited or self._idp_initiated_request(tenant, connection)
             mapping = compile_mapping(connection.mapping)
             profile = apply(mapping, identity, tenant=tenant.slug, tenant_id=tenant.id,
-                            connection=connection.slug, connection_id=connection.id)
+                            connection=connection.slug, connection_id=connection.id,
+                            domains=connection.domains)
             if connection.restrict_to_domains:
                 domain = email_domain(profile.email)  # as stored: xn-- or not
                 if domain is None or domain not in connection.domains:

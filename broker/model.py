@@ -40,6 +40,14 @@ def normalize_domain(value: str) -> str | None:
         return None
     return domain or None
 
+
+def email_domain(value: str | None) -> str | None:
+    """The domain of an email address in the form connections' domains are kept in (normalize_domain)."""
+    if not value or "@" not in value:
+        return None
+    return normalize_domain(value.rsplit("@", 1)[1])
+
+
 JSON = dict[str, Any]
 
 

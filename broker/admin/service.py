@@ -758,7 +758,7 @@ class AdminService:
             attributes=attrs,
         )
         result = explain(compiled, identity, tenant=tenant.slug, tenant_id=tenant.id, connection=c.slug,
-                         connection_id=c.id)
+                         connection_id=c.id, domains=c.domains)
         return explain_json(result)
 
     # -- apps ------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ The profile is built only from claims that a rule wrote (a raw attribute never r
 an IdP cannot inject `roles` that no rule maps):
 - `email`, `name`, `given_name`, `family_name`: the first value;
 - `email_verified`: "true"/"1"/"yes" -> True, "false"/"0"/"no" -> False (any case), else None; None when
-  there is no `email`;
+  there is no `email`; False (with a warning) when the connection has `domains` and the email's domain is not
+  one of them: a connection is trusted for its own domains, so an IdP that asserts an address elsewhere (its
+  admin typed someone else's address, or a guest account) cannot hand apps a verified email it does not own;
 - `name`: when absent, "given family" from whichever of the two is present;
 - `groups`, `roles`: always tuples, duplicates removed, order kept;
 - any other written claim goes to `extra` (a string when it has one value, a list when several), except
@@ -36,7 +38,7 @@ from broker.claims.rules import (
     compile_rules,
 )
 from broker.errors import LoginError, ValidationFailed
-from broker.model import MappingConfig, Profile, UpstreamIdentity
+from broker.model import MappingConfig, Profile, UpstreamIdentity, email_domain
 
 PRESET_NAMES = presets.PRESET_NAMES
 NORMALIZED = ("email", "email_verified", "name", "given_name", "family_name", "groups", "roles")
@@ -122,9 +124,11 @@ def apply(
     tenant_id: str,
     connection: str,
     connection_id: str,
+    domains: tuple[str, ...] = (),
 ) -> Profile:
-    """Map a verified identity to the profile. Raises MappingError only."""
-    profile, error, _, _ = _run(mapping, identity, tenant, tenant_id, connection, connection_id, record=False)
+    """Map a verified identity to the profile. Raises MappingError only. `domains`: the connection's."""
+    profile, error, _, _ = _run(mapping, identity, tenant, tenant_id, connection, connection_id, record=False,
+                                domains=domains)
     if error is not None:
         raise error
     assert profile is not None
@@ -139,10 +143,11 @@ def explain(
     tenant_id: str,
     connection: str,
     connection_id: str,
+    domains: tuple[str, ...] = (),
 ) -> Explanation:
     """The admin dry run: what `apply` would return or refuse, and which rule changed what."""
     profile, error, steps, raw = _run(
-        mapping, identity, tenant, tenant_id, connection, connection_id, record=True
+        mapping, identity, tenant, tenant_id, connection, connection_id, record=True, domains=domains
     )
     return Explanation(profile=profile, error=error, steps=steps, raw=raw)
 
@@ -183,6 +188,7 @@ def _run(
     connection_id: str,
     *,
     record: bool,
+    domains: tuple[str, ...] = (),
 ) -> tuple[Profile | None, MappingError | None, tuple[Step, ...], dict[str, list[str]]]:
     initial = _initial_claims(identity)
     raw = {k: list(v) for k, v in initial.items()} if record else {}
@@ -235,6 +241,7 @@ def _run(
         sub=subject.derive_sub(tenant_id, connection_id, found[0]),
         tenant=tenant,
         connection=connection,
+        domains=domains,
     )
     return profile, None, tuple(steps), raw
 
@@ -247,7 +254,8 @@ def _parse_bool(value: str | None) -> bool | None:
 
 
 def _profile(
-    claims: ClaimSet, identity: UpstreamIdentity, *, sub: str, tenant: str, connection: str
+    claims: ClaimSet, identity: UpstreamIdentity, *, sub: str, tenant: str, connection: str,
+    domains: tuple[str, ...] = (),
 ) -> Profile:
     def values(name: str) -> list[str]:
         return claims.values.get(name, []) if name in claims.written else []
@@ -259,6 +267,10 @@ def _profile(
     email = first("email")
     given, family = first("given_name"), first("family_name")
     name = first("name") or (" ".join(p for p in (given, family) if p) or None)
+    verified = _parse_bool(first("email_verified")) if email is not None else None
+    if verified and domains and email_domain(email) not in domains:
+        verified = False
+        claims.warn("email_verified is false: the email's domain is not one of this connection's domains")
     extra: dict[str, Any] = {}
     for key in claims.written:
         found = values(key)
@@ -270,7 +282,7 @@ def _profile(
         connection=connection,
         idp=identity.issuer,
         email=email,
-        email_verified=_parse_bool(first("email_verified")) if email is not None else None,
+        email_verified=verified,
         name=name,
         given_name=given,
         family_name=family,

@@ -7,7 +7,8 @@ The SAML presets follow one shape, in this order:
    `_nameid_email`; no "#" in it: never an Entra ID guest UPN `x#EXT#@y`); `normalize_email` trims and
    lowercases it;
 2. `email_verified` is "true": an enterprise IdP asserts the address from its own directory (an admin can
-   override with `{"op": "constant", "claim": "email_verified", "value": false}`);
+   override with `{"op": "constant", "claim": "email_verified", "value": false}`; an address outside a
+   connection's `domains` comes out false whatever the rules say, see pipeline.py);
 3. given name, family name, display name and groups from the vendor's attribute names.
 
 `name` falls back to "given family" when absent (done when the profile is built, see pipeline.py).

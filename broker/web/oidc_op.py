@@ -19,8 +19,8 @@ from broker import logs
 from broker.claims.subject import pairwise_sub
 from broker.errors import BrokerError, LoginError, NotFound, OAuthError
 from broker.issuer.server import AuthorizeError, HttpRequest, HttpResponse
-from broker.login import LoginFailed, Restarted, email_domain, public_sid
-from broker.model import AuthorizationRequest, Connection, Profile, Tenant
+from broker.login import LoginFailed, Restarted, public_sid
+from broker.model import AuthorizationRequest, Connection, Profile, Tenant, email_domain
 from broker.upstream.base import CallbackInput
 from broker.web.context import services
 from broker.web.cookies import browser_binding, clear_session_cookie, session_id_of, set_session_cookie

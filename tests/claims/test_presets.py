@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.claims.pipeline import MappingError
+from broker.claims.pipeline import MappingError, apply, explain
 from broker.claims.presets import PRESET_NAMES
 from broker.model import UpstreamIdentity
 from tests.claims.helpers import EMAIL, PERSISTENT, TRANSIENT, UNSPECIFIED, WHERE, identity, mapping, run
@@ -408,3 +408,28 @@ def test_generic_oidc() -> None:
     assert run([], verified, preset="generic-oidc").email_verified is True
     absent = identity({"email": ["a@b.example"]}, subject="1", subject_format=None, protocol="oidc")
     assert run([], absent, preset="generic-oidc").email_verified is None
+
+
+@pytest.mark.parametrize(("email", "domains", "verified"), [
+    ("a@b.example", (), True),
+    ("a@b.example", ("b.example",), True),
+    ("a@xn--bcher-kva.example", ("bücher.example",), True),
+    ("a@elsewhere.example", ("b.example",), False),
+    ("a@sub.b.example", ("b.example",), False),
+])
+def test_email_verified_only_within_the_connections_domains(
+        email: str, domains: tuple[str, ...], verified: bool) -> None:
+    ident = identity({"email": [email], "email_verified": ["true"]}, subject="1", subject_format=None,
+                     protocol="oidc")
+    p = apply(mapping([], "generic-oidc"), ident, **WHERE, domains=domains)
+    assert p.email_verified is verified
+    assert any("domains" in w for w in p.warnings) is not verified
+    dry_run = explain(mapping([], "generic-oidc"), ident, **WHERE, domains=domains)
+    assert dry_run.profile is not None and dry_run.profile.email_verified is verified
+
+
+def test_an_unverified_email_stays_unverified_within_the_domains() -> None:
+    ident = identity({"email": ["a@b.example"], "email_verified": ["false"]}, subject="1", subject_format=None,
+                     protocol="oidc")
+    p = apply(mapping([], "generic-oidc"), ident, **WHERE, domains=("b.example",))
+    assert p.email_verified is False and not p.warnings

@@ -170,6 +170,34 @@ def test_restrict_to_domains_compares_domains_in_their_stored_form(sec: Setup, e
         _refused(sec, r, "login_domain_not_allowed")
 
 
+@pytest.mark.parametrize(("email", "verified"), [
+    ("alice@acme.test", True), ("alice@ACME.test.", True), ("ceo@other-company.test", False),
+    ("alice@acme.test.other-company.test", False),
+])
+def test_an_email_outside_the_connections_domains_is_not_verified(sec: Setup, email: str, verified: bool) -> None:
+    """A connection is trusted for its own domains: its IdP cannot hand apps a verified address elsewhere
+    (an app that links accounts by verified email would otherwise give that IdP's users other people's
+    accounts). The login itself goes through (restrict_to_domains is off), and the audit says why."""
+    p = sec.begin()
+    r = sec.post("acme", "okta", _response(sec, p, attributes={**ATTRS, "email": [email]}, name_id=email),
+                 p.relay_state)
+    assert r.status_code == 302, r.data[:300]
+    claims = sec.id_token_claims(query_of(r.headers["Location"])["code"])
+    assert claims["email_verified"] is verified
+    login = [e for e in sec.admin("GET", "/tenants/acme/audit?type=login").get_json()["events"]
+             if e["outcome"] == "success"][0]
+    flagged = any("not one of this connection's domains" in w for w in login["details"].get("mapping_warnings", []))
+    assert flagged is not verified
+
+
+def test_without_domains_the_idps_email_stays_verified(sec: Setup) -> None:
+    assert sec.admin("PATCH", "/tenants/acme/connections/okta", {"domains": []}).status_code == 200
+    p = sec.begin()
+    attrs = {**ATTRS, "email": ["bob@anywhere.test"]}
+    r = sec.post("acme", "okta", _response(sec, p, attributes=attrs, name_id="bob@anywhere.test"), p.relay_state)
+    assert sec.id_token_claims(query_of(r.headers["Location"])["code"])["email_verified"] is True
+
+
 @pytest.mark.parametrize("gone", [False, True], ids=["stored-but-past-its-time", "gone-from-the-store"])
 def test_an_answer_after_the_login_expired_says_so(sec: Setup, gone: bool) -> None:
     """Not "does not belong to this sign-in" (which reads like an attack): the audit and the page say it
