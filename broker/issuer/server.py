@@ -364,28 +364,12 @@ class Issuer:
         target = _param(query, "post_logout_redirect_uri")
         state = _param(query, "state")
         if hint is not None:
-            try:
-                verified = self._codec.verify(
-                    hint,
-                    # every key the tenant has, unpublished ones too: an RP may keep an ID token for longer
-                    # than a rotated-out key stays in the JWKS, and its sign-out must still work
-                    self._config.signing_keys(tenant.id),
-                    issuer=self.issuer_url(tenant),
-                    now=self._clock.now(),
-                    typ=None,
-                    check_exp=False,  # §2: the hint may have expired
-                )
-            except InvalidToken as exc:
-                raise AuthorizeError("The id_token_hint is invalid.", detail=exc.reason) from exc
-            aud = verified.claims.get("aud")
-            audiences = [aud] if isinstance(aud, str) else list(aud) if isinstance(aud, list) else []
-            if verified.header.get("typ", "JWT").lower() == "at+jwt" or not audiences:
-                raise AuthorizeError("The id_token_hint is not an ID token.")
+            claims, audiences = self._id_token_hint(tenant, hint)
             if client_id is None:
-                client_id = str(verified.claims.get("azp") or audiences[0])
+                client_id = str(claims.get("azp") or audiences[0])
             elif client_id not in audiences:
                 raise AuthorizeError("client_id does not match the id_token_hint.")
-            hint_sid = verified.claims.get("sid")
+            hint_sid = claims.get("sid")
             sid = hint_sid if isinstance(hint_sid, str) else None
         if target is None:
             return EndSession(None, sid)
@@ -396,7 +380,37 @@ class Issuer:
             raise AuthorizeError("The post_logout_redirect_uri is not registered for this client.")
         return EndSession(add_query(target, [("state", state)] if state is not None else []), sid)
 
+    def hinted_user(self, tenant: Tenant, hint: str) -> tuple[str, str]:
+        """An /authorize id_token_hint (OIDC Core §3.1.2.1): the `sub` it names and the client it was issued
+        to (whose `sub` that is: a pairwise app's own). AuthorizeError when it is not an ID token of ours."""
+        claims, audiences = self._id_token_hint(tenant, hint)
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise AuthorizeError("The id_token_hint is not an ID token.")
+        return sub, str(claims.get("azp") or audiences[0])
+
     # --- internals -------------------------------------------------------------------------------
+
+    def _id_token_hint(self, tenant: Tenant, hint: str) -> tuple[Mapping[str, Any], list[str]]:
+        """The claims and audiences of an ID token this tenant issued, expired or not (a hint may have expired:
+        OIDC Core §3.1.2.1, RP-Initiated Logout §2), signed with any key the tenant has, unpublished ones too:
+        an RP may keep an ID token for longer than a rotated-out key stays in the JWKS."""
+        try:
+            verified = self._codec.verify(
+                hint,
+                self._config.signing_keys(tenant.id),
+                issuer=self.issuer_url(tenant),
+                now=self._clock.now(),
+                typ=None,
+                check_exp=False,
+            )
+        except InvalidToken as exc:
+            raise AuthorizeError("The id_token_hint is invalid.", detail=exc.reason) from exc
+        aud = verified.claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else list(aud) if isinstance(aud, list) else []
+        if verified.header.get("typ", "JWT").lower() == "at+jwt" or not audiences:
+            raise AuthorizeError("The id_token_hint is not an ID token.")
+        return verified.claims, [str(a) for a in audiences]
 
     def _app(self, tenant: Tenant, client_id: str) -> App | None:
         app = self._config.app(tenant.id, client_id)

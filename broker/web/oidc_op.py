@@ -28,6 +28,7 @@ from broker.web.errors import html_error, html_page, oauth_error, redirect_to
 from broker.web.steps import render_step
 
 bp = Blueprint("oidc_op", __name__, url_prefix="/t/<tenant>")
+log = logs.get("broker.web.oidc_op")
 
 
 def load_tenant(slug: str) -> Tenant:
@@ -232,8 +233,24 @@ def _authorize(tenant: str) -> Response:
         return _error_redirect(t, params, verified_uri, None if "state" in repeated else state, "invalid_request",
                                _repeated_message(repeated))
 
+    hint_user: tuple[str, str] | None = None  # (sub, the client whose sub it is) of an id_token_hint
+    if params.get("id_token_hint") is not None:
+        try:
+            hint_user = issuer.hinted_user(t, params["id_token_hint"])
+        except AuthorizeError as err:
+            _audit_refused(t, params, "invalid_request", err.message)
+            return _error_redirect(t, params, req.redirect_uri, req.state, "invalid_request", err.message)
+
     # Single sign-on: an existing broker session answers without going upstream (unless prompt=login).
     session = login.session(t, session_id_of(request.cookies, t.slug))
+    if session is not None and hint_user is not None and not _is_hinted_user(t, session.profile, *hint_user):
+        # OIDC Core §3.1.2.1: the signed-in user is not the one the app named; the app learns it rather than
+        # getting a code for someone else (a silent renew after the user changed), or the user signs in again
+        log.info("authorize_hint_other_user")
+        if "none" in req.prompt:
+            return redirect_to(issuer.error_redirect(
+                t, req, "login_required", "The signed-in user is not the one id_token_hint names."))
+        session = None
     if session is not None and "login" not in req.prompt:
         # max_age=0 always asks the upstream again (OIDC Core §3.1.2.1: a sign-in of this very second is still
         # not a re-authentication); a session stamped a moment ahead by another replica's clock counts as now
@@ -450,6 +467,14 @@ def logout(tenant: str) -> Response:
     resp = redirect_to(target) if target else html_page(200, "Signed out", "You have been signed out.")
     clear_session_cookie(resp, t.slug)
     return _no_store(resp)
+
+
+def _is_hinted_user(tenant: Tenant, profile: Profile, sub: str, client_id: str) -> bool:
+    """Whether a broker session's user is the one an id_token_hint names, as the hint's own client sees subjects
+    (a pairwise app's hint holds that app's `sub`)."""
+    app = services().config.app(tenant.id, client_id)
+    mine = pairwise_sub(profile.sub, client_id) if app is not None and app.subject_type == "pairwise" else profile.sub
+    return hmac.compare_digest(mine.encode(), sub.encode())
 
 
 def for_app(tenant: Tenant, request: AuthorizationRequest, profile: Profile) -> Profile:

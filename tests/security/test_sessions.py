@@ -268,3 +268,73 @@ def test_logout_refuses_a_repeated_parameter(sec: Setup, name: str) -> None:
     assert "Location" not in r.headers
     assert _signed_in(sec)
 
+
+
+def _signed_in_as(sec: Setup, email: str, client: dict[str, Any] | None = None) -> str:
+    """Sign in as `email` (through `client`'s authorize when given) and return the ID token issued for it."""
+    app = client or sec.apps["acme"]
+    r = _authorize(sec, client_id=app["client_id"], prompt="login")
+    p = sec.pending(r.headers["Location"])
+    resp = build_response(sec.idp_a, acs_url=p.acs_url, audience=p.audience, in_response_to=p.request_id,
+                          name_id=email, attributes={"email": [email]})
+    r = sec.post("acme", "okta", resp, p.relay_state)
+    assert r.status_code == 302, r.data[:300]
+    id_token: str = sec.tokens(query_of(r.headers["Location"])["code"], client=app)["id_token"]
+    return id_token
+
+
+def test_id_token_hint_of_the_signed_in_user_gets_a_code(sec: Setup) -> None:
+    alice = _signed_in_as(sec, "alice@acme.test")
+    r = _authorize(sec, prompt="none", id_token_hint=alice)
+    assert "code" in query_of(r.headers["Location"]), r.headers["Location"]
+    sec.clock.offset = 2 * 3600  # OIDC Core §3.1.2.1: an expired hint still names its user
+    r = _authorize(sec, prompt="none", id_token_hint=alice)
+    assert "code" in query_of(r.headers["Location"]), r.headers["Location"]
+
+
+def test_id_token_hint_of_another_user_is_not_answered_with_the_session(sec: Setup) -> None:
+    """OIDC Core §3.1.2.1: a silent renew after the user changed must not give the app someone else's code."""
+    bob = _signed_in_as(sec, "bob@acme.test")
+    _signed_in_as(sec, "alice@acme.test")  # the browser's session is now Alice's
+    r = _authorize(sec, prompt="none", id_token_hint=bob)
+    q = query_of(r.headers["Location"])
+    assert q["error"] == "login_required" and "code" not in q and q["state"] == "s"
+    r = _authorize(sec, id_token_hint=bob)  # without prompt=none: a sign-in upstream, not Alice's session
+    assert r.status_code == 302 and "SAMLRequest=" in r.headers["Location"]
+
+
+def test_id_token_hint_of_a_pairwise_app_names_its_user_in_that_apps_subjects(sec: Setup) -> None:
+    pairwise = sec.admin("POST", "/tenants/acme/apps", {"name": "Pairwise", "redirect_uris": [REDIRECT_URI],
+                                                        "subject_type": "pairwise"}).get_json()
+    alice = _signed_in_as(sec, "alice@acme.test", pairwise)
+    claims = json.loads(base64.urlsafe_b64decode(alice.split(".")[1] + "=="))
+    assert claims["aud"] == pairwise["client_id"]
+    r = _authorize(sec, client_id=pairwise["client_id"], prompt="none", id_token_hint=alice)
+    assert "code" in query_of(r.headers["Location"])
+    r = _authorize(sec, prompt="none", id_token_hint=alice)  # another (public-subject) app, the same user
+    assert "code" in query_of(r.headers["Location"])
+    _signed_in_as(sec, "bob@acme.test")
+    r = _authorize(sec, client_id=pairwise["client_id"], prompt="none", id_token_hint=alice)
+    assert query_of(r.headers["Location"])["error"] == "login_required"
+
+
+@pytest.mark.parametrize("which", ["garbage", "other-tenant", "access-token"])
+def test_an_id_token_hint_that_is_not_our_id_token_is_refused(sec: Setup, which: str) -> None:
+    _signed_in_as(sec, "alice@acme.test")
+    if which == "garbage":
+        hint = "eyJhbGciOiJSUzI1NiJ9.e30.c2ln"
+    elif which == "access-token":
+        r = _authorize(sec)
+        hint = sec.tokens(query_of(r.headers["Location"])["code"])["access_token"]
+    else:
+        p = sec.begin("globex")
+        resp = build_response(sec.idp_b, acs_url=p.acs_url, audience=p.audience, in_response_to=p.request_id,
+                              name_id="alice@globex.test", attributes={"email": ["alice@globex.test"]},
+                              signature_algorithm="ecdsa-sha256")
+        r = sec.post("globex", "okta", resp, p.relay_state)
+        hint = sec.tokens(query_of(r.headers["Location"])["code"], "globex")["id_token"]
+    r = _authorize(sec, prompt="none", id_token_hint=hint)
+    q = query_of(r.headers["Location"])
+    assert r.headers["Location"].startswith(REDIRECT_URI)
+    assert q["error"] == "invalid_request" and "code" not in q and q["state"] == "s"
+    assert sec.failures()[0]["reason"] == "invalid_request"
