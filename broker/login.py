@@ -15,7 +15,7 @@ import hmac
 import json
 import re
 import secrets
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 from broker import logs
@@ -105,10 +105,17 @@ def txn_owner_prefix(tenant_id: str, connection_id: str, browser_binding: str | 
 
 
 def txn_to_json(txn: LoginTransaction) -> bytes:
-    """JSON with the owner fields first, in a fixed order (txn_owner_prefix); the rest as asdict() has it."""
+    """JSON with the owner fields first, in a fixed order (txn_owner_prefix); the rest as asdict() has it.
+    A request's `response_mode` (newer than the other fields) is written only when set, so a replica of the
+    release before, in a rolling upgrade, can read every login that does not use it."""
     data = asdict(txn)
+    if data.get("request") is not None and data["request"].get("response_mode") is None:
+        del data["request"]["response_mode"]
     head = _owner_fields(txn.tenant_id, txn.connection_id, txn.browser_binding)
     return json.dumps({**head, **{k: v for k, v in data.items() if k not in head}}, separators=(",", ":")).encode()
+
+
+_REQUEST_FIELDS = frozenset(f.name for f in fields(AuthorizationRequest))
 
 
 def txn_from_json(raw: bytes) -> LoginTransaction:
@@ -116,7 +123,10 @@ def txn_from_json(raw: bytes) -> LoginTransaction:
     req = data.get("request")
     request = None
     if req is not None:
-        request = AuthorizationRequest(**{**req, "scope": tuple(req["scope"]), "prompt": tuple(req.get("prompt", ()))})
+        # fields a later release added are dropped (a rolling upgrade's newer replica began this login)
+        known = {k: v for k, v in req.items() if k in _REQUEST_FIELDS}
+        request = AuthorizationRequest(**{**known, "scope": tuple(req["scope"]),
+                                          "prompt": tuple(req.get("prompt", ()))})
     data["request"] = request
     return LoginTransaction(**data)
 

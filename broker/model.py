@@ -185,6 +185,7 @@ class AuthorizationRequest:
     prompt: tuple[str, ...] = ()
     max_age: int | None = None
     login_hint: str | None = None
+    response_mode: str | None = None  # "form_post", or None: query (the default)
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,9 @@ def offers_refresh(app: App, scope: tuple[str, ...]) -> bool:
     return "offline_access" in scope and "offline_access" in app.allowed_scopes
 
 
+SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+
+
 def registered_auth_method(app: App) -> str:
     return "none" if app.public else app.token_endpoint_auth_method
 
@@ -129,8 +132,14 @@ class Client(ClientMixin):  # type: ignore[misc]
         return self._secrets.verify(client_secret, self.app.client_secret_hash)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        # One registered method per app, for every endpoint (OIDC Registration §2).
-        return method == registered_auth_method(self.app)
+        # A confidential app proves its secret in the Authorization header or in the body, whichever it registered
+        # (OIDC Registration §2 names the method an app *requests*): both carry the same secret, and client code
+        # that posts it where the registration did not say is common. A public app has no secret: `none` only,
+        # and a confidential one never `none`.
+        registered = registered_auth_method(self.app)
+        if registered in SECRET_AUTH_METHODS:
+            return method in SECRET_AUTH_METHODS
+        return method == registered
 
     def check_response_type(self, response_type: str) -> bool:
         return response_type == "code"

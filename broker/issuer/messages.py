@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from broker.errors import OAuthError
 
@@ -38,6 +39,32 @@ class EndSession:
     hint_sid: str | None
 
 
+@dataclass(frozen=True, slots=True)
+class AppAnswer:
+    """An authorization response (or error) for the app: `params` for its `redirect_uri`, added to the query
+    (response_mode=query, RFC 6749 §4.1.2) or POSTed by the browser (form_post, OAuth 2.0 Form Post Response
+    Mode)."""
+
+    redirect_uri: str
+    params: tuple[tuple[str, str], ...]
+    form_post: bool = False
+
+    @property
+    def url(self) -> str:
+        """The redirect of response_mode=query: the parameters appended to the redirect_uri's own query."""
+        return add_query(self.redirect_uri, list(self.params))
+
+
+def add_query(uri: str, params: list[tuple[str, str]]) -> str:
+    """Append parameters to a URI's query, keeping its existing query byte for byte (RFC 6749 §3.1.2)."""
+    if not params:
+        return uri
+    parts = urlsplit(uri)
+    extra = urlencode(params)
+    query = f"{parts.query}&{extra}" if parts.query else extra
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
+
+
 class SecretVerifier(Protocol):
     def verify(self, value: str, digest: str) -> bool: ...
     def tag(self, value: str) -> str: ...
@@ -59,10 +86,12 @@ class AuthorizeError(OAuthError):
         redirect_uri: str | None = None,
         state: str | None = None,
         detail: str | None = None,
+        form_post: bool = False,
     ) -> None:
         super().__init__(message, code=code, detail=detail)
         self.redirect_uri = redirect_uri
         self.state = state
+        self.form_post = form_post  # the app asked for response_mode=form_post: the error goes back that way
 
 
 class Headers(Mapping[str, str]):

@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Literal
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from broker.issuer.grants import (
     JSON_HEADERS,
@@ -26,7 +26,16 @@ from broker.issuer.grants import (
     grant_ttl,
 )
 from broker.issuer.keys import KeyRing, NoSigningKey, jwks_document, published_keys
-from broker.issuer.messages import AuthorizeError, EndSession, Headers, HttpRequest, HttpResponse, SecretVerifier
+from broker.issuer.messages import (
+    AppAnswer,
+    AuthorizeError,
+    EndSession,
+    Headers,
+    HttpRequest,
+    HttpResponse,
+    SecretVerifier,
+    add_query,
+)
 from broker.issuer.records import CodeRecord, Ledger
 from broker.issuer.tokens import InvalidToken, TokenCodec, profile_claims
 from broker.model import App, AuditEvent, AuthorizationRequest, Profile, Tenant
@@ -107,7 +116,7 @@ class Issuer:
             "revocation_endpoint": f"{t}/revoke",
             "end_session_endpoint": f"{t}/logout",
             "response_types_supported": ["code"],
-            "response_modes_supported": ["query"],
+            "response_modes_supported": ["query", "form_post"],
             "grant_types_supported": ["authorization_code", "refresh_token"],
             "subject_types_supported": ["public", "pairwise"],
             "id_token_signing_alg_values_supported": ["RS256", "ES256"],
@@ -165,23 +174,29 @@ class Issuer:
         if state is not None and len(state) > MAX_PARAM:
             raise fail("invalid_request", "The state parameter is too long.")
 
-        # From here on the error goes back to the app.
+        # From here on the error goes back to the app, the way it asked for: form_post (OAuth 2.0 Form Post
+        # Response Mode) needs a web redirect_uri, a browser cannot POST to an app's custom scheme.
+        response_mode = _param(query, "response_mode")
+        form_post = response_mode == "form_post" and urlsplit(redirect_uri).scheme in ("https", "http")
+
         def refuse(code: str, message: str) -> AuthorizeError:
-            return fail(code, message, redirect_uri)
+            return AuthorizeError(message, code=code, redirect_uri=redirect_uri, state=state, form_post=form_post)
 
         # 3. Request objects are not supported (OIDC Core §6.1, §6.2).
         if "request" in query:
             raise refuse("request_not_supported", "Request objects are not supported.")
         if "request_uri" in query:
             raise refuse("request_uri_not_supported", "request_uri is not supported.")
-        # 4. response_type=code, response_mode=query (the only ones offered).
+        # 4. response_type=code; response_mode query (the default) or form_post.
         response_type = _param(query, "response_type")
         if not response_type:  # RFC 6749 §4.1.2.1: a missing required parameter is invalid_request
             raise refuse("invalid_request", "The response_type parameter is missing.")
         if response_type != "code":
             raise refuse("unsupported_response_type", "Only response_type=code is supported.")
-        if _param(query, "response_mode") not in (None, "query"):
-            raise refuse("invalid_request", "Only response_mode=query is supported.")
+        if response_mode not in (None, "query", "form_post"):
+            raise refuse("invalid_request", "Only response_mode query and form_post are supported.")
+        if response_mode == "form_post" and not form_post:
+            raise refuse("invalid_request", "response_mode=form_post needs an https or http redirect_uri.")
         # 5. scope: known, allowed for this app (§3.3).
         scope = _scopes(_param(query, "scope"))
         if not scope:
@@ -232,6 +247,7 @@ class Issuer:
             prompt=prompt,
             max_age=max_age,
             login_hint=login_hint,
+            response_mode="form_post" if form_post else None,
         )
 
     def authorization_response(
@@ -242,8 +258,8 @@ class Issuer:
         *,
         auth_time: float,
         session_id: str,
-    ) -> str:
-        """Issue a one-time code (RFC 6749 §4.1.2) and return the redirect, with `iss` (RFC 9207)."""
+    ) -> AppAnswer:
+        """Issue a one-time code (RFC 6749 §4.1.2) and return the answer for the app, with `iss` (RFC 9207)."""
         app = self._checked_app(tenant, request)
         code = secrets.token_urlsafe(32)
         now = self._clock.now()
@@ -265,22 +281,20 @@ class Issuer:
             connection_id=connection.id if connection is not None else None,
         )
         self._ledger.put_code(code, record, ttl=CODE_TTL, grant_ttl=CODE_TTL + grant_ttl(app, request.scope))
-        params = [("code", code)]
-        if request.state is not None:
-            params.append(("state", request.state))
-        params.append(("iss", self.issuer_url(tenant)))
-        return add_query(request.redirect_uri, params)
+        return self._answer(tenant, request, [("code", code)])
 
     def error_redirect(
         self, tenant: Tenant, request: AuthorizationRequest, error: str, description: str
-    ) -> str:
-        """RFC 6749 §4.1.2.1 error redirect, with `iss` (RFC 9207)."""
+    ) -> AppAnswer:
+        """RFC 6749 §4.1.2.1 error response, with `iss` (RFC 9207)."""
         self._checked_app(tenant, request)
-        params = [("error", error), ("error_description", safe_description(description))]
+        return self._answer(tenant, request, [("error", error), ("error_description", safe_description(description))])
+
+    def _answer(self, tenant: Tenant, request: AuthorizationRequest, params: list[tuple[str, str]]) -> AppAnswer:
         if request.state is not None:
             params.append(("state", request.state))
         params.append(("iss", self.issuer_url(tenant)))
-        return add_query(request.redirect_uri, params)
+        return AppAnswer(request.redirect_uri, tuple(params), form_post=request.response_mode == "form_post")
 
     # --- token, introspection, revocation (authlib) -----------------------------------------------
 
@@ -471,16 +485,6 @@ class Issuer:
                 details=details,
             )
         )
-
-
-def add_query(uri: str, params: list[tuple[str, str]]) -> str:
-    """Append parameters to a URI's query, keeping its existing query byte for byte (RFC 6749 §3.1.2)."""
-    if not params:
-        return uri
-    parts = urlsplit(uri)
-    extra = urlencode(params)
-    query = f"{parts.query}&{extra}" if parts.query else extra
-    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
 def _param(query: Mapping[str, str], name: str) -> str | None:

@@ -18,10 +18,11 @@ from werkzeug.datastructures import MultiDict
 from broker import logs
 from broker.claims.subject import pairwise_sub
 from broker.errors import BrokerError, LoginError, NotFound, OAuthError
+from broker.issuer.messages import AppAnswer
 from broker.issuer.server import AuthorizeError, HttpRequest, HttpResponse
 from broker.login import LoginFailed, Restarted, public_sid
 from broker.model import AuthorizationRequest, Connection, Profile, Tenant, email_domain
-from broker.upstream.base import CallbackInput
+from broker.upstream.base import AutoPost, CallbackInput
 from broker.web.context import services
 from broker.web.cookies import browser_binding, clear_session_cookie, session_id_of, set_session_cookie
 from broker.web.errors import html_error, html_page, oauth_error, redirect_to
@@ -146,7 +147,8 @@ def discovery(tenant: str) -> Response:
 def jwks(tenant: str) -> Response:
     t = load_tenant(tenant)
     resp = jsonify(services().extras["issuer"].jwks(t))
-    resp.headers["Cache-Control"] = "public, max-age=300"
+    # a rotation signs with the new key at once: a cache must not keep the set without it for long
+    resp.headers["Cache-Control"] = "public, max-age=60"
     resp.headers["Access-Control-Allow-Origin"] = "*"
     return resp
 
@@ -222,16 +224,18 @@ def _authorize(tenant: str) -> Response:
         if err.redirect_uri is None:
             return html_error(err)
         if not repeated:
-            return _error_redirect(t, params, err.redirect_uri, err.state, err.code, err.message)
-        verified_uri, state = err.redirect_uri, err.state
+            return _error_redirect(t, params, err.redirect_uri, err.state, err.code, err.message,
+                                   form_post=err.form_post)
+        verified_uri, state, form_post = err.redirect_uri, err.state, err.form_post
     else:
-        verified_uri, state = req.redirect_uri, req.state
+        verified_uri, state, form_post = req.redirect_uri, req.state, req.response_mode == "form_post"
     if repeated:
         # The client and its redirect_uri are unambiguous and verified, so the app is told; this error wins over
-        # any other (those checks read only the first value). A repeated state has no one value to echo.
+        # any other (those checks read only the first value). A repeated state has no one value to echo, a
+        # repeated response_mode no one way to answer: the default.
         _audit_refused(t, params, "invalid_request", _repeated_message(repeated))
         return _error_redirect(t, params, verified_uri, None if "state" in repeated else state, "invalid_request",
-                               _repeated_message(repeated))
+                               _repeated_message(repeated), form_post=form_post and "response_mode" not in repeated)
 
     hint_user: tuple[str, str] | None = None  # (sub, the client whose sub it is) of an id_token_hint
     if params.get("id_token_hint") is not None:
@@ -239,7 +243,8 @@ def _authorize(tenant: str) -> Response:
             hint_user = issuer.hinted_user(t, params["id_token_hint"])
         except AuthorizeError as err:
             _audit_refused(t, params, "invalid_request", err.message)
-            return _error_redirect(t, params, req.redirect_uri, req.state, "invalid_request", err.message)
+            return _error_redirect(t, params, req.redirect_uri, req.state, "invalid_request", err.message,
+                                   form_post=form_post)
 
     # Single sign-on: an existing broker session answers without going upstream (unless prompt=login).
     session = login.session(t, session_id_of(request.cookies, t.slug))
@@ -248,7 +253,7 @@ def _authorize(tenant: str) -> Response:
         # getting a code for someone else (a silent renew after the user changed), or the user signs in again
         log.info("authorize_hint_other_user")
         if "none" in req.prompt:
-            return redirect_to(issuer.error_redirect(
+            return to_app(issuer.error_redirect(
                 t, req, "login_required", "The signed-in user is not the one id_token_hint names."))
         session = None
     if session is not None and "login" not in req.prompt:
@@ -264,18 +269,18 @@ def _authorize(tenant: str) -> Response:
         # connection (another IdP, perhaps) that never signed this user in
         usable = origin is not None and origin.enabled and origin.id == session.connection_id
         if usable and fresh and same_realm and (not wanted or wanted == session.connection_slug):
-            url = issuer.authorization_response(t, req, for_app(t, req, session.profile),
-                                                auth_time=session.auth_time,
-                                                session_id=public_sid(session.id))
-            return redirect_to(url)
+            answer = issuer.authorization_response(t, req, for_app(t, req, session.profile),
+                                                   auth_time=session.auth_time,
+                                                   session_id=public_sid(session.id))
+            return to_app(answer)
     if "none" in req.prompt:
-        return redirect_to(issuer.error_redirect(t, req, "login_required", "The user is not signed in."))
+        return to_app(issuer.error_redirect(t, req, "login_required", "The user is not signed in."))
 
     try:
         connection = login.discover(t, connection=params.get("connection"), login_hint=req.login_hint)
     except BrokerError as err:
         login.record_begin_failure(t, None, req, err)
-        return redirect_to(issuer.error_redirect(t, req, "invalid_request", err.message))
+        return to_app(issuer.error_redirect(t, req, "invalid_request", err.message))
     if connection is None:
         error = None
         if req.login_hint:
@@ -288,7 +293,7 @@ def _authorize(tenant: str) -> Response:
     except LoginError as err:
         login.record_begin_failure(t, connection, req, err)
         code = "temporarily_unavailable" if err.status >= 500 else "access_denied"
-        return redirect_to(issuer.error_redirect(t, req, code, err.message))
+        return to_app(issuer.error_redirect(t, req, code, err.message))
     resp = render_step(result.step)
     resp_cookie(resp)
     svc.metrics.step_seconds.labels(step="authorize").observe(time.perf_counter() - started)
@@ -304,11 +309,12 @@ def _audit_refused(t: Tenant, params: dict[str, str], code: str, message: str) -
 
 
 def _error_redirect(t: Tenant, params: dict[str, str], redirect_uri: str, state: str | None, code: str,
-                    message: str) -> Response:
-    """An RFC 6749 §4.1.2.1 error redirect to a redirect_uri the issuer has verified for the client."""
+                    message: str, *, form_post: bool = False) -> Response:
+    """An RFC 6749 §4.1.2.1 error response to a redirect_uri the issuer has verified for the client."""
     bare = AuthorizationRequest(client_id=params.get("client_id", ""), redirect_uri=redirect_uri, scope=(),
-                                state=state, nonce=None, code_challenge=None, code_challenge_method=None)
-    return redirect_to(services().extras["issuer"].error_redirect(t, bare, code, message))
+                                state=state, nonce=None, code_challenge=None, code_challenge_method=None,
+                                response_mode="form_post" if form_post else None)
+    return to_app(services().extras["issuer"].error_redirect(t, bare, code, message))
 
 
 @bp.route("/token", methods=["POST", "OPTIONS"])
@@ -477,6 +483,14 @@ def _is_hinted_user(tenant: Tenant, profile: Profile, sub: str, client_id: str) 
     return hmac.compare_digest(mine.encode(), sub.encode())
 
 
+def to_app(answer: AppAnswer) -> Response:
+    """The browser's way back to the app: a 302 (response_mode=query), or a page that POSTs the parameters to
+    the redirect_uri (form_post), which keeps the code out of the app's URL, logs and Referer."""
+    if answer.form_post:
+        return render_step(AutoPost(url=answer.redirect_uri, fields=dict(answer.params)))
+    return redirect_to(answer.url)
+
+
 def for_app(tenant: Tenant, request: AuthorizationRequest, profile: Profile) -> Profile:
     """The profile as this app sees it: a pairwise app gets its own `sub` (OIDC Core 1.0 §8.1)."""
     app = services().config.app(tenant.id, request.client_id)
@@ -518,8 +532,8 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
     if isinstance(finished_or_failed, LoginFailed):
         failed = finished_or_failed
         if failed.request is not None:
-            url = issuer.error_redirect(tenant, failed.request, "access_denied", failed.error.message)
-            return _no_store(redirect_to(url))
+            return _no_store(to_app(issuer.error_redirect(tenant, failed.request, "access_denied",
+                                                          failed.error.message)))
         return html_error(failed.error)
     if isinstance(finished_or_failed, Restarted):  # back upstream for a fresh sign-in (max_age)
         return _no_store(render_step(finished_or_failed.step))
@@ -543,10 +557,10 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
             login.end_session(replaced)  # its cookie is overwritten below: nothing could reach it again
         if svc.settings.dev_idp and not unsolicited:  # the demo page shows what the development IdP sent
             login.save_result("session:" + public_sid(session_id), finished)
-        url = issuer.authorization_response(tenant, finished.request,
-                                            for_app(tenant, finished.request, finished.profile),
-                                            auth_time=finished.auth_time, session_id=public_sid(session_id))
-    resp = redirect_to(url)
+        answer = issuer.authorization_response(tenant, finished.request,
+                                               for_app(tenant, finished.request, finished.profile),
+                                               auth_time=finished.auth_time, session_id=public_sid(session_id))
+    resp = to_app(answer)
     if not unsolicited:
         set_session_cookie(resp, session_id, tenant.slug)
     g.login_done = True

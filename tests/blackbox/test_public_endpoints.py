@@ -72,6 +72,8 @@ def test_unknown_tenant_endpoints_are_404(env: Env) -> None:
 def test_jwks(env: Env, realm: dict[str, Any]) -> None:
     r = requests.get(f"{env.issuer(realm['t'])}/jwks", timeout=10)
     assert r.status_code == 200
+    # a rotation signs with the new key at once: caches may not hold the set without it for long
+    assert r.headers["Cache-Control"] == "public, max-age=60"
     keys = r.json()["keys"]
     assert keys
     for k in keys:

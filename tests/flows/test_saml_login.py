@@ -4,13 +4,16 @@ the Response). Everything runs as real processes/servers on loopback."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -116,6 +119,30 @@ def test_full_login_with_independent_rp_and_idp(broker: BrokerServer, idp: SamlI
         assert time.monotonic() < deadline, "last_login_at was never written"
         time.sleep(0.2)
     assert last.endswith("Z")
+
+
+def test_form_post_login_with_independent_rp_and_idp(broker: BrokerServer, idp: SamlIdp,
+                                                     setup: dict[str, Any]) -> None:
+    """response_mode=form_post: the ACS answers with a page that POSTs code, state and iss to the redirect_uri;
+    openid-client redeems what was posted and validates the ID token."""
+    reason = _node_ready()
+    if reason:
+        pytest.skip(reason)
+    app = setup["app"]
+    start = rp("start", setup["issuer"], app["client_id"], app["client_secret"], REDIRECT_URI,
+               json.dumps({"login_hint": "alice@acme.test", "response_mode": "form_post"}))
+    acs_answer = browser_login(requests.Session(), start["url"])
+    assert acs_answer.status_code == 200 and "Location" not in acs_answer.headers, acs_answer.text[:300]
+    page = acs_answer.text
+    action = html.unescape(re.search(r'<form method="post" action="([^"]*)"', page).group(1))  # type: ignore[union-attr]
+    posted = {html.unescape(k): html.unescape(v)
+              for k, v in re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', page)}
+    assert action == REDIRECT_URI and set(posted) == {"code", "state", "iss"}
+    assert posted["state"] == start["state"] and posted["iss"] == setup["issuer"]
+    # what the app received in the POST body, handed to openid-client as its callback parameters
+    out = rp("finish", setup["issuer"], app["client_id"], app["client_secret"], REDIRECT_URI,
+             f"{REDIRECT_URI}?{urlencode(posted)}", start["code_verifier"], start["nonce"], start["state"])
+    assert out["claims"]["email"] == "alice@acme.test" and out["claims"]["aud"] == app["client_id"]
 
 
 def test_replayed_response_is_refused(broker: BrokerServer, idp: SamlIdp, setup: dict[str, Any]) -> None:

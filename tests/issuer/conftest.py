@@ -177,7 +177,7 @@ class Env:
         profile = kw.pop("profile", replace(self.profile, tenant=tenant.slug))
         url = self.issuer.authorization_response(
             tenant, req, profile, auth_time=self.clock.now() - 5, session_id=kw.pop("sid", "sess-1"),
-        )
+        ).url
         return query_of(url)["code"]
 
     def post(self, endpoint: str, form: dict[str, str], headers: dict[str, str] | None = None,

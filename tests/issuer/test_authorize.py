@@ -6,7 +6,7 @@ import pytest
 
 from broker.issuer.server import AuthorizeError
 from broker.model import AuthorizationRequest
-from tests.issuer.conftest import Env, pkce_pair, query_of
+from tests.issuer.conftest import Env, make_app, pkce_pair, query_of
 
 
 def refused(env: Env, **params: str | None) -> AuthorizeError:
@@ -153,7 +153,7 @@ def test_public_client_with_pkce_is_accepted(env: Env) -> None:
 def test_authorization_response_carries_code_state_and_iss(env: Env) -> None:
     req = env.authorize()
     url = env.issuer.authorization_response(env.tenant_a, req, env.profile, auth_time=env.clock.now(),
-                                            session_id="s")
+                                            session_id="s").url
     assert url.startswith("https://app.example/cb?code=")
     q = query_of(url)
     assert q["state"] == "st-1"
@@ -164,7 +164,7 @@ def test_authorization_response_carries_code_state_and_iss(env: Env) -> None:
 def test_authorization_response_keeps_the_registered_query(env: Env) -> None:
     req = env.authorize(redirect_uri="https://app.example/cb2?x=1&y=a%20b", state="a b&c")
     url = env.issuer.authorization_response(env.tenant_a, req, env.profile, auth_time=env.clock.now(),
-                                            session_id="s")
+                                            session_id="s").url
     assert url.startswith("https://app.example/cb2?x=1&y=a%20b&code=")
     q = query_of(url)
     assert q["x"] == "1" and q["y"] == "a b" and q["state"] == "a b&c"
@@ -180,7 +180,7 @@ def test_authorization_response_rechecks_the_app(env: Env) -> None:
 
 def test_error_redirect(env: Env) -> None:
     req = env.authorize(state="xyz")
-    url = env.issuer.error_redirect(env.tenant_a, req, "access_denied", "The login was refused.")
+    url = env.issuer.error_redirect(env.tenant_a, req, "access_denied", "The login was refused.").url
     assert url.startswith("https://app.example/cb?")
     assert query_of(url) == {"error": "access_denied", "error_description": "The login was refused.",
                              "state": "xyz", "iss": "https://broker.test/t/acme"}
@@ -189,7 +189,7 @@ def test_error_redirect(env: Env) -> None:
 def test_an_error_description_is_kept_to_the_characters_rfc_6749_allows_and_short(env: Env) -> None:
     req = env.authorize()
     echoed = 'no connection \'x"é Call +1-555-0100\\now\'' + "x" * 500
-    url = env.issuer.error_redirect(env.tenant_a, req, "access_denied", echoed)
+    url = env.issuer.error_redirect(env.tenant_a, req, "access_denied", echoed).url
     description = query_of(url)["error_description"]
     assert len(description) <= 200 and description.endswith("...")
     assert all(0x20 <= ord(ch) <= 0x7E and ch not in '"\\' for ch in description), description
@@ -200,7 +200,37 @@ def test_an_error_description_never_carries_markup_from_the_request(env: Env) ->
     """Many apps show error_description as it came: a request value in it must not become HTML there."""
     req = env.authorize()
     url = env.issuer.error_redirect(env.tenant_a, req, "invalid_request",
-                                    "This tenant has no connection '<img src=x onerror=alert(1)>'.")
+                                    "This tenant has no connection '<img src=x onerror=alert(1)>'.").url
     description = query_of(url)["error_description"]
     assert "<" not in description and ">" not in description
     assert description == "This tenant has no connection '?img src=x onerror=alert(1)?'."
+
+
+def test_form_post_response_mode_is_carried_and_answers_by_post(env: Env) -> None:
+    """OAuth 2.0 Form Post Response Mode: the same parameters, POSTed to the redirect_uri as it is registered."""
+    req = env.authorize(redirect_uri="https://app.example/cb2?x=1&y=a%20b", response_mode="form_post")
+    assert req.response_mode == "form_post"
+    answer = env.issuer.authorization_response(env.tenant_a, req, env.profile, auth_time=env.clock.now(),
+                                               session_id="s")
+    assert answer.form_post and answer.redirect_uri == "https://app.example/cb2?x=1&y=a%20b"
+    params = dict(answer.params)
+    assert set(params) == {"code", "state", "iss"} and params["state"] == "st-1"
+    error = env.issuer.error_redirect(env.tenant_a, req, "access_denied", "No.")
+    assert error.form_post and dict(error.params)["error"] == "access_denied"
+    assert not env.issuer.error_redirect(env.tenant_a, env.authorize(response_mode="query"), "x", "y").form_post
+
+
+def test_an_error_after_form_post_was_asked_for_goes_back_by_post(env: Env) -> None:
+    err = refused(env, response_mode="form_post", prompt="bogus")
+    assert (err.code, err.redirect_uri, err.form_post) == ("invalid_request", "https://app.example/cb", True)
+    assert not refused(env, response_mode="fragment").form_post
+
+
+def test_form_post_to_an_apps_custom_scheme_is_refused(env: Env) -> None:
+    """A browser cannot POST to a native app's redirect (and the page's CSP allows web targets only)."""
+    env.config.apps[(env.tenant_a.id, "native")] = make_app(
+        env.tenant_a, "native", public=True, redirect_uris=("com.example.app:/cb",))
+    _, challenge = pkce_pair()
+    err = refused(env, client_id="native", redirect_uri="com.example.app:/cb", response_mode="form_post",
+                  code_challenge=challenge, code_challenge_method="S256")
+    assert (err.code, err.redirect_uri, err.form_post) == ("invalid_request", "com.example.app:/cb", False)

@@ -21,7 +21,7 @@ def test_discovery_fields(env: Env) -> None:
     assert d["revocation_endpoint"] == f"{t}/revoke"
     assert d["end_session_endpoint"] == f"{t}/logout"
     assert d["response_types_supported"] == ["code"]
-    assert d["response_modes_supported"] == ["query"]
+    assert d["response_modes_supported"] == ["query", "form_post"]
     assert set(d["grant_types_supported"]) == {"authorization_code", "refresh_token"}
     assert d["subject_types_supported"] == ["public", "pairwise"]
     assert d["id_token_signing_alg_values_supported"] == ["RS256", "ES256"]

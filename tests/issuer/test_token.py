@@ -248,9 +248,15 @@ def test_wrong_secret_with_post_is_400(env: Env) -> None:
     assert "WWW-Authenticate" not in resp.headers
 
 
-def test_only_the_registered_auth_method_is_accepted(env: Env) -> None:
+def test_a_confidential_app_may_send_its_secret_either_way(env: Env) -> None:
+    """Registered for client_secret_basic, the secret in the body works too (and the other way round); the
+    secret is checked the same, and a wrong one is refused either way."""
     code = env.code_for(env.authorize())
-    assert body(env.exchange(code, method="post"))["error"] == "invalid_client"
+    assert env.exchange(code, method="post").status == 200
+    code = env.code_for(env.authorize(client_id="poster"))
+    assert env.exchange(code, client="poster", method="basic").status == 200
+    code = env.code_for(env.authorize())
+    assert body(env.exchange(code, method="post", secret="wrong-secret"))["error"] == "invalid_client"
 
 
 def test_confidential_client_cannot_use_none(env: Env) -> None:
