@@ -65,6 +65,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 20)
             self.cfg.set("keepalive", args.keepalive)
+            self.cfg.set("limit_request_line", MAX_REQUEST_LINE)
             self.cfg.set("max_requests", 0)
             self.cfg.set("accesslog", None)
             self.cfg.set("errorlog", "-")
@@ -320,6 +321,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             self.cfg.set("timeout", 30)
             self.cfg.set("graceful_timeout", 5)
             self.cfg.set("keepalive", 5)
+            self.cfg.set("limit_request_line", MAX_REQUEST_LINE)
             self.cfg.set("accesslog", None)
             self.cfg.set("errorlog", "-")
             self.cfg.set("logger_class", "broker.serving.JsonLogger")  # gunicorn's own lines as JSON too
@@ -350,6 +352,10 @@ def _whole_number(low: int, high: int, refusal: str) -> Callable[[str], int]:
 
 
 _thread_count = _whole_number(1, 256, "must be a whole number from 1 to 256")
+# gunicorn's largest request line (its default is 4094): an /authorize URL with an id_token_hint (an ID token
+# of a few KB, more with many groups) fits; a longer request still gets gunicorn's 414
+MAX_REQUEST_LINE = 8190
+
 _keepalive = _whole_number(1, MAX_KEEPALIVE, f"must be a whole number of seconds from 1 to {MAX_KEEPALIVE}")
 _port = _whole_number(0, 65535, "must be a TCP port number from 0 to 65535")
 

@@ -21,6 +21,7 @@ from typing import Any
 from broker import logs
 from broker.audit import Auditor
 from broker.claims.pipeline import apply, compile_mapping
+from broker.claims.subject import pairwise_sub
 from broker.errors import BrokerError, LoginError, NotFound, StateStoreError
 from broker.metrics import Metrics
 from broker.model import (
@@ -104,18 +105,22 @@ def txn_owner_prefix(tenant_id: str, connection_id: str, browser_binding: str | 
     return head[:-1].encode() + b","
 
 
+_REQUEST_FIELDS = frozenset(f.name for f in fields(AuthorizationRequest))
+_LATER_FIELDS = ("response_mode", "hint_sub", "hint_client")
+
+
 def txn_to_json(txn: LoginTransaction) -> bytes:
     """JSON with the owner fields first, in a fixed order (txn_owner_prefix); the rest as asdict() has it.
-    A request's `response_mode` (newer than the other fields) is written only when set, so a replica of the
-    release before, in a rolling upgrade, can read every login that does not use it."""
+    A request's fields newer than the others (_LATER_FIELDS) are written only when set, so a replica of the
+    release before, in a rolling upgrade, can read every login that does not use them."""
     data = asdict(txn)
-    if data.get("request") is not None and data["request"].get("response_mode") is None:
-        del data["request"]["response_mode"]
+    req = data.get("request")
+    if req is not None:
+        for name in _LATER_FIELDS:
+            if req.get(name) is None:
+                req.pop(name, None)
     head = _owner_fields(txn.tenant_id, txn.connection_id, txn.browser_binding)
     return json.dumps({**head, **{k: v for k, v in data.items() if k not in head}}, separators=(",", ":")).encode()
-
-
-_REQUEST_FIELDS = frozenset(f.name for f in fields(AuthorizationRequest))
 
 
 def txn_from_json(raw: bytes) -> LoginTransaction:
@@ -326,6 +331,10 @@ class LoginService:
                 if domain is None or domain not in connection.domains:
                     raise LoginError("Your email address is not in a domain this connection accepts.",
                                      code="login_domain_not_allowed", detail=f"domain={domain}")
+            if txn is not None and request is not None and not self.is_hinted_user(tenant, profile, request):
+                # OIDC Core §3.1.2.1: the app named another user (id_token_hint) than the one who signed in
+                raise LoginError("You signed in as a different user than the application expected.",
+                                 code="login_hint_other_user")
             now = self.clock.now()
             instant = identity.authn_instant
             if instant is not None and not 0 <= instant <= now:
@@ -369,6 +378,17 @@ class LoginService:
         return Finished(profile=profile, request=request, connection=connection, auth_time=auth_time,
                         session_id=session_id, identity=identity, purpose=purpose,
                         txn_id=txn.id if txn is not None else None)
+
+    def is_hinted_user(self, tenant: Tenant, profile: Profile, request: AuthorizationRequest) -> bool:
+        """Whether `profile` is the user the request's id_token_hint names (True without a hint), compared as
+        the hint's own client sees subjects: a pairwise app's hint holds that app's `sub`."""
+        if request.hint_sub is None or request.hint_client is None:
+            return True
+        app = self.config.app(tenant.id, request.hint_client)
+        mine = profile.sub
+        if app is not None and app.tenant_id == tenant.id and app.subject_type == "pairwise":
+            mine = pairwise_sub(profile.sub, app.client_id)
+        return hmac.compare_digest(mine.encode(), request.hint_sub.encode())
 
     def _idp_initiated_request(self, tenant: Tenant, connection: Connection) -> AuthorizationRequest:
         app_id = connection.settings.get("idp_initiated_app")

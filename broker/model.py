@@ -186,6 +186,9 @@ class AuthorizationRequest:
     max_age: int | None = None
     login_hint: str | None = None
     response_mode: str | None = None  # "form_post", or None: query (the default)
+    # an id_token_hint's user: its `sub`, as the client it was issued to (`hint_client`) sees subjects
+    hint_sub: str | None = None
+    hint_client: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,9 +8,10 @@ The profile is built only from claims that a rule wrote (a raw attribute never r
 an IdP cannot inject `roles` that no rule maps):
 - `email`, `name`, `given_name`, `family_name`: the first value;
 - `email_verified`: "true"/"1"/"yes" -> True, "false"/"0"/"no" -> False (any case), else None; None when
-  there is no `email`; False (with a warning) when the connection has `domains` and the email's domain is not
-  one of them: a connection is trusted for its own domains, so an IdP that asserts an address elsewhere (its
-  admin typed someone else's address, or a guest account) cannot hand apps a verified email it does not own;
+  there is no `email`; False (with a warning) when the email is not one plain address (a rule may copy any
+  attribute there), or when the connection has `domains` and the email's domain is not one of them: a
+  connection is trusted for its own domains, so an IdP that asserts an address elsewhere (its admin typed
+  someone else's address, or a guest account) cannot hand apps a verified email it does not own;
 - `name`: when absent, "given family" from whichever of the two is present;
 - `groups`, `roles`: always tuples, duplicates removed, order kept;
 - any other written claim goes to `extra` (a string when it has one value, a list when several), except
@@ -246,6 +247,16 @@ def _run(
     return profile, None, tuple(steps), raw
 
 
+def _one_address(email: str | None) -> bool:
+    """One plain address: a single '@' between a local part and a domain name without empty labels (a final dot
+    is allowed), and nothing that separates or quotes addresses (whitespace, ',', ';', '<', '>', '"')."""
+    if not email or email.count("@") != 1 or any(c.isspace() or c in ',;<>"' for c in email):
+        return False
+    local, domain = email.split("@")
+    domain = domain[:-1] if domain.endswith(".") else domain
+    return bool(local) and bool(domain) and "" not in domain.split(".") and email_domain(email) is not None
+
+
 def _parse_bool(value: str | None) -> bool | None:
     if value is None:
         return None
@@ -268,7 +279,10 @@ def _profile(
     given, family = first("given_name"), first("family_name")
     name = first("name") or (" ".join(p for p in (given, family) if p) or None)
     verified = _parse_bool(first("email_verified")) if email is not None else None
-    if verified and domains and email_domain(email) not in domains:
+    if verified and not _one_address(email):
+        verified = False  # e.g. a rule copied a UPN-ish `a@evil.example@corp.example`: no one address to vouch for
+        claims.warn("email_verified is false: the email is not one plain address")
+    elif verified and domains and email_domain(email) not in domains:
         verified = False
         claims.warn("email_verified is false: the email's domain is not one of this connection's domains")
     extra: dict[str, Any] = {}

@@ -100,6 +100,8 @@ def offers_refresh(app: App, scope: tuple[str, ...]) -> bool:
 
 
 SECRET_AUTH_METHODS = ("client_secret_basic", "client_secret_post")
+AUTH_FAILED = ("Client authentication failed: the client is unknown, its secret is wrong, or it authenticated in a "
+               "way its registration does not allow (a secret for a public app, none for a confidential one).")
 
 
 def registered_auth_method(app: App) -> str:
@@ -275,9 +277,11 @@ def _client_secret_basic(query_client: Any, request: Request) -> Client | None:
     if creds is None or not creds[0] or not creds[1]:
         return None
     client: Client | None = query_client(creds[0])
-    if client is None:
-        raise InvalidClientError(status_code=401, description="Client authentication failed.")
-    return client if client.check_client_secret(creds[1]) else None
+    if client is None or not client.check_client_secret(creds[1]):
+        # a failed Basic authentication is final: authlib would otherwise go on to the next method and let a
+        # public app in on the client_id of the body, whatever the header said
+        raise InvalidClientError(status_code=401, description=AUTH_FAILED)
+    return client
 
 
 def s256(verifier: str) -> str:
@@ -780,8 +784,7 @@ def _safe_description(error: Any) -> str:
     description = getattr(error, "description", None)
     if isinstance(description, str) and description.startswith("The client cannot authenticate with methods"):
         # authlib's sentence lists every method the endpoint knows, whatever went wrong: say what can have
-        return ("Client authentication failed: the client is unknown, its secret is wrong, or it did not "
-                "authenticate the way it is registered to (its token_endpoint_auth_method).")
+        return AUTH_FAILED
     if isinstance(description, str) and description:
         return description
     return {

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from broker.issuer.grants import (
+    AUTH_FAILED,
     JSON_HEADERS,
     NO_STORE,
     IssuerContext,
@@ -24,6 +25,7 @@ from broker.issuer.grants import (
     TenantServer,
     basic_credentials,
     grant_ttl,
+    uses_basic,
 )
 from broker.issuer.keys import KeyRing, NoSigningKey, jwks_document, published_keys
 from broker.issuer.messages import (
@@ -173,6 +175,10 @@ class Issuer:
         # breaks clients and proxies): like the two checks above, an error page.
         if state is not None and len(state) > MAX_PARAM:
             raise fail("invalid_request", "The state parameter is too long.")
+        # Nor one with control characters (RFC 6749 A.5: state is visible characters): a browser rewrites them in
+        # a form_post (NUL, bare CR or LF), and in a URL they are a header-injection risk for the app.
+        if state is not None and any(ord(c) < 0x20 or ord(c) == 0x7F for c in state):
+            raise fail("invalid_request", "The state parameter contains control characters.")
 
         # From here on the error goes back to the app, the way it asked for: form_post (OAuth 2.0 Form Post
         # Response Mode) needs a web redirect_uri, a browser cannot POST to an app's custom scheme.
@@ -457,7 +463,10 @@ class Issuer:
         headers = Headers(req.headers)
         if req.method.upper() != "POST":
             return server.error_response(headers, "invalid_request", "Use POST.")
-        if basic_credentials(headers) is not None and req.form.get("client_secret"):
+        if uses_basic(headers) and basic_credentials(headers) is None:
+            # credentials that cannot be read are failed credentials: never a fall-back to another method
+            return server.error_response(headers, "invalid_client", AUTH_FAILED)
+        if headers.get("authorization") is not None and req.form.get("client_secret"):
             return server.error_response(headers, "invalid_request", "Use one client authentication method.")
         return None
 

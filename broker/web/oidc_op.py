@@ -77,7 +77,7 @@ SINGLE_VALUED = (
     "client_id", "redirect_uri", "response_type", "scope", "state", "nonce", "code_challenge",
     "code_challenge_method", "prompt", "max_age", "login_hint", "connection", "response_mode", "grant_type",
     "code", "code_verifier", "refresh_token", "client_secret", "client_assertion", "client_assertion_type",
-    "token", "token_type_hint",
+    "token", "token_type_hint", "id_token_hint",
 )
 
 
@@ -237,20 +237,23 @@ def _authorize(tenant: str) -> Response:
         return _error_redirect(t, params, verified_uri, None if "state" in repeated else state, "invalid_request",
                                _repeated_message(repeated), form_post=form_post and "response_mode" not in repeated)
 
-    hint_user: tuple[str, str] | None = None  # (sub, the client whose sub it is) of an id_token_hint
-    if params.get("id_token_hint") is not None:
+    if params.get("id_token_hint"):  # empty: absent (RFC 6749 §3.1)
         try:
-            hint_user = issuer.hinted_user(t, params["id_token_hint"])
+            hint_sub, hint_client = issuer.hinted_user(t, params["id_token_hint"])
         except AuthorizeError as err:
             _audit_refused(t, params, "invalid_request", err.message)
             return _error_redirect(t, params, req.redirect_uri, req.state, "invalid_request", err.message,
                                    form_post=form_post)
+        # carried through an upstream login, whose user must be this one too (LoginService.finish)
+        req = replace(req, hint_sub=hint_sub, hint_client=hint_client)
 
     # Single sign-on: an existing broker session answers without going upstream (unless prompt=login).
     session = login.session(t, session_id_of(request.cookies, t.slug))
-    if session is not None and hint_user is not None and not _is_hinted_user(t, session.profile, *hint_user):
+    other_user = session is not None and not login.is_hinted_user(t, session.profile, req)
+    if other_user:
         # OIDC Core §3.1.2.1: the signed-in user is not the one the app named; the app learns it rather than
-        # getting a code for someone else (a silent renew after the user changed), or the user signs in again
+        # getting a code for someone else (a silent renew after the user changed), or the user signs in again,
+        # afresh at the IdP too, whose own session is likely the other user's
         log.info("authorize_hint_other_user")
         if "none" in req.prompt:
             return to_app(issuer.error_redirect(
@@ -289,7 +292,7 @@ def _authorize(tenant: str) -> Response:
     logs.connection.set(connection.slug)
     binding_value, resp_cookie = browser_binding(request.cookies)
     try:
-        result = login.begin(t, connection, req, browser_binding=binding_value)
+        result = login.begin(t, connection, req, browser_binding=binding_value, reauth=other_user)
     except LoginError as err:
         login.record_begin_failure(t, connection, req, err)
         code = "temporarily_unavailable" if err.status >= 500 else "access_denied"
@@ -475,19 +478,11 @@ def logout(tenant: str) -> Response:
     return _no_store(resp)
 
 
-def _is_hinted_user(tenant: Tenant, profile: Profile, sub: str, client_id: str) -> bool:
-    """Whether a broker session's user is the one an id_token_hint names, as the hint's own client sees subjects
-    (a pairwise app's hint holds that app's `sub`)."""
-    app = services().config.app(tenant.id, client_id)
-    mine = pairwise_sub(profile.sub, client_id) if app is not None and app.subject_type == "pairwise" else profile.sub
-    return hmac.compare_digest(mine.encode(), sub.encode())
-
-
 def to_app(answer: AppAnswer) -> Response:
     """The browser's way back to the app: a 302 (response_mode=query), or a page that POSTs the parameters to
     the redirect_uri (form_post), which keeps the code out of the app's URL, logs and Referer."""
-    if answer.form_post:
-        return render_step(AutoPost(url=answer.redirect_uri, fields=dict(answer.params)))
+    if answer.form_post:  # the app's own origin may frame it: a silent sign-in (prompt=none) in a hidden iframe
+        return render_step(AutoPost(url=answer.redirect_uri, fields=dict(answer.params)), framed_by=answer.redirect_uri)
     return redirect_to(answer.url)
 
 

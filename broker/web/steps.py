@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import html
+import re
+from urllib.parse import urlsplit
 
 from flask import Response
 
@@ -24,7 +26,14 @@ AUTOPOST = """<!doctype html>
 </body></html>"""
 
 
-def render_step(step: Step) -> Response:
+# an origin as a CSP source expression may carry nothing else (no ';', no space): a registered redirect URI's
+# origin is used only when it has this shape
+_ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
+
+
+def render_step(step: Step, *, framed_by: str | None = None) -> Response:
+    """`framed_by`: a URL whose origin may show the page in a frame (an app's silent sign-in in a hidden iframe
+    gets its form_post answer there); otherwise no one may."""
     if isinstance(step, Redirect):
         return redirect_to(step.url)
     if isinstance(step, AutoPost):
@@ -37,11 +46,17 @@ def render_step(step: Step) -> Response:
         # `javascript:` or `data:` one, should one ever get past the metadata parser's Location check. Not the
         # target's origin: browsers apply form-action to the redirects after the POST too, and an IdP may send
         # the browser on to another host (Entra ID to a federated AD FS, say).
+        ancestors = "'none'"
+        if framed_by is not None:
+            parts = urlsplit(framed_by)
+            origin = f"{parts.scheme}://{parts.netloc}"
+            ancestors = origin if _ORIGIN_RE.fullmatch(origin) else ancestors
         resp.headers["Content-Security-Policy"] = (
-            f"default-src 'none'; script-src {SCRIPT_SRC}; form-action https: http:; frame-ancestors 'none'; "
+            f"default-src 'none'; script-src {SCRIPT_SRC}; form-action https: http:; frame-ancestors {ancestors}; "
             "base-uri 'none'"
         )
-        resp.headers["X-Frame-Options"] = "DENY"
+        if ancestors == "'none'":  # X-Frame-Options cannot name an origin: CSP alone says who may frame it
+            resp.headers["X-Frame-Options"] = "DENY"
         resp.headers["Referrer-Policy"] = "no-referrer"  # the form carries a SAML message: not its page's URL
         return resp
     raise TypeError(f"unknown step {step!r}")

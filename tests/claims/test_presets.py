@@ -433,3 +433,25 @@ def test_an_unverified_email_stays_unverified_within_the_domains() -> None:
                      protocol="oidc")
     p = apply(mapping([], "generic-oidc"), ident, **WHERE, domains=("b.example",))
     assert p.email_verified is False and not p.warnings
+
+
+@pytest.mark.parametrize("email", [
+    "ada@evil.example@corp.example", "x@evil.example,y@corp.example", "ada@corp.example..", "ada@.corp.example",
+    "@corp.example", "ada@", "ada @corp.example", "Ada <ada@corp.example>",
+])
+def test_an_email_that_is_not_one_plain_address_is_never_verified(email: str) -> None:
+    """A rule may copy any attribute to `email` (a UPN, a list): an app must not be handed a verified address
+    that it may parse differently from the broker."""
+    ident = identity({"upn": [email]}, subject="1", subject_format=None, protocol="oidc")
+    rules = [{"op": "copy", "from": "upn", "to": "email"}, {"op": "constant", "claim": "email_verified", "value": True}]
+    for domains in ((), ("corp.example",)):
+        p = apply(mapping(rules, "generic-oidc"), ident, **WHERE, domains=domains)
+        assert p.email_verified is False, (email, domains)
+        assert any("plain address" in w for w in p.warnings)
+
+
+@pytest.mark.parametrize("email", ["ada@corp.example", "ada@corp.example.", "a.b+tag@corp.example"])
+def test_a_plain_address_within_the_domains_stays_verified(email: str) -> None:
+    ident = identity({"upn": [email]}, subject="1", subject_format=None, protocol="oidc")
+    rules = [{"op": "copy", "from": "upn", "to": "email"}, {"op": "constant", "claim": "email_verified", "value": True}]
+    assert apply(mapping(rules, "generic-oidc"), ident, **WHERE, domains=("corp.example",)).email_verified is True

@@ -83,6 +83,18 @@ def test_a_state_too_long_to_echo_gets_an_error_page(env: Env) -> None:
     assert "x" * 100 not in err.message
 
 
+@pytest.mark.parametrize("state", ["a\x00b", "a\nb", "a\rb", "a\tb", "a\x7fb"])
+def test_a_state_with_control_characters_gets_an_error_page(env: Env, state: str) -> None:
+    """RFC 6749 A.5: state is visible characters. A form_post would come back rewritten (the app's check then
+    fails), and a redirect would put them into the app's URL."""
+    err = refused(env, state=state, response_mode="form_post")
+    assert err.code == "invalid_request" and err.redirect_uri is None
+
+
+def test_a_state_of_any_visible_text_is_kept(env: Env) -> None:
+    assert env.authorize(state='s-\'"<>&é中😀 x%20+y').state == 's-\'"<>&é中😀 x%20+y'
+
+
 def test_registered_redirect_uri_with_query_matches(env: Env) -> None:
     assert env.authorize(redirect_uri="https://app.example/cb2?x=1&y=a%20b").redirect_uri.endswith("a%20b")
 

@@ -11,7 +11,7 @@ from joserfc import jwt
 from joserfc.jwk import KeySet
 from joserfc.jwt import JWTClaimsRegistry
 
-from tests.issuer.conftest import SPECIAL_SECRET, Env, basic, pkce_pair
+from tests.issuer.conftest import SECRET, SPECIAL_SECRET, Env, basic, pkce_pair
 
 
 def body(resp: Any) -> dict[str, Any]:
@@ -315,3 +315,30 @@ def test_failures_are_audited(env: Env, secret: str) -> None:
     env.exchange("nope", secret=secret)
     ev = env.audit.events[-1]
     assert ev.type == "token" and ev.outcome == "failure" and ev.reason in ("invalid_client", "invalid_grant")
+
+
+def test_a_failed_basic_authentication_is_final_even_for_a_public_app(env: Env) -> None:
+    """RFC 6749 §2.3, §5.2: wrong credentials in the header are invalid_client, never a fall-back to the
+    client_id of the body (which would let a public app's requests through whatever the header said)."""
+    verifier, challenge = pkce_pair()
+    code = env.code_for(env.authorize_spa(challenge))
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": "https://app.example/cb",
+            "client_id": "spa", "code_verifier": verifier}
+    resp = env.post("token", form, basic("spa", "wrong"))
+    assert resp.status == 401 and body(resp)["error"] == "invalid_client"
+    assert "WWW-Authenticate" in resp.headers
+    assert env.post("token", form).status == 200  # the code was not used up by the refused request
+
+
+@pytest.mark.parametrize("header", ["Basic !!!", "Basic " + "bm9jb2xvbg==", "Basic", "Bearer abc"])
+def test_unreadable_or_other_authorization_never_falls_back_to_the_body(env: Env, header: str) -> None:
+    """Basic credentials that cannot be read are failed credentials; any Authorization header next to a
+    client_secret in the body is two methods at once (RFC 6749 §2.3)."""
+    code = env.code_for(env.authorize())
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": "https://app.example/cb",
+            "client_id": "conf", "client_secret": SECRET}
+    resp = env.post("token", form, {"Authorization": header})
+    assert resp.status in (400, 401) and body(resp)["error"] in ("invalid_client", "invalid_request")
+    if header.startswith("Basic") and header != "Basic":
+        assert body(resp)["error"] == "invalid_client" and resp.status == 401
+    assert env.exchange(code, method="post").status == 200  # nothing was consumed

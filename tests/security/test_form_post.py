@@ -7,7 +7,7 @@ import html
 import json
 import re
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from broker.login import txn_from_json, txn_to_json
 from broker.model import AuthorizationRequest, LoginTransaction
@@ -49,6 +49,10 @@ def test_a_login_answers_the_app_by_post(sec: Setup) -> None:
     assert fields["iss"].endswith("/t/acme")
     assert r.headers["Cache-Control"] == "no-store" and r.headers["Referrer-Policy"] == "no-referrer"
     assert "form-action https: http:" in r.headers["Content-Security-Policy"]
+    # the app's own origin may frame it (a silent sign-in in a hidden iframe), no one else
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(REDIRECT_URI))
+    assert f"frame-ancestors {origin};" in r.headers["Content-Security-Policy"]
+    assert "X-Frame-Options" not in r.headers
     assert any(c.startswith("broker_session=") for c in r.headers.getlist("Set-Cookie"))
     assert sec.tokens(fields["code"])["id_token"]
 
@@ -97,3 +101,19 @@ def test_a_stored_login_stays_readable_across_a_rolling_upgrade() -> None:
     assert txn_from_json(txn_to_json(_txn("form_post"))).request.response_mode == "form_post"  # type: ignore[union-attr]
     plain["request"]["some_later_field"] = "x"
     assert txn_from_json(json.dumps(plain).encode()) == _txn(None)
+
+
+def test_only_a_plain_origin_may_frame_the_page() -> None:
+    from broker.upstream.base import AutoPost
+    from broker.web.steps import render_step
+
+    for uri, allowed in [("https://app.example:8443/cb?x=1", "https://app.example:8443"),
+                         ("http://[::1]:8080/cb", "http://[::1]:8080"),
+                         ("https://app.example;script-src*/cb", "'none'"), ("https://a b.example/cb", "'none'"),
+                         ("https://user@app.example/cb", "'none'")]:
+        resp = render_step(AutoPost(url=uri, fields={"code": "c"}), framed_by=uri)
+        assert f"frame-ancestors {allowed};" in resp.headers["Content-Security-Policy"], uri
+        assert ("X-Frame-Options" in resp.headers) is (allowed == "'none'")
+    resp = render_step(AutoPost(url="https://idp.example/sso", fields={}))
+    assert "frame-ancestors 'none';" in resp.headers["Content-Security-Policy"]
+    assert resp.headers["X-Frame-Options"] == "DENY"

@@ -299,8 +299,39 @@ def test_id_token_hint_of_another_user_is_not_answered_with_the_session(sec: Set
     r = _authorize(sec, prompt="none", id_token_hint=bob)
     q = query_of(r.headers["Location"])
     assert q["error"] == "login_required" and "code" not in q and q["state"] == "s"
-    r = _authorize(sec, id_token_hint=bob)  # without prompt=none: a sign-in upstream, not Alice's session
+    r = _authorize(sec, id_token_hint=bob)  # without prompt=none: a sign-in upstream, not Alice's session,
     assert r.status_code == 302 and "SAMLRequest=" in r.headers["Location"]
+    assert sec.authn_request(r.headers["Location"]).get("ForceAuthn") == "true"  # and afresh at the IdP
+
+
+@pytest.mark.parametrize(("who", "accepted"), [("bob@acme.test", True), ("alice@acme.test", False)])
+def test_an_upstream_sign_in_must_be_the_hinted_user(sec: Setup, who: str, accepted: bool) -> None:
+    """OIDC Core §3.1.2.1: with no broker session to compare, the user who signs in upstream (an IdP session
+    of someone else, say) must still be the one the hint names: no code for anyone else."""
+    bob = _signed_in_as(sec, "bob@acme.test")
+    sec.client.delete_cookie("broker_session", path="/t/acme/")
+    r = _authorize(sec, id_token_hint=bob)
+    p = sec.pending(r.headers["Location"])
+    resp = build_response(sec.idp_a, acs_url=p.acs_url, audience=p.audience, in_response_to=p.request_id,
+                          name_id=who, attributes={"email": [who]})
+    r = sec.post("acme", "okta", resp, p.relay_state)
+    q = query_of(r.headers["Location"])
+    if accepted:
+        assert "code" in q
+    else:
+        assert q["error"] == "access_denied" and "code" not in q and q["state"] == "s"
+        assert sec.failures()[0]["reason"] == "login_hint_other_user"
+
+
+def test_an_empty_id_token_hint_is_no_hint_and_a_repeated_one_is_refused(sec: Setup) -> None:
+    _signed_in_as(sec, "alice@acme.test")
+    r = _authorize(sec, prompt="none", id_token_hint="")  # RFC 6749 §3.1: a parameter without a value is omitted
+    assert "code" in query_of(r.headers["Location"])
+    alice = _signed_in_as(sec, "alice@acme.test")
+    q = {"response_type": "code", "client_id": sec.apps["acme"]["client_id"], "redirect_uri": REDIRECT_URI,
+         "scope": "openid", "state": "s", "prompt": "none"}
+    r = sec.client.get(f"/t/acme/authorize?{urlencode(q)}&id_token_hint={alice}&id_token_hint=x")
+    assert query_of(r.headers["Location"])["error"] == "invalid_request"
 
 
 def test_id_token_hint_of_a_pairwise_app_names_its_user_in_that_apps_subjects(sec: Setup) -> None:
