@@ -75,7 +75,7 @@ class AuthorizeError(OAuthError):
     """An authorization-endpoint error (RFC 6749 §4.1.2.1).
 
     `redirect_uri` is set only once the client and its redirect_uri were validated: then the error may
-    be sent back to the app (see Issuer.error_redirect); None means show an error page, never redirect.
+    be sent back to the app (see Issuer.error_answer); None means show an error page, never redirect.
     """
 
     def __init__(

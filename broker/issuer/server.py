@@ -289,7 +289,7 @@ class Issuer:
         self._ledger.put_code(code, record, ttl=CODE_TTL, grant_ttl=CODE_TTL + grant_ttl(app, request.scope))
         return self._answer(tenant, request, [("code", code)])
 
-    def error_redirect(
+    def error_answer(
         self, tenant: Tenant, request: AuthorizationRequest, error: str, description: str
     ) -> AppAnswer:
         """RFC 6749 §4.1.2.1 error response, with `iss` (RFC 9207)."""

@@ -224,8 +224,8 @@ def _authorize(tenant: str) -> Response:
         if err.redirect_uri is None:
             return html_error(err)
         if not repeated:
-            return _error_redirect(t, params, err.redirect_uri, err.state, err.code, err.message,
-                                   form_post=err.form_post)
+            return _error_answer(t, params, err.redirect_uri, err.state, err.code, err.message,
+                                 form_post=err.form_post)
         verified_uri, state, form_post = err.redirect_uri, err.state, err.form_post
     else:
         verified_uri, state, form_post = req.redirect_uri, req.state, req.response_mode == "form_post"
@@ -234,16 +234,16 @@ def _authorize(tenant: str) -> Response:
         # any other (those checks read only the first value). A repeated state has no one value to echo, a
         # repeated response_mode no one way to answer: the default.
         _audit_refused(t, params, "invalid_request", _repeated_message(repeated))
-        return _error_redirect(t, params, verified_uri, None if "state" in repeated else state, "invalid_request",
-                               _repeated_message(repeated), form_post=form_post and "response_mode" not in repeated)
+        return _error_answer(t, params, verified_uri, None if "state" in repeated else state, "invalid_request",
+                             _repeated_message(repeated), form_post=form_post and "response_mode" not in repeated)
 
     if params.get("id_token_hint"):  # empty: absent (RFC 6749 §3.1)
         try:
             hint_sub, hint_client = issuer.hinted_user(t, params["id_token_hint"])
         except AuthorizeError as err:
             _audit_refused(t, params, "invalid_request", err.message)
-            return _error_redirect(t, params, req.redirect_uri, req.state, "invalid_request", err.message,
-                                   form_post=form_post)
+            return _error_answer(t, params, req.redirect_uri, req.state, "invalid_request", err.message,
+                                 form_post=form_post)
         # carried through an upstream login, whose user must be this one too (LoginService.finish)
         req = replace(req, hint_sub=hint_sub, hint_client=hint_client)
 
@@ -256,7 +256,7 @@ def _authorize(tenant: str) -> Response:
         # afresh at the IdP too, whose own session is likely the other user's
         log.info("authorize_hint_other_user")
         if "none" in req.prompt:
-            return to_app(issuer.error_redirect(
+            return to_app(issuer.error_answer(
                 t, req, "login_required", "The signed-in user is not the one id_token_hint names."))
         session = None
     if session is not None and "login" not in req.prompt:
@@ -277,13 +277,13 @@ def _authorize(tenant: str) -> Response:
                                                    session_id=public_sid(session.id))
             return to_app(answer)
     if "none" in req.prompt:
-        return to_app(issuer.error_redirect(t, req, "login_required", "The user is not signed in."))
+        return to_app(issuer.error_answer(t, req, "login_required", "The user is not signed in."))
 
     try:
         connection = login.discover(t, connection=params.get("connection"), login_hint=req.login_hint)
     except BrokerError as err:
         login.record_begin_failure(t, None, req, err)
-        return to_app(issuer.error_redirect(t, req, "invalid_request", err.message))
+        return to_app(issuer.error_answer(t, req, "invalid_request", err.message))
     if connection is None:
         error = None
         if req.login_hint:
@@ -296,7 +296,7 @@ def _authorize(tenant: str) -> Response:
     except LoginError as err:
         login.record_begin_failure(t, connection, req, err)
         code = "temporarily_unavailable" if err.status >= 500 else "access_denied"
-        return to_app(issuer.error_redirect(t, req, code, err.message))
+        return to_app(issuer.error_answer(t, req, code, err.message))
     resp = render_step(result.step)
     resp_cookie(resp)
     svc.metrics.step_seconds.labels(step="authorize").observe(time.perf_counter() - started)
@@ -311,13 +311,13 @@ def _audit_refused(t: Tenant, params: dict[str, str], code: str, message: str) -
                             reason=code, details={"message": message[:500]})
 
 
-def _error_redirect(t: Tenant, params: dict[str, str], redirect_uri: str, state: str | None, code: str,
+def _error_answer(t: Tenant, params: dict[str, str], redirect_uri: str, state: str | None, code: str,
                     message: str, *, form_post: bool = False) -> Response:
     """An RFC 6749 §4.1.2.1 error response to a redirect_uri the issuer has verified for the client."""
     bare = AuthorizationRequest(client_id=params.get("client_id", ""), redirect_uri=redirect_uri, scope=(),
                                 state=state, nonce=None, code_challenge=None, code_challenge_method=None,
                                 response_mode="form_post" if form_post else None)
-    return to_app(services().extras["issuer"].error_redirect(t, bare, code, message))
+    return to_app(services().extras["issuer"].error_answer(t, bare, code, message))
 
 
 @bp.route("/token", methods=["POST", "OPTIONS"])
@@ -527,8 +527,8 @@ def finish_login(tenant: Tenant, finished_or_failed: Any) -> Response:
     if isinstance(finished_or_failed, LoginFailed):
         failed = finished_or_failed
         if failed.request is not None:
-            return _no_store(to_app(issuer.error_redirect(tenant, failed.request, "access_denied",
-                                                          failed.error.message)))
+            return _no_store(to_app(issuer.error_answer(tenant, failed.request, "access_denied",
+                                                        failed.error.message)))
         return html_error(failed.error)
     if isinstance(finished_or_failed, Restarted):  # back upstream for a fresh sign-in (max_age)
         return _no_store(render_step(finished_or_failed.step))

@@ -4,9 +4,7 @@ the Response). Everything runs as real processes/servers on loopback."""
 
 from __future__ import annotations
 
-import html
 import json
-import re
 import shutil
 import subprocess
 import time
@@ -19,7 +17,7 @@ import pytest
 import requests
 
 from tests.support.broker_server import BrokerServer, running_broker
-from tests.support.saml_idp import SamlIdp, browser_login, query_of, running_saml_idp
+from tests.support.saml_idp import SamlIdp, browser_login, parse_autopost, query_of, running_saml_idp
 
 pytestmark = pytest.mark.slow
 
@@ -133,10 +131,7 @@ def test_form_post_login_with_independent_rp_and_idp(broker: BrokerServer, idp: 
                json.dumps({"login_hint": "alice@acme.test", "response_mode": "form_post"}))
     acs_answer = browser_login(requests.Session(), start["url"])
     assert acs_answer.status_code == 200 and "Location" not in acs_answer.headers, acs_answer.text[:300]
-    page = acs_answer.text
-    action = html.unescape(re.search(r'<form method="post" action="([^"]*)"', page).group(1))  # type: ignore[union-attr]
-    posted = {html.unescape(k): html.unescape(v)
-              for k, v in re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', page)}
+    action, posted = parse_autopost(acs_answer.text)
     assert action == REDIRECT_URI and set(posted) == {"code", "state", "iss"}
     assert posted["state"] == start["state"] and posted["iss"] == setup["issuer"]
     # what the app received in the POST body, handed to openid-client as its callback parameters

@@ -192,7 +192,7 @@ def test_authorization_response_rechecks_the_app(env: Env) -> None:
 
 def test_error_redirect(env: Env) -> None:
     req = env.authorize(state="xyz")
-    url = env.issuer.error_redirect(env.tenant_a, req, "access_denied", "The login was refused.").url
+    url = env.issuer.error_answer(env.tenant_a, req, "access_denied", "The login was refused.").url
     assert url.startswith("https://app.example/cb?")
     assert query_of(url) == {"error": "access_denied", "error_description": "The login was refused.",
                              "state": "xyz", "iss": "https://broker.test/t/acme"}
@@ -201,7 +201,7 @@ def test_error_redirect(env: Env) -> None:
 def test_an_error_description_is_kept_to_the_characters_rfc_6749_allows_and_short(env: Env) -> None:
     req = env.authorize()
     echoed = 'no connection \'x"é Call +1-555-0100\\now\'' + "x" * 500
-    url = env.issuer.error_redirect(env.tenant_a, req, "access_denied", echoed).url
+    url = env.issuer.error_answer(env.tenant_a, req, "access_denied", echoed).url
     description = query_of(url)["error_description"]
     assert len(description) <= 200 and description.endswith("...")
     assert all(0x20 <= ord(ch) <= 0x7E and ch not in '"\\' for ch in description), description
@@ -211,8 +211,8 @@ def test_an_error_description_is_kept_to_the_characters_rfc_6749_allows_and_shor
 def test_an_error_description_never_carries_markup_from_the_request(env: Env) -> None:
     """Many apps show error_description as it came: a request value in it must not become HTML there."""
     req = env.authorize()
-    url = env.issuer.error_redirect(env.tenant_a, req, "invalid_request",
-                                    "This tenant has no connection '<img src=x onerror=alert(1)>'.").url
+    url = env.issuer.error_answer(env.tenant_a, req, "invalid_request",
+                                  "This tenant has no connection '<img src=x onerror=alert(1)>'.").url
     description = query_of(url)["error_description"]
     assert "<" not in description and ">" not in description
     assert description == "This tenant has no connection '?img src=x onerror=alert(1)?'."
@@ -227,9 +227,9 @@ def test_form_post_response_mode_is_carried_and_answers_by_post(env: Env) -> Non
     assert answer.form_post and answer.redirect_uri == "https://app.example/cb2?x=1&y=a%20b"
     params = dict(answer.params)
     assert set(params) == {"code", "state", "iss"} and params["state"] == "st-1"
-    error = env.issuer.error_redirect(env.tenant_a, req, "access_denied", "No.")
+    error = env.issuer.error_answer(env.tenant_a, req, "access_denied", "No.")
     assert error.form_post and dict(error.params)["error"] == "access_denied"
-    assert not env.issuer.error_redirect(env.tenant_a, env.authorize(response_mode="query"), "x", "y").form_post
+    assert not env.issuer.error_answer(env.tenant_a, env.authorize(response_mode="query"), "x", "y").form_post
 
 
 def test_an_error_after_form_post_was_asked_for_goes_back_by_post(env: Env) -> None:

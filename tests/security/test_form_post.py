@@ -3,9 +3,7 @@ its parameters to the redirect_uri, through the real authorize, ACS and token en
 
 from __future__ import annotations
 
-import html
 import json
-import re
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
@@ -13,17 +11,13 @@ from broker.login import txn_from_json, txn_to_json
 from broker.model import AuthorizationRequest, LoginTransaction
 from tests.samlxml.idp_fixtures import build_response, make_idp
 from tests.security.conftest import REDIRECT_URI, Setup
-from tests.support.saml_idp import query_of
+from tests.support.saml_idp import parse_autopost, query_of
 
 
 def _posted(r: Any) -> tuple[str, dict[str, str]]:
     """The form action and hidden fields of an auto-POST page."""
     assert r.status_code == 200 and r.mimetype == "text/html", (r.status_code, r.data[:300])
-    page = r.get_data(as_text=True)
-    action = html.unescape(re.search(r'<form method="post" action="([^"]*)"', page).group(1))  # type: ignore[union-attr]
-    fields = {html.unescape(k): html.unescape(v)
-              for k, v in re.findall(r'<input type="hidden" name="([^"]*)" value="([^"]*)">', page)}
-    return action, fields
+    return parse_autopost(r.get_data(as_text=True))
 
 
 def _authorize(sec: Setup, **extra: str) -> Any:
