@@ -157,7 +157,7 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     tenant = svc.config.tenant_by_slug(args.tenant)
     if tenant is None:
         raise ConfigError(f"No tenant {args.tenant!r}.")
-    out = svc.admin.rotate_keys(None, tenant, {"alg": args.alg})
+    out = svc.admin.rotate_keys(None, tenant, {"alg": args.alg, "activate_after": args.activate_after})
     print(json.dumps(out, indent=2))
     return 0
 
@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     rot = ksub.add_parser("rotate", help="rotate a tenant's signing key")
     rot.add_argument("--tenant", required=True)
     rot.add_argument("--alg", default="RS256", choices=["RS256", "ES256"])
+    rot.add_argument("--activate-after", type=int, default=0, metavar="SECONDS",
+                     help="publish the new key now, sign with it from SECONDS on (default 0: at once)")
     rot.set_defaults(func=cmd_keys_rotate)
 
     sec = sub.add_parser("secrets", help="secrets at rest")

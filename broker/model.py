@@ -136,9 +136,10 @@ class SigningKey:
     alg: str
     public_jwk: Mapping[str, Any]
     private_pem: bytes
-    active: bool
+    active: bool  # current, or scheduled to be (see broker.issuer.keys.signs_at)
     created_at: datetime
-    retired_at: datetime | None = None
+    retired_at: datetime | None = None  # may lie ahead: a staged rotation retires the key when the next one starts
+    activates_at: datetime | None = None  # a staged rotation's key: published from its creation, signing from then
 
 
 @dataclass(frozen=True, slots=True)

@@ -185,6 +185,7 @@ class NewSigningKey:
     alg: str
     private_pem: bytes
     public_jwk: Mapping[str, Any]
+    activates_at: datetime | None = None  # None: signing at once; else published now, signing from then
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,7 +273,8 @@ class ConfigStore(ConfigReader, Protocol):
 
     # signing keys
     def add_signing_key(self, tenant_id: str, key: NewSigningKey) -> SigningKey:
-        """Make `key` the active key for its alg; earlier keys of that alg stay published, retired."""
+        """Make `key` the active key for its alg, at once or from its `activates_at`; the earlier keys of that alg
+        are retired then and stay published for their tokens' lifetime."""
         ...
 
     def check_secret_key(self) -> None:

@@ -140,6 +140,15 @@ def test_keys_rotate(env: str, capsys: pytest.CaptureFixture[str]) -> None:
     keys = svc.config.signing_keys(svc.config.tenant_by_slug("acme").id)
     assert len(keys) == 2 and keys[0].active and not keys[1].active
     assert main(["keys", "rotate", "--tenant", "ghost"]) == 2
+    capsys.readouterr()
+
+    assert main(["keys", "rotate", "--tenant", "acme", "--activate-after", "3600"]) == 0
+    staged = json.loads(capsys.readouterr().out)
+    assert staged["active_kid"] == keys[0].kid and staged["next_kid"] not in {k.kid for k in keys}
+    assert staged["activates_at"]
+    assert main(["keys", "rotate", "--tenant", "acme", "--activate-after", "-5"]) == 2
+    assert "activate_after" in capsys.readouterr().err
+    assert len(svc.config.signing_keys(svc.config.tenant_by_slug("acme").id)) == 3, "the refused one wrote nothing"
 
 
 def test_serve_refuses_workers_without_redis(env: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from broker.admin import schema
+from broker.issuer.keys import MAX_ACTIVATE_AFTER
 
 ERROR = {"$ref": "#/components/schemas/Error"}
 
@@ -105,7 +106,13 @@ def openapi_document(public_url: str) -> dict[str, Any]:
     components["AppPatch"] = {"type": "object", "description": "JSON Merge Patch (RFC 7396) of AppBody"}
     components["KeyRotate"] = {
         "type": "object", "additionalProperties": False, "description": "Optional; the default is RS256",
-        "properties": {"alg": {"enum": ["RS256", "ES256"], "default": "RS256"}},
+        "properties": {
+            "alg": {"enum": ["RS256", "ES256"], "default": "RS256"},
+            "activate_after": {
+                "type": "integer", "minimum": 0, "maximum": MAX_ACTIVATE_AFTER, "default": 0,
+                "description": "Seconds until the new key signs; until then it is published in the JWKS and the "
+                               "current key goes on signing (a staged rotation). 0: the new key signs at once"},
+        },
     }
     audit_params = [
         {"name": "type", "in": "query", "schema": {"enum": ["login", "admin", "token"]}},

@@ -20,7 +20,7 @@ from broker.admin import schema
 from broker.audit import Auditor, event_json
 from broker.claims.pipeline import compile_mapping, explain, transient_subject_warning
 from broker.errors import BrokerError, Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed, VersionConflict
-from broker.issuer.keys import generate_signing_key, published_keys
+from broker.issuer.keys import MAX_ACTIVATE_AFTER, generate_signing_key, published_keys, signs_at
 from broker.model import AdminKey, App, Connection, MappingConfig, Profile, Tenant, UpstreamIdentity
 from broker.ports import AppDraft, Clock, ConfigStore, ConnectionDraft, MetadataState, NewSigningKey
 from broker.samlxml.errors import SamlError
@@ -882,29 +882,43 @@ class AdminService:
             self.store.add_signing_key(tenant.id, NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk))
 
     def rotate_keys(self, key: AdminKey | None, tenant: Tenant, body: Any = None) -> dict[str, Any]:
-        alg = "RS256"
+        """A new signing key for `alg`: signing at once, or with `activate_after` seconds, published now and
+        signing from then (a staged rotation: apps that cache the JWKS have the key before it is used)."""
+        alg, activate_after = "RS256", 0
         if isinstance(body, dict) and body:
-            extra = set(body) - {"alg"}
+            extra = set(body) - {"alg", "activate_after"}
             if extra:
                 raise ValidationFailed(f"Invalid field {sorted(extra)[0]}: unknown field.",
                                        details={"field": sorted(extra)[0]})
             alg = body.get("alg", "RS256")
             if alg not in ("RS256", "ES256"):
                 raise ValidationFailed("alg must be RS256 or ES256.", details={"field": "alg"})
+            activate_after = body.get("activate_after", 0)
+            if (not isinstance(activate_after, int) or isinstance(activate_after, bool)
+                    or not 0 <= activate_after <= MAX_ACTIVATE_AFTER):
+                raise ValidationFailed(f"activate_after must be a whole number of seconds from 0 to "
+                                       f"{MAX_ACTIVATE_AFTER} (30 days).", details={"field": "activate_after"})
         # the keys it keeps must be readable with this process's BROKER_SECRET_KEY before one is added: a
         # rotation run with another key would retire them all for one no server can open
         self.store.signing_keys(tenant.id)
         gen = generate_signing_key(alg)
-        new = self.store.add_signing_key(tenant.id, NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk))
-        self._admin_event(key, "keys.rotate", tenant.slug, kid=new.kid, alg=alg)
+        activates_at = (datetime.fromtimestamp(self.clock.now() + activate_after, UTC)
+                        if activate_after else None)
+        new = self.store.add_signing_key(
+            tenant.id, NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk, activates_at=activates_at))
+        self._admin_event(key, "keys.rotate", tenant.slug, kid=new.kid, alg=alg,
+                          **({"activates_at": iso(new.activates_at)} if new.activates_at else {}))
         keys = self.store.signing_keys(tenant.id)
-        published = {k.kid for k in published_keys(keys, self.clock.now())}
-        return {
-            "active_kid": new.kid,
-            "alg": new.alg,
-            "keys": [{"kid": k.kid, "alg": k.alg, "active": k.active, "published": k.kid in published,
-                      "created_at": iso(k.created_at), "retired_at": iso(k.retired_at)} for k in keys],
-        }
+        now = self.clock.now()
+        published = {k.kid for k in published_keys(keys, now)}
+        signing = next((k.kid for k in keys if k.alg == alg and signs_at(k, now)), None)
+        out: dict[str, Any] = {"active_kid": signing or new.kid, "alg": new.alg}
+        if new.activates_at is not None:
+            out.update({"next_kid": new.kid, "activates_at": iso(new.activates_at)})
+        out["keys"] = [{"kid": k.kid, "alg": k.alg, "active": signs_at(k, now), "published": k.kid in published,
+                        "created_at": iso(k.created_at), "retired_at": iso(k.retired_at),
+                        "activates_at": iso(k.activates_at)} for k in keys]
+        return out
 
     # -- audit -----------------------------------------------------------------------------------
 

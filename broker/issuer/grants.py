@@ -592,7 +592,7 @@ class TenantServer(AuthorizationServer):  # type: ignore[misc]
         ctx = self.ctx
         now = ctx.clock.now()
         iat = int(now)
-        key = select_signing_key(ctx.config.signing_keys(ctx.tenant.id), app.id_token_signed_response_alg)
+        key = select_signing_key(ctx.config.signing_keys(ctx.tenant.id), app.id_token_signed_response_alg, now)
         profile = grant.profile
         jti = secrets.token_urlsafe(16)
         access_claims: dict[str, Any] = {

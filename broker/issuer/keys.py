@@ -22,6 +22,9 @@ it can have signed, plus an hour for replicas' clocks and for clients that cache
 unpublished, so a key rotated out because it leaked stops being trusted by the apps too. The key itself is
 kept: the broker still reads old id_token_hints signed with it at logout."""
 
+MAX_ACTIVATE_AFTER = 30 * 86400
+"""A staged rotation's key starts signing within this many seconds."""
+
 
 @dataclass(frozen=True, slots=True)
 class GeneratedKey:
@@ -49,12 +52,21 @@ def generate_signing_key(alg: str = "RS256") -> GeneratedKey:
     return GeneratedKey(kid=kid, alg=alg, private_pem=pem, public_jwk=public)
 
 
+def signs_at(key: SigningKey, now: float) -> bool:
+    """The key signs new tokens at `now`: active, past its activation (a staged rotation's key) and before its
+    retirement (a key a staged rotation replaces signs until the next one starts)."""
+    return (key.active
+            and (key.activates_at is None or key.activates_at.timestamp() <= now)
+            and (key.retired_at is None or now < key.retired_at.timestamp()))
+
+
 def published_keys(keys: Iterable[SigningKey], now: float) -> list[SigningKey]:
-    """The keys whose tokens may still be live: every active key, and each retired one for
-    RETIRED_KEY_PUBLISHED_SECONDS after its retirement."""
+    """The keys whose tokens may be live or are to come: every key not retired (the one signing, and one a
+    staged rotation publishes ahead of its activation), and each retired one for RETIRED_KEY_PUBLISHED_SECONDS
+    after its retirement."""
     return [
         k for k in keys
-        if k.active or k.retired_at is None or now < k.retired_at.timestamp() + RETIRED_KEY_PUBLISHED_SECONDS
+        if k.retired_at is None or now < k.retired_at.timestamp() + RETIRED_KEY_PUBLISHED_SECONDS
     ]
 
 
@@ -73,10 +85,10 @@ class NoSigningKey(ConfigError):
     default_code = "server_error"
 
 
-def select_signing_key(keys: Sequence[SigningKey], alg: str) -> SigningKey:
-    """The first active key whose alg is `alg` (keys come active first, newest first)."""
+def select_signing_key(keys: Sequence[SigningKey], alg: str, now: float) -> SigningKey:
+    """The newest key of `alg` that signs at `now` (keys come active first, newest first)."""
     for k in keys:
-        if k.active and k.alg == alg:
+        if k.alg == alg and signs_at(k, now):
             return k
     raise NoSigningKey(
         "No signing key is available for this application.",

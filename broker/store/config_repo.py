@@ -299,6 +299,7 @@ class SqlConfigStore:
             active=row.active,
             created_at=_utc(row.created_at) or _now(),
             retired_at=_utc(row.retired_at),
+            activates_at=_utc(row.activates_at),
         )
 
     # -- tenants ---------------------------------------------------------------------------------
@@ -716,6 +717,7 @@ class SqlConfigStore:
             active=True,
             created_at=now,
             retired_at=None,
+            activates_at=key.activates_at if key.activates_at is not None and key.activates_at > now else None,
         )
 
     def signing_keys(self, tenant_id: str) -> Sequence[SigningKey]:
@@ -735,12 +737,17 @@ class SqlConfigStore:
             if t is None:
                 raise NotFound("No such tenant.")
             now = _now()
-            s.execute(
-                update(SigningKeyRow)
-                .where(SigningKeyRow.tenant_id == tenant_id, SigningKeyRow.alg == key.alg,
-                       SigningKeyRow.active.is_(True))
-                .values(active=False, retired_at=now)
-            )
+            # the keys of this alg that sign, or are to, stop when this one starts: now, or at its activates_at
+            starts = key.activates_at if key.activates_at is not None and key.activates_at > now else now
+            for old in s.scalars(select(SigningKeyRow).where(
+                    SigningKeyRow.tenant_id == tenant_id, SigningKeyRow.alg == key.alg,
+                    SigningKeyRow.active.is_(True))):
+                retired = _utc(old.retired_at)
+                old.retired_at = starts if retired is None or retired > starts else retired
+                old_starts = _utc(old.activates_at)
+                # a key that can no longer sign is plainly retired; one that signs until `starts` stays active
+                if starts == now or old.retired_at <= now or (old_starts is not None and old_starts >= starts):
+                    old.active = False
             row = self._key_row(tenant_id, key, now)
             s.add(row)
             t.version += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -356,3 +357,39 @@ def test_logout_ends_broker_session(env: Env, realm: dict[str, Any]) -> None:
     silent = browser.get(env.authorize_url(t, app, connection="okta", prompt="none", state="sso2"),
                          allow_redirects=False, timeout=10)
     assert silent.status_code == 302 and query_of(silent.headers["Location"])["error"] == "login_required"
+
+
+# -- signing keys ----------------------------------------------------------------------------------
+
+def _kid(jwt: str) -> str:
+    part = jwt.split(".")[0]
+    header: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return str(header["kid"])
+
+
+def test_staged_rotation_signs_with_the_new_key_only_from_its_time(env: Env) -> None:
+    """Over HTTP with real logins: a key rotated with activate_after is in the JWKS at once while tokens are
+    still signed with the current key; from its time on it signs, and the previous key stays published."""
+    import time
+
+    t = env.tenant()
+    idp = env.idp()
+    env.saml_connection(t, idp, slug="okta", domains=["acme.test"])
+    realm = {"t": t, "idp": idp, "app": env.app(t)}
+    first = _kid(login(env, realm)["id_token"])
+
+    staged = env.api("POST", f"/tenants/{t}/keys/rotate", {"activate_after": 3600}).json()
+    assert staged["active_kid"] == first and staged["next_kid"] != first
+    jwks = {k["kid"] for k in requests.get(f"{env.issuer(t)}/jwks", timeout=10).json()["keys"]}
+    assert jwks == {first, staged["next_kid"]}
+    tok = login(env, realm)
+    assert _kid(tok["id_token"]) == first and _kid(tok["access_token"]) == first
+
+    # a second staged rotation, due sooner, takes over from the first one, whose key then never signs
+    soon = env.api("POST", f"/tenants/{t}/keys/rotate", {"activate_after": 2}).json()
+    time.sleep(max(0.0, datetime.fromisoformat(soon["activates_at"]).timestamp() - time.time()) + 0.2)
+    tok = login(env, realm)
+    assert _kid(tok["id_token"]) == soon["next_kid"] and _kid(tok["access_token"]) == soon["next_kid"]
+    assert env.decode_id_token(t, tok["id_token"])["aud"] == realm["app"]["client_id"]
+    jwks = {k["kid"] for k in requests.get(f"{env.issuer(t)}/jwks", timeout=10).json()["keys"]}
+    assert jwks == {first, staged["next_kid"], soon["next_kid"]}, "the replaced keys stay published for a day"

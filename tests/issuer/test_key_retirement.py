@@ -74,3 +74,32 @@ def test_id_token_hint_of_an_unpublished_key_still_signs_out(env: Env) -> None:
     ending = env.issuer.end_session(env.tenant_a, {"id_token_hint": hint,
                                                    "post_logout_redirect_uri": "https://app.example/bye"})
     assert ending.target == "https://app.example/bye" and ending.hint_sid == "sess-1"
+
+
+def _header_kid(jwt: str) -> str:
+    import base64
+    import json
+
+    part = jwt.split(".")[0]
+    return str(json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))["kid"])
+
+
+def test_a_staged_key_is_published_before_it_signs(env: Env) -> None:
+    """A staged rotation: rsa_a signs until rsa_a2's activation, both published meanwhile; from then rsa_a2
+    signs, and a token rsa_a signed just before stays valid."""
+    ta = env.tenant_a.id
+    starts = datetime.fromtimestamp(env.clock.now() + 600, UTC)
+    env.config.keys[ta] = [replace(signing_key(env.keypool["rsa_a"], ta), retired_at=starts),
+                           replace(signing_key(env.keypool["rsa_a2"], ta), activates_at=starts),
+                           signing_key(env.keypool["es_a"], ta)]
+    assert _kids(env) >= {env.keypool["rsa_a"].kid, env.keypool["rsa_a2"].kid}
+    before = env.tokens()
+    assert _header_kid(before["id_token"]) == _header_kid(before["access_token"]) == env.keypool["rsa_a"].kid
+    env.clock.advance(599)
+    last_of_old = env.tokens()
+    assert _header_kid(last_of_old["id_token"]) == env.keypool["rsa_a"].kid
+    env.clock.advance(1)
+    after = env.tokens()
+    assert _header_kid(after["id_token"]) == _header_kid(after["access_token"]) == env.keypool["rsa_a2"].kid
+    assert _kids(env) >= {env.keypool["rsa_a"].kid, env.keypool["rsa_a2"].kid}
+    assert env.active(last_of_old["access_token"]) and env.active(after["access_token"])

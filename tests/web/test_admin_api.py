@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -452,6 +453,53 @@ def test_rotated_out_key_leaves_the_jwks_once_its_tokens_have_expired(database_u
         assert published[third["active_kid"]] is True and published[first] is False
     finally:
         close_app(app)
+
+
+def test_staged_rotation_publishes_the_key_before_it_signs(database_url: str) -> None:
+    """activate_after: the new key is in the JWKS at once, the current key signs until then; the answer and the
+    audit event say when it starts."""
+    from broker.app import create_app
+    from broker.issuer.keys import select_signing_key
+    from broker.settings import load_settings
+
+    clock = FrozenClock(time.time())
+    app = create_app(load_settings(make_env(database_url)), clock=clock,
+                     state=MemoryStateStore(clock=clock.now))
+    try:
+        admin = AdminClient(app.test_client(), BOOTSTRAP_KEY)
+        admin.tenant("acme")
+        first = admin.client.get("/t/acme/jwks").get_json()["keys"][0]["kid"]
+        r = admin.call("POST", "/tenants/acme/keys/rotate", {"activate_after": 600})
+        assert r.status_code == 200, r.get_json()
+        out = r.get_json()
+        assert out["active_kid"] == first and out["next_kid"] != first
+        assert out["activates_at"] == datetime.fromtimestamp(clock.now() + 600, UTC).isoformat().replace(
+            "+00:00", "Z")
+        listed = {k["kid"]: k for k in out["keys"]}
+        assert listed[first]["active"] is True and listed[first]["retired_at"] == out["activates_at"]
+        assert listed[out["next_kid"]]["active"] is False and listed[out["next_kid"]]["published"] is True
+        assert {k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]} == {first, out["next_kid"]}
+
+        svc = app.extensions["broker"]
+        tid = svc.config.tenant_by_slug("acme").id
+        clock.advance(599)
+        assert select_signing_key(svc.config.signing_keys(tid), "RS256", clock.now()).kid == first
+        clock.advance(1.001)  # activates_at is stored to the microsecond
+        assert select_signing_key(svc.config.signing_keys(tid), "RS256", clock.now()).kid == out["next_kid"]
+        event = _admin_events(admin, "acme")[0]
+        assert event["details"]["action"] == "keys.rotate" and event["details"]["kid"] == out["next_kid"]
+        assert event["details"]["activates_at"] == out["activates_at"]
+    finally:
+        close_app(app)
+
+
+@pytest.mark.parametrize("value", [-1, 30 * 86400 + 1, 1.5, "600", True, None])
+def test_staged_rotation_refuses_a_bad_delay(admin: AdminClient, value: Any) -> None:
+    admin.tenant("acme")
+    before = admin.client.get("/t/acme/jwks").get_json()
+    r = admin.call("POST", "/tenants/acme/keys/rotate", {"activate_after": value})
+    assert r.status_code == 400 and r.get_json()["details"] == {"field": "activate_after"}
+    assert admin.client.get("/t/acme/jwks").get_json() == before, "nothing written"
 
 
 def test_audit_lists_admin_events_newest_first_paginated(admin: AdminClient) -> None:
