@@ -194,6 +194,11 @@ def openapi_document(public_url: str) -> dict[str, Any]:
                                       errors=(400, 401, 404, 409, 413, 415))),
             "delete": _conditional(_op("Delete an app", 204, "Deleted")),
         },
+        "/tenants/{t}/keys": {
+            "parameters": [t],
+            "get": _op("The tenant's signing keys, newest first: kid, alg, status (active, pending or retired), "
+                       "published, created_at, activates_at, retired_at", 200, "{keys}"),
+        },
         "/tenants/{t}/keys/rotate": {
             "parameters": [t],
             "post": _op("Rotate the tenant's signing key; previous keys stay published", 200, "Keys",

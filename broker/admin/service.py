@@ -908,16 +908,33 @@ class AdminService:
             tenant.id, NewSigningKey(gen.kid, gen.alg, gen.private_pem, gen.public_jwk, activates_at=activates_at))
         self._admin_event(key, "keys.rotate", tenant.slug, kid=new.kid, alg=alg,
                           **({"activates_at": iso(new.activates_at)} if new.activates_at else {}))
-        keys = self.store.signing_keys(tenant.id)
-        now = self.clock.now()
-        published = {k.kid for k in published_keys(keys, now)}
-        signing = next((k.kid for k in keys if k.alg == alg and signs_at(k, now)), None)
-        out: dict[str, Any] = {"active_kid": signing or new.kid, "alg": new.alg}
+        listed = self._keys_json(tenant)
+        signing = next((k["kid"] for k in listed if k["alg"] == alg and k["active"]), new.kid)
+        out: dict[str, Any] = {"active_kid": signing, "alg": new.alg}
         if new.activates_at is not None:
             out.update({"next_kid": new.kid, "activates_at": iso(new.activates_at)})
-        out["keys"] = [{"kid": k.kid, "alg": k.alg, "active": signs_at(k, now), "published": k.kid in published,
-                        "created_at": iso(k.created_at), "retired_at": iso(k.retired_at),
-                        "activates_at": iso(k.activates_at)} for k in keys]
+        out["keys"] = listed
+        return out
+
+    def signing_keys(self, key: AdminKey, slug: str) -> dict[str, Any]:
+        """The tenant's signing keys, newest first, with what each does now (public parts only)."""
+        return {"keys": self._keys_json(self.tenant_for(key, slug))}
+
+    def _keys_json(self, tenant: Tenant) -> list[dict[str, Any]]:
+        now = self.clock.now()
+        keys = self.store.signing_keys(tenant.id)
+        published = {k.kid for k in published_keys(keys, now)}
+        out = []
+        for k in sorted(keys, key=lambda k: k.created_at, reverse=True):
+            if signs_at(k, now):
+                status = "active"
+            elif k.active and k.activates_at is not None and k.activates_at.timestamp() > now:
+                status = "pending"
+            else:
+                status = "retired"
+            out.append({"kid": k.kid, "alg": k.alg, "status": status, "active": status == "active",
+                        "published": k.kid in published, "created_at": iso(k.created_at),
+                        "activates_at": iso(k.activates_at), "retired_at": iso(k.retired_at)})
         return out
 
     # -- audit -----------------------------------------------------------------------------------

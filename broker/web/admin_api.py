@@ -334,6 +334,11 @@ def delete_app(t: str, client_id: str) -> Response:
 # -- keys and audit --------------------------------------------------------------------------------
 
 
+@bp.get("/tenants/<t>/keys")
+def signing_keys(t: str) -> Response:
+    return jsonify(services().admin.signing_keys(_key(), t))
+
+
 @bp.post("/tenants/<t>/keys/rotate")
 def rotate_keys(t: str) -> Response:
     key = _key()

@@ -206,6 +206,7 @@ def test_tenant_key_sees_only_its_tenant(two_tenants: tuple[AdminClient, AdminCl
         ("POST", "/tenants/globex/apps", {"name": "x", "redirect_uris": ["https://x.example/cb"]}),
         ("GET", "/tenants/globex/apps", None),
         ("POST", "/tenants/globex/keys/rotate", None),
+        ("GET", "/tenants/globex/keys", None),
         ("GET", "/tenants/globex/audit", None),
         ("GET", "/tenants/nonexistent", None),
     ],
@@ -479,6 +480,11 @@ def test_staged_rotation_publishes_the_key_before_it_signs(database_url: str) ->
         assert listed[first]["active"] is True and listed[first]["retired_at"] == out["activates_at"]
         assert listed[out["next_kid"]]["active"] is False and listed[out["next_kid"]]["published"] is True
         assert {k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]} == {first, out["next_kid"]}
+        listed = admin.call("GET", "/tenants/acme/keys").get_json()["keys"]
+        assert [(k["kid"], k["status"], k["activates_at"]) for k in listed] == [
+            (out["next_kid"], "pending", out["activates_at"]), (first, "active", None)]
+        assert all(set(k) == {"kid", "alg", "status", "active", "published", "created_at", "activates_at",
+                              "retired_at"} for k in listed), "public parts only"
 
         svc = app.extensions["broker"]
         tid = svc.config.tenant_by_slug("acme").id
@@ -486,6 +492,9 @@ def test_staged_rotation_publishes_the_key_before_it_signs(database_url: str) ->
         assert select_signing_key(svc.config.signing_keys(tid), "RS256", clock.now()).kid == first
         clock.advance(1.001)  # activates_at is stored to the microsecond
         assert select_signing_key(svc.config.signing_keys(tid), "RS256", clock.now()).kid == out["next_kid"]
+        listed = admin.call("GET", "/tenants/acme/keys").get_json()["keys"]
+        assert [(k["kid"], k["status"], k["published"]) for k in listed] == [
+            (out["next_kid"], "active", True), (first, "retired", True)]
         event = _admin_events(admin, "acme")[0]
         assert event["details"]["action"] == "keys.rotate" and event["details"]["kid"] == out["next_kid"]
         assert event["details"]["activates_at"] == out["activates_at"]
