@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -431,75 +432,74 @@ def test_rotate_keeps_previous_published(admin: AdminClient, client: FlaskClient
     assert listed[body["active_kid"]]["active"] is True and listed[body["active_kid"]]["published"] is True
 
 
-def test_rotated_out_key_leaves_the_jwks_once_its_tokens_have_expired(database_url: str) -> None:
+@pytest.fixture
+def clocked(database_url: str) -> Iterator[tuple[AdminClient, FrozenClock]]:
+    """An app on a frozen clock (its state store too) with the tenant acme."""
+    from broker.app import create_app
+    from broker.settings import load_settings
+
+    clock = FrozenClock(time.time())
+    app = create_app(load_settings(make_env(database_url)), clock=clock, state=MemoryStateStore(clock=clock.now))
+    try:
+        admin = AdminClient(app.test_client(), BOOTSTRAP_KEY)
+        admin.tenant("acme")
+        yield admin, clock
+    finally:
+        close_app(app)
+
+
+def test_rotated_out_key_leaves_the_jwks_once_its_tokens_have_expired(
+        clocked: tuple[AdminClient, FrozenClock]) -> None:
     """Through the real store (its retirement time) and the HTTP JWKS: published a day and an hour, then
     gone; the rotate answer says which keys are published."""
-    from broker.app import create_app
     from broker.issuer.keys import RETIRED_KEY_PUBLISHED_SECONDS
-    from broker.settings import load_settings
 
-    clock = FrozenClock(time.time())
-    app = create_app(load_settings(make_env(database_url)), clock=clock,
-                     state=MemoryStateStore(clock=clock.now))
-    try:
-        admin = AdminClient(app.test_client(), BOOTSTRAP_KEY)
-        admin.tenant("acme")
-        first = admin.client.get("/t/acme/jwks").get_json()["keys"][0]["kid"]
-        second = admin.call("POST", "/tenants/acme/keys/rotate").get_json()["active_kid"]
-        assert {k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]} == {first, second}
-        clock.advance(RETIRED_KEY_PUBLISHED_SECONDS + 5)
-        assert [k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]] == [second]
-        third = admin.call("POST", "/tenants/acme/keys/rotate").get_json()
-        published = {k["kid"]: k["published"] for k in third["keys"]}
-        assert published[third["active_kid"]] is True and published[first] is False
-    finally:
-        close_app(app)
+    admin, clock = clocked
+    first = admin.client.get("/t/acme/jwks").get_json()["keys"][0]["kid"]
+    second = admin.call("POST", "/tenants/acme/keys/rotate").get_json()["active_kid"]
+    assert {k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]} == {first, second}
+    clock.advance(RETIRED_KEY_PUBLISHED_SECONDS + 5)
+    assert [k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]] == [second]
+    third = admin.call("POST", "/tenants/acme/keys/rotate").get_json()
+    published = {k["kid"]: k["published"] for k in third["keys"]}
+    assert published[third["active_kid"]] is True and published[first] is False
 
 
-def test_staged_rotation_publishes_the_key_before_it_signs(database_url: str) -> None:
+def test_staged_rotation_publishes_the_key_before_it_signs(clocked: tuple[AdminClient, FrozenClock]) -> None:
     """activate_after: the new key is in the JWKS at once, the current key signs until then; the answer and the
     audit event say when it starts."""
-    from broker.app import create_app
     from broker.issuer.keys import select_signing_key
-    from broker.settings import load_settings
 
-    clock = FrozenClock(time.time())
-    app = create_app(load_settings(make_env(database_url)), clock=clock,
-                     state=MemoryStateStore(clock=clock.now))
-    try:
-        admin = AdminClient(app.test_client(), BOOTSTRAP_KEY)
-        admin.tenant("acme")
-        first = admin.client.get("/t/acme/jwks").get_json()["keys"][0]["kid"]
-        r = admin.call("POST", "/tenants/acme/keys/rotate", {"activate_after": 600})
-        assert r.status_code == 200, r.get_json()
-        out = r.get_json()
-        assert out["active_kid"] == first and out["next_kid"] != first
-        assert out["activates_at"] == datetime.fromtimestamp(clock.now() + 600, UTC).isoformat().replace(
-            "+00:00", "Z")
-        listed = {k["kid"]: k for k in out["keys"]}
-        assert listed[first]["active"] is True and listed[first]["retired_at"] == out["activates_at"]
-        assert listed[out["next_kid"]]["active"] is False and listed[out["next_kid"]]["published"] is True
-        assert {k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]} == {first, out["next_kid"]}
-        listed = admin.call("GET", "/tenants/acme/keys").get_json()["keys"]
-        assert [(k["kid"], k["status"], k["activates_at"]) for k in listed] == [
-            (out["next_kid"], "pending", out["activates_at"]), (first, "active", None)]
-        assert all(set(k) == {"kid", "alg", "status", "active", "published", "created_at", "activates_at",
-                              "retired_at"} for k in listed), "public parts only"
+    admin, clock = clocked
+    first = admin.client.get("/t/acme/jwks").get_json()["keys"][0]["kid"]
+    r = admin.call("POST", "/tenants/acme/keys/rotate", {"activate_after": 600})
+    assert r.status_code == 200, r.get_json()
+    out = r.get_json()
+    assert out["active_kid"] == first and out["next_kid"] != first
+    assert out["activates_at"] == datetime.fromtimestamp(clock.now() + 600, UTC).isoformat().replace(
+        "+00:00", "Z")
+    listed = {k["kid"]: k for k in out["keys"]}
+    assert listed[first]["active"] is True and listed[first]["retired_at"] == out["activates_at"]
+    assert listed[out["next_kid"]]["active"] is False and listed[out["next_kid"]]["published"] is True
+    assert {k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]} == {first, out["next_kid"]}
+    listed = admin.call("GET", "/tenants/acme/keys").get_json()["keys"]
+    assert [(k["kid"], k["status"], k["activates_at"]) for k in listed] == [
+        (out["next_kid"], "pending", out["activates_at"]), (first, "active", None)]
+    assert all(set(k) == {"kid", "alg", "status", "active", "published", "created_at", "activates_at",
+                          "retired_at"} for k in listed), "public parts only"
 
-        svc = app.extensions["broker"]
-        tid = svc.config.tenant_by_slug("acme").id
-        clock.advance(599)
-        assert select_signing_key(svc.config.signing_keys(tid), "RS256", clock.now()).kid == first
-        clock.advance(1.001)  # activates_at is stored to the microsecond
-        assert select_signing_key(svc.config.signing_keys(tid), "RS256", clock.now()).kid == out["next_kid"]
-        listed = admin.call("GET", "/tenants/acme/keys").get_json()["keys"]
-        assert [(k["kid"], k["status"], k["published"]) for k in listed] == [
-            (out["next_kid"], "active", True), (first, "retired", True)]
-        event = _admin_events(admin, "acme")[0]
-        assert event["details"]["action"] == "keys.rotate" and event["details"]["kid"] == out["next_kid"]
-        assert event["details"]["activates_at"] == out["activates_at"]
-    finally:
-        close_app(app)
+    svc = admin.client.application.extensions["broker"]
+    tid = svc.config.tenant_by_slug("acme").id
+    clock.advance(599)
+    assert select_signing_key(svc.config.signing_keys(tid), "RS256", clock.now()).kid == first
+    clock.advance(1.001)  # activates_at is stored to the microsecond
+    assert select_signing_key(svc.config.signing_keys(tid), "RS256", clock.now()).kid == out["next_kid"]
+    listed = admin.call("GET", "/tenants/acme/keys").get_json()["keys"]
+    assert [(k["kid"], k["status"], k["published"]) for k in listed] == [
+        (out["next_kid"], "active", True), (first, "retired", True)]
+    event = _admin_events(admin, "acme")[0]
+    assert event["details"]["action"] == "keys.rotate" and event["details"]["kid"] == out["next_kid"]
+    assert event["details"]["activates_at"] == out["activates_at"]
 
 
 @pytest.mark.parametrize("value", [-1, 30 * 86400 + 1, 1.5, "600", True, None])
