@@ -32,8 +32,8 @@ _ORIGIN_RE = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9
 
 
 def render_step(step: Step, *, framed_by: str | None = None) -> Response:
-    """`framed_by`: a URL whose origin may show the page in a frame (an app's silent sign-in in a hidden iframe
-    gets its form_post answer there); otherwise no one may."""
+    """`framed_by`: for an app's form_post answer, its redirect_uri, whose origin may show the page in a frame (an
+    app's silent sign-in in a hidden iframe gets its answer there); otherwise no one may."""
     if isinstance(step, Redirect):
         return redirect_to(step.url)
     if isinstance(step, AutoPost):
@@ -57,6 +57,9 @@ def render_step(step: Step, *, framed_by: str | None = None) -> Response:
         )
         if ancestors == "'none'":  # X-Frame-Options cannot name an origin: CSP alone says who may frame it
             resp.headers["X-Frame-Options"] = "DENY"
-        resp.headers["Referrer-Policy"] = "no-referrer"  # the form carries a SAML message: not its page's URL
+        # never the page's URL (an authorize request's, with its login_hint). An app's answer names the broker's
+        # origin, so the POST carries `Origin: <broker>` rather than `null`: an app whose framework checks Origin
+        # on POSTs can list the broker as trusted. The SAML forms send nothing.
+        resp.headers["Referrer-Policy"] = "origin" if framed_by is not None else "no-referrer"
         return resp
     raise TypeError(f"unknown step {step!r}")

@@ -57,3 +57,27 @@ def test_an_inline_script_other_than_its_own_does_not_run(page: Any) -> None:
     page.wait_for_url(TARGET)
     assert len(posted) == 1, "the page's own script still ran"
     assert any("script" in v for v in violations), violations
+
+
+APP = "https://app.example/callback"
+
+
+def test_a_form_post_answer_tells_the_app_the_broker_s_origin(page: Any) -> None:
+    """response_mode=form_post: the app receives Origin: https://broker.example (an app whose framework checks
+    Origin on POSTs can trust the broker), and the Referer is that origin alone, never the page's URL."""
+    with Flask(__name__).app_context():
+        resp = render_step(AutoPost(url=APP, fields={"code": "c0de", "state": "s"}), framed_by=APP)
+    seen: list[dict[str, str]] = []
+
+    def target(route: Any) -> None:
+        seen.append(route.request.all_headers())
+        route.fulfill(status=200, body="<p>received</p>", headers={"Content-Type": "text/html"})
+
+    page.route(START + "?client_id=app&login_hint=alice%40acme.test",
+               lambda route: route.fulfill(status=200, body=resp.get_data(as_text=True), headers=dict(resp.headers)))
+    page.route(APP, target)
+    page.goto(START + "?client_id=app&login_hint=alice%40acme.test")
+    page.wait_for_url(APP)
+    assert len(seen) == 1
+    assert seen[0].get("origin") == "https://broker.example"
+    assert seen[0].get("referer") in (None, "https://broker.example/")

@@ -41,7 +41,7 @@ def test_a_login_answers_the_app_by_post(sec: Setup) -> None:
     assert action == REDIRECT_URI and "Location" not in r.headers
     assert set(fields) == {"code", "state", "iss"} and fields["state"] == 'st"<&>'
     assert fields["iss"].endswith("/t/acme")
-    assert r.headers["Cache-Control"] == "no-store" and r.headers["Referrer-Policy"] == "no-referrer"
+    assert r.headers["Cache-Control"] == "no-store" and r.headers["Referrer-Policy"] == "origin"
     assert "form-action https: http:" in r.headers["Content-Security-Policy"]
     # the app's own origin may frame it (a silent sign-in in a hidden iframe), no one else
     origin = "{0.scheme}://{0.netloc}".format(urlsplit(REDIRECT_URI))
