@@ -707,7 +707,9 @@ class SqlConfigStore:
 
     # -- signing keys ----------------------------------------------------------------------------
 
-    def _key_row(self, tenant_id: str, key: NewSigningKey, now: datetime) -> SigningKeyRow:
+    def _key_row(self, tenant_id: str, key: NewSigningKey, now: datetime,
+                 starts: datetime | None = None) -> SigningKeyRow:
+        """`starts`: when the key begins to sign (None or `now`: at once)."""
         return SigningKeyRow(
             tenant_id=tenant_id,
             kid=key.kid,
@@ -717,7 +719,7 @@ class SqlConfigStore:
             active=True,
             created_at=now,
             retired_at=None,
-            activates_at=key.activates_at if key.activates_at is not None and key.activates_at > now else None,
+            activates_at=starts if starts is not None and starts > now else None,
         )
 
     def signing_keys(self, tenant_id: str) -> Sequence[SigningKey]:
@@ -737,18 +739,23 @@ class SqlConfigStore:
             if t is None:
                 raise NotFound("No such tenant.")
             now = _now()
-            # the keys of this alg that sign, or are to, stop when this one starts: now, or at its activates_at
-            starts = key.activates_at if key.activates_at is not None and key.activates_at > now else now
-            for old in s.scalars(select(SigningKeyRow).where(
-                    SigningKeyRow.tenant_id == tenant_id, SigningKeyRow.alg == key.alg,
-                    SigningKeyRow.active.is_(True))):
+            # the keys of this alg that sign, or are to, stop when this one starts: now, or at its activates_at;
+            # now too when none signs yet (the tenant's first key of this alg: nothing to stage against)
+            olds = list(s.scalars(select(SigningKeyRow).where(
+                SigningKeyRow.tenant_id == tenant_id, SigningKeyRow.alg == key.alg, SigningKeyRow.active.is_(True))))
+            starts = now
+            if key.activates_at is not None and key.activates_at > now and any(
+                    (_utc(o.activates_at) or now) <= now and (_utc(o.retired_at) or key.activates_at) > now
+                    for o in olds):
+                starts = key.activates_at
+            for old in olds:
                 retired = _utc(old.retired_at)
                 old.retired_at = starts if retired is None or retired > starts else retired
                 old_starts = _utc(old.activates_at)
                 # a key that can no longer sign is plainly retired; one that signs until `starts` stays active
                 if starts == now or old.retired_at <= now or (old_starts is not None and old_starts >= starts):
                     old.active = False
-            row = self._key_row(tenant_id, key, now)
+            row = self._key_row(tenant_id, key, now, starts)
             s.add(row)
             t.version += 1
             s.flush()

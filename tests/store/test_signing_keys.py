@@ -111,3 +111,13 @@ def test_a_key_a_staged_rotation_has_replaced_is_retired_by_the_next_rotation(en
     store.add_signing_key(tid, _new())
     old = {k.kid: k for k in store.signing_keys(tid)}[first]
     assert not old.active and old.retired_at == starts
+
+
+def test_a_staged_rotation_with_no_key_of_its_algorithm_signs_at_once(engine: Engine) -> None:
+    """Nothing of that alg signs to stage against (the tenant's first ES256 key): the new key signs at once,
+    so an app that asks for ES256 is never left without a key."""
+    store, tid, first, now = _setup(engine)
+    es = store.add_signing_key(tid, _new("ES256", activates_at=datetime.fromtimestamp(now + HOUR, UTC)))
+    assert es.activates_at is None
+    keys = store.signing_keys(tid)
+    assert _signer(keys, now, "ES256") == es.kid and _signer(keys, now, "RS256") == first
