@@ -197,7 +197,7 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         "/tenants/{t}/keys": {
             "parameters": [t],
             "get": _op("The tenant's signing keys, newest first: kid, alg, status (active, pending or retired), "
-                       "published, created_at, activates_at, retired_at", 200, "{keys}"),
+                       "active, published, created_at, activates_at, retired_at", 200, "{keys}"),
         },
         "/tenants/{t}/keys/rotate": {
             "parameters": [t],

@@ -63,11 +63,13 @@ def signs_at(key: SigningKey, now: float) -> bool:
 def published_keys(keys: Iterable[SigningKey], now: float) -> list[SigningKey]:
     """The keys whose tokens may be live or are to come: every key not retired (the one signing, and one a
     staged rotation publishes ahead of its activation), and each retired one for RETIRED_KEY_PUBLISHED_SECONDS
-    after its retirement."""
-    return [
+    after its retirement. The keys that sign come first: a client that takes the JWKS's first key of an alg
+    instead of matching the `kid` still works while a staged rotation's key waits."""
+    published = [
         k for k in keys
         if k.retired_at is None or now < k.retired_at.timestamp() + RETIRED_KEY_PUBLISHED_SECONDS
     ]
+    return sorted(published, key=lambda k: not signs_at(k, now))  # stable: otherwise in the given order
 
 
 def jwks_document(keys: Iterable[SigningKey]) -> dict[str, Any]:

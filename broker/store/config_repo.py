@@ -749,11 +749,14 @@ class SqlConfigStore:
                     for o in olds):
                 starts = key.activates_at
             for old in olds:
-                retired = _utc(old.retired_at)
+                retired, old_starts = _utc(old.retired_at), _utc(old.activates_at)
+                if old_starts is not None and old_starts >= starts:
+                    # a pending key this one overtakes never signs: withdrawn now
+                    old.active, old.retired_at = False, now
+                    continue
                 old.retired_at = starts if retired is None or retired > starts else retired
-                old_starts = _utc(old.activates_at)
                 # a key that can no longer sign is plainly retired; one that signs until `starts` stays active
-                if starts == now or old.retired_at <= now or (old_starts is not None and old_starts >= starts):
+                if starts == now or old.retired_at <= now:
                     old.active = False
             row = self._key_row(tenant_id, key, now, starts)
             s.add(row)

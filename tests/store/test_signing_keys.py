@@ -51,6 +51,9 @@ def test_a_staged_key_is_published_at_once_and_signs_from_its_time(engine: Engin
     assert old.retired_at == starts, "the old key's retirement is the new key's start"
     assert _published(keys, now + HOUR + RETIRED_KEY_PUBLISHED_SECONDS - 1) == {first, staged.kid}
     assert _published(keys, now + HOUR + RETIRED_KEY_PUBLISHED_SECONDS) == {staged.kid}
+    # the key that signs comes first in the JWKS: before the activation the current one, then the new one
+    assert [k.kid for k in published_keys(keys, now)] == [first, staged.kid]
+    assert [k.kid for k in published_keys(keys, now + HOUR)] == [staged.kid, first]
 
 
 def test_a_rotation_at_once_overrides_a_staged_one(engine: Engine) -> None:
@@ -73,7 +76,9 @@ def test_an_earlier_staged_rotation_supersedes_a_later_one(engine: Engine) -> No
     keys = store.signing_keys(tid)
     assert _signer(keys, now) == first
     assert _signer(keys, now + HOUR) == early.kid and _signer(keys, now + 3 * HOUR) == early.kid
-    assert not {k.kid: k for k in keys}[late.kid].active
+    withdrawn = {k.kid: k for k in keys}[late.kid]
+    assert not withdrawn.active and withdrawn.retired_at is not None
+    assert withdrawn.retired_at.timestamp() <= datetime.now(UTC).timestamp(), "withdrawn now, not at a later time"
 
 
 def test_a_later_staged_rotation_follows_an_earlier_one(engine: Engine) -> None:
