@@ -162,6 +162,16 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    settings = _settings()
+    svc = _services(settings, writes=True)
+    tenant = svc.config.tenant_by_slug(args.tenant)
+    if tenant is None:
+        raise ConfigError(f"No tenant {args.tenant!r}.")
+    print(json.dumps(svc.admin.revoke_signing_key(None, tenant, args.kid), indent=2))
+    return 0
+
+
 def cmd_metadata_refresh(args: argparse.Namespace) -> int:
     """Refresh every metadata_url connection whose document is due (or all with --force): for a cron job, so
     that logins never wait for a fetch. A failed refresh keeps the last good copy and is reported."""
@@ -425,6 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     rot.add_argument("--activate-after", type=int, default=0, metavar="SECONDS",
                      help="publish the new key now, sign with it from SECONDS on (default 0: at once)")
     rot.set_defaults(func=cmd_keys_rotate)
+    rev = ksub.add_parser("revoke", help="revoke a signing key that leaked: out of the JWKS at once, its tokens "
+                                         "refused (not the key that signs now: rotate first)")
+    rev.add_argument("--tenant", required=True)
+    rev.add_argument("--kid", required=True)
+    rev.set_defaults(func=cmd_keys_revoke)
 
     sec = sub.add_parser("secrets", help="secrets at rest")
     secsub = sec.add_subparsers(dest="secrets_command", required=True)

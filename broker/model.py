@@ -140,6 +140,19 @@ class SigningKey:
     created_at: datetime
     retired_at: datetime | None = None  # may lie ahead: a staged rotation retires the key when the next one starts
     activates_at: datetime | None = None  # a staged rotation's key: published from its creation, signing from then
+    revoked_at: datetime | None = None  # revoked (leaked): trusted for nothing from then, gone from the JWKS
+
+    def signs_at(self, now: float) -> bool:
+        """The key signs new tokens at `now`: active and not revoked, past its activation (a staged rotation's
+        key) and before its retirement (a key a staged rotation replaces signs until the next one starts)."""
+        return (self.active and self.revoked_at is None
+                and (self.activates_at is None or self.activates_at.timestamp() <= now)
+                and (self.retired_at is None or now < self.retired_at.timestamp()))
+
+    def pending_at(self, now: float) -> bool:
+        """A staged rotation's key, published and waiting for its activation."""
+        return (self.active and self.revoked_at is None and self.activates_at is not None
+                and self.activates_at.timestamp() > now)
 
 
 @dataclass(frozen=True, slots=True)

@@ -277,6 +277,12 @@ class ConfigStore(ConfigReader, Protocol):
         are retired then and stay published for their tokens' lifetime."""
         ...
 
+    def revoke_signing_key(self, tenant_id: str, kid: str) -> tuple[SigningKey, bool]:
+        """Revoke a key that does not sign now (a retired or pending one; a pending one's predecessor signs on in
+        its place): out of the JWKS, trusted for nothing. Returns the key and whether this call revoked it (False:
+        it already was). NotFound for an unknown kid; Conflict (key_in_use) for the key that signs now."""
+        ...
+
     def check_secret_key(self) -> None:
         """Raise ConfigError unless this process's BROKER_SECRET_KEY opens what is sealed in the store."""
         ...

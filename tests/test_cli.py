@@ -150,6 +150,13 @@ def test_keys_rotate(env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert "activate_after" in capsys.readouterr().err
     assert len(svc.config.signing_keys(svc.config.tenant_by_slug("acme").id)) == 3, "the refused one wrote nothing"
 
+    assert main(["keys", "revoke", "--tenant", "acme", "--kid", keys[1].kid]) == 0  # the first, retired
+    out = json.loads(capsys.readouterr().out)
+    assert out["revoked_kid"] == keys[1].kid
+    assert {k["kid"]: k["status"] for k in out["keys"]}[keys[1].kid] == "revoked"
+    assert main(["keys", "revoke", "--tenant", "acme", "--kid", keys[0].kid]) == 2  # it signs: rotate first
+    assert "rotate first" in capsys.readouterr().err
+
 
 def test_serve_refuses_workers_without_redis(env: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve", "--workers", "2", "--port", "1"]) == 2

@@ -196,8 +196,15 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
         "/tenants/{t}/keys": {
             "parameters": [t],
-            "get": _op("The tenant's signing keys, newest first: kid, alg, status (active, pending or retired), "
-                       "active, published, created_at, activates_at, retired_at", 200, "{keys}"),
+            "get": _op("The tenant's signing keys, newest first: kid, alg, status (active, pending, retired or "
+                       "revoked), active, published, created_at, activates_at, retired_at, revoked_at", 200,
+                       "{keys}"),
+        },
+        "/tenants/{t}/keys/{kid}/revoke": {
+            "parameters": [t, {"name": "kid", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "post": _op("Revoke a signing key that leaked: out of the JWKS at once, its tokens refused. Not the key "
+                        "that signs now (409 key_in_use: rotate first); a pending key is withdrawn", 200,
+                        "{revoked_kid, keys}", errors=(401, 404, 409)),
         },
         "/tenants/{t}/keys/rotate": {
             "parameters": [t],

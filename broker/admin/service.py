@@ -20,7 +20,7 @@ from broker.admin import schema
 from broker.audit import Auditor, event_json
 from broker.claims.pipeline import compile_mapping, explain, transient_subject_warning
 from broker.errors import BrokerError, Conflict, Forbidden, NotFound, Unauthorized, ValidationFailed, VersionConflict
-from broker.issuer.keys import MAX_ACTIVATE_AFTER, generate_signing_key, published_keys, signs_at
+from broker.issuer.keys import MAX_ACTIVATE_AFTER, generate_signing_key, published_keys
 from broker.model import AdminKey, App, Connection, MappingConfig, Profile, Tenant, UpstreamIdentity
 from broker.ports import AppDraft, Clock, ConfigStore, ConnectionDraft, MetadataState, NewSigningKey
 from broker.samlxml.errors import SamlError
@@ -916,6 +916,14 @@ class AdminService:
         out["keys"] = listed
         return out
 
+    def revoke_signing_key(self, key: AdminKey | None, tenant: Tenant, kid: str) -> dict[str, Any]:
+        """A key that leaked: out of the JWKS at once and trusted for nothing (access tokens, id_token_hints).
+        Not the key that signs now (rotate first); a pending one is withdrawn, its predecessor signing on."""
+        revoked, changed = self.store.revoke_signing_key(tenant.id, kid)
+        if changed:
+            self._admin_event(key, "keys.revoke", tenant.slug, kid=revoked.kid, alg=revoked.alg)
+        return {"revoked_kid": revoked.kid, "keys": self._keys_json(tenant)}
+
     def signing_keys(self, key: AdminKey, slug: str) -> dict[str, Any]:
         """The tenant's signing keys, newest first, with what each does now (public parts only)."""
         return {"keys": self._keys_json(self.tenant_for(key, slug))}
@@ -926,15 +934,18 @@ class AdminService:
         published = {k.kid for k in published_keys(keys, now)}
         out = []
         for k in sorted(keys, key=lambda k: k.created_at, reverse=True):
-            if signs_at(k, now):
+            if k.revoked_at is not None:
+                status = "revoked"
+            elif k.signs_at(now):
                 status = "active"
-            elif k.active and k.activates_at is not None and k.activates_at.timestamp() > now:
+            elif k.pending_at(now):
                 status = "pending"
             else:
                 status = "retired"
             out.append({"kid": k.kid, "alg": k.alg, "status": status, "active": status == "active",
                         "published": k.kid in published, "created_at": iso(k.created_at),
-                        "activates_at": iso(k.activates_at), "retired_at": iso(k.retired_at)})
+                        "activates_at": iso(k.activates_at), "retired_at": iso(k.retired_at),
+                        "revoked_at": iso(k.revoked_at)})
         return out
 
     # -- audit -----------------------------------------------------------------------------------

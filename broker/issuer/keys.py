@@ -52,14 +52,6 @@ def generate_signing_key(alg: str = "RS256") -> GeneratedKey:
     return GeneratedKey(kid=kid, alg=alg, private_pem=pem, public_jwk=public)
 
 
-def signs_at(key: SigningKey, now: float) -> bool:
-    """The key signs new tokens at `now`: active, past its activation (a staged rotation's key) and before its
-    retirement (a key a staged rotation replaces signs until the next one starts)."""
-    return (key.active
-            and (key.activates_at is None or key.activates_at.timestamp() <= now)
-            and (key.retired_at is None or now < key.retired_at.timestamp()))
-
-
 def published_keys(keys: Iterable[SigningKey], now: float) -> list[SigningKey]:
     """The keys whose tokens may be live or are to come: every key not retired (the one signing, and one a
     staged rotation publishes ahead of its activation), and each retired one for RETIRED_KEY_PUBLISHED_SECONDS
@@ -67,9 +59,15 @@ def published_keys(keys: Iterable[SigningKey], now: float) -> list[SigningKey]:
     instead of matching the `kid` still works while a staged rotation's key waits."""
     published = [
         k for k in keys
-        if k.retired_at is None or now < k.retired_at.timestamp() + RETIRED_KEY_PUBLISHED_SECONDS
+        if k.revoked_at is None
+        and (k.retired_at is None or now < k.retired_at.timestamp() + RETIRED_KEY_PUBLISHED_SECONDS)
     ]
-    return sorted(published, key=lambda k: not signs_at(k, now))  # stable: otherwise in the given order
+    return sorted(published, key=lambda k: not k.signs_at(now))  # stable: otherwise in the given order
+
+
+def unrevoked_keys(keys: Iterable[SigningKey]) -> list[SigningKey]:
+    """The keys the broker still trusts for its own old ID tokens (id_token_hint): all but the revoked ones."""
+    return [k for k in keys if k.revoked_at is None]
 
 
 def jwks_document(keys: Iterable[SigningKey]) -> dict[str, Any]:
@@ -90,7 +88,7 @@ class NoSigningKey(ConfigError):
 def select_signing_key(keys: Sequence[SigningKey], alg: str, now: float) -> SigningKey:
     """The newest key of `alg` that signs at `now` (keys come active first, newest first)."""
     for k in keys:
-        if k.alg == alg and signs_at(k, now):
+        if k.alg == alg and k.signs_at(now):
             return k
     raise NoSigningKey(
         "No signing key is available for this application.",

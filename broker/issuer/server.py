@@ -27,7 +27,7 @@ from broker.issuer.grants import (
     grant_ttl,
     uses_basic,
 )
-from broker.issuer.keys import KeyRing, NoSigningKey, jwks_document, published_keys
+from broker.issuer.keys import KeyRing, NoSigningKey, jwks_document, published_keys, unrevoked_keys
 from broker.issuer.messages import (
     AppAnswer,
     AuthorizeError,
@@ -414,11 +414,11 @@ class Issuer:
     def _id_token_hint(self, tenant: Tenant, hint: str) -> tuple[Mapping[str, Any], list[str]]:
         """The claims and audiences of an ID token this tenant issued, expired or not (a hint may have expired:
         OIDC Core §3.1.2.1, RP-Initiated Logout §2), signed with any key the tenant has, unpublished ones too:
-        an RP may keep an ID token for longer than a rotated-out key stays in the JWKS."""
+        an RP may keep an ID token for longer than a rotated-out key stays in the JWKS. Not a revoked key's."""
         try:
             verified = self._codec.verify(
                 hint,
-                self._config.signing_keys(tenant.id),
+                unrevoked_keys(self._config.signing_keys(tenant.id)),
                 issuer=self.issuer_url(tenant),
                 now=self._clock.now(),
                 typ=None,

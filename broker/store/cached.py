@@ -351,6 +351,9 @@ class CachedConfigStore:
     def add_signing_key(self, tenant_id: str, key: NewSigningKey) -> SigningKey:
         return self._write(lambda: self.inner.add_signing_key(tenant_id, key), _tenant(tenant_id))
 
+    def revoke_signing_key(self, tenant_id: str, kid: str) -> tuple[SigningKey, bool]:
+        return self._write(lambda: self.inner.revoke_signing_key(tenant_id, kid), _tenant(tenant_id))
+
     def reseal_all(self) -> int:
         return self._write(self.inner.reseal_all, lambda _: None)
 

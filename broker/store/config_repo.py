@@ -300,6 +300,7 @@ class SqlConfigStore:
             created_at=_utc(row.created_at) or _now(),
             retired_at=_utc(row.retired_at),
             activates_at=_utc(row.activates_at),
+            revoked_at=_utc(row.revoked_at),
         )
 
     # -- tenants ---------------------------------------------------------------------------------
@@ -763,6 +764,36 @@ class SqlConfigStore:
             t.version += 1
             s.flush()
             return self._key(row)
+
+    def revoke_signing_key(self, tenant_id: str, kid: str) -> tuple[SigningKey, bool]:
+        with self._session(serialized=True) as s:
+            t = s.get(TenantRow, tenant_id, with_for_update=True, populate_existing=True)
+            if t is None:
+                raise NotFound("No such tenant.")
+            row = s.scalars(select(SigningKeyRow).where(SigningKeyRow.tenant_id == tenant_id,
+                                                        SigningKeyRow.kid == kid)).first()
+            if row is None:
+                raise NotFound("The tenant has no signing key with that kid.", code="key_not_found")
+            if row.revoked_at is not None:
+                return self._key(row), False
+            now = _now()
+            key = self._key(row)
+            if key.signs_at(now.timestamp()):
+                raise Conflict("This key signs the tenant's tokens now: rotate first (a new key at once), then "
+                               "revoke this one.", code="key_in_use")
+            if key.pending_at(now.timestamp()):
+                # withdrawn before it signs: the key it was to replace signs on until this one's successor, if any
+                for prev in s.scalars(select(SigningKeyRow).where(
+                        SigningKeyRow.tenant_id == tenant_id, SigningKeyRow.alg == row.alg,
+                        SigningKeyRow.active.is_(True), SigningKeyRow.id != row.id)):
+                    if _utc(prev.retired_at) == key.activates_at:
+                        prev.retired_at = row.retired_at
+            row.revoked_at, row.active = now, False
+            if key.retired_at is None or key.retired_at > now:
+                row.retired_at = now
+            t.version += 1
+            s.flush()
+            return self._key(row), True
 
     # -- secret key rotation -------------------------------------------------------------------
 

@@ -339,6 +339,13 @@ def signing_keys(t: str) -> Response:
     return jsonify(services().admin.signing_keys(_key(), t))
 
 
+@bp.post("/tenants/<t>/keys/<kid>/revoke")
+def revoke_signing_key(t: str, kid: str) -> Response:
+    key = _key()
+    admin = services().admin
+    return jsonify(admin.revoke_signing_key(key, admin.tenant_for(key, t), kid))
+
+
 @bp.post("/tenants/<t>/keys/rotate")
 def rotate_keys(t: str) -> Response:
     key = _key()

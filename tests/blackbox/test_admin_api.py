@@ -131,6 +131,7 @@ def test_scoped_key_cannot_create_tenants(env: Env, two_tenants: dict[str, Any])
     ("DELETE", "/tenants/{b}/apps/{app}", None),
     ("POST", "/tenants/{b}/keys/rotate", None),
     ("GET", "/tenants/{b}/keys", None),
+    ("POST", "/tenants/{b}/keys/some-kid/revoke", None),
     ("GET", "/tenants/{b}/audit", None),
 ])
 def test_scoped_key_gets_404_for_other_tenant(env: Env, two_tenants: dict[str, Any], method: str, path: str,

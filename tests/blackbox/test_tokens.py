@@ -393,3 +393,27 @@ def test_staged_rotation_signs_with_the_new_key_only_from_its_time(env: Env) -> 
     assert env.decode_id_token(t, tok["id_token"])["aud"] == realm["app"]["client_id"]
     jwks = {k["kid"] for k in requests.get(f"{env.issuer(t)}/jwks", timeout=10).json()["keys"]}
     assert jwks == {first, staged["next_kid"], soon["next_kid"]}, "the replaced keys stay published for a day"
+
+
+def test_a_revoked_key_s_tokens_are_refused_at_once(env: Env) -> None:
+    """A signing key that leaked: rotate at once, revoke it; over HTTP its access token is refused at userinfo
+    and introspection and its kid leaves the JWKS, while logins go on with the new key."""
+    t = env.tenant()
+    idp = env.idp()
+    env.saml_connection(t, idp, slug="okta", domains=["acme.test"])
+    realm = {"t": t, "idp": idp, "app": env.app(t)}
+    before = login(env, realm)
+    old = _kid(before["id_token"])
+    bearer = {"Authorization": f"Bearer {before['access_token']}"}
+    assert requests.get(f"{env.issuer(t)}/userinfo", headers=bearer, timeout=10).status_code == 200
+
+    new = env.api("POST", f"/tenants/{t}/keys/rotate").json()["active_kid"]
+    assert requests.get(f"{env.issuer(t)}/userinfo", headers=bearer, timeout=10).status_code == 200, \
+        "rotation alone leaves it trusted"
+    r = env.api("POST", f"/tenants/{t}/keys/{old}/revoke")
+    assert r.status_code == 200, r.text
+    assert requests.get(f"{env.issuer(t)}/userinfo", headers=bearer, timeout=10).status_code == 401
+    assert introspect(env, realm, before["access_token"]) == {"active": False}
+    assert {k["kid"] for k in requests.get(f"{env.issuer(t)}/jwks", timeout=10).json()["keys"]} == {new}
+    after = login(env, realm)
+    assert _kid(after["id_token"]) == new and introspect(env, realm, after["access_token"])["active"] is True

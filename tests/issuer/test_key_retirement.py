@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from broker.issuer.keys import RETIRED_KEY_PUBLISHED_SECONDS
+from broker.issuer.messages import AuthorizeError
 from broker.model import MAX_SIGNED_TOKEN_TTL
 from tests.issuer.conftest import Env, signing_key
 
@@ -103,3 +104,20 @@ def test_a_staged_key_is_published_before_it_signs(env: Env) -> None:
     assert _header_kid(after["id_token"]) == _header_kid(after["access_token"]) == env.keypool["rsa_a2"].kid
     assert _kids(env) >= {env.keypool["rsa_a"].kid, env.keypool["rsa_a2"].kid}
     assert env.active(last_of_old["access_token"]) and env.active(after["access_token"])
+
+
+def test_a_revoked_key_is_trusted_for_nothing(env: Env) -> None:
+    """A key that leaked and was revoked: gone from the JWKS at once, its access tokens refused, and an
+    id_token_hint it signed no longer read (one forged with it would otherwise pass)."""
+    _rotate(env)
+    tokens = env.tokens()
+    ta = env.tenant_a.id
+    now = datetime.fromtimestamp(env.clock.now(), UTC)
+    revoked = replace(signing_key(env.keypool["rsa_a2"], ta), active=False, retired_at=now, revoked_at=now)
+    env.config.keys[ta] = [signing_key(env.keypool["rsa_a"], ta), signing_key(env.keypool["es_a"], ta), revoked]
+    assert env.keypool["rsa_a2"].kid not in _kids(env)
+    assert env.active(tokens["access_token"]) is False and env.userinfo(tokens["access_token"]).status == 401
+    with pytest.raises(AuthorizeError):
+        env.issuer.hinted_user(env.tenant_a, tokens["id_token"])
+    fresh = env.tokens()
+    assert _header_kid(fresh["id_token"]) == env.keypool["rsa_a"].kid and env.active(fresh["access_token"])

@@ -139,7 +139,7 @@ def test_a_write_to_one_tenant_leaves_the_others_cached_on_other_replicas(
 
 @pytest.mark.parametrize("write", [
     "update_tenant", "create_connection", "replace_connection", "delete_connection", "create_app", "replace_app",
-    "delete_app", "add_signing_key",
+    "delete_app", "add_signing_key", "revoke_signing_key",
 ])
 def test_each_kind_of_write_reaches_the_other_replica_for_its_tenant_only(
         replicas: tuple[Replica, Replica], two: dict[str, str], write: str) -> None:
@@ -172,10 +172,17 @@ def test_each_kind_of_write_reaches_the_other_replica_for_its_tenant_only(
     elif write == "delete_app":
         a.cache.delete_app(app.id)
         expect = lambda c: c.app(acme, "acme-app") is None  # noqa: E731
-    else:
+    elif write == "add_signing_key":
         first = b.request(lambda c: c.signing_keys(acme))[0].kid
         a.cache.add_signing_key(acme, _key())
         expect = lambda c: c.signing_keys(acme)[0].kid != first  # noqa: E731
+    else:
+        old = a.sql.signing_keys(acme)[0].kid
+        a.sql.add_signing_key(acme, _key())  # behind the cache's back: b learns of it with the revocation
+        b.read_all(two)
+        globex_reads = _reads(b, globex, "globex")
+        a.cache.revoke_signing_key(acme, old)
+        expect = lambda c: {k.kid: k for k in c.signing_keys(acme)}[old].revoked_at is not None  # noqa: E731
     assert b.request(expect), f"{write} on replica a is seen by the next request on replica b"
     b.read_all(two)
     assert _reads(b, globex, "globex") == globex_reads, f"{write} to acme made b reload globex"

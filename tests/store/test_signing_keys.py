@@ -7,8 +7,10 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import Engine
 
+from broker.errors import Conflict, NotFound
 from broker.issuer.keys import RETIRED_KEY_PUBLISHED_SECONDS, generate_signing_key, published_keys, select_signing_key
 from broker.model import SigningKey
 from broker.ports import NewSigningKey
@@ -126,3 +128,41 @@ def test_a_staged_rotation_with_no_key_of_its_algorithm_signs_at_once(engine: En
     assert es.activates_at is None
     keys = store.signing_keys(tid)
     assert _signer(keys, now, "ES256") == es.kid and _signer(keys, now, "RS256") == first
+
+
+# -- revocation ------------------------------------------------------------------------------------
+
+def test_a_revoked_key_is_neither_published_nor_signing(engine: Engine) -> None:
+    store, tid, first, now = _setup(engine)
+    second = store.add_signing_key(tid, _new())
+    revoked, changed = store.revoke_signing_key(tid, first)
+    assert changed and revoked.revoked_at is not None and not revoked.active
+    keys = store.signing_keys(tid)
+    assert _published(keys, now) == {second.kid} and _signer(keys, now) == second.kid
+    again, changed = store.revoke_signing_key(tid, first)
+    assert not changed and again.revoked_at == revoked.revoked_at, "a second revocation changes nothing"
+
+
+def test_the_key_that_signs_cannot_be_revoked(engine: Engine) -> None:
+    store, tid, first, now = _setup(engine)
+    with pytest.raises(Conflict) as err:
+        store.revoke_signing_key(tid, first)
+    assert err.value.code == "key_in_use"
+    keys = store.signing_keys(tid)
+    assert _signer(keys, now) == first and keys[0].revoked_at is None, "nothing changed"
+    with pytest.raises(NotFound):
+        store.revoke_signing_key(tid, "no-such-kid")
+
+
+def test_a_revoked_pending_key_leaves_its_predecessor_signing(engine: Engine) -> None:
+    store, tid, first, now = _setup(engine)
+    one = store.add_signing_key(tid, _new(activates_at=datetime.fromtimestamp(now + HOUR, UTC)))
+    two = store.add_signing_key(tid, _new(activates_at=datetime.fromtimestamp(now + 2 * HOUR, UTC)))
+    store.revoke_signing_key(tid, one.kid)
+    keys = store.signing_keys(tid)
+    assert [_signer(keys, t) for t in (now, now + HOUR, now + 2 * HOUR)] == [first, first, two.kid]
+    assert _published(keys, now) == {first, two.kid}
+    store.revoke_signing_key(tid, two.kid)
+    keys = store.signing_keys(tid)
+    assert [_signer(keys, t) for t in (now, now + 3 * HOUR, now + 30 * 86400)] == [first] * 3, "never left keyless"
+    assert _published(keys, now) == {first}

@@ -208,6 +208,7 @@ def test_tenant_key_sees_only_its_tenant(two_tenants: tuple[AdminClient, AdminCl
         ("GET", "/tenants/globex/apps", None),
         ("POST", "/tenants/globex/keys/rotate", None),
         ("GET", "/tenants/globex/keys", None),
+        ("POST", "/tenants/globex/keys/some-kid/revoke", None),
         ("GET", "/tenants/globex/audit", None),
         ("GET", "/tenants/nonexistent", None),
     ],
@@ -486,7 +487,7 @@ def test_staged_rotation_publishes_the_key_before_it_signs(clocked: tuple[AdminC
     assert [(k["kid"], k["status"], k["activates_at"]) for k in listed] == [
         (out["next_kid"], "pending", out["activates_at"]), (first, "active", None)]
     assert all(set(k) == {"kid", "alg", "status", "active", "published", "created_at", "activates_at",
-                          "retired_at"} for k in listed), "public parts only"
+                          "retired_at", "revoked_at"} for k in listed), "public parts only"
 
     svc = admin.client.application.extensions["broker"]
     tid = svc.config.tenant_by_slug("acme").id
@@ -500,6 +501,27 @@ def test_staged_rotation_publishes_the_key_before_it_signs(clocked: tuple[AdminC
     event = _admin_events(admin, "acme")[0]
     assert event["details"]["action"] == "keys.rotate" and event["details"]["kid"] == out["next_kid"]
     assert event["details"]["activates_at"] == out["activates_at"]
+
+
+def test_revoking_a_leaked_key(clocked: tuple[AdminClient, FrozenClock]) -> None:
+    """Rotate at once, then revoke the old key: it leaves the JWKS at once (not 25 hours later), the listing says
+    revoked, one audit event. The key that signs cannot be revoked; an unknown kid is 404."""
+    admin, _ = clocked
+    first = admin.client.get("/t/acme/jwks").get_json()["keys"][0]["kid"]
+    r = admin.call("POST", f"/tenants/acme/keys/{first}/revoke")
+    assert r.status_code == 409 and r.get_json()["error"] == "key_in_use"
+    second = admin.call("POST", "/tenants/acme/keys/rotate").get_json()["active_kid"]
+    assert admin.call("POST", f"/tenants/acme/keys/{second}/revoke").status_code == 409
+    r = admin.call("POST", f"/tenants/acme/keys/{first}/revoke")
+    assert r.status_code == 200 and r.get_json()["revoked_kid"] == first
+    listed = {k["kid"]: k for k in r.get_json()["keys"]}
+    assert listed[first]["status"] == "revoked" and listed[first]["published"] is False
+    assert listed[first]["revoked_at"] and listed[second]["status"] == "active"
+    assert [k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]] == [second]
+    assert admin.call("POST", f"/tenants/acme/keys/{first}/revoke").status_code == 200  # already: no change
+    assert [e["details"]["action"] for e in _admin_events(admin, "acme")].count("keys.revoke") == 1
+    r = admin.call("POST", "/tenants/acme/keys/no-such-kid/revoke")
+    assert r.status_code == 404 and r.get_json()["error"] == "key_not_found"
 
 
 @pytest.mark.parametrize("value", [-1, 30 * 86400 + 1, 1.5, "600", True, None])
