@@ -26,7 +26,7 @@ from werkzeug.datastructures import FileStorage
 from broker.admin.schema import DuplicateKey, TooDeep, loads_admin_json
 from broker.admin.service import AdminKeyExpired, metadata_text
 from broker.claims.presets import PRESET_NAMES
-from broker.errors import BrokerError, NotFound, StateStoreError, ValidationFailed
+from broker.errors import BrokerError, Conflict, NotFound, StateStoreError, ValidationFailed
 from broker.model import AdminKey, Connection, Tenant
 from broker.samlxml.metadata import to_json
 from broker.upstream.base import Redirect
@@ -435,6 +435,11 @@ NOTICES = {
     "deleted": "The connection was deleted.",
     "metadata_saved": "The new IdP metadata was saved.",
     "key_revoked": "The admin key was revoked. It no longer works anywhere.",
+    "signing_key_rotated": "A new signing key was made; it signs from now on. The previous one stays published "
+                           "for the tokens it signed.",
+    "signing_key_staged": "A new signing key was published; the current key signs until the time shown, then the "
+                          "new one does.",
+    "signing_key_revoked": "The signing key was revoked: it is out of the JWKS and its tokens are refused.",
     "key_already_created": "This form was already sent and its key created (shown only that once): no second "
                            "key was made. Revoke it below if it was not copied, and create a new one.",
 }
@@ -801,3 +806,49 @@ def revoke_admin_key(t: str, key_id: str) -> Response:
     tenant = _tenant(ctx, t)
     ctx.svc.admin.revoke_admin_key(ctx.key, tenant.slug, key_id)
     return _see_other(f"/tenants/{tenant.slug}/admin-keys", notice="key_revoked")
+
+
+# -- signing keys ------------------------------------------------------------------------------------------
+
+ROTATE_DELAYS = ("0", "3600", "86400", "604800")  # the page's choices: at once, in an hour, a day, a week
+
+
+def _signing_keys_page(ctx: Ctx, tenant: Tenant, status: int = 200, **extra: Any) -> Response:
+    keys = ctx.svc.admin.signing_keys(ctx.key, tenant.slug)["keys"]
+    return _page("signing_keys.html", status, keys=keys, notice=_notice(), **extra,
+                 **_tenant_ctx(tenant, "signing"))
+
+
+@bp.get("/tenants/<t>/signing-keys")
+def signing_keys(t: str) -> Response:
+    ctx = _ctx()
+    return _signing_keys_page(ctx, _tenant(ctx, t))
+
+
+@bp.post("/tenants/<t>/signing-keys/rotate")
+def rotate_signing_key(t: str) -> Response:
+    ctx = _ctx()
+    tenant = _tenant(ctx, t)
+    alg, delay = request.form.get("alg", "RS256"), request.form.get("activate_after", "0")
+    try:
+        if delay not in ROTATE_DELAYS:
+            raise ValidationFailed("Choose when the new key starts to sign.", details={"field": "activate_after"})
+        out = ctx.svc.admin.rotate_keys(ctx.key, tenant, {"alg": alg, "activate_after": int(delay)})
+    except ValidationFailed as err:
+        return _signing_keys_page(ctx, tenant, 400, rotate_error=err.message)
+    notice = "signing_key_staged" if "next_kid" in out else "signing_key_rotated"
+    return _see_other(f"/tenants/{tenant.slug}/signing-keys", notice=notice)
+
+
+@bp.post("/tenants/<t>/signing-keys/<kid>/revoke")
+def revoke_signing_key(t: str, kid: str) -> Response:
+    ctx = _ctx()
+    tenant = _tenant(ctx, t)
+    if request.form.get("confirm", "") != kid[:8]:
+        return _signing_keys_page(ctx, tenant, 400, revoke_error="To revoke a key, type the first 8 characters "
+                                                                 "of its kid.")
+    try:
+        ctx.svc.admin.revoke_signing_key(ctx.key, tenant, kid)
+    except Conflict as err:
+        return _signing_keys_page(ctx, tenant, 409, revoke_error=err.message)
+    return _see_other(f"/tenants/{tenant.slug}/signing-keys", notice="signing_key_revoked")

@@ -157,6 +157,25 @@ def test_upload_metadata_save_and_test_login_through_the_dev_idp(
     assert problems == [], problems
 
 
+def test_signing_keys_page_stages_a_rotation(page: Any, broker: BrokerServer, screenshot: Any) -> None:
+    from playwright.sync_api import expect
+
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text)
+            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    sign_in(page, broker)
+    page.wait_for_url(re.compile(r".*/admin/ui/tenants/acme/connections$"))
+    page.click("header >> text=Signing keys")
+    expect(page.locator("#signing-keys")).to_contain_text("active")
+    page.select_option("#activate_after", "86400")
+    page.click("#rotate button[type=submit]")
+    expect(page.locator("[role=status]")).to_contain_text("signs until the time shown")
+    expect(page.locator("#signing-keys")).to_contain_text("pending")
+    screenshot(page, "admin-signing-keys")
+    assert problems == [], problems
+
+
 def test_tenant_key_sees_only_its_tenant(page: Any, broker: BrokerServer) -> None:
     from playwright.sync_api import expect
 

@@ -168,6 +168,8 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token(client: FlaskClient, a
                                                         token: str | None) -> None:
     assert create_saml(client, ui).status_code == 303
     acme_key_id = admin.call("POST", "/tenants/acme/admin-keys", {"label": "kept"}).get_json()["id"]
+    signing = admin.call("POST", "/tenants/acme/keys/rotate").get_json()["keys"][1]["kid"]  # a retired one
+    keys_before = admin.call("GET", "/tenants/acme/keys").get_json()
     before = admin.call("GET", "/tenants/acme/connections/okta").get_json()
     extra = {} if token is None else {"csrf": token}
     posts: list[tuple[str, dict[str, Any]]] = [
@@ -179,6 +181,8 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token(client: FlaskClient, a
         ("/tenants/acme/connections/okta/test", {}),
         ("/tenants/acme/admin-keys", {"label": "x"}),
         (f"/tenants/acme/admin-keys/{acme_key_id}/revoke", {}),
+        ("/tenants/acme/signing-keys/rotate", {"alg": "RS256", "activate_after": "0"}),
+        (f"/tenants/acme/signing-keys/{signing}/revoke", {"confirm": signing[:8]}),
         ("/sign-out", {}),
     ]
     for path, data in posts:
@@ -189,6 +193,7 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token(client: FlaskClient, a
     assert after["version"] == before["version"] and after["mapping"] == before["mapping"]
     assert connection_count(admin) == 1
     assert [k["id"] for k in admin.call("GET", "/tenants/acme/admin-keys").get_json()["admin_keys"]] == [acme_key_id]
+    assert admin.call("GET", "/tenants/acme/keys").get_json() == keys_before
     assert client.get(f"{UI}/tenants").status_code == 200  # still signed in
 
 
@@ -208,9 +213,11 @@ def test_tenant_key_sees_only_its_tenant(client: FlaskClient, admin: AdminClient
     assert "Acme Corp" in listing and "Globex" not in listing
     assert client.get(f"{UI}/").headers["Location"].endswith("/tenants/acme/connections")
     globex_key_id = admin.call("POST", "/tenants/globex/admin-keys", {}).get_json()["id"]
+    globex_kid = admin.call("POST", "/tenants/globex/keys/rotate").get_json()["keys"][1]["kid"]  # a retired one
+    globex_keys = admin.call("GET", "/tenants/globex/keys").get_json()
     for path in ("/tenants/globex", "/tenants/globex/connections", "/tenants/globex/connections/secret-idp",
                  "/tenants/globex/apps", "/tenants/globex/audit", "/tenants/globex/connections/new",
-                 "/tenants/globex/admin-keys",
+                 "/tenants/globex/admin-keys", "/tenants/globex/signing-keys",
                  "/tenants/globex/connections/secret-idp/test/abc", "/tenants/nope/connections"):
         r = client.get(UI + path)
         assert r.status_code == 404, path
@@ -221,12 +228,16 @@ def test_tenant_key_sees_only_its_tenant(client: FlaskClient, admin: AdminClient
                        ("/tenants/globex/connections/secret-idp/test", {}),
                        ("/tenants/globex/admin-keys", {"label": "mine now"}),
                        (f"/tenants/globex/admin-keys/{globex_key_id}/revoke", {}),
-                       (f"/tenants/acme/admin-keys/{globex_key_id}/revoke", {})):
+                       (f"/tenants/acme/admin-keys/{globex_key_id}/revoke", {}),
+                       ("/tenants/globex/signing-keys/rotate", {"alg": "RS256", "activate_after": "0"}),
+                       (f"/tenants/globex/signing-keys/{globex_kid}/revoke", {"confirm": globex_kid[:8]}),
+                       (f"/tenants/acme/signing-keys/{globex_kid}/revoke", {"confirm": globex_kid[:8]})):
         r = client.post(UI + path, data={"csrf": csrf, **data})
         assert r.status_code == 404, path
     assert connection_count(admin, "globex") == 1
     assert [k["id"] for k in admin.call("GET", "/tenants/globex/admin-keys").get_json()["admin_keys"]] == [
         globex_key_id]
+    assert admin.call("GET", "/tenants/globex/keys").get_json() == globex_keys
 
 
 # -- create a SAML connection ----------------------------------------------------------------------------------
@@ -621,3 +632,43 @@ def test_revoking_the_key_of_this_session_signs_it_out(client: FlaskClient, admi
     assert r.status_code == 303
     r = client.get(f"{UI}/tenants/acme/admin-keys")
     assert r.status_code == 303 and "/admin/ui/sign-in" in r.headers["Location"]
+
+
+# -- signing keys ----------------------------------------------------------------------------------------------
+
+
+def _kids(admin: AdminClient) -> dict[str, str]:
+    return {k["kid"]: k["status"] for k in admin.call("GET", "/tenants/acme/keys").get_json()["keys"]}
+
+
+def test_signing_keys_page_rotates_stages_and_revokes(client: FlaskClient, admin: AdminClient, ui: str) -> None:
+    first = next(iter(_kids(admin)))
+    page = text(client.get(f"{UI}/tenants/acme/signing-keys"))
+    assert first in page and "active" in page and "BEGIN" not in page and '"d"' not in page
+    r = client.post(f"{UI}/tenants/acme/signing-keys/rotate", data={"csrf": ui, "alg": "RS256",
+                                                                     "activate_after": "86400"})
+    assert r.status_code == 303 and r.headers["Location"].endswith("notice=signing_key_staged")
+    pending = next(k for k, s in _kids(admin).items() if s == "pending")
+    assert "published" in text(client.get(r.headers["Location"]))
+    # the key that signs: refused with the API's sentence, nothing changed
+    r = client.post(f"{UI}/tenants/acme/signing-keys/{first}/revoke", data={"csrf": ui, "confirm": first[:8]})
+    assert r.status_code == 409 and "rotate first" in text(r) and _kids(admin)[first] == "active"
+    # a pending key, without and with the confirmation
+    r = client.post(f"{UI}/tenants/acme/signing-keys/{pending}/revoke", data={"csrf": ui, "confirm": "x"})
+    assert r.status_code == 400 and _kids(admin)[pending] == "pending"
+    r = client.post(f"{UI}/tenants/acme/signing-keys/{pending}/revoke", data={"csrf": ui, "confirm": pending[:8]})
+    assert r.status_code == 303 and r.headers["Location"].endswith("notice=signing_key_revoked")
+    assert _kids(admin) == {pending: "revoked", first: "active"}
+    r = client.post(f"{UI}/tenants/acme/signing-keys/rotate", data={"csrf": ui, "alg": "ES256", "activate_after": "0"})
+    assert r.status_code == 303 and r.headers["Location"].endswith("notice=signing_key_rotated")
+    assert sorted(_kids(admin).values()) == ["active", "active", "revoked"]
+
+
+@pytest.mark.parametrize("form", [{"alg": "HS256", "activate_after": "0"}, {"alg": "RS256", "activate_after": "5"},
+                                  {"alg": "RS256", "activate_after": "-1"}])
+def test_a_bad_rotate_form_is_a_message_and_writes_nothing(client: FlaskClient, admin: AdminClient, ui: str,
+                                                           form: dict[str, str]) -> None:
+    before = _kids(admin)
+    r = client.post(f"{UI}/tenants/acme/signing-keys/rotate", data={"csrf": ui, **form})
+    assert r.status_code == 400 and 'role="alert"' in r.get_data(as_text=True)
+    assert _kids(admin) == before
