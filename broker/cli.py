@@ -151,25 +151,23 @@ def cmd_admin_revoke_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    settings = _settings()
-    svc = _services(settings, writes=True)
+def _keys_command(args: argparse.Namespace, act: Callable[[Any, Any], dict[str, Any]]) -> int:
+    """A signing-key command on the tenant `--tenant` names; prints the answer as the admin API gives it."""
+    svc = _services(_settings(), writes=True)
     tenant = svc.config.tenant_by_slug(args.tenant)
     if tenant is None:
         raise ConfigError(f"No tenant {args.tenant!r}.")
-    out = svc.admin.rotate_keys(None, tenant, {"alg": args.alg, "activate_after": args.activate_after})
-    print(json.dumps(out, indent=2))
+    print(json.dumps(act(svc, tenant), indent=2))
     return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    body = {"alg": args.alg, "activate_after": args.activate_after}
+    return _keys_command(args, lambda svc, tenant: svc.admin.rotate_keys(None, tenant, body))
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    settings = _settings()
-    svc = _services(settings, writes=True)
-    tenant = svc.config.tenant_by_slug(args.tenant)
-    if tenant is None:
-        raise ConfigError(f"No tenant {args.tenant!r}.")
-    print(json.dumps(svc.admin.revoke_signing_key(None, tenant, args.kid), indent=2))
-    return 0
+    return _keys_command(args, lambda svc, tenant: svc.admin.revoke_signing_key(None, tenant, args.kid))
 
 
 def cmd_metadata_refresh(args: argparse.Namespace) -> int:
