@@ -208,7 +208,8 @@ def openapi_document(public_url: str) -> dict[str, Any]:
         },
         "/tenants/{t}/keys/rotate": {
             "parameters": [t],
-            "post": _op("Rotate the tenant's signing key; previous keys stay published", 200, "Keys",
+            "post": _op("Rotate the tenant's signing key, at once or staged (activate_after); previous keys stay "
+                        "published while their tokens may be live", 200, "Keys",
                         body="KeyRotate", errors=(400, 401, 404)),
         },
         "/tenants/{t}/audit": {

@@ -33,10 +33,12 @@ class HttpResponse:
 @dataclass(frozen=True, slots=True)
 class EndSession:
     """A checked RP-initiated logout request: where to go afterwards (None: the broker's own page), and the
-    `sid` of the id_token_hint, if one was given."""
+    `sid` of the id_token_hint, if one was given. `hint_revoked`: the hint was signed with a revoked key and read
+    as no hint."""
 
     target: str | None
     hint_sid: str | None
+    hint_revoked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,11 @@ class AuthorizeError(OAuthError):
         self.redirect_uri = redirect_uri
         self.state = state
         self.form_post = form_post  # the app asked for response_mode=form_post: the error goes back that way
+
+
+class RevokedHint(AuthorizeError):
+    """An id_token_hint signed with a key since revoked. Read as no hint at all: one forged with the leaked key
+    must gain nothing, and an app's genuine one must not stop its user from signing out."""
 
 
 class Headers(Mapping[str, str]):

@@ -35,6 +35,7 @@ from broker.issuer.messages import (
     Headers,
     HttpRequest,
     HttpResponse,
+    RevokedHint,
     SecretVerifier,
     add_query,
 )
@@ -383,22 +384,29 @@ class Issuer:
         client_id = _param(query, "client_id")
         target = _param(query, "post_logout_redirect_uri")
         state = _param(query, "state")
+        revoked = False
         if hint is not None:
-            claims, audiences = self._id_token_hint(tenant, hint)
-            if client_id is None:
-                client_id = str(claims.get("azp") or audiences[0])
-            elif client_id not in audiences:
-                raise AuthorizeError("client_id does not match the id_token_hint.")
-            hint_sid = claims.get("sid")
-            sid = hint_sid if isinstance(hint_sid, str) else None
-        if target is None:
-            return EndSession(None, sid)
+            try:
+                claims, audiences = self._id_token_hint(tenant, hint)
+            except RevokedHint:
+                # read as no hint: the user is asked, and sent on only where a client_id sent along allows
+                revoked = True
+            else:
+                if client_id is None:
+                    client_id = str(claims.get("azp") or audiences[0])
+                elif client_id not in audiences:
+                    raise AuthorizeError("client_id does not match the id_token_hint.")
+                hint_sid = claims.get("sid")
+                sid = hint_sid if isinstance(hint_sid, str) else None
+        if target is None or (revoked and client_id is None):
+            return EndSession(None, sid, hint_revoked=revoked)
         if client_id is None:
             raise AuthorizeError("post_logout_redirect_uri needs an id_token_hint or a client_id.")
         app = self._app(tenant, client_id)
         if app is None or target not in app.post_logout_redirect_uris:
             raise AuthorizeError("The post_logout_redirect_uri is not registered for this client.")
-        return EndSession(add_query(target, [("state", state)] if state is not None else []), sid)
+        return EndSession(add_query(target, [("state", state)] if state is not None else []), sid,
+                          hint_revoked=revoked)
 
     def hinted_user(self, tenant: Tenant, hint: str) -> tuple[str, str]:
         """An /authorize id_token_hint (OIDC Core §3.1.2.1): the `sub` it names and the client it was issued
@@ -414,17 +422,22 @@ class Issuer:
     def _id_token_hint(self, tenant: Tenant, hint: str) -> tuple[Mapping[str, Any], list[str]]:
         """The claims and audiences of an ID token this tenant issued, expired or not (a hint may have expired:
         OIDC Core §3.1.2.1, RP-Initiated Logout §2), signed with any key the tenant has, unpublished ones too:
-        an RP may keep an ID token for longer than a rotated-out key stays in the JWKS. Not a revoked key's."""
+        an RP may keep an ID token for longer than a rotated-out key stays in the JWKS. One of a revoked key's is
+        RevokedHint."""
+        keys = self._config.signing_keys(tenant.id)
         try:
             verified = self._codec.verify(
                 hint,
-                unrevoked_keys(self._config.signing_keys(tenant.id)),
+                unrevoked_keys(keys),
                 issuer=self.issuer_url(tenant),
                 now=self._clock.now(),
                 typ=None,
                 check_exp=False,
+                revoked=frozenset(k.kid for k in keys if k.revoked_at is not None),
             )
         except InvalidToken as exc:
+            if exc.reason == "revoked_kid":
+                raise RevokedHint("The id_token_hint was signed with a revoked key.", detail=exc.reason) from exc
             raise AuthorizeError("The id_token_hint is invalid.", detail=exc.reason) from exc
         aud = verified.claims.get("aud")
         audiences = [aud] if isinstance(aud, str) else list(aud) if isinstance(aud, list) else []

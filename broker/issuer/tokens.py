@@ -127,10 +127,12 @@ class TokenCodec:
         now: float,
         typ: str | None,
         check_exp: bool = True,
+        revoked: frozenset[str] = frozenset(),
     ) -> VerifiedToken:
         """Checks, in order: compact JWS; header kid names a key this tenant publishes; header alg equals
         that key's alg (RS256/ES256 only); signature; typ (when given); iss; exp (unless check_exp is
-        False, e.g. an id_token_hint); iat/nbf not in the future."""
+        False, e.g. an id_token_hint); iat/nbf not in the future. A kid among `revoked` fails with the reason
+        `revoked_kid` (nothing is verified with it)."""
         by_kid = {k.kid: k for k in published}
         chosen: list[SigningKey] = []
 
@@ -138,6 +140,8 @@ class TokenCodec:
             header = obj.headers()
             kid = header.get("kid")
             alg = header.get("alg")
+            if isinstance(kid, str) and kid in revoked:
+                raise InvalidToken("revoked_kid")
             if not isinstance(kid, str) or kid not in by_kid:
                 raise InvalidToken("unknown_kid")
             key = by_kid[kid]

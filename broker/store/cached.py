@@ -191,8 +191,11 @@ class CachedConfigStore:
         return value
 
     def _write(self, fn: Callable[[], T], scopes: Callable[[T], Scopes]) -> T:
+        """`scopes` of the result: what changed (None: everything; empty: nothing, so nothing is announced)."""
         result = fn()
-        self.invalidate(scopes(result))
+        changed = scopes(result)
+        if changed is None or changed:
+            self.invalidate(changed)
         return result
 
     # -- transactions ----------------------------------------------------------------------------
@@ -352,7 +355,9 @@ class CachedConfigStore:
         return self._write(lambda: self.inner.add_signing_key(tenant_id, key), _tenant(tenant_id))
 
     def revoke_signing_key(self, tenant_id: str, kid: str) -> tuple[SigningKey, bool]:
-        return self._write(lambda: self.inner.revoke_signing_key(tenant_id, kid), _tenant(tenant_id))
+        # a repeated revocation changed nothing: no replica need reload the tenant
+        return self._write(lambda: self.inner.revoke_signing_key(tenant_id, kid),
+                           lambda out: frozenset({tenant_scope(tenant_id)}) if out[1] else frozenset())
 
     def reseal_all(self) -> int:
         return self._write(self.inner.reseal_all, lambda _: None)

@@ -766,6 +766,8 @@ class SqlConfigStore:
             return self._key(row)
 
     def revoke_signing_key(self, tenant_id: str, kid: str) -> tuple[SigningKey, bool]:
+        if unstorable(kid):  # a NUL or a lone surrogate: no stored kid has one
+            raise NotFound("The tenant has no signing key with that kid.", code="key_not_found")
         with self._session(serialized=True) as s:
             t = s.get(TenantRow, tenant_id, with_for_update=True, populate_existing=True)
             if t is None:

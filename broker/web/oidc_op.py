@@ -18,7 +18,7 @@ from werkzeug.datastructures import MultiDict
 from broker import logs
 from broker.claims.subject import pairwise_sub
 from broker.errors import BrokerError, LoginError, NotFound, OAuthError
-from broker.issuer.messages import AppAnswer
+from broker.issuer.messages import AppAnswer, RevokedHint
 from broker.issuer.server import AuthorizeError, HttpRequest, HttpResponse
 from broker.login import LoginFailed, Restarted, public_sid
 from broker.model import AuthorizationRequest, Connection, Profile, Tenant, email_domain
@@ -240,12 +240,17 @@ def _authorize(tenant: str) -> Response:
     if params.get("id_token_hint"):  # empty: absent (RFC 6749 §3.1)
         try:
             hint_sub, hint_client = issuer.hinted_user(t, params["id_token_hint"])
+        except RevokedHint:
+            # signed with a revoked key: genuine from before the revocation, or forged with the leaked key; read
+            # as no hint, which asks nothing of the session or the upstream sign-in
+            log.warning("id_token_hint_of_revoked_key", extra={"endpoint": "authorize"})
         except AuthorizeError as err:
             _audit_refused(t, params, "invalid_request", err.message)
             return _error_answer(t, params, req.redirect_uri, req.state, "invalid_request", err.message,
                                  form_post=form_post)
-        # carried through an upstream login, whose user must be this one too (LoginService.finish)
-        req = replace(req, hint_sub=hint_sub, hint_client=hint_client)
+        else:
+            # carried through an upstream login, whose user must be this one too (LoginService.finish)
+            req = replace(req, hint_sub=hint_sub, hint_client=hint_client)
 
     # Single sign-on: an existing broker session answers without going upstream (unless prompt=login).
     session = login.session(t, session_id_of(request.cookies, t.slug))
@@ -459,6 +464,8 @@ def logout(tenant: str) -> Response:
         ending = svc.extras["issuer"].end_session(t, {k: v for k, v in params.items()})
     except AuthorizeError as err:
         return _no_store(html_error(err, title="Sign-out failed"))
+    if ending.hint_revoked:  # genuine from before the revocation, or forged with the leaked key: read as none
+        log.warning("id_token_hint_of_revoked_key", extra={"endpoint": "logout"})
     login = svc.extras["login"]
     session_id = session_id_of(request.cookies, t.slug)
     live = login.session(t, session_id) if session_id else None

@@ -417,3 +417,11 @@ def test_a_revoked_key_s_tokens_are_refused_at_once(env: Env) -> None:
     assert {k["kid"] for k in requests.get(f"{env.issuer(t)}/jwks", timeout=10).json()["keys"]} == {new}
     after = login(env, realm)
     assert _kid(after["id_token"]) == new and introspect(env, realm, after["access_token"])["active"] is True
+    # the app's ID token from before still signs its user out (read as no hint: nothing forged with the leaked
+    # key could do more), and starts a login rather than an invalid_request
+    r = requests.get(f"{env.issuer(t)}/logout", params={"id_token_hint": before["id_token"]}, timeout=10,
+                     allow_redirects=False)
+    assert r.status_code == 200, r.text[:300]
+    r = requests.get(env.authorize_url(t, realm["app"], id_token_hint=before["id_token"], connection="okta"),
+                     timeout=10, allow_redirects=False)
+    assert r.status_code in (200, 302) and "error=" not in r.headers.get("Location", ""), r.headers

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from broker.issuer.keys import RETIRED_KEY_PUBLISHED_SECONDS
-from broker.issuer.messages import AuthorizeError
+from broker.issuer.messages import AuthorizeError, RevokedHint
 from broker.model import MAX_SIGNED_TOKEN_TTL
 from tests.issuer.conftest import Env, signing_key
 
@@ -117,7 +117,19 @@ def test_a_revoked_key_is_trusted_for_nothing(env: Env) -> None:
     env.config.keys[ta] = [signing_key(env.keypool["rsa_a"], ta), signing_key(env.keypool["es_a"], ta), revoked]
     assert env.keypool["rsa_a2"].kid not in _kids(env)
     assert env.active(tokens["access_token"]) is False and env.userinfo(tokens["access_token"]).status == 401
-    with pytest.raises(AuthorizeError):
+    with pytest.raises(RevokedHint):
         env.issuer.hinted_user(env.tenant_a, tokens["id_token"])
+    # at logout it is read as no hint: the user can still sign out, and is sent back to the app only where a
+    # client_id sent along allows it
+    bye = "https://app.example/bye"
+    ending = env.issuer.end_session(env.tenant_a, {"id_token_hint": tokens["id_token"],
+                                                   "post_logout_redirect_uri": bye})
+    assert ending.target is None and ending.hint_sid is None and ending.hint_revoked
+    ending = env.issuer.end_session(env.tenant_a, {"id_token_hint": tokens["id_token"], "client_id": "conf",
+                                                   "post_logout_redirect_uri": bye})
+    assert ending.target == bye and ending.hint_sid is None
+    with pytest.raises(AuthorizeError) as err:  # any other invalid hint stays an error
+        env.issuer.end_session(env.tenant_a, {"id_token_hint": "a.b.c"})
+    assert not isinstance(err.value, RevokedHint)
     fresh = env.tokens()
     assert _header_kid(fresh["id_token"]) == env.keypool["rsa_a"].kid and env.active(fresh["access_token"])

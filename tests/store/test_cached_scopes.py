@@ -266,3 +266,16 @@ def test_the_writer_keeps_its_other_tenants_cached(replicas: tuple[Replica, Repl
     a.read_all(two)
     assert _reads(a, two["globex"], "globex") == globex_reads
     assert a.request(lambda c: c.tenant_by_slug("acme").name) == "Mine"
+
+
+def test_a_repeated_revocation_announces_nothing(replicas: tuple[Replica, Replica], two: dict[str, str]) -> None:
+    a, b = replicas
+    acme = two["acme"]
+    old = a.sql.signing_keys(acme)[0].kid
+    a.cache.add_signing_key(acme, _key())
+    a.cache.revoke_signing_key(acme, old)
+    b.read_all(two)
+    acme_reads = _reads(b, acme, "acme")
+    assert a.cache.revoke_signing_key(acme, old)[1] is False
+    b.read_all(two)
+    assert _reads(b, acme, "acme") == acme_reads, "no replica reloads the tenant for a change that was none"

@@ -520,8 +520,9 @@ def test_revoking_a_leaked_key(clocked: tuple[AdminClient, FrozenClock]) -> None
     assert [k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]] == [second]
     assert admin.call("POST", f"/tenants/acme/keys/{first}/revoke").status_code == 200  # already: no change
     assert [e["details"]["action"] for e in _admin_events(admin, "acme")].count("keys.revoke") == 1
-    r = admin.call("POST", "/tenants/acme/keys/no-such-kid/revoke")
-    assert r.status_code == 404 and r.get_json()["error"] == "key_not_found"
+    for unknown in ("no-such-kid", "a%00b", "%ED%A0%80"):  # a NUL, a lone surrogate: no stored kid has one
+        r = admin.call("POST", f"/tenants/acme/keys/{unknown}/revoke")
+        assert r.status_code == 404 and r.get_json()["error"] == "key_not_found", unknown
 
 
 @pytest.mark.parametrize("value", [-1, 30 * 86400 + 1, 1.5, "600", True, None])
