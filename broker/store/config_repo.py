@@ -289,13 +289,15 @@ class SqlConfigStore:
             created_at=_utc(row.created_at) or _now(),
         )
 
-    def _key(self, row: SigningKeyRow) -> SigningKey:
+    def _key(self, row: SigningKeyRow, *, unseal: bool = True) -> SigningKey:
+        """`unseal=False`: the key's state only (when it signs), its private part left sealed (empty)."""
         return SigningKey(
             kid=row.kid,
             tenant_id=row.tenant_id,
             alg=row.alg,
             public_jwk=dict(row.public_jwk),
-            private_pem=self._sealer.open(row.sealed_private, context=f"signing-key:{row.tenant_id}:{row.kid}"),
+            private_pem=self._sealer.open(row.sealed_private, context=f"signing-key:{row.tenant_id}:{row.kid}")
+            if unseal else b"",
             active=row.active,
             created_at=_utc(row.created_at) or _now(),
             retired_at=_utc(row.retired_at),
@@ -746,8 +748,7 @@ class SqlConfigStore:
                 SigningKeyRow.tenant_id == tenant_id, SigningKeyRow.alg == key.alg, SigningKeyRow.active.is_(True))))
             starts = now
             if key.activates_at is not None and key.activates_at > now and any(
-                    (_utc(o.activates_at) or now) <= now and (_utc(o.retired_at) or key.activates_at) > now
-                    for o in olds):
+                    self._key(o, unseal=False).signs_at(now.timestamp()) for o in olds):
                 starts = key.activates_at
             for old in olds:
                 retired, old_starts = _utc(old.retired_at), _utc(old.activates_at)
@@ -779,7 +780,7 @@ class SqlConfigStore:
             if row.revoked_at is not None:
                 return self._key(row), False
             now = _now()
-            key = self._key(row)
+            key = self._key(row, unseal=False)
             if key.signs_at(now.timestamp()):
                 raise Conflict("This key signs the tenant's tokens now: rotate first (a new key at once), then "
                                "revoke this one.", code="key_in_use")
