@@ -15,7 +15,7 @@ import hmac
 import json
 import re
 import secrets
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from broker import logs
@@ -105,7 +105,9 @@ def txn_owner_prefix(tenant_id: str, connection_id: str, browser_binding: str | 
     return head[:-1].encode() + b","
 
 
-_REQUEST_FIELDS = frozenset(f.name for f in fields(AuthorizationRequest))
+_REQUEST_ORDER = tuple(f.name for f in fields(AuthorizationRequest))
+_REQUEST_FIELDS = frozenset(_REQUEST_ORDER)
+_TXN_FIELDS = tuple(f.name for f in fields(LoginTransaction))
 _LATER_FIELDS = ("response_mode", "hint_sub", "hint_client")
 
 
@@ -113,14 +115,19 @@ def txn_to_json(txn: LoginTransaction) -> bytes:
     """JSON with the owner fields first, in a fixed order (txn_owner_prefix); the rest as asdict() has it.
     A request's fields newer than the others (_LATER_FIELDS) are written only when set, so a replica of the
     release before, in a rolling upgrade, can read every login that does not use them."""
-    data = asdict(txn)
-    req = data.get("request")
-    if req is not None:
-        for name in _LATER_FIELDS:
-            if req.get(name) is None:
-                req.pop(name, None)
     head = _owner_fields(txn.tenant_id, txn.connection_id, txn.browser_binding)
-    return json.dumps({**head, **{k: v for k, v in data.items() if k not in head}}, separators=(",", ":")).encode()
+    data: dict[str, Any] = {**head}
+    for name in _TXN_FIELDS:
+        if name not in head:
+            data[name] = getattr(txn, name)
+    data["upstream"] = dict(txn.upstream)
+    if txn.request is not None:  # what asdict() would give, without its deep copies (a login's hot path)
+        req = {name: getattr(txn.request, name) for name in _REQUEST_ORDER}
+        for name in _LATER_FIELDS:
+            if req[name] is None:
+                del req[name]
+        data["request"] = req
+    return json.dumps(data, separators=(",", ":")).encode()
 
 
 def txn_from_json(raw: bytes) -> LoginTransaction:

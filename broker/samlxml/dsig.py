@@ -108,18 +108,23 @@ def _algorithm(parent: etree._Element, tag: str) -> str:
     return alg
 
 
+# every ID_ATTRIBUTES attribute of `root` and the elements under it, in one libxml2 pass
+_ID_VALUES = etree.XPath(" | ".join(
+    f"descendant-or-self::*/@{'xml:id' if attr == '{http://www.w3.org/XML/1998/namespace}id' else attr}"
+    for attr in ID_ATTRIBUTES))
+
+
 def find_duplicate_ids(root: etree._Element) -> list[str]:
     """Every ID-like attribute value that occurs more than once in the tree of `root`."""
     seen: set[str] = set()
     dupes: list[str] = []
-    for el in root.iter(etree.Element):
-        for attr in ID_ATTRIBUTES:
-            value = el.get(attr)
-            if value is None:
-                continue
-            if value in seen:
-                dupes.append(value)
-            seen.add(value)
+    values = _ID_VALUES(root)
+    assert isinstance(values, list)
+    for value in values:
+        text = str(value)
+        if text in seen:
+            dupes.append(text)
+        seen.add(text)
     return dupes
 
 

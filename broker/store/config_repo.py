@@ -855,10 +855,10 @@ class SqlConfigStore:
             return
         try:
             # one statement is atomic by itself: no BEGIN/COMMIT round trips around it
-            with self._autocommit.connect() as conn:
-                if self._prepared_audit:
-                    _insert_prepared(conn, row)
-                else:
+            if self._prepared_audit:
+                _insert_prepared(self._engine, row)
+            else:
+                with self._autocommit.connect() as conn:
                     conn.execute(_AUDIT_INSERT, row)
         except OperationalError as exc:
             raise ServiceUnavailable("The database is unavailable.", detail=str(exc.orig)) from None
@@ -911,16 +911,29 @@ class SqlConfigStore:
                 return total
 
 
-def _insert_prepared(conn: Any, row: Mapping[str, Any]) -> None:
-    """`_AUDIT_INSERT_PG` on the connection's psycopg connection (autocommit, set by the pool checkout). A
-    connection that fails here is invalidated, as SQLAlchemy would have done, so the pool never hands it out
-    again."""
-    driver = conn.connection.driver_connection
+def _insert_prepared(engine: Engine, row: Mapping[str, Any]) -> None:
+    """`_AUDIT_INSERT_PG`, prepared, on a pooled psycopg connection switched to autocommit for the one
+    statement and back before it returns to the pool (the pool's other users run transactions). The raw pool
+    checkout (the pool's events, such as the idle ping, still run) skips what a SQLAlchemy Connection with an
+    isolation-level option costs on every login: about half of this write's CPU. A connection that cannot be
+    put back as it was taken (it failed, or is left in a transaction) is invalidated, so the pool never hands
+    it out again."""
+    raw = engine.raw_connection()
+    reusable = False
     try:
-        driver.execute(_AUDIT_INSERT_PG, (
-            row["id"], row["time"], row["tenant_id"], row["tenant"], row["type"], row["connection"], row["app"],
-            row["outcome"], row["reason"], Json(row["details"]),
-        ), prepare=True)
-    except psycopg.OperationalError:
-        conn.invalidate()
-        raise
+        driver = raw.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        driver.autocommit = True
+        try:
+            driver.execute(_AUDIT_INSERT_PG, (
+                row["id"], row["time"], row["tenant_id"], row["tenant"], row["type"], row["connection"],
+                row["app"], row["outcome"], row["reason"], Json(row["details"]),
+            ), prepare=True)
+        finally:
+            if driver.info.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                driver.autocommit = False
+                reusable = True
+    finally:
+        if not reusable:
+            raw.invalidate()
+        raw.close()

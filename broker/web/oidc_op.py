@@ -81,9 +81,14 @@ SINGLE_VALUED = (
 )
 
 
+_SINGLE_VALUED = frozenset(SINGLE_VALUED)
+
+
 def repeated_params(values: MultiDict[str, str]) -> list[str]:
-    """The single-valued parameters that `values` (a query or a form) carries more than once."""
-    return [name for name in SINGLE_VALUED if len(values.getlist(name)) > 1]
+    """The single-valued parameters that `values` (a query or a form) carries more than once, in
+    SINGLE_VALUED's order."""
+    found = [name for name, given in values.lists() if len(given) > 1 and name in _SINGLE_VALUED]
+    return sorted(found, key=SINGLE_VALUED.index) if found else found
 
 
 def _repeated_message(names: list[str]) -> str:

@@ -103,3 +103,22 @@ def test_empty_reference_uri_only_for_the_document_element(idp: Idp) -> None:
     assert ref is not None
     ref.set("URI", "")
     assert code_of(sig, (idp.cert_pem,)) == "saml_signature_wrapping"
+
+
+def test_duplicate_ids_are_found_under_every_id_attribute_name() -> None:
+    from broker.samlxml.dsig import ID_ATTRIBUTES, find_duplicate_ids
+
+    for first in ID_ATTRIBUTES:
+        for second in ID_ATTRIBUTES:
+            root = etree.Element("Response")
+            inner = etree.SubElement(etree.SubElement(root, "Assertion"), "Subject")
+            etree.SubElement(root, "Status").set(first, "_x")
+            inner.set(second, "_x")
+            root.append(etree.Comment("a comment is no element"))
+            assert find_duplicate_ids(root) == ["_x"], (first, second)
+            assert find_duplicate_ids(inner) == []  # only the tree under the element asked about
+    root = etree.Element("Response", ID="_a")
+    etree.SubElement(root, "Assertion", {"ID": "_b", "{urn:other}ID": "_a", "Other": "_b"})
+    assert find_duplicate_ids(root) == []  # attributes that are not IDs do not count
+    root.append(etree.Element("Evil", Id="_a", AssertionID="_b"))
+    assert sorted(find_duplicate_ids(root)) == ["_a", "_b"]

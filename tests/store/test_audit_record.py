@@ -82,3 +82,32 @@ def test_prune_deletes_only_events_older_than_the_cutoff_in_batches(engine: Engi
     assert sorted(e.details["n"] for e in left) == [8, 9, 10, 11, 12]
     assert store.prune_audit(cutoff, batch=3) == 0, "nothing more to prune"
     assert store.prune_audit(datetime(2027, 1, 1, tzinfo=UTC)) == 5
+
+
+@pytest.mark.postgres
+def test_a_refused_insert_puts_its_connection_back_transactional(pg_schema_url: str) -> None:
+    """The prepared INSERT runs in autocommit on a pooled connection: whatever becomes of the statement, the
+    connection the pool hands out next runs transactions again (a write session relying on FOR UPDATE locks
+    would otherwise hold none)."""
+    import psycopg
+
+    engine = make_engine(pg_schema_url)
+    upgrade(engine)
+    engine.dispose()
+    try:
+        store = SqlConfigStore(engine, Sealer("s" * 40))
+        store.record(_event(1, tenant=None))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            store.record(_event(1, tenant=None))  # the same id again: refused by the database
+        assert engine.pool.checkedout() == 0
+        raw = engine.raw_connection()
+        try:
+            assert raw.driver_connection.autocommit is False  # type: ignore[union-attr]
+        finally:
+            raw.close()
+        assert engine.pool.size() >= 1
+        store.record(_event(2, tenant=None))
+        ids = [e.id for e in store.audit_page(None, type=None, outcome=None, limit=10, cursor=None).events]
+        assert ids == [_event(2).id, _event(1).id]
+    finally:
+        engine.dispose()

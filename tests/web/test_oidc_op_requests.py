@@ -334,3 +334,15 @@ def test_the_logout_forms_csp_lets_its_redirect_reach_only_the_registered_target
     from broker.web.oidc_op import _form_action_source
 
     assert _form_action_source(target) == source
+
+
+def test_repeated_params_names_each_repeated_single_valued_parameter_once_in_a_fixed_order() -> None:
+    from werkzeug.datastructures import MultiDict
+
+    from broker.web.oidc_op import SINGLE_VALUED, repeated_params
+
+    values = MultiDict([("state", "a"), ("resource", "x"), ("resource", "y"), ("client_id", "c"), ("state", "b"),
+                        ("state", "c"), ("scope", "openid"), ("client_id", "c")])
+    assert repeated_params(values) == ["client_id", "state"]  # SINGLE_VALUED's order; `resource` may repeat
+    assert repeated_params(MultiDict([(name, "v") for name in SINGLE_VALUED])) == []
+    assert repeated_params(MultiDict([(name, "v") for name in SINGLE_VALUED] * 2)) == list(SINGLE_VALUED)
