@@ -158,7 +158,16 @@ def _keys_command(args: argparse.Namespace, act: Callable[[Any, Any], dict[str, 
     if tenant is None:
         raise ConfigError(f"No tenant {args.tenant!r}.")
     print(json.dumps(act(svc, tenant), indent=2))
+    _announced(svc)
     return 0
+
+
+def _announced(svc: Any) -> None:
+    """After a write that committed: fail the command (exit 2) when the running servers could not be told of
+    it, since no later request of this process will retry the announcement."""
+    if getattr(svc.config, "announcement_owed", False):  # the store went away between check and announcement
+        raise ConfigError("The change was written, but running servers could not be told of it (the state store "
+                          "stopped answering): each one picks it up on its own within 10 minutes.")
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
@@ -236,6 +245,7 @@ def cmd_secrets_reseal(_: argparse.Namespace) -> int:
     finally:
         svc.extras["engine"].dispose()
     print(f"resealed {count} value(s) under the current BROKER_SECRET_KEY")
+    _announced(svc)
     return 0
 
 
@@ -247,7 +257,7 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
     try:
         result = apply_config(svc.admin, args.dir, dry_run=args.dry_run, prune=args.prune)
     except BrokerError as exc:
-        if getattr(svc.config, "announcement_owed", False):  # the store went away between check and announcement
+        if getattr(svc.config, "announcement_owed", False):  # a write committed before the error, unannounced
             raise ConfigError("The change was written, but running servers could not be told of it (the state "
                               "store stopped answering): each one picks it up on its own within 10 minutes. "
                               f"({exc.message})") from None
@@ -255,6 +265,7 @@ def cmd_config_apply(args: argparse.Namespace) -> int:
     finally:
         svc.extras["engine"].dispose()
     print(result.render())
+    _announced(svc)
     return 1 if args.exit_code and result.changes else 0
 
 

@@ -376,6 +376,26 @@ def test_config_apply_says_so_when_its_change_was_written_but_not_announced(
     assert "no changes" in capsys.readouterr().out
 
 
+def test_a_key_rotation_that_could_not_be_announced_says_so(
+        env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The rotation committed (its answer is printed), but no later request of the command's process will
+    retry the announcement: the command must fail and say that the servers learn of it by their backstop."""
+    from broker.errors import StateStoreError
+    from broker.store.generation import DatabaseGeneration
+
+    _applied_acme(tmp_path)
+    capsys.readouterr()
+
+    def unannounced(self: object, scopes: object = None) -> None:
+        raise StateStoreError("The state store is unavailable.")
+
+    monkeypatch.setattr(DatabaseGeneration, "bump", unannounced)
+    assert main(["keys", "rotate", "--tenant", "acme"]) == 2
+    out, err = capsys.readouterr()
+    assert json.loads(out)["active_kid"]
+    assert "The change was written, but running servers could not be told of it" in err
+
+
 def test_commands_run_with_another_secret_key_write_nothing(
         env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A command run with a BROKER_SECRET_KEY other than the servers' would write values no server can read:

@@ -8,11 +8,12 @@ after draining the notifications already received, with no round trip) and uses 
 it, so a change made on any replica is seen by every other replica from its next request on, and one request
 sees one consistent generation.
 
-A token update that fails (the state store unreachable just after the write committed) fails the write's
-request, and is owed: this process retries it at the start of each later request until it goes through.
-Entries also expire after `max_age` seconds (10 minutes), the backstop should an owed update die with its
-process. The backstop is long on purpose: every expiry is a reload of that tenant in that worker (a few ms),
-and with 10,000 tenants a short one would make most logins reload.
+A token update that fails (the state store unreachable just after the write committed) does not fail the
+write, which has committed (its request answers as it would have, and writes its audit event): it is owed,
+logged (`change_not_announced`), and this process retries it at the start of each later request until it
+goes through. Entries also expire after `max_age` seconds (10 minutes), the backstop should an owed update
+die with its process. The backstop is long on purpose: every expiry is a reload of that tenant in that worker
+(a few ms), and with 10,000 tenants a short one would make most logins reload.
 
 Scoped: a write names the tenant it changed (`t:<tenant id>`; creating a tenant also `s:<slug>`, for a
 cached "no such tenant"), and replicas that learn of it through a notification drop only that tenant's
@@ -140,7 +141,8 @@ class CachedConfigStore:
 
     def invalidate(self, scopes: Scopes = None) -> None:
         """Announce a configuration change of `scopes` (None: everything) to every replica, after its write
-        committed."""
+        committed. An announcement the state store does not take is owed (see the module's docstring), not
+        raised: failing the request would hide that its write committed, and skip the write's audit event."""
         if self._in_atomic.get():
             _, pending = self._dirty.get()
             self._dirty.set((True, None if scopes is None or pending is None else pending | scopes))
@@ -150,12 +152,14 @@ class CachedConfigStore:
             self._memo.set(())
         try:
             self.generation.bump(scopes)
-        except Exception:
-            # the write has committed: other replicas must still hear of it
+        except Exception as exc:  # noqa: BLE001 - the write has committed: other replicas must still hear of it
             owed = self._owed_scopes if self._owed else frozenset()
             self._owed = True
             self._owed_scopes = None if scopes is None or owed is None else owed | scopes
-            raise
+            log.warning("change_not_announced", extra={
+                "error": exc.__class__.__name__, "scopes": None if scopes is None else sorted(scopes),
+                "detail": "the change committed; other replicas learn of it when this process reaches the state "
+                          "store again (retried at each request), or within 10 minutes"})
 
     @property
     def announcement_owed(self) -> bool:

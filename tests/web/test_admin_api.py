@@ -624,3 +624,36 @@ def test_admin_writes_are_not_made_while_the_state_store_is_down(client: FlaskCl
     finally:
         svc.state = up
     assert admin.call("POST", "/tenants", {"slug": "outage", "name": "Outage"}).status_code == 201
+
+
+def test_a_write_whose_announcement_fails_answers_as_written_and_is_audited(app: Any, admin: AdminClient,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The state store answered the pre-write check, then failed to take the announcement: the write has
+    committed, so it answers as written (not a 503 that hides it), writes its audit event, and the next
+    request announces it."""
+    from broker.errors import StateStoreError
+
+    admin.tenant("acme")
+    svc = app.extensions["broker"]
+    first = admin.client.get("/t/acme/jwks").get_json()["keys"][0]["kid"]
+    second = admin.call("POST", "/tenants/acme/keys/rotate").get_json()["active_kid"]
+    generation = svc.config.generation
+    bumps: list[object] = []
+    real_bump = generation.bump
+
+    def unreachable(scopes: object = None) -> None:
+        raise StateStoreError("The state store is unavailable.")
+
+    monkeypatch.setattr(generation, "bump", unreachable)
+    r = admin.call("POST", f"/tenants/acme/keys/{first}/revoke")
+    assert r.status_code == 200 and r.get_json()["revoked_kid"] == first
+    assert svc.config.announcement_owed
+    assert [e["details"]["action"] for e in _admin_events(admin, "acme")][:1] == ["keys.revoke"]
+
+    def reachable(scopes: object = None) -> None:
+        bumps.append(scopes)
+        real_bump(scopes)
+
+    monkeypatch.setattr(generation, "bump", reachable)
+    assert [k["kid"] for k in admin.client.get("/t/acme/jwks").get_json()["keys"]] == [second]
+    assert bumps and not svc.config.announcement_owed  # paid at the start of that request
