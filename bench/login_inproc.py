@@ -1,7 +1,7 @@
 """Full logins in one process, no HTTP server: where the broker's own CPU goes, request by request.
 
     python bench/login_inproc.py [--logins 500] [--redis URL] [--database URL] [--profile FILE]
-                                 [--alg RS256|ES256] [--style okta|entra]
+                                 [--alg RS256|ES256] [--style okta|entra] [--stdin]
 
 The same three requests as bench/login_bench.py (authorize -> ACS with a Response signed by an independent
 signer for the actual AuthnRequest -> token), sent through Flask's WSGI test client to the app that
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import base64
 import cProfile
+import json
 import os
 import secrets
 import statistics
@@ -38,6 +39,13 @@ sys.path.insert(0, str(ROOT / "bench"))
 from login_bench import REDIRECT_URI, SEED_SECRET, _pkce, idp_metadata_xml, use_xmlsec_signer  # noqa: E402
 
 from tests.samlxml.idp_fixtures import build_response, make_idp, to_post_binding  # noqa: E402
+
+# BENCH_BROKER_TREE: another checkout whose `broker` package to measure (bench/compare.py). Put on the path
+# after the imports above, so the client side (signer, fixtures) stays this checkout's and both sides of a
+# comparison send the same requests; `broker` itself is imported only in make_app().
+_TREE = os.environ.get("BENCH_BROKER_TREE")
+if _TREE:
+    sys.path.insert(0, str(Path(_TREE).resolve()))
 
 PUBLIC = "http://127.0.0.1:8765"
 
@@ -145,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--breakdown", action="store_true", help="CPU per login inside the BREAKDOWN functions")
     p.add_argument("--style", default="okta", choices=("okta", "entra"),
                    help="okta: Response and Assertion signed; entra: Assertion signed")
+    p.add_argument("--stdin", action="store_true",
+                   help="after the warm-up, read a number K per line and answer each with K logins' CPU (JSON)")
     args = p.parse_args(argv)
 
     use_xmlsec_signer()
@@ -176,13 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         steps[step].append(time.process_time() - t0)
         return out
 
-    for n in range(args.logins + 20):
-        if n == 20:  # warm-up done
-            steps = {k: [] for k in steps}
-            for cell in totals.values():
-                cell[0] = cell[1] = 0.0
-            if prof is not None:
-                prof = cProfile.Profile(time.process_time)
+    def login(n: int) -> None:
         client._cookies.clear()
         verifier, challenge = _pkce()
         state, nonce = secrets.token_urlsafe(16), secrets.token_urlsafe(16)
@@ -206,6 +210,18 @@ def main(argv: list[str] | None = None) -> int:
         r = timed("token", lambda: client.post("/t/bench/token", data=body, headers={"Authorization": basic}))
         assert r.status_code == 200, r.get_data(as_text=True)[:300]
 
+    for n in range(20):  # warm-up
+        login(n)
+    steps = {k: [] for k in steps}
+    if args.stdin:
+        return serve_stdin(login, steps)
+    for cell in totals.values():
+        cell[0] = cell[1] = 0.0
+    if prof is not None:
+        prof = cProfile.Profile(time.process_time)
+    for n in range(args.logins):
+        login(20 + n)
+
     total = 0.0
     for step, values in steps.items():
         mean = statistics.fmean(values) * 1000
@@ -217,6 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     if prof is not None and args.profile:
         prof.dump_stats(args.profile)
         print(f"profile written to {args.profile}")
+    return 0
+
+
+def serve_stdin(login: Any, steps: dict[str, list[float]]) -> int:
+    """bench/compare.py's mode: for each line K read, run K logins and write one JSON line with their CPU per
+    login in ms (each step and `login`), until end of input."""
+    done = 20
+    print("ready", flush=True)
+    for line in sys.stdin:
+        k = int(line)
+        for values in steps.values():
+            values.clear()
+        for _ in range(k):
+            login(done)
+            done += 1
+        out = {step: statistics.fmean(values) * 1000 for step, values in steps.items()}
+        out["login"] = sum(out.values())
+        print(json.dumps(out), flush=True)
     return 0
 
 
