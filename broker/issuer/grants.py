@@ -134,10 +134,10 @@ class Client(ClientMixin):  # type: ignore[misc]
         return self._secrets.verify(client_secret, self.app.client_secret_hash)
 
     def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
-        # A confidential app proves its secret in the Authorization header or in the body, whichever it registered
-        # (OIDC Registration §2 names the method an app *requests*): both carry the same secret, and client code
-        # that posts it where the registration did not say is common. A public app has no secret: `none` only,
-        # and a confidential one never `none`.
+        # A confidential app proves its secret in the Authorization header or in the body, whichever of the two it
+        # registered (OIDC Registration §2 names the method an app *requests*): both carry the same secret, and
+        # client code that posts it where the registration did not say is common. A public app has no secret:
+        # `none` only, and a confidential one never `none`.
         registered = registered_auth_method(self.app)
         if registered in SECRET_AUTH_METHODS:
             return method in SECRET_AUTH_METHODS
