@@ -1,6 +1,7 @@
 """The broker's CPU per login, this checkout against another revision, paired so that a noisy machine cancels out.
 
     python bench/compare.py BASE [--rounds 60] [--batch 20] [--redis URL] [--pg-admin URL] [--keep DIR]
+    python bench/compare.py BASE --instructions 20 [--redis URL] [--pg-admin URL] [--keep DIR]
 
 A shared VM's speed drifts by tens of percent within minutes, which hides a change worth a few percent when
 two runs are minutes apart. This starts two bench/login_inproc.py processes in --stdin mode (full logins
@@ -14,6 +15,12 @@ BASE is any git revision of this repository; it is exported (git archive) to a t
 `--keep DIR` to reuse it next time. With `--pg-admin` (for example postgresql://postgres@127.0.0.1:5432/test)
 each side gets a fresh database `broker_bench_cmp_<pid>_<n>`, dropped afterwards; `--redis` names BASE's Redis
 database and this checkout uses the next one (both are flushed). Run by hand.
+
+`--instructions N` counts instead of timing: each side runs N logins under valgrind's callgrind, one after the
+other (bench/login_inproc.py --instructions), and the instructions the app executed per login are compared.
+Those counts do not depend on the machine's speed (the same code gives the same count within about 0.5%), so
+one run of each side is enough; it misses what instructions do not show (cache misses, waiting on a lock or a
+socket) and takes a few minutes (about 50 times the native run time).
 """
 
 from __future__ import annotations
@@ -111,6 +118,25 @@ class Side:
         self.proc.wait(timeout=30)
 
 
+def count_instructions(tree: Path, logins: int, redis: str | None, database: str | None) -> dict[str, float]:
+    """Millions of instructions per login of each step and in all, the app of `tree` under callgrind."""
+    cmd = [sys.executable, str(ROOT / "bench" / "login_inproc.py"), "--instructions", "--logins", str(logins)]
+    if redis:
+        cmd += ["--redis", redis]
+    if database:
+        cmd += ["--database", database]
+    out = subprocess.run(cmd, cwd=tree, check=True, capture_output=True, text=True,
+                         env={**os.environ, "BROKER_LOG_LEVEL": "WARNING", "BENCH_BROKER_TREE": str(tree)}).stdout
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[0] in ("authorize", "acs", "token", "login") and parts[2] == "M":
+            counts[parts[0]] = float(parts[1])
+    if len(counts) != 4:
+        raise SystemExit(f"{tree}: login_inproc --instructions printed no counts:\n{out}")
+    return counts
+
+
 def _other_redis_db(url: str) -> str:
     """`url` with the next database number (each side flushes its own)."""
     head, _, db = url.rpartition("/")
@@ -126,9 +152,13 @@ def main(argv: list[str] | None = None) -> int:
                    help="a Redis database URL for BASE (flushed); this checkout uses the next database number")
     p.add_argument("--pg-admin", default=None, help="PostgreSQL URL to create the two databases through")
     p.add_argument("--keep", type=Path, default=None, help="export BASE here (and reuse it) instead of a temp dir")
+    p.add_argument("--instructions", type=int, default=None, metavar="N",
+                   help="count instructions of N logins a side under callgrind instead of timing rounds")
     args = p.parse_args(argv)
-    if args.rounds < 1 or args.batch < 1:
-        p.error("--rounds and --batch must be at least 1")
+    if args.rounds < 1 or args.batch < 1 or (args.instructions is not None and args.instructions < 1):
+        p.error("--rounds, --batch and --instructions must be at least 1")
+    if args.instructions is not None:
+        return compare_instructions(args)
 
     with tempfile.TemporaryDirectory(prefix="broker-compare-") as tmp:
         trees = {"base": export(args.base, args.keep or Path(tmp) / "base"), "this": ROOT}
@@ -159,6 +189,25 @@ def main(argv: list[str] | None = None) -> int:
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
     print(f"\nthis/base CPU per login: median {statistics.median(ratios):.3f}, quartiles {q[0]:.3f}-{q[2]:.3f}, "
           f"range {min(ratios):.3f}-{max(ratios):.3f} (WSGI test client included on both sides)")
+    return 0
+
+
+def compare_instructions(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory(prefix="broker-compare-") as tmp:
+        trees = {"base": export(args.base, args.keep or Path(tmp) / "base"), "this": ROOT}
+        dbs = Databases(args.pg_admin)
+        counts: dict[str, dict[str, float]] = {}
+        for side, tree in trees.items():
+            url = dbs.fresh()
+            try:
+                counts[side] = count_instructions(tree, args.instructions, args.redis, url)
+            finally:
+                dbs.drop(url)
+    print(f"{'step':<10} {'base':>9} {'this':>9} {'ratio':>7}   (millions of instructions per login, app only, "
+          f"{args.instructions} logins a side)")
+    for step in ("authorize", "acs", "token", "login"):
+        b, t = counts["base"][step], counts["this"][step]
+        print(f"{step:<10} {b:9.3f} {t:9.3f} {t / b:7.3f}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """Full logins in one process, no HTTP server: where the broker's own CPU goes, request by request.
 
     python bench/login_inproc.py [--logins 500] [--redis URL] [--database URL] [--profile FILE]
-                                 [--alg RS256|ES256] [--style okta|entra] [--stdin]
+                                 [--alg RS256|ES256] [--style okta|entra] [--stdin] [--instructions]
 
 The same three requests as bench/login_bench.py (authorize -> ACS with a Response signed by an independent
 signer for the actual AuthnRequest -> token), sent through Flask's WSGI test client to the app that
@@ -10,6 +10,12 @@ the load generator are left out. Prints the CPU time (time.process_time) of each
 (signing, building the WSGI environ) is timed apart and subtracted where it is inside a step.
 `--profile FILE` writes a cProfile of the app's own work in the three steps (the WSGI test client left out),
 for `python -m pstats FILE` or snakeviz.
+`--instructions` runs the same logins under valgrind's callgrind with event collection on only inside the app's
+request handling (through bench/callgrind_toggle.c, compiled with cc on first use) and prints the instructions the
+app executed per login, each step and in all: unlike CPU time, the same code, inputs and configuration give
+the same count (within about 0.1%) however busy or slow the machine is, so two revisions can be compared
+exactly. Expect about 50 times the native run time (30 logins: a few minutes). `--callgrind-out FILE`
+keeps callgrind's output, for `callgrind_annotate --inclusive=yes FILE` (counts per function).
 
 Defaults: a temporary SQLite database and the in-process state store; `--redis redis://127.0.0.1:6379/14`
 (flushed first) and `--database postgresql://...` measure the production stores. Run by hand.
@@ -23,7 +29,9 @@ import cProfile
 import json
 import os
 import secrets
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -104,6 +112,70 @@ def instrument(names: tuple[str, ...]) -> dict[str, list[float]]:
 
         setattr(owner, parts[-1], functools.wraps(original)(wrapper))
     return totals
+
+
+UNDER_CALLGRIND = "BENCH_UNDER_CALLGRIND"  # set for the copy of this script that valgrind runs
+STEPS = ("authorize", "acs", "token")
+
+
+def toggle_library() -> Path:
+    """bench/callgrind_toggle.c built into a shared library (cached in the temporary directory)."""
+    source = ROOT / "bench" / "callgrind_toggle.c"
+    out = Path(tempfile.gettempdir()) / f"broker-bench-toggle-{int(source.stat().st_mtime)}.so"
+    if not out.exists():
+        cc = shutil.which("cc") or shutil.which("gcc")
+        if cc is None:
+            raise SystemExit("--instructions needs a C compiler (cc) to build bench/callgrind_toggle.c")
+        subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(source)], check=True)
+    return out
+
+
+def run_under_callgrind(argv: list[str], logins: int, keep: Path | None) -> int:
+    """Run this script with `argv` under callgrind (collection off but for the app's work in measured logins,
+    one dump per request) and print the instructions per login of each step, summed over the dumps."""
+    if shutil.which("valgrind") is None:
+        raise SystemExit("--instructions needs valgrind (Debian package valgrind)")
+    library = toggle_library()
+    with tempfile.TemporaryDirectory(prefix="broker-callgrind-") as tmp:
+        where = keep or Path(tmp)
+        where.mkdir(parents=True, exist_ok=True)
+        cmd = ["valgrind", "--tool=callgrind", "--collect-atstart=no",
+               f"--callgrind-out-file={where / 'callgrind.out'}", sys.executable, str(Path(__file__).resolve()),
+               *argv]
+        env = {**os.environ, UNDER_CALLGRIND: str(library)}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.stderr.write(done.stderr[-4000:])
+            raise SystemExit(f"the run under valgrind failed (exit {done.returncode})")
+        counts = dump_counts(where)
+    for step in STEPS:
+        print(f"{step:<10} {counts[step] / logins / 1e6:8.3f} M instructions per login")
+    print(f"{'login':<10} {sum(counts.values()) / logins / 1e6:8.3f} M instructions per login, app only, "
+          f"over {logins} logins")
+    if keep:
+        print(f"callgrind's dumps kept in {keep}, one per request (callgrind_annotate --inclusive=yes FILE)")
+    return 0
+
+
+def dump_counts(where: Path) -> dict[str, int]:
+    """Instructions per step, summed over callgrind's dumps (`desc: Trigger: Client Request: <step>`)."""
+    counts = dict.fromkeys(STEPS, 0)
+    seen = dict.fromkeys(STEPS, 0)
+    for path in where.glob("callgrind.out.*"):
+        step, total = None, None
+        for line in path.read_text().splitlines():
+            if line.startswith("desc: Trigger: Client Request: "):
+                step = line.rsplit(": ", 1)[1].strip()
+            elif line.startswith("summary: "):
+                total = int(line.split()[1])
+        if step in counts and total is not None:
+            counts[step] += total
+            seen[step] += 1
+    if len(set(seen.values())) != 1 or not seen["acs"]:
+        raise SystemExit(f"callgrind's dumps do not hold the same number of requests of each step: {seen}")
+    return counts
+
+
 ADMIN_KEY = "inproc-admin-key-0123456789abcdef"
 
 
@@ -155,7 +227,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="okta: Response and Assertion signed; entra: Assertion signed")
     p.add_argument("--stdin", action="store_true",
                    help="after the warm-up, read a number K per line and answer each with K logins' CPU (JSON)")
+    p.add_argument("--instructions", action="store_true",
+                   help="count the app's instructions per login under valgrind's callgrind instead of CPU time")
+    p.add_argument("--callgrind-out", type=Path, default=None, help="with --instructions: keep callgrind's output")
     args = p.parse_args(argv)
+    toggle = os.environ.get(UNDER_CALLGRIND)
+    if args.instructions and not toggle:
+        if args.stdin or args.profile or args.breakdown:
+            raise SystemExit("--instructions goes alone: not with --stdin, --profile or --breakdown")
+        rest = list(sys.argv[1:] if argv is None else argv)
+        return run_under_callgrind(rest, args.logins, args.callgrind_out)
 
     use_xmlsec_signer()
     tmp = tempfile.mkdtemp(prefix="broker-inproc-")
@@ -179,12 +260,43 @@ def main(argv: list[str] | None = None) -> int:
                 prof.disable()
 
         app.wsgi_app = profiled
+    step_now = [""]  # the step timed() is in; "" during the warm-up (not counted)
+    if toggle:
+        import ctypes
+
+        library = ctypes.CDLL(toggle)
+        collect, dump = library.bench_toggle_collect, library.bench_dump
+        dump.argtypes = [ctypes.c_char_p]
+        labels = {step: step.encode() for step in STEPS}
+        wsgi = app.wsgi_app
+
+        def counted(environ: Any, start_response: Any) -> Any:  # the app only: collection on while in it
+            step = step_now[0]
+            if not step:
+                return wsgi(environ, start_response)
+            collect()
+            try:
+                return wsgi(environ, start_response)
+            finally:
+                collect()
+                dump(labels[step])
+
+        app.wsgi_app = counted
 
     def timed(step: str, fn: Any) -> Any:
         t0 = time.process_time()
         out = fn()
         steps[step].append(time.process_time() - t0)
         return out
+
+    measuring = False
+
+    def timed_step(step: str, fn: Any) -> Any:
+        step_now[0] = step if measuring else ""
+        try:
+            return timed(step, fn)
+        finally:
+            step_now[0] = ""
 
     def login(n: int) -> None:
         client._cookies.clear()
@@ -193,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
         query = urlencode({"client_id": "bench-app", "redirect_uri": REDIRECT_URI, "response_type": "code",
                            "scope": "openid email profile", "state": state, "nonce": nonce,
                            "code_challenge": challenge, "code_challenge_method": "S256", "connection": "idp"})
-        r = timed("authorize", lambda: client.get(f"/t/bench/authorize?{query}"))
+        r = timed_step("authorize", lambda: client.get(f"/t/bench/authorize?{query}"))
         assert r.status_code == 302, r.get_data(as_text=True)[:300]
         q = parse_qs(urlsplit(r.headers["Location"]).query)
         from lxml import etree
@@ -202,12 +314,12 @@ def main(argv: list[str] | None = None) -> int:
         xml = build_response(idp, acs_url=sp["acs"], audience=sp["audience"], in_response_to=request_id,
                              name_id=f"user{n}@bench.bench.example", style=args.style)
         form = {"SAMLResponse": to_post_binding(xml), "RelayState": q["RelayState"][0]}
-        r = timed("acs", lambda: client.post(urlsplit(sp["acs"]).path, data=form))
+        r = timed_step("acs", lambda: client.post(urlsplit(sp["acs"]).path, data=form))
         assert r.status_code == 302, r.get_data(as_text=True)[:300]
         code = parse_qs(urlsplit(r.headers["Location"]).query)["code"][0]
         body = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT_URI,
                 "code_verifier": verifier}
-        r = timed("token", lambda: client.post("/t/bench/token", data=body, headers={"Authorization": basic}))
+        r = timed_step("token", lambda: client.post("/t/bench/token", data=body, headers={"Authorization": basic}))
         assert r.status_code == 200, r.get_data(as_text=True)[:300]
 
     for n in range(20):  # warm-up
@@ -219,8 +331,11 @@ def main(argv: list[str] | None = None) -> int:
         cell[0] = cell[1] = 0.0
     if prof is not None:
         prof = cProfile.Profile(time.process_time)
+    measuring = True
     for n in range(args.logins):
         login(20 + n)
+    if toggle:  # the parent reads the counts from callgrind's output
+        return 0
 
     total = 0.0
     for step, values in steps.items():
