@@ -7,7 +7,7 @@ import secrets
 import time
 from typing import Any
 
-from flask import Flask, Response, g, request
+from flask import Flask, Response, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import BadRequest, HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
@@ -32,7 +32,7 @@ from broker.store.state_redis import RedisStateStore
 from broker.upstream.metadata_refresh import MetadataProvider
 from broker.upstream.registry import ConnectorRegistry
 from broker.web import admin_api, health, oidc_op, oidc_rp, saml_sp
-from broker.web.context import Services
+from broker.web.context import Services, bind_services, current_request
 from broker.web.errors import admin_error, admin_error_raw, html_error, html_page, oauth_error, unreadable_body
 
 log = logs.get("broker.app")
@@ -166,6 +166,7 @@ def create_app(settings: Settings | None = None, **overrides: Any) -> Flask:
 # a network attacker could answer first and plant cookies. Not includeSubDomains: other hosts of the domain
 # are not the broker's to decide for.
 HSTS = "max-age=31536000"
+STARTED = "broker.started"  # WSGI environ key: when the request's handling began (time.perf_counter)
 
 
 def _register_hooks(app: Flask, svc: Services) -> None:
@@ -174,11 +175,12 @@ def _register_hooks(app: Flask, svc: Services) -> None:
 
     @app.before_request
     def _start() -> None:
-        rid = request.headers.get("X-Request-Id", "")
+        bind_services(svc)
+        req = current_request()
+        rid = req.headers.get("X-Request-Id", "")
         if not (0 < len(rid) <= 64 and rid.isascii() and rid.replace("-", "").isalnum()):
             rid = secrets.token_hex(8)
-        g.request_id = rid
-        g.started = time.perf_counter()
+        req.environ[STARTED] = time.perf_counter()
         logs.request_id.set(rid)
         logs.tenant.set(None)
         logs.connection.set(None)
@@ -188,18 +190,22 @@ def _register_hooks(app: Flask, svc: Services) -> None:
 
     @app.after_request
     def _finish(resp: Response) -> Response:
-        resp.headers["X-Request-Id"] = g.get("request_id", "")
-        resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+        req = current_request()
+        headers = resp.headers
+        headers["X-Request-Id"] = logs.request_id.get() or ""
+        headers.setdefault("X-Content-Type-Options", "nosniff")
         if hsts:
-            resp.headers.setdefault("Strict-Transport-Security", hsts)
-        endpoint = request.url_rule.endpoint if request.url_rule is not None else "unmatched"
-        svc.metrics.http_requests.labels(endpoint=endpoint, status=str(resp.status_code)).inc()
+            headers.setdefault("Strict-Transport-Security", hsts)
+        rule = req.url_rule
+        endpoint = rule.endpoint if rule is not None else "unmatched"
+        status = resp.status_code
+        svc.metrics.http_requests.labels(endpoint=endpoint, status=str(status)).inc()
         if access_log:
             # the path alone: query strings carry codes, states, login hints and SAML messages
+            now = time.perf_counter()
             access.log(logging.DEBUG if endpoint in PROBES else logging.INFO, "request", extra={
-                "method": request.method, "path": request.path[:200], "status": resp.status_code,
-                "ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 1),
-                "client": request.remote_addr})
+                "method": req.method, "path": req.path[:200], "status": status,
+                "ms": round((now - req.environ.get(STARTED, now)) * 1000, 1), "client": req.remote_addr})
         return resp
 
     @app.teardown_request
@@ -212,6 +218,7 @@ def _register_hooks(app: Flask, svc: Services) -> None:
         logs.request_id.set(None)
         logs.tenant.set(None)
         logs.connection.set(None)
+        bind_services(None)
 
     @app.errorhandler(BrokerError)
     def _broker_error(err: BrokerError) -> Response:
@@ -244,7 +251,7 @@ def _register_hooks(app: Flask, svc: Services) -> None:
         elif surface == "oauth":
             resp = oauth_error(BrokerError(message, code="invalid_request", status=status))
         else:
-            resp = html_page(status, "Error", message, code, g.get("request_id"))
+            resp = html_page(status, "Error", message, code, logs.request_id.get())
         allow = dict(err.get_headers()).get("Allow")
         if status == 405 and allow:  # RFC 9110 §15.5.6: a 405 names the methods the resource has
             resp.headers["Allow"] = allow
@@ -265,7 +272,7 @@ def _register_hooks(app: Flask, svc: Services) -> None:
             return oauth_error(BrokerError("An internal error occurred.", code="server_error", status=500))
         return html_error(unavailable) if _is_backend_error(err) else html_page(
             500, "Something went wrong", "An internal error occurred; it has been logged.", "internal_error",
-            g.get("request_id"))
+            logs.request_id.get())
 
 
 DRAIN_LIMIT = 32 * 1024 * 1024

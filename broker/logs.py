@@ -26,10 +26,23 @@ def fingerprint(value: str | bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:12]
 
 
+# json.dumps with options builds a new encoder on each call; one, kept, encodes the same
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
+
 class JsonFormatter(logging.Formatter):
+    _second: tuple[int, str] = (-1, "")  # the last whole second formatted, and its text
+
+    def _time(self, created: float, msecs: float) -> str:
+        whole = int(created)
+        last = self._second  # read once: another thread may replace it
+        if whole != last[0]:
+            last = self._second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+        return f"{last[1]}.{int(msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "time": self._time(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": record.getMessage(),
@@ -45,7 +58,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             out["exception"] = record.exc_info[0].__name__
             out["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, separators=(",", ":"))
+        return _ENCODER.encode(out)
 
 
 # Libraries log at WARNING and above only, whatever BROKER_LOG_LEVEL says: at DEBUG some of them write what

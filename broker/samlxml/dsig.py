@@ -17,12 +17,17 @@ Rules (XML-DSig core 1.1; SAML core 5.4; the usual signature-wrapping defences):
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 import xmlsec
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.utils import CryptographyDeprecationWarning
 from lxml import etree
 
 from .errors import SamlError
@@ -254,8 +259,25 @@ def _digest_transform(alg: str) -> _Transform:
 
 @lru_cache(maxsize=256)
 def _load_certificate_key(pem: str) -> xmlsec.Key:
-    """The public key of one PEM certificate (cached; xmlsec copies the key into each context)."""
+    """The public key of one PEM certificate, cached; xmlsec copies the key into each context.
+
+    Loaded as a bare public key: a key loaded from the certificate carries the certificate along, and xmlsec
+    duplicates it (twice, each a DER round trip) and derives its type anew on every verification, about a
+    tenth of an ACS request's work. Nothing reads the certificate there: KeyInfo is off and no keys manager
+    checks trust. A certificate cryptography cannot read is loaded as before, whole."""
     try:
-        return xmlsec.Key.from_memory(pem.encode("ascii"), xmlsec.constants.KeyDataFormatCertPem, None)
-    except (xmlsec.Error, UnicodeEncodeError, ValueError) as exc:
+        data = pem.encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise _refuse("saml_signature_invalid", f"unusable trusted certificate: {exc}") from None
+    try:
+        with warnings.catch_warnings():  # a non-RFC 5280 certificate (negative serial...) is the IdP's; still used
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            public_key = x509.load_pem_x509_certificate(data).public_key()
+        spki = public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+        return xmlsec.Key.from_memory(spki, xmlsec.constants.KeyDataFormatPem, None)
+    except (ValueError, TypeError, UnsupportedAlgorithm, xmlsec.Error):
+        pass
+    try:
+        return xmlsec.Key.from_memory(data, xmlsec.constants.KeyDataFormatCertPem, None)
+    except (xmlsec.Error, ValueError) as exc:
         raise _refuse("saml_signature_invalid", f"unusable trusted certificate: {exc}") from None

@@ -23,7 +23,7 @@ from broker.issuer.server import AuthorizeError, HttpRequest, HttpResponse
 from broker.login import LoginFailed, Restarted, public_sid
 from broker.model import AuthorizationRequest, Connection, Profile, Tenant, email_domain
 from broker.upstream.base import AutoPost, CallbackInput
-from broker.web.context import services
+from broker.web.context import current_request, services
 from broker.web.cookies import browser_binding, clear_session_cookie, session_id_of, set_session_cookie
 from broker.web.errors import html_error, html_page, oauth_error, redirect_to
 from broker.web.steps import render_step
@@ -41,14 +41,15 @@ def load_tenant(slug: str) -> Tenant:
 
 
 def http_request() -> HttpRequest:
+    req = current_request()
     form: dict[str, str] = {}
-    if request.method == "POST" and request.mimetype == "application/x-www-form-urlencoded":
-        form = {k: v for k, v in request.form.items()}
+    if req.method == "POST" and req.mimetype == "application/x-www-form-urlencoded":
+        form = {k: v for k, v in req.form.items()}
     return HttpRequest(
-        method=request.method,
-        url=request.url,
-        headers={k: v for k, v in request.headers.items()},
-        query={k: v for k, v in request.args.items()},
+        method=req.method,
+        url=req.url,
+        headers={k: v for k, v in req.headers.items()},
+        query={k: v for k, v in req.args.items()},
         form=form,
     )
 

@@ -14,7 +14,7 @@ from broker.login import LoginFailed
 from broker.model import Connection, Tenant
 from broker.upstream.base import AutoPost
 from broker.upstream.saml import SamlConnector
-from broker.web.context import services
+from broker.web.context import current_request, services
 from broker.web.cookies import binding_of
 from broker.web.errors import unreadable_body
 from broker.web.oidc_op import callback_input, finish_login, load_tenant, unknown_connection
@@ -49,13 +49,14 @@ def metadata(tenant: str, conn: str) -> Response:
 def acs(tenant: str, conn: str) -> Response:
     started = time.perf_counter()
     svc = services()
+    req = current_request()
     limit = svc.settings.max_saml_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise _too_large(tenant, conn, limit, f"Content-Length {request.content_length}")
+    if req.content_length is not None and req.content_length > limit:
+        raise _too_large(tenant, conn, limit, f"Content-Length {req.content_length}")
     # Without a Content-Length (chunked), werkzeug stops reading at the app's MAX_CONTENT_LENGTH, which is
     # larger than the limit: such a body is cut off there and refused here.
     try:
-        raw = request.get_data(cache=True)
+        raw = req.get_data(cache=True)
     except Exception as exc:
         if not unreadable_body(exc):
             raise
@@ -69,7 +70,7 @@ def acs(tenant: str, conn: str) -> Response:
     if c is None or c.protocol != "saml":
         raise unknown_connection(t, conn, "saml")
     logs.connection.set(c.slug)
-    form: MultiDict[str, str] = request.form
+    form: MultiDict[str, str] = req.form
     resubmitted = SAME_SITE_MARK in form
     if resubmitted:
         form = MultiDict([(k, v) for k, v in form.items(multi=True) if k != SAME_SITE_MARK])
@@ -80,7 +81,7 @@ def acs(tenant: str, conn: str) -> Response:
     if not (resubmitted or callback.repeated) and _lax_cookie_withheld(svc.settings.secure_cookies):
         return _resubmit_same_site(form)
     try:
-        result = svc.extras["login"].finish(t, c, callback, browser_binding=binding_of(request.cookies))
+        result = svc.extras["login"].finish(t, c, callback, browser_binding=binding_of(req.cookies))
     except LoginFailed as failed:
         result = failed
     resp = finish_login(t, result)
