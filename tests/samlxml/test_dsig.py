@@ -122,3 +122,26 @@ def test_duplicate_ids_are_found_under_every_id_attribute_name() -> None:
     assert find_duplicate_ids(root) == []  # attributes that are not IDs do not count
     root.append(etree.Element("Evil", Id="_a", AssertionID="_b"))
     assert sorted(find_duplicate_ids(root)) == ["_a", "_b"]
+
+
+def test_a_certificate_cryptography_cannot_read_is_still_used_whole(
+    idp: Idp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The key is normally given to xmlsec bare (read from the certificate with cryptography); a certificate
+    cryptography refuses but xmlsec reads is used as before, and garbage is still refused."""
+    from broker.samlxml import dsig
+
+    def refuse(data: bytes) -> None:
+        raise ValueError("unreadable here")
+
+    sig = assertion_signature(idp)  # signed before: the test signer reads certificates with cryptography too
+    other = make_idp("https://other.example.test").cert_pem
+    dsig._load_certificate_key.cache_clear()
+    monkeypatch.setattr(dsig.x509, "load_pem_x509_certificate", refuse)
+    try:
+        assert verify_signed_element(sig, [idp.cert_pem], allow_sha1=False).certificate_index == 0
+        assert code_of(sig, (other,)) == "saml_signature_invalid"
+        assert code_of(sig, ("not a pem",)) == "saml_signature_invalid"
+    finally:
+        dsig._load_certificate_key.cache_clear()
+
