@@ -267,8 +267,9 @@ def _authorize(tenant: str) -> Response:
         # afresh at the IdP too, whose own session is likely the other user's
         log.info("authorize_hint_other_user")
         if "none" in req.prompt:
-            return to_app(issuer.error_answer(
-                t, req, "login_required", "The signed-in user is not the one id_token_hint names."))
+            message = "The signed-in user is not the one id_token_hint names."
+            _audit_refused(t, params, "login_required", message, prompt_none=True)
+            return to_app(issuer.error_answer(t, req, "login_required", message))
         session = None
     if session is not None and "login" not in req.prompt:
         # max_age=0 always asks the upstream again (OIDC Core §3.1.2.1: a sign-in of this very second is still
@@ -287,7 +288,8 @@ def _authorize(tenant: str) -> Response:
                                                    auth_time=session.auth_time,
                                                    session_id=public_sid(session.id))
             return to_app(answer)
-    if "none" in req.prompt:
+    if "none" in req.prompt:  # a failed silent sign-in (Auth0's "fsa" event): audited as a refused login
+        _audit_refused(t, params, "login_required", "The user is not signed in.", prompt_none=True)
         return to_app(issuer.error_answer(t, req, "login_required", "The user is not signed in."))
 
     try:
@@ -314,12 +316,16 @@ def _authorize(tenant: str) -> Response:
     return resp  # no-store: authorize() sets it on every answer
 
 
-def _audit_refused(t: Tenant, params: dict[str, str], code: str, message: str) -> None:
+def _audit_refused(t: Tenant, params: dict[str, str], code: str, message: str, *, prompt_none: bool = False) -> None:
     """SPEC: every rejected login gets an audit event with the reason; an authorization request refused
-    before any upstream login is one (the client_id as sent, which may name no app)."""
+    before any upstream login is one (the client_id as sent, which may name no app), and so is a silent
+    sign-in (prompt=none) that no session can answer."""
     client_id = params.get("client_id")
+    details: dict[str, Any] = {"message": message[:500]}
+    if prompt_none:
+        details["prompt"] = "none"
     services().auditor.emit("login", "failure", tenant=t.slug, app=client_id[:100] if client_id else None,
-                            reason=code, details={"message": message[:500]})
+                            reason=code, details=details)
 
 
 def _error_answer(t: Tenant, params: dict[str, str], redirect_uri: str, state: str | None, code: str,

@@ -38,6 +38,10 @@ def test_prompt_none_without_session_is_login_required(sec: Setup) -> None:
     assert r.status_code == 302
     q = query_of(r.headers["Location"])
     assert q["error"] == "login_required" and q["state"] == "s"
+    # a failed silent sign-in is a refused login: audited with its reason (SPEC), nothing else written
+    [event] = sec.failures()
+    assert event["reason"] == "login_required" and event["app"] == sec.apps["acme"]["client_id"]
+    assert event["details"]["prompt"] == "none" and event["details"]["message"] == "The user is not signed in."
 
 
 def test_second_app_signs_in_without_going_upstream(sec: Setup) -> None:
@@ -299,6 +303,7 @@ def test_id_token_hint_of_another_user_is_not_answered_with_the_session(sec: Set
     r = _authorize(sec, prompt="none", id_token_hint=bob)
     q = query_of(r.headers["Location"])
     assert q["error"] == "login_required" and "code" not in q and q["state"] == "s"
+    assert [(e["reason"], e["details"]["prompt"]) for e in sec.failures()] == [("login_required", "none")]
     r = _authorize(sec, id_token_hint=bob)  # without prompt=none: a sign-in upstream, not Alice's session,
     assert r.status_code == 302 and "SAMLRequest=" in r.headers["Location"]
     assert sec.authn_request(r.headers["Location"]).get("ForceAuthn") == "true"  # and afresh at the IdP
