@@ -22,7 +22,7 @@ from broker import logs
 from broker.audit import Auditor
 from broker.claims.pipeline import apply, compile_mapping
 from broker.claims.subject import pairwise_sub
-from broker.errors import BrokerError, LoginError, NotFound, StateStoreError
+from broker.errors import BrokerError, LoginError, NotFound, ServiceUnavailable, StateStoreError
 from broker.metrics import Metrics
 from broker.model import (
     AuthorizationRequest,
@@ -36,7 +36,7 @@ from broker.model import (
     profile_to_json,
 )
 from broker.ports import Clock, ConfigReader, StateStore
-from broker.upstream.base import BeginRequest, CallbackInput, Step
+from broker.upstream.base import BeginRequest, CallbackInput, Connector, Step
 from broker.upstream.registry import ConnectorRegistry
 
 log = logs.get("broker.login")
@@ -377,14 +377,41 @@ class LoginService:
             details["mapping_warnings"] = list(profile.warnings)
         if purpose == "test":
             details["test"] = True
-        self.auditor.emit("login", "success", tenant=tenant.slug, connection=connection.slug,
-                          app=request.client_id if request else None, details=details, required=True)
+        try:
+            self.auditor.emit("login", "success", tenant=tenant.slug, connection=connection.slug,
+                              app=request.client_id if request else None, details=details, required=True)
+        except ServiceUnavailable:
+            # not recorded, so it did not happen (no code, no session): what it used up is given back, so that
+            # the browser's retry of the same answer succeeds once the database is back
+            self._give_back(connector, identity, txn)
+            raise
         self.metrics.logins_succeeded.labels(tenant=tenant.slug, connection=connection.slug).inc()
         if self.on_success is not None and purpose == "login":
             self.on_success(connection, now)
         return Finished(profile=profile, request=request, connection=connection, auth_time=auth_time,
                         session_id=session_id, identity=identity, purpose=purpose,
                         txn_id=txn.id if txn is not None else None)
+
+    def _give_back(self, connector: Connector, identity: UpstreamIdentity, txn: LoginTransaction | None) -> None:
+        """The transaction goes back (as it was, for the time it had left), then the connector gives back what
+        the answer used up (SAML: the assertion leaves the replay cache), so that a retry of the same answer
+        finds both. Where the connector cannot (OIDC: the OP's code is spent, and the OP would refuse it), the
+        transaction is taken out again: that login is over, as before. Nothing is given back once the
+        transaction has expired, nor the answer when the transaction could not be put back."""
+        try:
+            key = TXN_PREFIX + txn.id if txn is not None else None
+            if txn is not None and key is not None:
+                left = txn.expires_at - self.clock.now()
+                if left <= 0:
+                    return
+                self.state.put(key, txn_to_json(txn), ttl=left)
+            given_back = connector.release(identity)
+            if not given_back and key is not None:
+                self.state.delete(key)
+        except StateStoreError as exc:
+            log.warning("login_not_given_back", extra={"cause": exc.detail or exc.message})
+            return
+        log.info("login_given_back" if given_back else "login_not_given_back", extra={"transaction": txn is not None})
 
     def is_hinted_user(self, tenant: Tenant, profile: Profile, request: AuthorizationRequest) -> bool:
         """Whether `profile` is the user the request's id_token_hint names (True without a hint), compared as

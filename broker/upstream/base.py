@@ -74,3 +74,9 @@ class Connector(Protocol):
     def complete(self, callback: CallbackInput, txn: LoginTransaction | None) -> UpstreamIdentity:
         """Verify the upstream's answer against `txn` (None = unsolicited). Raises LoginError(code=...)."""
         ...
+
+    def release(self, identity: UpstreamIdentity) -> bool:
+        """Give back what complete() used up for `identity`, whose login could not be recorded and so did not
+        happen (the database was down): True when the same answer can then be posted again (SAML: its
+        assertion leaves the replay cache), False when it cannot (OIDC: the OP's code is spent)."""
+        ...

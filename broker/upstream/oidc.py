@@ -417,6 +417,11 @@ class OidcConnector:
         state = callback.params.get("state")
         return state if state else None
 
+    def release(self, identity: UpstreamIdentity) -> bool:
+        """Nothing to give back: the OP's code was redeemed, and the OP refuses it a second time (RFC 6749
+        §4.1.2). The user starts the sign-in again."""
+        return False
+
     def complete(self, callback: CallbackInput, txn: LoginTransaction | None) -> UpstreamIdentity:
         """Verify the OP's authorization response for `txn` and return who signed in."""
         params = callback.params

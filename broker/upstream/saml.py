@@ -415,6 +415,14 @@ class SamlConnector:
             )
         return identity_from_assertion(verified, self.idp.entity_id)
 
+    def release(self, identity: UpstreamIdentity) -> bool:
+        """The assertion leaves the replay cache: its login was not recorded, so it was never used, and the
+        browser may post the same answer again (with its transaction, which the caller puts back first)."""
+        if identity.assertion_id is None:
+            return False
+        self._state.delete(self._replay_key(identity.assertion_id))
+        return True
+
 
 def identity_from_assertion(verified: VerifiedAssertion, entity_id: str) -> UpstreamIdentity:
     """The UpstreamIdentity of a verified assertion; `idp` is the IdP entityID from the connection's metadata."""

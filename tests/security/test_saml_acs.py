@@ -4,6 +4,7 @@ attack; each checks the refusal, the audit reason, and that no authorization cod
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -93,6 +94,70 @@ def test_unsolicited_response_is_refused_when_idp_initiated_is_off(sec: Setup) -
     p = sec.begin()
     r = sec.post("acme", "okta", _response(sec, p, in_response_to=None, subject_in_response_to=None), None)
     _refused(sec, r, "saml_unsolicited", redirected=False)
+
+
+def test_a_login_the_database_could_not_record_can_be_posted_again(sec: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A login that cannot be audited does not happen: the ACS answers 503 without a code, and what the answer
+    used up (its transaction, the assertion's replay-cache entry) is given back, so that the browser's retry
+    of the same answer succeeds once the database is back. After that success it is a replay as ever."""
+    sink = sec.app.extensions["broker"].auditor._sink
+    written: list[str] = []
+    down = True
+
+    def record(event: object, __original: Any = sink.record) -> None:
+        if down:
+            raise OSError("connection refused")
+        written.append(getattr(event, "outcome", ""))
+        __original(event)
+
+    monkeypatch.setattr(sink, "record", record)
+    p = sec.begin()
+    response = _response(sec, p)
+    r = sec.post("acme", "okta", response, p.relay_state)
+    assert r.status_code == 503 and "code=" not in r.headers.get("Location", "")
+    assert "Traceback" not in r.get_data(as_text=True)
+    down = False
+    again = sec.post("acme", "okta", response, p.relay_state)
+    assert again.status_code == 302, again.get_data(as_text=True)[:500]
+    code = query_of(again.headers["Location"])["code"]
+    assert sec.id_token_claims(code)["email"] == "alice@acme.test"
+    assert written[:1] == ["success"]
+    third = sec.post("acme", "okta", response, p.relay_state)
+    assert third.status_code == 400 and "code=" not in third.headers.get("Location", "")
+    assert sec.failures()[0]["reason"] == "saml_replay"
+
+
+def test_what_a_login_not_recorded_gives_back_depends_on_its_connector_and_time(sec: Setup) -> None:
+    """The transaction goes back only with the answer: a connector that cannot release it (OIDC) leaves the
+    login ended, as before; an expired transaction is not put back and the connector is not asked."""
+    from broker.login import TXN_PREFIX, txn_from_json
+    from broker.model import UpstreamIdentity
+
+    class Stub:
+        def __init__(self, releases: bool) -> None:
+            self.releases, self.asked = releases, 0
+
+        def release(self, identity: UpstreamIdentity) -> bool:
+            self.asked += 1
+            return self.releases
+
+    login = sec.app.extensions["broker"].extras["login"]
+    key = TXN_PREFIX + sec.begin().relay_state
+    raw = login.state.take(key)
+    txn = txn_from_json(raw)
+    identity = UpstreamIdentity(protocol="oidc", issuer="https://op.test", subject="u", subject_format=None,
+                                attributes={})
+    cannot = Stub(False)
+    login._give_back(cannot, identity, txn)
+    assert cannot.asked == 1 and login.state.get(key) is None
+    can = Stub(True)
+    login._give_back(can, identity, txn)
+    assert can.asked == 1 and login.state.get(key) == raw
+    login.state.take(key)
+    sec.clock.offset = login.login_ttl + 5
+    late = Stub(True)
+    login._give_back(late, identity, txn)
+    assert late.asked == 0 and login.state.get(key) is None
 
 
 def test_replayed_assertion_is_refused(sec: Setup) -> None:

@@ -480,6 +480,21 @@ def test_login_with_client_secret_post(op: responses.RequestsMock, make: Any, op
     assert body["code_verifier"] == txn.upstream["code_verifier"]
 
 
+def test_release_gives_nothing_back(op: responses.RequestsMock, make: Any, op_key: RSAKey,
+                                    state: CountingStateStore) -> None:
+    """A login whose OP code was redeemed cannot be retried with the same answer: release() says so and
+    leaves the state store as it is (LoginService then ends that login, as before)."""
+    serve_discovery(op, discovery(userinfo_endpoint=None))
+    serve_jwks(op, op_key)
+    connector = make()
+    txn, _ = begin(connector)
+    serve_token(op, sign(op_key, claims_for(txn)))
+    identity = connector.complete(answer(txn), txn)
+    before = dict(state.data)
+    assert connector.release(identity) is False
+    assert state.data == before
+
+
 def test_login_with_private_key_jwt(
     op: responses.RequestsMock, make: Any, op_key: RSAKey, client_key: RSAKey
 ) -> None:

@@ -647,6 +647,25 @@ def test_a_used_answer_posted_again_after_its_sign_in_ended_is_called_a_replay(
     assert state.get("saml-replay:conn-okta:_a-fresh") is None, "a refused answer is not consumed"
 
 
+def test_release_gives_the_assertion_back_and_only_that_one(
+    sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock
+) -> None:
+    """release(): the login of this identity was not recorded, so its assertion may be posted again (once)."""
+    c = connector(sp, idp_metadata(idp), state, clock)
+    request_id, txn = _login(c)
+    kept_id, kept_txn = _login(c)
+    kept = c.complete(post(_response(c, idp, kept_id, assertion_id="_a-kept")), kept_txn)
+    identity = c.complete(post(_response(c, idp, request_id, assertion_id="_a-back")), txn)
+    assert c.release(identity) is True
+    assert state.get("saml-replay:conn-okta:_a-back") is None
+    assert state.get("saml-replay:conn-okta:_a-kept") == b"1" and kept.assertion_id == "_a-kept"
+    again = c.complete(post(_response(c, idp, request_id, assertion_id="_a-back")), txn)
+    assert again.assertion_id == "_a-back"
+    with pytest.raises(LoginError) as exc:
+        c.complete(post(_response(c, idp, request_id, assertion_id="_a-back")), txn)
+    assert exc.value.code == "saml_replay"
+
+
 def test_replay_cache_is_shared_through_the_state_store(
     sp: SpCredentials, idp: Idp, state: MemoryStateStore, clock: FrozenClock
 ) -> None:
