@@ -399,15 +399,14 @@ class LoginService:
         transaction is taken out again: that login is over, as before. Nothing is given back once the
         transaction has expired, nor the answer when the transaction could not be put back."""
         try:
-            key = TXN_PREFIX + txn.id if txn is not None else None
-            if txn is not None and key is not None:
+            if txn is not None:
                 left = txn.expires_at - self.clock.now()
                 if left <= 0:
                     return
-                self.state.put(key, txn_to_json(txn), ttl=left)
+                self.state.put(TXN_PREFIX + txn.id, txn_to_json(txn), ttl=left)
             given_back = connector.release(identity)
-            if not given_back and key is not None:
-                self.state.delete(key)
+            if not given_back and txn is not None:
+                self.state.delete(TXN_PREFIX + txn.id)
         except StateStoreError as exc:
             log.warning("login_not_given_back", extra={"cause": exc.detail or exc.message})
             return

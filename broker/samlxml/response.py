@@ -163,7 +163,7 @@ def decode_post_binding(saml_response: str, *, max_bytes: int = DEFAULT_MAX_BYTE
     if not compact or len(compact) % 4:
         raise _fail("saml_response_malformed", f"SAMLResponse is not valid base64 ({len(compact)} chars)")
     try:
-        # strict: the base64 alphabet only, padding only at the end (what _B64_RE states), checked in C
+        # strict mode, in C: the base64 alphabet only, and padding only at the end
         data = binascii.a2b_base64(compact, strict_mode=True)
     except (binascii.Error, ValueError):
         raise _fail("saml_response_malformed", f"SAMLResponse is not valid base64 ({len(compact)} chars)") from None

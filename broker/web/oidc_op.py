@@ -289,8 +289,9 @@ def _authorize(tenant: str) -> Response:
                                                    session_id=public_sid(session.id))
             return to_app(answer)
     if "none" in req.prompt:  # a failed silent sign-in (Auth0's "fsa" event): audited as a refused login
-        _audit_refused(t, params, "login_required", "The user is not signed in.", prompt_none=True)
-        return to_app(issuer.error_answer(t, req, "login_required", "The user is not signed in."))
+        message = "The user is not signed in."
+        _audit_refused(t, params, "login_required", message, prompt_none=True)
+        return to_app(issuer.error_answer(t, req, "login_required", message))
 
     try:
         connection = login.discover(t, connection=params.get("connection"), login_hint=req.login_hint)
