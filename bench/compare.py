@@ -18,9 +18,9 @@ database and this checkout uses the next one (both are flushed). Run by hand.
 
 `--instructions N` counts instead of timing: each side runs N logins under valgrind's callgrind, one after the
 other (bench/login_inproc.py --instructions), and the instructions the app executed per login are compared.
-Those counts do not depend on the machine's speed (the same code gives the same count within about 0.5%), so
-one run of each side is enough; it misses what instructions do not show (cache misses, waiting on a lock or a
-socket) and takes a few minutes (about 50 times the native run time).
+Those counts do not depend on the machine's speed (the same code gives the same count within about 1% per
+login, 2% per step), so one run of each side is enough; it misses what instructions do not show (cache
+misses, waiting on a lock or a socket) and takes a few minutes (about 50 times the native run time).
 """
 
 from __future__ import annotations

@@ -13,9 +13,10 @@ for `python -m pstats FILE` or snakeviz.
 `--instructions` runs the same logins under valgrind's callgrind with event collection on only inside the app's
 request handling (through bench/callgrind_toggle.c, compiled with cc on first use) and prints the instructions the
 app executed per login, each step and in all: unlike CPU time, the same code, inputs and configuration give
-the same count (within about 0.1%) however busy or slow the machine is, so two revisions can be compared
-exactly. Expect about 50 times the native run time (30 logins: a few minutes). `--callgrind-out FILE`
-keeps callgrind's output, for `callgrind_annotate --inclusive=yes FILE` (counts per function).
+the same count (within about 1% per login, 2% per step) however busy or slow the machine is, so two
+revisions can be compared in one run each. Expect about 50 times the native run time (20 logins: a few
+minutes). `--callgrind-out DIR` keeps callgrind's dumps, one per request, for
+`callgrind_annotate --inclusive=yes DIR/callgrind.out.N` (counts per C function).
 
 Defaults: a temporary SQLite database and the in-process state store; `--redis redis://127.0.0.1:6379/14`
 (flushed first) and `--database postgresql://...` measure the production stores. Run by hand.
